@@ -1,0 +1,52 @@
+using System.CommandLine;
+using CombaDistill.IO;
+using CombaDistill.Runtime;
+using Spectre.Console;
+
+namespace CombaDistill.Cli;
+
+/// <summary>Options every command shares, and the one place errors become exit codes.</summary>
+static class CliCommon
+{
+    public static readonly Option<string> DeviceOption = new("--device")
+    {
+        Description = "auto | cpu | cuda | cuda:N",
+        DefaultValueFactory = _ => "auto",
+        Recursive = true,
+    };
+
+    public static readonly Option<string?> LibTorchOption = new("--libtorch")
+    {
+        Description = $"folder of an installed PyTorch's libraries (torch/lib) to use for CUDA; overrides {TorchRuntime.LibTorchEnvironmentVariable}",
+        Recursive = true,
+    };
+
+    /// <summary>Diagnostics and progress go to standard error, so standard output carries only results.</summary>
+    public static readonly IAnsiConsole Err = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+
+    /// <summary>Initialises the native runtime and resolves the device from the shared options.</summary>
+    public static TorchSharp.torch.Device Start(ParseResult parse)
+    {
+        TorchRuntime.Initialize(parse.GetValue(LibTorchOption));
+        return DeviceSpec.Resolve(parse.GetValue(DeviceOption));
+    }
+
+    /// <summary>Runs a command body; user errors print one line and exit 2, cancellation exits 130.</summary>
+    public static Func<ParseResult, CancellationToken, Task<int>> Run(Func<ParseResult, CancellationToken, Task<int>> body) => async (parse, ct) =>
+    {
+        try { return await body(parse, ct); }
+        catch (Exception e) when (e is InvalidInputException or NativeRuntimeException or ArgumentException)
+        {
+            Err.MarkupLineInterpolated($"[red]error:[/] {e.Message}");
+            return 2;
+        }
+        catch (OperationCanceledException)
+        {
+            Err.MarkupLine("[yellow]cancelled[/]");
+            return 130;
+        }
+    };
+
+    public static Func<ParseResult, CancellationToken, Task<int>> Run(Func<ParseResult, CancellationToken, int> body) =>
+        Run((p, ct) => Task.FromResult(body(p, ct)));
+}

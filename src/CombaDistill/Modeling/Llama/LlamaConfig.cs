@@ -1,0 +1,188 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using CombaDistill.IO;
+
+namespace CombaDistill.Modeling.Llama;
+
+/// <summary>RoPE frequency scaling as Hugging Face spells it in <c>rope_scaling</c>.</summary>
+public sealed record RopeScaling(
+    string Type,                      // "llama3" | "linear"
+    double Factor,
+    double LowFreqFactor = 1.0,
+    double HighFreqFactor = 4.0,
+    int OriginalMaxPositionEmbeddings = 8192);
+
+/// <summary>
+/// A Llama-family architecture (llama, mistral, qwen2) as read from a Hugging Face config.json.
+/// Defaults are Hugging Face's LlamaConfig defaults.
+/// </summary>
+public sealed record LlamaConfig
+{
+    public static readonly string[] SupportedModelTypes = ["llama", "mistral", "qwen2"];
+
+    public string ModelType { get; init; } = "llama";
+    public int VocabSize { get; init; } = 32000;
+    public int HiddenSize { get; init; } = 4096;
+    public int IntermediateSize { get; init; } = 11008;
+    public int NumHiddenLayers { get; init; } = 32;
+    public int NumAttentionHeads { get; init; } = 32;
+    public int NumKeyValueHeads { get; init; } = 32;
+    public int HeadDim { get; init; } = 128;
+    public int MaxPositionEmbeddings { get; init; } = 2048;
+    public double RmsNormEps { get; init; } = 1e-6;
+    public double RopeTheta { get; init; } = 10000.0;
+    public RopeScaling? RopeScaling { get; init; }
+    public bool TieWordEmbeddings { get; init; }
+    /// <summary>Biases on q/k/v (always for qwen2; <c>attention_bias</c> for llama, which also puts one on o).</summary>
+    public bool QkvBias { get; init; }
+    public bool OutputBias { get; init; }
+    public string TorchDtype { get; init; } = "float32";
+    public int BosTokenId { get; init; } = 1;
+    public int[] EosTokenIds { get; init; } = [2];
+
+    public int KvGroups => NumAttentionHeads / NumKeyValueHeads;
+
+    /// <summary>Reads and validates config.json; every error names the file and the field.</summary>
+    public static LlamaConfig Load(string path)
+    {
+        JsonObject root;
+        try
+        {
+            root = JsonNode.Parse(File.ReadAllText(path)) as JsonObject
+                ?? throw new InvalidInputException(path, "config is not a JSON object");
+        }
+        catch (JsonException e) { throw new InvalidInputException(path, $"not valid JSON ({e.Message})", e); }
+        catch (FileNotFoundException e) { throw new InvalidInputException(path, "config.json not found", e); }
+        return FromJson(root, path);
+    }
+
+    public static LlamaConfig FromJson(JsonObject j, string path)
+    {
+        var modelType = Str(j, path, "model_type") ?? throw new InvalidInputException(path, "field 'model_type' is missing");
+        if (!SupportedModelTypes.Contains(modelType))
+            throw new InvalidInputException(path, $"field 'model_type' is '{modelType}'; supported: {string.Join(", ", SupportedModelTypes)}");
+        var hidden = Int(j, path, "hidden_size", required: true)!.Value;
+        var heads = Int(j, path, "num_attention_heads", required: true)!.Value;
+        var kvHeads = Int(j, path, "num_key_value_heads") ?? heads;
+        if (heads <= 0 || kvHeads <= 0 || heads % kvHeads != 0)
+            throw new InvalidInputException(path, $"fields 'num_attention_heads' ({heads}) and 'num_key_value_heads' ({kvHeads}) are inconsistent: the first must be a positive multiple of the second");
+        var headDim = Int(j, path, "head_dim") ?? (hidden % heads == 0 ? hidden / heads
+            : throw new InvalidInputException(path, $"field 'hidden_size' ({hidden}) is not divisible by 'num_attention_heads' ({heads}) and 'head_dim' is not given"));
+        var act = Str(j, path, "hidden_act") ?? "silu";
+        if (act != "silu")
+            throw new InvalidInputException(path, $"field 'hidden_act' is '{act}'; only 'silu' (SwiGLU) is supported");
+        if (modelType == "qwen2" && Bool(j, path, "use_sliding_window") == true)
+            throw new InvalidInputException(path, "field 'use_sliding_window' is true; sliding-window attention is not supported");
+        var attentionBias = Bool(j, path, "attention_bias") ?? false;
+        return new LlamaConfig
+        {
+            ModelType = modelType,
+            VocabSize = Int(j, path, "vocab_size", required: true)!.Value,
+            HiddenSize = hidden,
+            IntermediateSize = Int(j, path, "intermediate_size", required: true)!.Value,
+            NumHiddenLayers = Int(j, path, "num_hidden_layers", required: true)!.Value,
+            NumAttentionHeads = heads,
+            NumKeyValueHeads = kvHeads,
+            HeadDim = headDim,
+            MaxPositionEmbeddings = Int(j, path, "max_position_embeddings") ?? 2048,
+            RmsNormEps = Num(j, path, "rms_norm_eps") ?? 1e-6,
+            RopeTheta = Num(j, path, "rope_theta") ?? 10000.0,
+            RopeScaling = ParseRopeScaling(j["rope_scaling"], path),
+            TieWordEmbeddings = Bool(j, path, "tie_word_embeddings") ?? false,
+            QkvBias = modelType == "qwen2" || attentionBias,
+            OutputBias = modelType != "qwen2" && attentionBias,
+            TorchDtype = Str(j, path, "torch_dtype") ?? Str(j, path, "dtype") ?? "float32",
+            BosTokenId = Int(j, path, "bos_token_id") ?? 1,
+            EosTokenIds = j["eos_token_id"] switch
+            {
+                null => [2],
+                JsonArray a => a.Select(n => n!.GetValue<int>()).ToArray(),
+                var n => [n.GetValue<int>()],
+            },
+        };
+    }
+
+    static RopeScaling? ParseRopeScaling(JsonNode? node, string path)
+    {
+        if (node is null) return null;
+        if (node is not JsonObject o) throw new InvalidInputException(path, "field 'rope_scaling' must be an object or null");
+        var type = Str(o, path, "rope_type") ?? Str(o, path, "type")
+            ?? throw new InvalidInputException(path, "field 'rope_scaling.rope_type' is missing");
+        if (type == "default") return null;
+        if (type is not ("llama3" or "linear"))
+            throw new InvalidInputException(path, $"field 'rope_scaling.rope_type' is '{type}'; supported: llama3, linear");
+        var factor = Num(o, path, "factor") ?? throw new InvalidInputException(path, "field 'rope_scaling.factor' is missing");
+        if (type == "llama3")
+        {
+            return new RopeScaling(type, factor,
+                Num(o, path, "low_freq_factor") ?? throw new InvalidInputException(path, "field 'rope_scaling.low_freq_factor' is missing"),
+                Num(o, path, "high_freq_factor") ?? throw new InvalidInputException(path, "field 'rope_scaling.high_freq_factor' is missing"),
+                Int(o, path, "original_max_position_embeddings") ?? throw new InvalidInputException(path, "field 'rope_scaling.original_max_position_embeddings' is missing"));
+        }
+        return new RopeScaling(type, factor);
+    }
+
+    /// <summary>The Hugging Face config.json for this architecture (fields other code may add to).</summary>
+    public JsonObject ToJson()
+    {
+        var j = new JsonObject
+        {
+            ["architectures"] = new JsonArray(ModelType switch { "qwen2" => "Qwen2ForCausalLM", "mistral" => "MistralForCausalLM", _ => "LlamaForCausalLM" }),
+            ["model_type"] = ModelType,
+            ["vocab_size"] = VocabSize,
+            ["hidden_size"] = HiddenSize,
+            ["intermediate_size"] = IntermediateSize,
+            ["num_hidden_layers"] = NumHiddenLayers,
+            ["num_attention_heads"] = NumAttentionHeads,
+            ["num_key_value_heads"] = NumKeyValueHeads,
+            ["head_dim"] = HeadDim,
+            ["max_position_embeddings"] = MaxPositionEmbeddings,
+            ["rms_norm_eps"] = RmsNormEps,
+            ["rope_theta"] = RopeTheta,
+            ["hidden_act"] = "silu",
+            ["tie_word_embeddings"] = TieWordEmbeddings,
+            ["torch_dtype"] = TorchDtype,
+            ["bos_token_id"] = BosTokenId,
+            ["eos_token_id"] = EosTokenIds.Length == 1 ? EosTokenIds[0] : new JsonArray(EosTokenIds.Select(e => (JsonNode)e).ToArray()),
+        };
+        if (ModelType != "qwen2") j["attention_bias"] = QkvBias;
+        j["rope_scaling"] = RopeScaling is null ? null : RopeScaling.Type == "llama3"
+            ? new JsonObject
+            {
+                ["rope_type"] = "llama3", ["factor"] = RopeScaling.Factor, ["low_freq_factor"] = RopeScaling.LowFreqFactor,
+                ["high_freq_factor"] = RopeScaling.HighFreqFactor, ["original_max_position_embeddings"] = RopeScaling.OriginalMaxPositionEmbeddings,
+            }
+            : new JsonObject { ["rope_type"] = RopeScaling.Type, ["factor"] = RopeScaling.Factor };
+        return j;
+    }
+
+    static string? Str(JsonObject j, string path, string field) => j[field] switch
+    {
+        null => null,
+        JsonValue v when v.TryGetValue<string>(out var s) => s,
+        _ => throw new InvalidInputException(path, $"field '{field}' must be a string"),
+    };
+
+    static int? Int(JsonObject j, string path, string field, bool required = false) => j[field] switch
+    {
+        null when required => throw new InvalidInputException(path, $"field '{field}' is missing"),
+        null => null,
+        JsonValue v when v.TryGetValue<int>(out var i) => i,
+        JsonValue v when v.TryGetValue<double>(out var d) && d == Math.Floor(d) && Math.Abs(d) < int.MaxValue => (int)d,
+        _ => throw new InvalidInputException(path, $"field '{field}' must be an integer"),
+    };
+
+    static double? Num(JsonObject j, string path, string field) => j[field] switch
+    {
+        null => null,
+        JsonValue v when v.TryGetValue<double>(out var d) => d,
+        _ => throw new InvalidInputException(path, $"field '{field}' must be a number"),
+    };
+
+    static bool? Bool(JsonObject j, string path, string field) => j[field] switch
+    {
+        null => null,
+        JsonValue v when v.TryGetValue<bool>(out var b) => b,
+        _ => throw new InvalidInputException(path, $"field '{field}' must be true or false"),
+    };
+}
