@@ -30,14 +30,15 @@ public sealed class Llama2cTokenizer : IByteTokenizer
     public int BosId => 1;
     public int EosId => 2;
     public int MaxTokenLength { get; }
-    public string Description { get; }
+    public string SourcePath { get; }
+    public string Description => $"llama2.c tokenizer, {VocabSize} tokens ({Path.GetFileName(SourcePath)})";
 
-    Llama2cTokenizer(byte[][] pieces, float[] scores, int maxTokenLength, string description)
+    Llama2cTokenizer(byte[][] pieces, float[] scores, int maxTokenLength, string sourcePath)
     {
         this.pieces = pieces;
         this.scores = scores;
         MaxTokenLength = maxTokenLength;
-        Description = description;
+        SourcePath = sourcePath;
         idByPiece = new Dictionary<string, int>(pieces.Length, StringComparer.Ordinal);
         // llama2.c binary-searches a sorted copy; with duplicate pieces the lowest id is our choice.
         for (int id = 0; id < pieces.Length; id++) idByPiece.TryAdd(Latin1(pieces[id]), id);
@@ -91,8 +92,7 @@ public sealed class Llama2cTokenizer : IByteTokenizer
             if (!TryParseBytePiece(pieces[b + ByteFallbackOffset], out byte parsed) || parsed != b)
                 throw new InvalidInputException(path, $"llama2.c tokenizer token {b + ByteFallbackOffset} is \"{Encoding.UTF8.GetString(pieces[b + ByteFallbackOffset])}\", expected the byte-fallback piece <0x{b:X2}>");
 
-        return new Llama2cTokenizer([.. pieces], [.. scores], maxTokenLength,
-            $"llama2.c tokenizer, {pieces.Count} tokens ({Path.GetFileName(path)})");
+        return new Llama2cTokenizer([.. pieces], [.. scores], maxTokenLength, path);
     }
 
     /// <summary>The raw piece bytes of <paramref name="id"/> as stored in the file (BOS is "\n&lt;s&gt;\n").</summary>
@@ -211,6 +211,50 @@ public sealed class Llama2cTokenizer : IByteTokenizer
 
     /// <summary>One token as text, as llama2.c's decode(prev, id) prints it (a lone byte of a multi-byte character becomes U+FFFD; use <see cref="StreamingDecoder"/>).</summary>
     public string DecodePiece(int previousId, int id) => Encoding.UTF8.GetString(TokenBytes(previousId, id));
+
+    /// <summary>
+    /// Writes the same vocabulary as a SentencePiece <c>tokenizer.model</c> (byte-fallback BPE with
+    /// Llama's normalization) so Hugging Face and Microsoft.ML.Tokenizers can load it. Spaces become
+    /// "▁" again and BOS/EOS become "&lt;s&gt;"/"&lt;/s&gt;", undoing llama2.c's export. The file is
+    /// written to a temporary name and renamed, so it is either complete or absent.
+    /// </summary>
+    public void WriteSentencePieceModel(string path)
+    {
+        var strict = new UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+        var modelPieces = new List<SentencePieceModelProto.Piece>(pieces.Length);
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        for (int id = 0; id < pieces.Length; id++)
+        {
+            string text;
+            try { text = strict.GetString(pieces[id]); }
+            catch (DecoderFallbackException e)
+            {
+                throw new InvalidInputException(SourcePath, $"token {id} is not valid UTF-8, so it cannot be a SentencePiece piece", e);
+            }
+            var type = SentencePieceModelProto.PieceType.Normal;
+            if (id == UnknownId) type = SentencePieceModelProto.PieceType.Unknown;
+            else if (id == BosId) { type = SentencePieceModelProto.PieceType.Control; if (text == "\n<s>\n") text = "<s>"; }
+            else if (id == EosId) { type = SentencePieceModelProto.PieceType.Control; if (text == "\n</s>\n") text = "</s>"; }
+            else if (id < FirstNonByteId) type = SentencePieceModelProto.PieceType.Byte;
+            text = text.Replace(' ', '\u2581');
+            if (text.Length == 0 || !seen.Add(text))
+                throw new InvalidInputException(SourcePath, $"token {id} (\"{text}\") is empty or repeats an earlier piece; SentencePiece needs distinct pieces");
+            modelPieces.Add(new(text, scores[id], type));
+        }
+
+        byte[] model = SentencePieceModelProto.Serialize(modelPieces, UnknownId, BosId, EosId);
+        string fullPath = Path.GetFullPath(path);
+        string temporary = Path.Combine(Path.GetDirectoryName(fullPath)!, $".{Path.GetFileName(fullPath)}.{Guid.NewGuid():N}.tmp");
+        try
+        {
+            File.WriteAllBytes(temporary, model);
+            File.Move(temporary, fullPath, overwrite: true);
+        }
+        finally
+        {
+            if (File.Exists(temporary)) File.Delete(temporary);
+        }
+    }
 
     static bool TryParseBytePiece(ReadOnlySpan<byte> piece, out byte value)
     {
