@@ -103,12 +103,14 @@ public sealed class Llama2cTokenizer : IByteTokenizer
     /// <summary>
     /// llama2.c's encode: dummy-prefix space, one piece per UTF-8 code point (byte fallback when the
     /// code point is not a piece), then repeatedly the adjacent pair whose concatenation is the
-    /// highest-scoring piece is merged, the leftmost one on ties. llama2.c rescans all pairs after
+    /// highest-scoring piece is merged, the leftmost one on ties; BOS goes in front when asked. llama2.c rescans all pairs after
     /// every merge (quadratic); here a priority queue over a linked list makes the same choices.
     /// </summary>
     public int[] Encode(string text, bool addBos)
     {
         var symbols = new List<int>(text.Length + 2);
+        // BOS takes part in the merges, as in llama2.c (no real vocabulary merges it with anything).
+        if (addBos) symbols.Add(BosId);
         if (text.Length > 0) AddCodePoint(symbols, " "u8);
         byte[] utf8 = Encoding.UTF8.GetBytes(text);
         // Like llama2.c: a code point is a lead byte plus up to 3 continuation bytes.
@@ -120,8 +122,7 @@ public sealed class Llama2cTokenizer : IByteTokenizer
             start = end;
         }
 
-        int[] merged = MergePairs(symbols);
-        return addBos ? [BosId, .. merged] : merged;
+        return MergePairs(symbols);
     }
 
     void AddCodePoint(List<int> symbols, ReadOnlySpan<byte> codePoint)
