@@ -86,6 +86,40 @@ public sealed class SentencePieceTokenizerTests : IDisposable
         texts.Sample(text => Assert.Equal(Llama2cOracle.Encode(Tok512, text, addBos: false, rightmostOnTies: true), sp.Encode(text, addBos: false)), iter: 400);
     }
 
+    /// <summary>
+    /// Google's own encoder (Debian's <c>sentencepiece</c> package) on the written file: it must
+    /// reproduce llama2.c's ids, ties included. spm_encode encodes each line as a sentence.
+    /// </summary>
+    [Fact]
+    public async Task Google_sentencepiece_encodes_the_written_model_like_llama2c()
+    {
+        const string spmEncode = "/usr/bin/spm_encode";
+        Assert.SkipUnless(File.Exists(spmEncode), "spm_encode is not installed (apt-get install sentencepiece)");
+        string[] lines =
+        [
+            .. File.ReadAllText(Shared.TinyStoriesValid)[..20_000].Split('\n'),
+            .. File.ReadAllText(Shared.TinyShakespeare)[..20_000].Split('\n'),
+            ",ooo", "Hello...  world!!!   x", "Grüße 😀 中文 ™ é", "  two leading spaces",
+        ];
+        lines = [.. lines.Where(line => line.Length > 0)];
+        var run = new System.Diagnostics.ProcessStartInfo(spmEncode, ["--model", dir["tokenizer.model"], "--output_format", "id"])
+        {
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            StandardInputEncoding = new UTF8Encoding(false),
+            StandardOutputEncoding = Encoding.UTF8,
+        };
+        using var process = System.Diagnostics.Process.Start(run)!;
+        var output = process.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
+        process.StandardInput.Write(string.Join("\n", lines) + "\n");
+        process.StandardInput.Close();
+        string[] google = (await output).Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        await process.WaitForExitAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(lines.Length, google.Length);
+        for (int i = 0; i < lines.Length; i++)
+            Assert.Equal(string.Join(" ", Tok512.Encode(lines[i], addBos: false)), google[i]);
+    }
+
     [Fact]
     public void Streaming_decode_equals_full_decode()
     {

@@ -43,6 +43,31 @@ public class TokenizerLoaderTests
     }
 
     [Fact]
+    public void Finds_llama3_original_model_and_takes_special_names_from_tokenizer_config()
+    {
+        using var dir = new TempDir();
+        Directory.CreateDirectory(dir["original"]);
+        Llama3TokenizerTests.WriteRanks(Path.Combine(dir["original"], "tokenizer.model"));
+        File.WriteAllText(dir["tokenizer.json"], "{}");
+        File.WriteAllText(dir["tokenizer_config.json"], """
+            {"added_tokens_decoder": {
+              "266": {"content": "<|begin_of_text|>", "special": true},
+              "267": {"content": "<|end_of_text|>", "special": true},
+              "274": {"content": "<|eom_id|>", "special": true},
+              "275": {"content": "<|eot_id|>", "special": true}},
+             "bos_token": "<|begin_of_text|>"}
+            """);
+        var tokenizer = Assert.IsType<Llama3Tokenizer>(TokenizerLoader.Load(dir.Path));
+        Assert.Equal([266, 274, 'h', 'i', 275], tokenizer.Encode("<|eom_id|>hi<|eot_id|>", addBos: true));
+        Assert.Equal(276, tokenizer.VocabSize);
+
+        File.WriteAllText(dir["tokenizer_config.json"], "{\"added_tokens_decoder\": {\"5\": {\"content\": \"<|x|>\"}}}");
+        Assert.Contains("which is a BPE rank", Assert.Throws<InvalidInputException>(() => TokenizerLoader.Load(dir.Path)).Message);
+        File.WriteAllText(dir["tokenizer_config.json"], "{ not json");
+        Assert.Equal(dir["tokenizer_config.json"], Assert.Throws<InvalidInputException>(() => TokenizerLoader.Load(dir.Path)).FilePath);
+    }
+
+    [Fact]
     public void Tokenizer_json_alone_is_reported_as_unsupported()
     {
         using var dir = new TempDir();
