@@ -51,6 +51,7 @@ public sealed class SafeTensorsFile : IDisposable
 
     public static SafeTensorsFile Open(string path)
     {
+        if (Directory.Exists(path)) throw new InvalidInputException(path, "is a folder; expected a .safetensors file");
         SafeFileHandle handle;
         try
         {

@@ -164,3 +164,21 @@ public class CheckpointTests
         Assert.Contains(phrase, ex.Message);
     }
 }
+
+public class CheckpointGpuTests
+{
+    [Fact]
+    public void Reads_onto_a_CUDA_device_in_the_requested_dtype()
+    {
+        Gpu.Require();
+        using var dir = new TempDir();
+        using var x = randn(new long[] { 3, 7 }, generator: manual_seed(4));
+        CheckpointWriter.Write(dir.Path, [("x", x)], maxShardBytes: 1 << 20);
+        using var ckpt = Checkpoint.Open(dir.Path);
+        using var onGpu = ckpt.Read("x", ScalarType.BFloat16, CUDA);
+        Assert.Equal(TorchSharp.DeviceType.CUDA, onGpu.device_type);
+        using var back = onGpu.cpu();
+        using var expected = x.to(ScalarType.BFloat16);
+        Assert.Equal(RawSafeTensors.BytesOf(expected), RawSafeTensors.BytesOf(back));
+    }
+}

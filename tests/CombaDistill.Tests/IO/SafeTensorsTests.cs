@@ -109,6 +109,27 @@ public class SafeTensorsTests
     }
 
     [Fact]
+    public void Header_is_padded_with_spaces_whatever_its_natural_length()
+    {
+        using var dir = new TempDir();
+        using var x = ones(1);
+        // Names of 1..8 characters give every residue of the unpadded length modulo 8.
+        for (var k = 1; k <= 8; k++)
+        {
+            var path = dir[$"n{k}.safetensors"];
+            SafeTensorsWriter.Write(path, [new(new string('w', k), x)]);
+            var bytes = File.ReadAllBytes(path);
+            var headerLength = (int)BinaryPrimitives.ReadUInt64LittleEndian(bytes);
+            Assert.Equal(0, headerLength % 8);
+            var header = Encoding.UTF8.GetString(bytes, 8, headerLength);
+            var json = header.TrimEnd(' ');
+            Assert.EndsWith("}", json);
+            Assert.True(header.Length - json.Length < 8);
+            Assert.Equal(bytes.Length, 8 + headerLength + 4);
+        }
+    }
+
+    [Fact]
     public void Reads_a_hand_built_file_with_unpadded_header_and_metadata()
     {
         using var dir = new TempDir();

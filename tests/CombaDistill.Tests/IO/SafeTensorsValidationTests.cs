@@ -37,6 +37,14 @@ public class SafeTensorsValidationTests
         AssertRefused(dir["absent.safetensors"], "file not found");
     }
 
+    [Fact]
+    public void A_folder_is_not_a_file()
+    {
+        using var dir = new TempDir();
+        Directory.CreateDirectory(dir["weights.safetensors"]);
+        AssertRefused(dir["weights.safetensors"], "is a folder; expected a .safetensors file");
+    }
+
     [Theory]
     [InlineData("notjson", "{not json", 0, "header is not valid JSON")]
     [InlineData("array", "[1,2]", 0, "header is not a JSON object")]
