@@ -7,5 +7,6 @@ static class CliCommands
 {
     public static IEnumerable<Command> All() =>
     [
+        BenchCommand.Create(),
     ];
 }
