@@ -1,3 +1,4 @@
+using CombaDistill.IO;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
@@ -44,4 +45,38 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausalLM
     };
 
     public IDecodingState NewState(int batch) => new KvCache(Config.NumHiddenLayers, batch);
+
+    /// <summary>
+    /// Loads a Hugging Face folder: config.json plus model.safetensors or a sharded index. Without
+    /// <paramref name="dtype"/> the weights keep config.json's torch_dtype. The result is in eval mode.
+    /// </summary>
+    public static LlamaForCausalLM FromPretrained(string folder, ScalarType? dtype = null, Device? device = null)
+    {
+        var configPath = Path.Combine(folder, "config.json");
+        var config = LlamaConfig.Load(configPath);
+        using var checkpoint = Checkpoint.Open(folder);
+        var model = new LlamaForCausalLM(config, dtype ?? ParseDtype(config.TorchDtype, configPath), device);
+        try
+        {
+            // Some exports keep a tied lm_head copy or old rotary tables; neither is a parameter here.
+            var notParameters = checkpoint.Names.Where(n => n.EndsWith(".rotary_emb.inv_freq", StringComparison.Ordinal) || (config.TieWordEmbeddings && n == "lm_head.weight"));
+            StateDictLoader.Load(model, checkpoint, ignoreUnexpected: notParameters);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+        model.eval();
+        return model;
+    }
+
+    public static ScalarType ParseDtype(string name, string? pathForErrors = null) => name switch
+    {
+        "float32" or "float" => ScalarType.Float32,
+        "bfloat16" => ScalarType.BFloat16,
+        "float16" or "half" => ScalarType.Float16,
+        "float64" or "double" => ScalarType.Float64,
+        _ => throw new InvalidInputException(pathForErrors, $"dtype '{name}' is not one of float32, bfloat16, float16, float64"),
+    };
 }
