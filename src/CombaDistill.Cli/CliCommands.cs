@@ -7,5 +7,8 @@ static class CliCommands
 {
     public static IEnumerable<Command> All() =>
     [
+        ImportCommand.Create(),
+        InspectCommand.Create(),
+        GenerateCommand.Create(),
     ];
 }
