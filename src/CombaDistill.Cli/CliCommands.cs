@@ -10,5 +10,6 @@ static class CliCommands
         ImportCommand.Create(),
         InspectCommand.Create(),
         GenerateCommand.Create(),
+        BenchCommand.Create(),
     ];
 }
