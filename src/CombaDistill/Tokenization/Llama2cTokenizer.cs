@@ -20,8 +20,8 @@ public sealed class Llama2cTokenizer : IByteTokenizer
 
     readonly byte[][] pieces;
     readonly float[] scores;
-    // Piece bytes as a string with one char per byte (Latin-1), so pieces can be dictionary keys.
-    readonly Dictionary<string, int> idByPiece;
+    // Piece bytes as a string with one char per byte (Latin-1), so pieces can be dictionary keys;
+    // looked up by span so that candidate merges allocate nothing.
     readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> idByPieceSpan;
     // What each id decodes to: its piece bytes, or the raw byte for "<0xHH>" pieces.
     readonly byte[][] decodedBytes;
@@ -39,7 +39,7 @@ public sealed class Llama2cTokenizer : IByteTokenizer
         this.scores = scores;
         MaxTokenLength = maxTokenLength;
         SourcePath = sourcePath;
-        idByPiece = new Dictionary<string, int>(pieces.Length, StringComparer.Ordinal);
+        var idByPiece = new Dictionary<string, int>(pieces.Length, StringComparer.Ordinal);
         // llama2.c binary-searches a sorted copy; with duplicate pieces the lowest id is our choice.
         for (int id = 0; id < pieces.Length; id++) idByPiece.TryAdd(Latin1(pieces[id]), id);
         idByPieceSpan = idByPiece.GetAlternateLookup<ReadOnlySpan<char>>();
@@ -101,14 +101,17 @@ public sealed class Llama2cTokenizer : IByteTokenizer
     public float Score(int id) => scores[id];
 
     /// <summary>
-    /// llama2.c's encode: dummy-prefix space, one piece per UTF-8 code point (byte fallback when the
-    /// code point is not a piece), then repeatedly the adjacent pair whose concatenation is the
-    /// highest-scoring piece is merged, the leftmost one on ties. llama2.c rescans all pairs after
-    /// every merge (quadratic); here a priority queue over a linked list makes the same choices.
+    /// llama2.c's encode: BOS when asked, a dummy-prefix space, one piece per UTF-8 code point (byte
+    /// fallback when the code point is not a piece), then repeatedly the adjacent pair whose
+    /// concatenation is the highest-scoring piece is merged, the leftmost one on ties. llama2.c
+    /// rescans all pairs after every merge (quadratic); a priority queue over a linked list makes
+    /// the same choices in O(n log n).
     /// </summary>
     public int[] Encode(string text, bool addBos)
     {
         var symbols = new List<int>(text.Length + 2);
+        // BOS takes part in the merges, as in llama2.c (no real vocabulary merges it with anything).
+        if (addBos) symbols.Add(BosId);
         if (text.Length > 0) AddCodePoint(symbols, " "u8);
         byte[] utf8 = Encoding.UTF8.GetBytes(text);
         // Like llama2.c: a code point is a lead byte plus up to 3 continuation bytes.
@@ -120,8 +123,7 @@ public sealed class Llama2cTokenizer : IByteTokenizer
             start = end;
         }
 
-        int[] merged = MergePairs(symbols);
-        return addBos ? [BosId, .. merged] : merged;
+        return MergePairs(symbols);
     }
 
     void AddCodePoint(List<int> symbols, ReadOnlySpan<byte> codePoint)
@@ -183,7 +185,7 @@ public sealed class Llama2cTokenizer : IByteTokenizer
         byte[] a = pieces[leftId], b = pieces[rightId];
         int length = a.Length + b.Length;
         if (length > MaxTokenLength) { mergedId = -1; return false; }
-        Span<char> key = stackalloc char[length];
+        Span<char> key = length <= 256 ? stackalloc char[length] : new char[length];
         for (int i = 0; i < a.Length; i++) key[i] = (char)a[i];
         for (int i = 0; i < b.Length; i++) key[a.Length + i] = (char)b[i];
         return idByPieceSpan.TryGetValue(key, out mergedId) && scores[mergedId] > NoMergeScore;

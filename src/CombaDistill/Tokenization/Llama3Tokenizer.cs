@@ -95,6 +95,8 @@ public sealed class Llama3Tokenizer : IByteTokenizer
             throw new InvalidInputException(path, $"tiktoken ranks are not 0..{rankCount - 1} (largest is {tokenBytes.Keys.Max()})");
 
         specialTokens ??= DefaultSpecialTokens(rankCount);
+        foreach (var (name, id) in specialTokens)
+            if (id < rankCount) throw new InvalidInputException(path, $"special token {name} has id {id}, which is a BPE rank (special ids start at {rankCount})");
         int vocabSize = Math.Max(rankCount, specialTokens.Values.DefaultIfEmpty(-1).Max() + 1);
         var decoded = new byte[vocabSize][];
         for (int id = 0; id < vocabSize; id++) decoded[id] = tokenBytes.GetValueOrDefault(id) ?? [];
