@@ -8,5 +8,6 @@ static class CliCommands
     public static IEnumerable<Command> All() =>
     [
         BenchCommand.Create(),
+        EvalCommand.Create(),
     ];
 }

@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Text;
 using CombaDistill.Modeling;
 using CombaDistill.Tokenization;
 using static TorchSharp.torch;
@@ -31,30 +32,39 @@ public sealed record PasskeyPrompt(int[] Ids, int AnswerStart);
 public static class Passkey
 {
     const string Introduction = "A pass key is hidden in the long text below. Find it and remember it.";
-    const string Filler = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
+    static readonly string[] Filler = [" The grass is green.", " The sky is blue.", " The sun is yellow.", " Here we go.", " There and back again."];
     const string Question = " What is the pass key? The pass key is";
 
     static string Needle(string key) => $" The pass key is {key}. Remember it. {key} is the pass key.";
 
     /// <summary>
     /// The prompt closest to <paramref name="targetTokens"/> from below (never shorter than the
-    /// introduction, needle and question). The answer's tokens are those of the whole text past the
+    /// introduction, needle and question): filler sentences in a fixed cycle, the needle after
+    /// round(depth × sentences) of them. The answer's tokens are those of the whole text past the
     /// prompt's, so the key is tokenized as it reads in running text.
     /// </summary>
     public static PasskeyPrompt Build(ITokenizer tokenizer, int targetTokens, double depth, int key)
     {
         var keyText = key.ToString(CultureInfo.InvariantCulture);
-        (int[] Prompt, int[] Whole) Encode(int fillers)
+        (int[] Prompt, int[] Whole) Encode(int sentences)
         {
-            var before = (int)Math.Round(depth * fillers);
-            var text = Introduction + string.Concat(Enumerable.Repeat(Filler, before)) + Needle(keyText)
-                + string.Concat(Enumerable.Repeat(Filler, fillers - before)) + Question;
-            return (tokenizer.Encode(text, addBos: true), tokenizer.Encode(text + " " + keyText, addBos: true));
+            var before = (int)Math.Round(depth * sentences);
+            var text = new StringBuilder(Introduction);
+            for (var i = 0; i < sentences; i++)
+            {
+                if (i == before) text.Append(Needle(keyText));
+                text.Append(Filler[i % Filler.Length]);
+            }
+            if (before == sentences) text.Append(Needle(keyText));
+            text.Append(Question);
+            var prompt = text.ToString();
+            return (tokenizer.Encode(prompt, addBos: true), tokenizer.Encode(prompt + " " + keyText, addBos: true));
         }
-        var perFiller = Math.Max(1, tokenizer.Encode(Filler + Filler, addBos: false).Length - tokenizer.Encode(Filler, addBos: false).Length);
-        var count = Math.Max(0, (targetTokens - Encode(0).Whole.Length) / perFiller);
+        var cycle = string.Concat(Filler);
+        var perSentence = Math.Max(1.0, tokenizer.Encode(cycle, addBos: false).Length / (double)Filler.Length);
+        var count = Math.Max(0, (int)((targetTokens - Encode(0).Whole.Length) / perSentence));
         var (prompt, whole) = Encode(count);
-        // Joining texts can merge or split a token at the seams; step down until it fits.
+        // Joining texts can merge or split a token at the seams; step to the longest that fits.
         while (whole.Length > targetTokens && count > 0) (prompt, whole) = Encode(--count);
         while (Encode(count + 1) is var longer && longer.Whole.Length <= targetTokens) (prompt, whole, count) = (longer.Prompt, longer.Whole, count + 1);
         var answerStart = Math.Min(CommonPrefix(prompt, whole), whole.Length - 1);

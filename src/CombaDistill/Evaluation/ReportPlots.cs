@@ -74,7 +74,8 @@ public static class ReportPlots
         plot.Title(title);
         plot.XLabel(x);
         plot.YLabel(y);
-        plot.ShowLegend(Alignment.LowerLeft);
+        // Outside the data area, so it never hides a line lying along an axis (a flat state, an accuracy of 0).
+        plot.ShowLegend(Edge.Right);
         return plot;
     }
 

@@ -7,9 +7,10 @@ public readonly record struct TokenWindow(int Start, int Length, int FirstScored
 /// How a long token stream is cut into forwards no longer than <see cref="Length"/>.
 /// Packed (no stride): windows side by side; each window's first token is context only, so one
 /// token per window goes unscored and tokens early in a window see little context.
-/// Sliding (stride s ≤ length): a window starts every s tokens and scores only the tokens the
-/// previous window did not reach, so every scored token but those of the first window sees at least
-/// length − s tokens of context; costs about length/s times the forwards.
+/// Sliding (stride s &lt; length): a window starts every s tokens and scores only the tokens the
+/// previous window did not reach, so every token but the first is scored once, and every scored
+/// token after the first window sees at least length − s tokens of context; costs about length/s
+/// times the forwards. Stride = length is packed.
 /// </summary>
 public sealed record Windowing(int Length, int? Stride = null)
 {
@@ -34,12 +35,16 @@ public sealed record Windowing(int Length, int? Stride = null)
             yield break;
         }
         // scoredUpTo: every token before it has been scored (token 0 never is: nothing precedes it).
+        // A window's own first token has no context inside it, so with stride = length that token is
+        // skipped, exactly as in packed windows; any smaller stride overlaps and skips nothing.
         var scoredUpTo = 1;
-        for (var start = 0; scoredUpTo < tokenCount; start += stride)
+        for (var start = 0; start + 1 < tokenCount; start += stride)
         {
             var end = Math.Min(start + Length, tokenCount);
-            if (end > scoredUpTo) yield return new TokenWindow(start, end - start, scoredUpTo - start);
+            var first = Math.Max(scoredUpTo, start + 1);
+            if (end > first) yield return new TokenWindow(start, end - start, first - start);
             scoredUpTo = Math.Max(scoredUpTo, end);
+            if (end == tokenCount) yield break;
         }
     }
 }
