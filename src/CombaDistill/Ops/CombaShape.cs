@@ -26,7 +26,7 @@ public readonly record struct CombaShape(long Batch, long Heads, long KvHeads, l
         Rank(q, 4, "q", "(B, H, T, Dk)");
         Rank(k, 4, "k", "(B, Hkv, T, Dk)");
         Rank(v, 4, "v", "(B, Hkv, T, Dv)");
-        var s = new CombaShape(q.shape[0], q.shape[1], k.shape[1], q.shape[2], q.shape[3], v.shape[3]);
+        var s = new CombaShape(q.shape[0], q.shape[1], k.shape[1], q.shape[2], q.shape[3], v.shape[3]).CheckHeads();
         s.Expect(k, "k", s.Batch, s.KvHeads, s.Length, s.KeyDim);
         s.Expect(v, "v", s.Batch, s.KvHeads, s.Length, s.ValueDim);
         s.Expect(g, "g", s.Batch, s.Heads, s.Length);
@@ -42,7 +42,7 @@ public readonly record struct CombaShape(long Batch, long Heads, long KvHeads, l
         Rank(q, 3, "q", "(B, H, Dk)");
         Rank(k, 3, "k", "(B, Hkv, Dk)");
         Rank(v, 3, "v", "(B, Hkv, Dv)");
-        var s = new CombaShape(q.shape[0], q.shape[1], k.shape[1], 1, q.shape[2], v.shape[2]);
+        var s = new CombaShape(q.shape[0], q.shape[1], k.shape[1], 1, q.shape[2], v.shape[2]).CheckHeads();
         s.Expect(k, "k", s.Batch, s.KvHeads, s.KeyDim);
         s.Expect(v, "v", s.Batch, s.KvHeads, s.ValueDim);
         s.Expect(g, "g", s.Batch, s.Heads);
@@ -51,10 +51,15 @@ public readonly record struct CombaShape(long Batch, long Heads, long KvHeads, l
         return s;
     }
 
-    void CheckCommon(Tensor lambda, Tensor d, Tensor? state)
+    CombaShape CheckHeads()
     {
         if (KvHeads < 1 || Heads % KvHeads != 0)
             throw new ArgumentException($"Comba: q has {Heads} heads and k {KvHeads}; the first must be a multiple of the second (GQA)");
+        return this;
+    }
+
+    void CheckCommon(Tensor lambda, Tensor d, Tensor? state)
+    {
         Expect(lambda, "lambda", Heads);
         Expect(d, "d", Heads);
         if (state is not null) Expect(state, "initial state", Batch, Heads, KeyDim, ValueDim);
