@@ -27,7 +27,7 @@ public static class CombaInitialization
         ["A_log"] = "zeros: A = 1, so α = exp(−softplus(dt_bias)) per head",
         ["dt_bias"] = $"softplus⁻¹ of decay rates log-spaced over heads from ln 2 to 1/512: memories of ~1 to ~512 tokens",
         ["lambda_logit"] = "logit(initial λ) from the options: the share of the state's own prediction the write removes",
-        ["d"] = "initial d from the options: a small output correction, so the read-out starts near S q̂",
+        ["d"] = "initial d from the options (−1 by default): the read-out S (q̂ − d k̂) = S (q̂ + k̂) adds what the memory holds under the current key",
         ["q_conv.weight"] = "identity (last tap 1): the convolution passes the teacher's q through until trained",
         ["k_conv.weight"] = "identity (last tap 1): the convolution passes the teacher's k through until trained",
         ["v_conv.weight"] = "identity (last tap 1): the convolution passes the teacher's v through until trained",
