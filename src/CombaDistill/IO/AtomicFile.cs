@@ -6,7 +6,8 @@ namespace CombaDistill.IO;
 /// Whole-file writes that never leave a half-written file: the bytes go to a hidden temporary
 /// sibling (same folder, so the rename stays on one filesystem), are flushed to disk, and the
 /// temporary is renamed over the target. A failure deletes the temporary and leaves any
-/// previous file untouched.
+/// previous file untouched. (The folder entry itself is not fsynced: .NET cannot open a folder
+/// for flushing; the rename is still atomic, only its durability across a power cut is the OS's.)
 /// </summary>
 public static class AtomicFile
 {

@@ -36,7 +36,8 @@ public sealed class Checkpoint : IDisposable
         if (File.Exists(index)) return Sharded(index);
         var single = System.IO.Path.Combine(pathOrFolder, SingleFileName);
         if (File.Exists(single)) return Single(single);
-        throw new InvalidInputException(pathOrFolder, $"folder has neither {SingleFileName} nor {IndexFileName}");
+        var hint = File.Exists(System.IO.Path.Combine(pathOrFolder, "pytorch_model.bin")) ? " (only safetensors weights are read; it has a pytorch_model.bin)" : "";
+        throw new InvalidInputException(pathOrFolder, $"folder has neither {SingleFileName} nor {IndexFileName}{hint}");
     }
 
     public bool Contains(string name) => fileOf.ContainsKey(name);

@@ -48,12 +48,16 @@ public static class Generation
                 using var ids = tensor(input, [1, input.Length], device: model.Device);
                 logits = model.Forward(ids, state)[0, -1].cpu().data<float>().ToArray();
             }
-            var next = options.Temperature == 0 ? ArgMax(logits) : Sample(logits, options.Temperature, options.TopP, random);
+            var next = PickToken(logits, options.Temperature, options.TopP, random);
             if (eos.Contains(next)) yield break;
             yield return next;
             input = [next];
         }
     }
+
+    /// <summary>One token from a row of logits: the argmax at temperature 0, else a temperature/top-p sample drawn with <paramref name="random"/>.</summary>
+    public static int PickToken(float[] logits, double temperature, double topP, Random random) =>
+        temperature == 0 ? ArgMax(logits) : Sample(logits, temperature, topP, random);
 
     static int ArgMax(float[] logits)
     {
