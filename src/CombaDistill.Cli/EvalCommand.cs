@@ -115,12 +115,21 @@ static class EvalCommand
         public void Dispose() => (Model.Model as IDisposable)?.Dispose();
     }
 
+    /// <summary>A teacher or a student, whichever config.json's model_type says, with the folder's tokenizer.</summary>
     static LoadedModel Load(string folder, string? dtype, TorchSharp.torch.Device device)
     {
-        var lm = LlamaForCausalLM.FromPretrained(folder, dtype is null ? null : LlamaForCausalLM.ParseDtype(dtype), device);
-        var tokenizer = TokenizerLoader.Load(folder, lm.Config.BosTokenId, lm.Config.EosTokenIds[0]);
-        var info = new ModelInfo(folder, lm.Config.ModelType, EvaluatedModel.ParameterCount(lm), tokenizer.Description);
-        return new LoadedModel(new EvaluatedModel(lm, tokenizer, info));
+        var lm = CausalLMLoader.Load(folder, dtype is null ? null : LlamaForCausalLM.ParseDtype(dtype), device);
+        try
+        {
+            var tokenizer = TokenizerLoader.Load(folder, lm.Config.BosTokenId, lm.Config.EosTokenIds[0]);
+            var info = new ModelInfo(folder, CausalLMLoader.ModelTypeOf(folder), EvaluatedModel.ParameterCount(lm), tokenizer.Description);
+            return new LoadedModel(new EvaluatedModel(lm, tokenizer, info));
+        }
+        catch
+        {
+            (lm as IDisposable)?.Dispose();
+            throw;
+        }
     }
 
     static int[]? Ints(string? list, string option) => list is null ? null : Split(list).Select(s =>
