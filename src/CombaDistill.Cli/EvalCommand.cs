@@ -20,7 +20,7 @@ static class EvalCommand
     {
         var model = new Option<string>("--model") { Description = "model folder to evaluate (a student, or any model)", Required = true };
         var teacher = new Option<string?>("--teacher") { Description = "teacher folder: every metric is measured for both, with their ratio" };
-        var tasks = new Option<string>("--tasks") { Description = "comma-separated: ppl, agreement, mqar, passkey, speed, mc:FILE.jsonl", DefaultValueFactory = _ => "ppl,mqar,passkey,speed" };
+        var tasks = new Option<string?>("--tasks") { Description = "comma-separated: ppl, agreement, mqar, passkey, speed, mc:FILE.jsonl (default: all but mc; agreement only with --teacher)" };
         var data = new Option<string?>("--data") { Description = "text for ppl and agreement: a .txt file, or .jsonl with a \"text\" field per line" };
         var output = new Option<string?>("--out") { Description = "folder for report.json, report.md and the PNG plots (created if missing)" };
         var json = new Option<string?>("--json") { Description = "also write report.json to this file" };
@@ -44,7 +44,8 @@ static class EvalCommand
         };
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
-            var (taskSet, multipleChoice) = EvaluationPlan.ParseTasks(parse.GetValue(tasks)!);
+            var taskList = parse.GetValue(tasks) ?? (parse.GetValue(teacher) is null ? "ppl,mqar,passkey,speed" : "ppl,agreement,mqar,passkey,speed");
+            var (taskSet, multipleChoice) = EvaluationPlan.ParseTasks(taskList);
             var plan = new EvaluationPlan
             {
                 Tasks = taskSet,

@@ -40,14 +40,17 @@ public static class GenerationSpeed
         var points = new List<SpeedPoint>();
         var clock = Stopwatch.StartNew();
         var previousLength = 0;
+        var peak = 0L;
         var next = 0;
         Decode(model, lengths[^1], state =>
         {
             if (state.Length != lengths[next]) return;
             var seconds = clock.Elapsed.TotalSeconds;
             var memory = ProcessMemory.Read();
+            // Linux updates VmHWM lazily, so a peak can read lower than an earlier sample: keep the running maximum.
+            peak = Math.Max(peak, Math.Max(memory.PeakRssBytes, memory.RssBytes));
             points.Add(new SpeedPoint(lengths[next], (lengths[next] - previousLength) / Math.Max(seconds, 1e-9),
-                DecodingStateMemory.TensorBytes(state), memory.RssBytes, memory.PeakRssBytes));
+                DecodingStateMemory.TensorBytes(state), memory.RssBytes, peak));
             previousLength = lengths[next++];
             progress?.Report((next, lengths.Length));
             // Measuring is not decoding: the next segment's clock starts after it.

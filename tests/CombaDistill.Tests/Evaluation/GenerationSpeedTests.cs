@@ -17,6 +17,7 @@ public class GenerationSpeedTests(ImportedStories260K stories) : IClassFixture<I
         long perToken = c.NumHiddenLayers * 2L * c.NumKeyValueHeads * c.HeadDim * sizeof(float);
         Assert.Equal(256 * perToken, points[0].StateBytes);
         Assert.Equal(512 * perToken, points[1].StateBytes);
+        Assert.True(points[1].PeakRssBytes >= points[0].PeakRssBytes, "a peak never falls");
         Assert.All(points, p =>
         {
             Assert.True(p.TokensPerSecond > 0 && double.IsFinite(p.TokensPerSecond));
