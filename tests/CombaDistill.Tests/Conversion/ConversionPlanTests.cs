@@ -132,6 +132,7 @@ public class ConversionPlanTests(ITestOutputHelper output)
         Assert.Contains("no initialisation", Assert.Throws<InvalidOperationException>(() => CombaInitialization.Create("mystery", [2], comba)).Message);
         Assert.All(ConversionPlan.Create(new CombaStudentConfig { Architecture = TinyModels.Llama3Gqa, Comba = comba with { OutputNorm = true } })
             .StudentTensors.Where(t => t.Source == TensorSource.Initialised),
-            t => Assert.True(CombaInitialization.Descriptions.ContainsKey(t.MixerKey!), t.Name));
+            t => Assert.NotEmpty(CombaInitialization.Describe(t.MixerKey!, comba)));
+        Assert.Throws<InvalidOperationException>(() => CombaInitialization.Describe("mystery", comba));
     }
 }
