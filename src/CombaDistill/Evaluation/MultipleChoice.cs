@@ -126,6 +126,7 @@ public static class MultipleChoice
             if (cut >= start) throw new ArgumentException($"item of line {item.Line}: choice \"{choice}\" alone is longer than the model's context ({model.Config.MaxPositionEmbeddings} tokens)");
             sequences.Add((whole[cut..], start - cut));
         }
+        using var noGrad = no_grad();
         using var scope = NewDisposeScope();
         var width = sequences.Max(s => s.Ids.Length);
         var padded = new long[sequences.Count * width];

@@ -81,6 +81,7 @@ public static class Passkey
     /// <summary>Whether every answer token is the argmax at the position before it.</summary>
     public static bool Retrieved(ICausalLM model, PasskeyPrompt prompt)
     {
+        using var noGrad = no_grad();
         using var scope = NewDisposeScope();
         var ids = tensor(prompt.Ids.Select(i => (long)i).ToArray(), [1, prompt.Ids.Length], device: model.Device);
         var answerLength = prompt.Ids.Length - prompt.AnswerStart;
