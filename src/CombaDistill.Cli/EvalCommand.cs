@@ -56,6 +56,9 @@ static class EvalCommand
             // Files are checked before anything slow happens.
             if (plan.DataPath is { } d && !File.Exists(d)) throw new InvalidInputException(d, "data file does not exist");
             if (multipleChoice is not null) MultipleChoice.Load(multipleChoice);
+            if (parse.GetValue(output) is { Length: > 0 } o && File.Exists(o)) throw new InvalidInputException(o, "is a file; --out must be a folder");
+            if (parse.GetValue(json) is { Length: > 0 } j && Path.GetDirectoryName(Path.GetFullPath(j)) is { } parent && !Directory.Exists(parent))
+                throw new InvalidInputException(j, $"folder {parent} does not exist");
 
             var device = CliCommon.Start(parse);
             var clock = Stopwatch.StartNew();
