@@ -10,6 +10,8 @@ static class CliCommands
         ImportCommand.Create(),
         InspectCommand.Create(),
         GenerateCommand.Create(),
+        ConvertCommand.Create(),
         BenchCommand.Create(),
+        EvalCommand.Create(),
     ];
 }
