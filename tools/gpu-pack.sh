@@ -10,5 +10,5 @@ dotnet build tests/CombaDistill.Tests -c Release --nologo -v quiet -clp:ErrorsOn
 "$shared/gpu/pack.sh" cli=src/CombaDistill.Cli/CombaDistill.Cli.csproj tests=tests/CombaDistill.Tests/bin/Release/net10.0
 rm -rf .gpu/shared && mkdir -p .gpu/shared/models .gpu/shared/data
 cp -r "$shared/models/stories260K" .gpu/shared/models/
-cp -r "$shared/data/tinystories-valid-head" .gpu/shared/data/
+cp -r "$shared/data/." .gpu/shared/data/
 du -sh .gpu
