@@ -1,0 +1,127 @@
+using System.Text.Json;
+using static TorchSharp.torch;
+
+namespace CombaDistill.IO;
+
+/// <summary>
+/// The weights of a model, in Hugging Face's layouts: one .safetensors file, a folder holding
+/// model.safetensors, or a folder holding model.safetensors.index.json whose weight_map names the
+/// shard of every tensor. Only headers are read on open; tensors are read on demand.
+/// </summary>
+public sealed class Checkpoint : IDisposable
+{
+    public const string SingleFileName = "model.safetensors";
+    public const string IndexFileName = "model.safetensors.index.json";
+
+    readonly IReadOnlyList<SafeTensorsFile> files;
+    readonly Dictionary<string, SafeTensorsFile> fileOf;
+
+    /// <summary>What was opened: the file, or the index for a sharded folder.</summary>
+    public string Path { get; }
+    public IReadOnlyCollection<string> Names => fileOf.Keys;
+    public IReadOnlyList<string> Files => files.Select(f => f.Path).ToList();
+    /// <summary>Bytes of tensor data over all names (headers excluded).</summary>
+    public long TotalBytes => fileOf.Sum(e => e.Value.Tensors[e.Key].ByteSize);
+    /// <summary>The __metadata__ of the first file.</summary>
+    public IReadOnlyDictionary<string, string> Metadata => files.Count > 0 ? files[0].Metadata : new Dictionary<string, string>();
+
+    Checkpoint(string path, IReadOnlyList<SafeTensorsFile> files, Dictionary<string, SafeTensorsFile> fileOf) =>
+        (Path, this.files, this.fileOf) = (path, files, fileOf);
+
+    public static Checkpoint Open(string pathOrFolder)
+    {
+        if (File.Exists(pathOrFolder)) return Single(pathOrFolder);
+        if (!Directory.Exists(pathOrFolder)) throw new InvalidInputException(pathOrFolder, "no such file or folder");
+        var index = System.IO.Path.Combine(pathOrFolder, IndexFileName);
+        if (File.Exists(index)) return Sharded(index);
+        var single = System.IO.Path.Combine(pathOrFolder, SingleFileName);
+        if (File.Exists(single)) return Single(single);
+        var hint = File.Exists(System.IO.Path.Combine(pathOrFolder, "pytorch_model.bin")) ? " (only safetensors weights are read; it has a pytorch_model.bin)" : "";
+        throw new InvalidInputException(pathOrFolder, $"folder has neither {SingleFileName} nor {IndexFileName}{hint}");
+    }
+
+    public bool Contains(string name) => fileOf.ContainsKey(name);
+
+    public TensorInfo Info(string name) =>
+        fileOf.TryGetValue(name, out var file) ? file.Tensors[name] : throw new InvalidInputException(Path, $"no tensor named '{name}'");
+
+    /// <summary>The file that holds <paramref name="name"/>.</summary>
+    public string FileOf(string name) => fileOf.TryGetValue(name, out var file) ? file.Path : throw new InvalidInputException(Path, $"no tensor named '{name}'");
+
+    public Tensor Read(string name, ScalarType? dtype = null, Device? device = null) =>
+        fileOf.TryGetValue(name, out var file) ? file.Read(name, dtype, device) : throw new InvalidInputException(Path, $"no tensor named '{name}'");
+
+    public void Dispose()
+    {
+        foreach (var f in files) f.Dispose();
+    }
+
+    static Checkpoint Single(string path)
+    {
+        var file = SafeTensorsFile.Open(path);
+        return new Checkpoint(path, [file], file.Tensors.Keys.ToDictionary(n => n, _ => file, StringComparer.Ordinal));
+    }
+
+    static Checkpoint Sharded(string indexPath)
+    {
+        var weightMap = ReadWeightMap(indexPath);
+        var folder = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(indexPath))!;
+        var opened = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
+        try
+        {
+            foreach (var shard in weightMap.Values.Distinct().Order(StringComparer.Ordinal))
+            {
+                var shardPath = System.IO.Path.Combine(folder, shard);
+                if (!File.Exists(shardPath))
+                    throw new InvalidInputException(indexPath, $"shard '{shard}' named in weight_map is missing ({shardPath})");
+                opened[shard] = SafeTensorsFile.Open(shardPath);
+            }
+            var fileOf = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
+            foreach (var (name, shard) in weightMap)
+            {
+                var file = opened[shard];
+                if (!file.Contains(name))
+                    throw new InvalidInputException(indexPath, $"weight_map puts tensor '{name}' in shard '{shard}', which does not hold it");
+                fileOf[name] = file;
+            }
+            return new Checkpoint(indexPath, opened.Values.ToList(), fileOf);
+        }
+        catch
+        {
+            foreach (var f in opened.Values) f.Dispose();
+            throw;
+        }
+    }
+
+    static Dictionary<string, string> ReadWeightMap(string indexPath)
+    {
+        JsonDocument doc;
+        try
+        {
+            doc = JsonDocument.Parse(IoRetry.Execute(() => File.ReadAllBytes(indexPath)));
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidInputException(indexPath, $"not valid JSON ({e.Message})", e);
+        }
+        using (doc)
+        {
+            if (doc.RootElement.ValueKind != JsonValueKind.Object
+                || !doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
+                throw new InvalidInputException(indexPath, "has no weight_map object");
+            var result = new Dictionary<string, string>(StringComparer.Ordinal);
+            foreach (var entry in map.EnumerateObject())
+            {
+                if (entry.Value.ValueKind != JsonValueKind.String)
+                    throw new InvalidInputException(indexPath, $"weight_map entry '{entry.Name}' is not a file name");
+                var shard = entry.Value.GetString()!;
+                // Shards live beside the index; a path here could point anywhere.
+                if (shard.Length == 0 || shard != System.IO.Path.GetFileName(shard) || shard is "." or "..")
+                    throw new InvalidInputException(indexPath, $"weight_map entry '{entry.Name}' names '{shard}', which is not a file name in the same folder");
+                if (!result.TryAdd(entry.Name, shard))
+                    throw new InvalidInputException(indexPath, $"weight_map names tensor '{entry.Name}' twice");
+            }
+            return result;
+        }
+    }
+}

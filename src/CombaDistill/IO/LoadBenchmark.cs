@@ -1,0 +1,82 @@
+using System.Diagnostics;
+
+namespace CombaDistill.IO;
+
+/// <summary>
+/// Checkpoint read speed next to the speed of simply reading the same files from start to end.
+/// <see cref="Bytes"/> is tensor data (what <see cref="CheckpointGBps"/> is over); <see cref="FileBytes"/>
+/// includes the headers (what <see cref="SequentialGBps"/> is over). Times are medians.
+/// </summary>
+public sealed record LoadBenchmarkResult(
+    long Bytes, double CheckpointGBps, double SequentialGBps,
+    long FileBytes, int Tensors, int Files, int Repeats, double CheckpointSeconds, double SequentialSeconds)
+{
+    /// <summary>Checkpoint speed as a fraction of the sequential read's.</summary>
+    public double Ratio => SequentialGBps > 0 ? CheckpointGBps / SequentialGBps : 0;
+}
+
+public static class LoadBenchmark
+{
+    /// <summary>
+    /// Reads every tensor of the checkpoint (into CPU tensors, in its stored dtype) and, in the same run,
+    /// every byte of its files with a plain FileStream. Both are read once first so both time a warm page
+    /// cache (dropping the cache needs root); then they alternate for <paramref name="repeats"/> rounds.
+    /// </summary>
+    public static LoadBenchmarkResult Run(string modelPath, int repeats = 5, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(repeats);
+        using var checkpoint = Checkpoint.Open(modelPath);
+        var files = checkpoint.Files;
+        var fileBytes = files.Sum(f => new FileInfo(f).Length);
+
+        ReadAllTensors(checkpoint);
+        ReadFilesSequentially(files);
+        var checkpointTimes = new List<double>();
+        var sequentialTimes = new List<double>();
+        for (var r = 0; r < repeats; r++)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            checkpointTimes.Add(Time(() => ReadAllTensors(checkpoint)));
+            sequentialTimes.Add(Time(() => ReadFilesSequentially(files)));
+        }
+        var checkpointSeconds = Median(checkpointTimes);
+        var sequentialSeconds = Median(sequentialTimes);
+        return new LoadBenchmarkResult(
+            checkpoint.TotalBytes, GBps(checkpoint.TotalBytes, checkpointSeconds), GBps(fileBytes, sequentialSeconds),
+            fileBytes, checkpoint.Names.Count, files.Count, repeats, checkpointSeconds, sequentialSeconds);
+    }
+
+    static void ReadAllTensors(Checkpoint checkpoint)
+    {
+        foreach (var name in checkpoint.Names)
+        {
+            using var tensor = checkpoint.Read(name);
+        }
+    }
+
+    static void ReadFilesSequentially(IReadOnlyList<string> files)
+    {
+        var buffer = new byte[4 << 20];
+        foreach (var file in files)
+        {
+            using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1, FileOptions.SequentialScan);
+            while (stream.Read(buffer) > 0) { }
+        }
+    }
+
+    static double Time(Action action)
+    {
+        var clock = Stopwatch.StartNew();
+        action();
+        return clock.Elapsed.TotalSeconds;
+    }
+
+    static double Median(List<double> values)
+    {
+        var sorted = values.Order().ToList();
+        var mid = sorted.Count / 2;
+        return sorted.Count % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+    }
+
+    static double GBps(long bytes, double seconds) => seconds > 0 ? bytes / seconds / 1e9 : 0;
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Prepares .gpu/ for a device call: Release builds of the CLI and the tests (without CPU libtorch),
+# a .NET runtime, and copies of the ../shared fixtures the tests read (../shared does not travel).
+# Then call the device tool with carry [".gpu"] and e.g.
+#   bash tools/gpu/session.sh               # GPU test lane, HF references, benchmarks; results under $OUT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shared=${COMBADISTILL_SHARED:-../shared}
+dotnet build tests/CombaDistill.Tests -c Release --nologo -v quiet -clp:ErrorsOnly
+"$shared/gpu/pack.sh" cli=src/CombaDistill.Cli/CombaDistill.Cli.csproj tests=tests/CombaDistill.Tests/bin/Release/net10.0
+rm -rf .gpu/shared && mkdir -p .gpu/shared/models .gpu/shared/data
+cp -r "$shared/models/stories260K" .gpu/shared/models/
+cp -r "$shared/data/tinystories-valid-head" .gpu/shared/data/
+du -sh .gpu
