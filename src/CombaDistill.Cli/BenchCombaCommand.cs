@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Globalization;
-using System.Text.Json;
 using CombaDistill.IO;
 using CombaDistill.Ops;
 using Spectre.Console;
@@ -8,7 +7,7 @@ using TorchSharp;
 
 namespace CombaDistill.Cli;
 
-/// <summary><c>combadistill bench comba</c>: Chunkwise vs Naive Comba vs the teacher's SDPA, forward and forward+backward.</summary>
+/// <summary><c>combadistill bench comba [--json FILE]</c>: Chunkwise vs Naive Comba vs the teacher's SDPA, forward and forward+backward.</summary>
 static class BenchCombaCommand
 {
     public static Command Create()
@@ -23,12 +22,11 @@ static class BenchCombaCommand
         var warmup = new Option<int>("--warmup") { Description = "untimed runs first", DefaultValueFactory = _ => 1 };
         var chunk = new Option<int>("--chunk-size") { Description = "Chunkwise chunk size: 16, 32, 64 or 128", DefaultValueFactory = _ => 64 };
         var naiveMax = new Option<long>("--naive-max-tokens") { Description = "skip Naive above this many tokens (B·T)", DefaultValueFactory = _ => new CombaBenchOptions().NaiveMaxTokens };
-        var json = new Option<string?>("--json") { Description = "also write the results as JSON to this file" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: libtorch's choice); 1 avoids oversubscription on a busy machine" };
 
         var command = new Command("comba", "Time Chunkwise and Naive Comba against scaled_dot_product_attention (forward, forward+backward)")
         {
-            shapes, dtype, repeats, warmup, chunk, naiveMax, threads, json,
+            shapes, dtype, repeats, warmup, chunk, naiveMax, threads,
         };
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
@@ -44,9 +42,8 @@ static class BenchCombaCommand
             var type = ParseDType(parse.GetValue(dtype) ?? (onGpu ? "bfloat16" : "float32"));
             if (!ChunkwiseComba.SupportedChunkSizes.Contains(parse.GetValue(chunk)))
                 throw new ArgumentException($"--chunk-size {parse.GetValue(chunk)}: use one of {string.Join(", ", ChunkwiseComba.SupportedChunkSizes)}");
-            var jsonPath = parse.GetValue(json);
-            if (jsonPath is not null && Path.GetDirectoryName(Path.GetFullPath(jsonPath)) is { } folder && !Directory.Exists(folder))
-                throw new InvalidInputException(jsonPath, $"folder {folder} does not exist");
+            if (parse.GetValue(BenchCommand.JsonOption) is { Length: > 0 } jsonPath && Path.GetDirectoryName(Path.GetFullPath(jsonPath)) is { } folder && !Directory.Exists(folder))
+                throw new InvalidInputException(jsonPath, $"folder {folder} does not exist");   // before minutes of timing, not after
             var options = new CombaBenchOptions
             {
                 Repeats = parse.GetValue(repeats), Warmup = parse.GetValue(warmup), ChunkSize = parse.GetValue(chunk), NaiveMaxTokens = parse.GetValue(naiveMax),
@@ -59,13 +56,7 @@ static class BenchCombaCommand
             AnsiConsole.Write(Table(results));
             foreach (var r in results.Where(r => r.Note is not null))
                 AnsiConsole.MarkupLineInterpolated($"  {r.Shape} {r.Method}: {r.Note}");
-            if (jsonPath is not null)
-            {
-                var temp = jsonPath + ".tmp";
-                File.WriteAllText(temp, JsonSerializer.Serialize(results, new JsonSerializerOptions { WriteIndented = true }));
-                File.Move(temp, jsonPath, overwrite: true);
-                CliCommon.Err.MarkupLineInterpolated($"[grey]wrote {jsonPath}[/]");
-            }
+            BenchCommand.WriteJson(parse, results);
             return 0;
         }));
         return command;
@@ -82,7 +73,7 @@ static class BenchCombaCommand
     public static Table Table(IReadOnlyList<CombaBenchResult> results)
     {
         var first = results.FirstOrDefault();
-        var table = new Table().Title($"Comba vs SDPA, {first?.DType} on {first?.Device}; ×SDPA = time / SDPA's time");
+        var table = new Table().Title($"Comba vs SDPA, {first?.Dtype} on {first?.Device}; ×SDPA = time / SDPA's time");
         table.AddColumn("shape (B,T,H,D)").AddColumn("method");
         foreach (var column in new[] { "fwd ms", "fwd tok/s", "fwd ×SDPA", "fwd+bwd ms", "fwd+bwd tok/s", "fwd+bwd ×SDPA" })
             table.AddColumn(new TableColumn(column) { Alignment = Justify.Right });

@@ -36,7 +36,7 @@ public sealed record CombaBenchOptions
 /// (above 1: slower than the teacher's attention). Null times: skipped or failed, with the reason in Note.
 /// </summary>
 public sealed record CombaBenchResult(
-    BenchShape Shape, string Method, string DType, string Device,
+    BenchShape Shape, string Method, string Dtype, string Device,
     double? ForwardMs, double? ForwardBackwardMs,
     double? ForwardTokensPerSecond, double? ForwardBackwardTokensPerSecond,
     double? ForwardTimeRatioToSdpa, double? ForwardBackwardTimeRatioToSdpa,
