@@ -51,6 +51,7 @@ public class ConversionPlanTests(ITestOutputHelper output)
         using var real = new CombaForCausalLM(student);
         Assert.Equal(real.state_dict().Select(e => (e.Key, e.Value.shape)), plan.StudentTensors.Select(t => (t.Name, t.Shape)));
         using var teacher = new LlamaForCausalLM(TinyModels.Qwen2Tied);
+        Assert.Equal(teacher.state_dict().Select(e => (e.Key, e.Value.shape)), plan.TeacherTensors);
         Assert.Equal(teacher.parameters().Sum(p => p.numel()), plan.TeacherParameterCount);
         // layer 1 is kept attention: only layer 0 has new tensors
         Assert.All(plan.StudentTensors.Where(t => t.Source == TensorSource.Initialised), t => Assert.Equal(0, t.Layer));
