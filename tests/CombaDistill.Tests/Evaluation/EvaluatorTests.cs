@@ -71,7 +71,9 @@ public class EvaluatorTests(ImportedStories260K stories) : IClassFixture<Importe
         {
             var bytes = File.ReadAllBytes(png);
             Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], bytes[..4]);
-            Assert.True(bytes.Length > 10_000, $"{png}: {bytes.Length} bytes");
+            // a blank canvas of this size compresses to about 2 KB; lines make it several times larger
+            // (with fonts ~12 KB+; 7.5 KB on a host without fonts, where the labels are missing)
+            Assert.True(bytes.Length > 5_000, $"{png}: {bytes.Length} bytes");
         }
         var json = JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "report.json")))!;
         Assert.Equal(report.Perplexity.Model.Nll, json["perplexity"]!["model"]!["nll"]!.GetValue<double>());
