@@ -12,5 +12,6 @@ static class CliCommands
         GenerateCommand.Create(),
         ConvertCommand.Create(),
         BenchCommand.Create(),
+        EvalCommand.Create(),
     ];
 }
