@@ -8,31 +8,13 @@ namespace CombaDistill.Tests.Cli;
 /// <summary><c>bench comba</c> run as a user runs it: the table on stdout, progress on stderr, JSON in the file.</summary>
 public class BenchCombaCommandTests
 {
-    static readonly string CliDll = Path.Combine(AppContext.BaseDirectory, "CombaDistill.Cli.dll");
-
-    static (int Code, string Stdout, string Stderr) Cli(params string[] args)
-    {
-        var start = new ProcessStartInfo("dotnet")
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
-            StandardOutputEncoding = new UTF8Encoding(false), StandardErrorEncoding = new UTF8Encoding(false),
-        };
-        start.ArgumentList.Add(CliDll);
-        foreach (var a in args) start.ArgumentList.Add(a);
-        start.Environment["OMP_NUM_THREADS"] = "1";
-        using var process = Process.Start(start)!;
-        var stderr = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
-        var stdout = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        return (process.ExitCode, stdout, stderr.Result);
-    }
 
     [Fact]
     public void Prints_a_table_and_writes_JSON_for_every_shape_and_method()
     {
         using var temp = new TempDir();
         var json = temp["bench.json"];
-        var (code, stdout, stderr) = Cli("bench", "comba", "--device", "cpu", "--shape", "1,40,2,8", "--shape", "2,20,1,4",
+        var (code, stdout, stderr) = CliProcess.Run("bench", "comba", "--device", "cpu", "--shape", "1,40,2,8", "--shape", "2,20,1,4",
             "--repeats", "1", "--warmup", "0", "--chunk-size", "16", "--json", json);
         Assert.True(code == 0, stderr);
         foreach (var text in new[] { "(1,40,2,8)", "(2,20,1,4)", "sdpa", "chunkwise", "naive", "fwd+bwd ×SDPA" })
@@ -52,7 +34,7 @@ public class BenchCombaCommandTests
     [InlineData("--dtype", "int8", "--dtype int8")]
     public void Bad_options_exit_2_with_one_line(string option, string value, string expected)
     {
-        var (code, stdout, stderr) = Cli("bench", "comba", "--device", "cpu", option, value);
+        var (code, stdout, stderr) = CliProcess.Run("bench", "comba", "--device", "cpu", option, value);
         Assert.Equal(2, code);
         Assert.Contains(expected, stderr);
         Assert.Equal("", stdout);

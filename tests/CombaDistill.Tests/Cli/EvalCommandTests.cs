@@ -9,25 +9,6 @@ namespace CombaDistill.Tests.Cli;
 /// <summary><c>eval</c> run as users run it: the built CLI in its own process, the table on stdout, diagnostics on stderr.</summary>
 public class EvalCommandTests(ImportedStories260K stories) : IClassFixture<ImportedStories260K>
 {
-    static readonly string CliDll = Path.Combine(AppContext.BaseDirectory, "CombaDistill.Cli.dll");
-
-    static (int Code, string Stdout, string Stderr) Cli(params string[] args)
-    {
-        var start = new ProcessStartInfo("dotnet")
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
-            StandardOutputEncoding = new UTF8Encoding(false), StandardErrorEncoding = new UTF8Encoding(false),
-        };
-        start.ArgumentList.Add(CliDll);
-        foreach (var a in args) start.ArgumentList.Add(a);
-        start.Environment["OMP_NUM_THREADS"] = "1";
-        start.Environment["COLUMNS"] = "160";
-        using var process = Process.Start(start)!;
-        var stderr = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
-        var stdout = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        return (process.ExitCode, stdout, stderr.Result);
-    }
 
     [Fact]
     public void Eval_prints_the_table_and_writes_the_report_files()
@@ -35,7 +16,7 @@ public class EvalCommandTests(ImportedStories260K stories) : IClassFixture<Impor
         using var temp = new TempDir();
         var mc = temp["mc.jsonl"];
         File.WriteAllLines(mc, ["""{"ctx": "Once upon a time, there was a little girl named", "endings": [" Lily.", " table."], "label": 0}"""]);
-        var (code, stdout, stderr) = Cli("eval", "--model", stories.Folder, "--teacher", stories.Folder, "--tasks", $"ppl,agreement,mqar,mc:{mc}",
+        var (code, stdout, stderr) = CliProcess.Run("eval", "--model", stories.Folder, "--teacher", stories.Folder, "--tasks", $"ppl,agreement,mqar,mc:{mc}",
             "--data", Shared.TinyStoriesValid, "--max-tokens", "512", "--mqar-pairs", "4", "--mqar-lengths", "64", "--mqar-samples", "2",
             "--out", temp["report"], "--json", temp["copy.json"], "--device", "cpu");
         Assert.True(code == 0, stderr);
@@ -58,18 +39,18 @@ public class EvalCommandTests(ImportedStories260K stories) : IClassFixture<Impor
         using var temp = new TempDir();
         var mc = temp["mc.jsonl"];
         File.WriteAllLines(mc, ["""{"query": "q", "choices": ["a", "b"], "gold": 0}""", """{"query": "q", "choices": ["a", "b"], "gold": 3}"""]);
-        var bad = Cli("eval", "--model", stories.Folder, "--tasks", $"mc:{mc}", "--device", "cpu");
+        var bad = CliProcess.Run("eval", "--model", stories.Folder, "--tasks", $"mc:{mc}", "--device", "cpu");
         Assert.Equal(2, bad.Code);
         Assert.Equal("", bad.Stdout);
         Assert.Contains($"{mc}: line 2: gold index 3 is out of range for 2 choices", bad.Stderr.ReplaceLineEndings(""));
 
         var empty = temp["empty.txt"];
         File.WriteAllText(empty, "");
-        var noData = Cli("eval", "--model", stories.Folder, "--tasks", "ppl", "--data", empty, "--device", "cpu");
+        var noData = CliProcess.Run("eval", "--model", stories.Folder, "--tasks", "ppl", "--data", empty, "--device", "cpu");
         Assert.Equal(2, noData.Code);
         Assert.Contains($"{empty}: data file is empty", noData.Stderr.ReplaceLineEndings(""));
 
-        var unknown = Cli("eval", "--model", stories.Folder, "--tasks", "ppl,bleu", "--data", Shared.TinyStoriesValid, "--device", "cpu");
+        var unknown = CliProcess.Run("eval", "--model", stories.Folder, "--tasks", "ppl,bleu", "--data", Shared.TinyStoriesValid, "--device", "cpu");
         Assert.Equal(2, unknown.Code);
         Assert.Contains("unknown task 'bleu'", unknown.Stderr);
     }

@@ -8,30 +8,11 @@ namespace CombaDistill.Tests.Cli;
 /// <summary>import, inspect and generate, run as the user runs them: the built CLI in its own process, stdout and stderr apart.</summary>
 public class ModelCommandsTests
 {
-    static readonly string CliDll = Path.Combine(AppContext.BaseDirectory, "CombaDistill.Cli.dll");
-
-    static (int Code, string Stdout, string Stderr) Cli(params string[] args)
-    {
-        var start = new ProcessStartInfo("dotnet")
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
-            StandardOutputEncoding = new UTF8Encoding(false), StandardErrorEncoding = new UTF8Encoding(false),
-        };
-        start.ArgumentList.Add(CliDll);
-        foreach (var a in args) start.ArgumentList.Add(a);
-        // One intra-op thread: CI machines are small and shared, where spinning OpenMP workers only slow a tiny model down.
-        start.Environment["OMP_NUM_THREADS"] = "1";
-        using var process = Process.Start(start)!;
-        var stderr = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
-        var stdout = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        return (process.ExitCode, stdout, stderr.Result);
-    }
 
     static string Import(TempDir temp)
     {
         var folder = temp["stories"];
-        var (code, stdout, stderr) = Cli("import", "--from", Shared.Stories260KBin, "--tokenizer", Shared.Tok512Bin, "--out", folder, "--device", "cpu");
+        var (code, stdout, stderr) = CliProcess.Run("import", "--from", Shared.Stories260KBin, "--tokenizer", Shared.Tok512Bin, "--out", folder, "--device", "cpu");
         Assert.True(code == 0, stderr);
         Assert.Equal("", stdout);
         Assert.Contains("imported", stderr);
@@ -43,18 +24,18 @@ public class ModelCommandsTests
     {
         using var temp = new TempDir();
         var folder = Import(temp);
-        var (code, stdout, stderr) = Cli("generate", "--model", folder, "--prompt", "", "--max-tokens", "200", "--temperature", "0", "--device", "cpu");
+        var (code, stdout, stderr) = CliProcess.Run("generate", "--model", folder, "--prompt", "", "--max-tokens", "200", "--temperature", "0", "--device", "cpu");
         Assert.True(code == 0, stderr);
         Assert.Equal(Modeling.Stories260KTests.GreedyReference, stdout);
         Assert.Contains("200 tokens", stderr);
 
         // with a prompt, stdout is the continuation only, and a seed makes sampling repeat
         string[] sampled = ["generate", "--model", folder, "--prompt", "Once upon a time", "--max-tokens", "40", "--temperature", "0.9", "--top-p", "0.9", "--seed", "5", "--dtype", "float32"];
-        var first = Cli(sampled);
+        var first = CliProcess.Run(sampled);
         Assert.True(first.Code == 0, first.Stderr);
         Assert.False(first.Stdout.StartsWith("Once", StringComparison.Ordinal));
         Assert.True(first.Stdout.Length > 40);
-        Assert.Equal(first.Stdout, Cli(sampled).Stdout);
+        Assert.Equal(first.Stdout, CliProcess.Run(sampled).Stdout);
     }
 
     [Fact]
@@ -62,7 +43,7 @@ public class ModelCommandsTests
     {
         using var temp = new TempDir();
         var folder = Import(temp);
-        var (code, stdout, stderr) = Cli("inspect", folder, "--json", "--context", "100");
+        var (code, stdout, stderr) = CliProcess.Run("inspect", folder, "--json", "--context", "100");
         Assert.True(code == 0, stderr);
         var json = JsonNode.Parse(stdout)!.AsObject();
         Assert.Equal(260_032, (long)json["total_parameters"]!);
@@ -77,7 +58,7 @@ public class ModelCommandsTests
         Assert.Equal("model.safetensors", (string?)json["files"]![0]!["name"]);
         Assert.Contains("llama2.c tokenizer, 512 tokens", (string?)json["tokenizer"]);
 
-        var table = Cli("inspect", folder);
+        var table = CliProcess.Run("inspect", folder);
         Assert.True(table.Code == 0, table.Stderr);
         Assert.Contains("260,032", table.Stdout);
         Assert.Contains("tied to embeddings", table.Stdout);
@@ -88,12 +69,12 @@ public class ModelCommandsTests
     {
         using var temp = new TempDir();
         Directory.CreateDirectory(temp["exists"]);
-        var refused = Cli("import", "--from", Shared.Stories260KBin, "--tokenizer", Shared.Tok512Bin, "--out", temp["exists"]);
+        var refused = CliProcess.Run("import", "--from", Shared.Stories260KBin, "--tokenizer", Shared.Tok512Bin, "--out", temp["exists"]);
         Assert.Equal(2, refused.Code);
         Assert.Contains("--force", refused.Stderr);
         Assert.Equal("", refused.Stdout);
 
-        var missing = Cli("generate", "--model", temp["nowhere"], "--max-tokens", "5", "--temperature", "0");
+        var missing = CliProcess.Run("generate", "--model", temp["nowhere"], "--max-tokens", "5", "--temperature", "0");
         Assert.Equal(2, missing.Code);
         Assert.Contains(temp["nowhere"], missing.Stderr.ReplaceLineEndings(""));
         Assert.Equal("", missing.Stdout);

@@ -1,0 +1,30 @@
+using System.Diagnostics;
+using System.Text;
+
+namespace CombaDistill.Tests.Support;
+
+/// <summary>The built CLI run as users run it: its own process, standard output and standard error apart.</summary>
+public static class CliProcess
+{
+    static readonly string CliDll = Path.Combine(AppContext.BaseDirectory, "CombaDistill.Cli.dll");
+
+    public static (int Code, string Stdout, string Stderr) Run(params string[] args)
+    {
+        var start = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+            StandardOutputEncoding = new UTF8Encoding(false), StandardErrorEncoding = new UTF8Encoding(false),
+        };
+        start.ArgumentList.Add(CliDll);
+        foreach (var a in args) start.ArgumentList.Add(a);
+        // One intra-op thread: CI machines are small and shared, where spinning OpenMP workers only slow a tiny model down.
+        start.Environment["OMP_NUM_THREADS"] = "1";
+        // Tables are wider than the 80 columns Spectre assumes for redirected output.
+        start.Environment["COLUMNS"] = "200";
+        using var process = Process.Start(start)!;
+        var stderr = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+        var stdout = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        return (process.ExitCode, stdout, stderr.Result);
+    }
+}
