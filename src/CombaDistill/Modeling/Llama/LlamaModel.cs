@@ -7,14 +7,14 @@ namespace CombaDistill.Modeling.Llama;
 public sealed class LlamaModel : nn.Module
 {
     readonly RotaryEmbedding rotary;
-    public Embedding embed_tokens;
+    public TokenEmbedding embed_tokens;
     public ModuleList<LlamaDecoderLayer> layers;
     public RMSNorm norm;
 
     public LlamaModel(LlamaConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null) : base(nameof(LlamaModel))
     {
         rotary = RotaryEmbedding.For(config);
-        embed_tokens = nn.Embedding(config.VocabSize, config.HiddenSize, device: device, dtype: dtype);
+        embed_tokens = new TokenEmbedding(config.VocabSize, config.HiddenSize, dtype, device);
         layers = new ModuleList<LlamaDecoderLayer>(Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new LlamaDecoderLayer(config, dtype, device)).ToArray());
         norm = new RMSNorm(config.HiddenSize, config.RmsNormEps, dtype, device);
         RegisterComponents();

@@ -2,13 +2,13 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace CombaDistill.Modeling.Comba;
+namespace CombaDistill.Modeling;
 
 /// <summary>
 /// The token embedding table, made directly on its device in its dtype. TorchSharp's nn.Embedding (and
 /// Embedding_from_pretrained) first build a float32 table on the CPU and then move it, which on the meta device still
 /// allocates the whole table until the garbage collector runs (1 GB for a 128k × 2048 vocabulary) — too much for
-/// planning a conversion "without allocating weights". The lookup is nn.Embedding's: rows of weight, bit for bit.
+/// building a model on the meta device or loading a large checkpoint. The lookup is nn.Embedding's: rows of weight, bit for bit.
 /// </summary>
 public sealed class TokenEmbedding : nn.Module<Tensor, Tensor>
 {
