@@ -12,3 +12,8 @@ cli inspect runs/stories260K
 echo "--- greedy, 200 tokens from BOS:" >&2
 cli generate --model runs/stories260K --prompt "" --max-tokens 200 --temperature 0
 echo
+# the untrained Comba student of the same model (distill it with: combadistill distill --recipe recipes/stories260k.yaml)
+cli convert --from runs/stories260K --out runs/stories260K-comba --force
+echo "--- the untrained student, greedy, 60 tokens:" >&2
+cli generate --model runs/stories260K-comba --prompt "Once upon a time" --max-tokens 60 --temperature 0
+echo

@@ -35,7 +35,7 @@ static class GenerateCommand
             var lm = CausalLMLoader.Load(folder, parse.GetValue(dtype) is { } d ? LlamaForCausalLM.ParseDtype(d) : null, device);
             using var loaded = (IDisposable)lm;   // a teacher or a student, both modules
             var tokenizer = TokenizerLoader.Load(folder, lm.Config.BosTokenId, lm.Config.EosTokenIds[0]);
-            CliCommon.Err.WriteLine($"loaded {folder} ({lm.Config.ModelType}, {tokenizer.Description}) on {device.type} in {clock.Elapsed.TotalSeconds:F1}s");
+            CliCommon.Err.WriteLine($"loaded {folder} ({(lm is CombaDistill.Modeling.Comba.CombaForCausalLM ? $"comba student of a {lm.Config.ModelType}" : lm.Config.ModelType)}, {tokenizer.Description}) on {device.type} in {clock.Elapsed.TotalSeconds:F1}s");
 
             var ids = tokenizer.Encode(parse.GetValue(prompt) ?? "", addBos: true);
             if (ids.Length == 0) ids = [tokenizer.BosId];
