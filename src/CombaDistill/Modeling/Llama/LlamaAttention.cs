@@ -1,0 +1,55 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace CombaDistill.Modeling.Llama;
+
+/// <summary>
+/// Causal multi-head attention with grouped K/V heads (GQA) and rotary positions, laid out like
+/// Hugging Face's LlamaAttention / Qwen2Attention so its parameters carry the same names.
+/// </summary>
+public sealed class LlamaAttention : nn.Module
+{
+    readonly int numHeads, numKeyValueHeads, headDim;
+    public Linear q_proj, k_proj, v_proj, o_proj;
+
+    public LlamaAttention(LlamaConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null) : base(nameof(LlamaAttention))
+    {
+        (numHeads, numKeyValueHeads, headDim) = (config.NumAttentionHeads, config.NumKeyValueHeads, config.HeadDim);
+        q_proj = nn.Linear(config.HiddenSize, numHeads * headDim, hasBias: config.QkvBias, device: device, dtype: dtype);
+        k_proj = nn.Linear(config.HiddenSize, numKeyValueHeads * headDim, hasBias: config.QkvBias, device: device, dtype: dtype);
+        v_proj = nn.Linear(config.HiddenSize, numKeyValueHeads * headDim, hasBias: config.QkvBias, device: device, dtype: dtype);
+        o_proj = nn.Linear(numHeads * headDim, config.HiddenSize, hasBias: config.OutputBias, device: device, dtype: dtype);
+        RegisterComponents();
+    }
+
+    /// <summary>
+    /// x (B, T, hidden) at positions given by the rotary tables cos/sin (T, head_dim); with a cache
+    /// the keys attend over everything it holds as well.
+    /// </summary>
+    public Tensor forward(Tensor x, Tensor cos, Tensor sin, KvCache.LayerCache? cache = null)
+    {
+        var (batch, length) = (x.shape[0], x.shape[1]);
+        var q = q_proj.forward(x).view(batch, length, numHeads, headDim).transpose(1, 2);
+        var k = k_proj.forward(x).view(batch, length, numKeyValueHeads, headDim).transpose(1, 2);
+        var v = v_proj.forward(x).view(batch, length, numKeyValueHeads, headDim).transpose(1, 2);
+        q = RotaryEmbedding.Apply(q, cos, sin);
+        k = RotaryEmbedding.Apply(k, cos, sin);
+        if (cache is not null) (k, v) = cache.Append(k, v);
+
+        // Each K/V head serves numHeads / numKeyValueHeads consecutive query heads.
+        var groups = numHeads / numKeyValueHeads;
+        if (groups > 1) (k, v) = (k.repeat_interleave(groups, dim: 1), v.repeat_interleave(groups, dim: 1));
+
+        var keyLength = k.shape[2];
+        var attended =
+            length == keyLength ? nn.functional.scaled_dot_product_attention(q, k, v, is_casual: true)
+            : length == 1 ? nn.functional.scaled_dot_product_attention(q, k, v)
+            : nn.functional.scaled_dot_product_attention(q, k, v, attn_mask: CausalMask(length, keyLength, x.device));
+        return o_proj.forward(attended.transpose(1, 2).reshape(batch, length, numHeads * headDim));
+    }
+
+    /// <summary>The last <paramref name="queries"/> of <paramref name="keys"/> positions each see themselves and everything before.</summary>
+    static Tensor CausalMask(long queries, long keys, Device device) =>
+        ones([queries, keys], ScalarType.Bool, device).tril(keys - queries);
+}

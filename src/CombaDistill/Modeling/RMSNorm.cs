@@ -1,0 +1,30 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace CombaDistill.Modeling;
+
+/// <summary>
+/// Root-mean-square layer norm, computed as Hugging Face does: normalise in float32 (bf16 would lose
+/// the small differences the mean of squares is made of), cast back, then scale by the weight in the
+/// model's dtype.
+/// </summary>
+public sealed class RMSNorm : nn.Module<Tensor, Tensor>
+{
+    readonly double eps;
+    public Parameter weight;
+
+    public RMSNorm(long dim, double eps, ScalarType dtype = ScalarType.Float32, Device? device = null) : base(nameof(RMSNorm))
+    {
+        this.eps = eps;
+        weight = new Parameter(ones(dim, dtype, device));
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        var x32 = x.to(ScalarType.Float32);
+        var normed = x32 * (x32.square().mean([-1], keepdim: true) + eps).rsqrt();
+        return weight * normed.to(x.dtype);
+    }
+}
