@@ -1,0 +1,120 @@
+using System.Text.Json.Nodes;
+using CombaDistill.IO;
+using CombaDistill.Ops;
+
+namespace CombaDistill.Modeling.Comba;
+
+/// <summary>
+/// The options of a Comba attention layer that change its numerics. Each is written to the student's
+/// config.json as a <c>comba_*</c> field, so a checkpoint reloads exactly without flags.
+/// </summary>
+public sealed record CombaConfig
+{
+    public const string Prefix = "comba_";
+    public static readonly string[] RotaryModes = ["none", "teacher"];
+    public static readonly int[] ShortConvKernels = [0, 4];
+
+    /// <summary>"none", or "teacher": apply the teacher's rotary embedding to q and k before the recurrence.</summary>
+    public string Rotary { get; init; } = "none";
+
+    /// <summary>Kernel of the depthwise causal convolution on q, k and v; 0 = none. Identity-initialised.</summary>
+    public int ShortConv { get; init; } = 4;
+
+    /// <summary>Per-head RMSNorm on the recurrence output before o_proj (one weight of head_dim shared by the heads).</summary>
+    public bool OutputNorm { get; init; }
+
+    public int ChunkSize { get; init; } = 64;
+
+    /// <summary>
+    /// Output scale s. 1.0, not 1/√d_k: q̂ and k̂ are unit vectors, so q̂·k̂ ∈ [−1, 1] already, and with s = 1 the read-out
+    /// o ≈ Σ β (q̂·k̂) v starts on the scale of the teacher's attention output (a weighted mean of v) that o_proj expects.
+    /// The distillation experiments decide whether another default is better.
+    /// </summary>
+    public double Scale { get; init; } = 1.0;
+
+    /// <summary>Initial output correction d (o = s · S (q̂ − d k̂)); small so the student starts near a plain read-out.</summary>
+    public double InitialD { get; init; } = 0.02;
+
+    /// <summary>Initial λ = σ(b) in (0, 1): how strongly the write subtracts what the state already predicts for k̂.</summary>
+    public double InitialLambda { get; init; } = 0.5;
+
+    public double NormEps { get; init; } = 1e-6;
+
+    /// <summary>Throws <see cref="InvalidInputException"/> naming <paramref name="path"/> and the field.</summary>
+    public CombaConfig Validated(string? path = null)
+    {
+        if (!RotaryModes.Contains(Rotary)) Bad(path, "rotary", $"is '{Rotary}'; expected one of {string.Join(", ", RotaryModes)}");
+        if (!ShortConvKernels.Contains(ShortConv)) Bad(path, "short_conv", $"is {ShortConv}; expected 0 (none) or 4");
+        if (!ChunkwiseComba.SupportedChunkSizes.Contains(ChunkSize)) Bad(path, "chunk_size", $"is {ChunkSize}; expected one of {string.Join(", ", ChunkwiseComba.SupportedChunkSizes)}");
+        if (!(Scale > 0) || double.IsInfinity(Scale)) Bad(path, "scale", $"is {Scale}; expected a positive number");
+        if (!double.IsFinite(InitialD)) Bad(path, "initial_d", $"is {InitialD}; expected a finite number");
+        if (!(InitialLambda > 0 && InitialLambda < 1)) Bad(path, "initial_lambda", $"is {InitialLambda}; expected a number in (0, 1)");
+        if (!(NormEps > 0)) Bad(path, "norm_eps", $"is {NormEps}; expected a positive number");
+        return this;
+    }
+
+    static void Bad(string? path, string field, string problem) =>
+        throw new InvalidInputException(path, $"field '{Prefix}{field}' {problem}");
+
+    /// <summary>Adds every comba_* field to <paramref name="config"/> (e.g. the student's config.json) and returns it.</summary>
+    public JsonObject WriteTo(JsonObject config)
+    {
+        config[Prefix + "rotary"] = Rotary;
+        config[Prefix + "short_conv"] = ShortConv;
+        config[Prefix + "output_norm"] = OutputNorm;
+        config[Prefix + "chunk_size"] = ChunkSize;
+        config[Prefix + "scale"] = Scale;
+        config[Prefix + "initial_d"] = InitialD;
+        config[Prefix + "initial_lambda"] = InitialLambda;
+        config[Prefix + "norm_eps"] = NormEps;
+        return config;
+    }
+
+    public JsonObject ToJson() => WriteTo(new JsonObject());
+
+    /// <summary>Reads the comba_* fields of a config.json; a missing field takes its default, a malformed one is an error.</summary>
+    public static CombaConfig FromJson(JsonObject j, string path)
+    {
+        var defaults = new CombaConfig();
+        return new CombaConfig
+        {
+            Rotary = Str(j, path, "rotary") ?? defaults.Rotary,
+            ShortConv = Int(j, path, "short_conv") ?? defaults.ShortConv,
+            OutputNorm = Bool(j, path, "output_norm") ?? defaults.OutputNorm,
+            ChunkSize = Int(j, path, "chunk_size") ?? defaults.ChunkSize,
+            Scale = Num(j, path, "scale") ?? defaults.Scale,
+            InitialD = Num(j, path, "initial_d") ?? defaults.InitialD,
+            InitialLambda = Num(j, path, "initial_lambda") ?? defaults.InitialLambda,
+            NormEps = Num(j, path, "norm_eps") ?? defaults.NormEps,
+        }.Validated(path);
+    }
+
+    static string? Str(JsonObject j, string path, string field) => j[Prefix + field] switch
+    {
+        null => null,
+        JsonValue v when v.TryGetValue<string>(out var s) => s,
+        _ => throw new InvalidInputException(path, $"field '{Prefix}{field}' must be a string"),
+    };
+
+    static int? Int(JsonObject j, string path, string field) => j[Prefix + field] switch
+    {
+        null => null,
+        JsonValue v when v.TryGetValue<int>(out var i) => i,
+        JsonValue v when v.TryGetValue<double>(out var d) && d == Math.Floor(d) && Math.Abs(d) < int.MaxValue => (int)d,
+        _ => throw new InvalidInputException(path, $"field '{Prefix}{field}' must be an integer"),
+    };
+
+    static double? Num(JsonObject j, string path, string field) => j[Prefix + field] switch
+    {
+        null => null,
+        JsonValue v when v.TryGetValue<double>(out var d) => d,
+        _ => throw new InvalidInputException(path, $"field '{Prefix}{field}' must be a number"),
+    };
+
+    static bool? Bool(JsonObject j, string path, string field) => j[Prefix + field] switch
+    {
+        null => null,
+        JsonValue v when v.TryGetValue<bool>(out var b) => b,
+        _ => throw new InvalidInputException(path, $"field '{Prefix}{field}' must be true or false"),
+    };
+}
