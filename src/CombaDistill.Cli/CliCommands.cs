@@ -7,6 +7,9 @@ static class CliCommands
 {
     public static IEnumerable<Command> All() =>
     [
+        ImportCommand.Create(),
+        InspectCommand.Create(),
+        GenerateCommand.Create(),
         BenchCommand.Create(),
     ];
 }

@@ -34,7 +34,7 @@ public sealed class ImportedStories260K : IDisposable
 public class Stories260KTests(ImportedStories260K stories) : IClassFixture<ImportedStories260K>
 {
     /// <summary>llama2.c's test vector (test_all.py): run -t 0.0 -n 200 from BOS, without run.c's final newline.</summary>
-    const string GreedyReference =
+    internal const string GreedyReference =
         "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.\n" +
         "Lily's mom said, \"Lily, let's go to the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't find it.\"\n" +
         "Lily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to do.\"\n" +

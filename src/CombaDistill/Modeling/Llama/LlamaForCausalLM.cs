@@ -52,6 +52,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausalLM
     /// </summary>
     public static LlamaForCausalLM FromPretrained(string folder, ScalarType? dtype = null, Device? device = null)
     {
+        if (!Directory.Exists(folder)) throw new InvalidInputException(folder, "model folder does not exist");
         var configPath = Path.Combine(folder, "config.json");
         var config = LlamaConfig.Load(configPath);
         using var checkpoint = Checkpoint.Open(folder);

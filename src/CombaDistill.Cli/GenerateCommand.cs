@@ -1,0 +1,60 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text;
+using CombaDistill.Modeling;
+using CombaDistill.Modeling.Llama;
+using CombaDistill.Tokenization;
+using Spectre.Console;
+
+namespace CombaDistill.Cli;
+
+/// <summary><c>generate</c>: text from a model folder. Standard output carries only the generated text, streamed as it is produced.</summary>
+static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<string>("--model") { Description = "Hugging Face model folder (config.json, safetensors, tokenizer)", Required = true };
+        var prompt = new Option<string>("--prompt") { Description = "text to continue (empty: start from BOS)", DefaultValueFactory = _ => "" };
+        var maxTokens = new Option<int>("--max-tokens") { Description = "tokens to generate", DefaultValueFactory = _ => 256 };
+        var temperature = new Option<double>("--temperature") { Description = "0 is greedy", DefaultValueFactory = _ => 1.0 };
+        var topP = new Option<double>("--top-p") { Description = "nucleus sampling threshold (1 keeps every token)", DefaultValueFactory = _ => 1.0 };
+        var seed = new Option<long?>("--seed") { Description = "seed for sampling (reproducible output)" };
+        var dtype = new Option<string?>("--dtype") { Description = "float32 | bfloat16 (default: the checkpoint's torch_dtype)" };
+        dtype.AcceptOnlyFromAmong("float32", "bfloat16");
+        var command = new Command("generate", "Generate text with a model")
+        {
+            model, prompt, maxTokens, temperature, topP, seed, dtype,
+        };
+        command.SetAction(CliCommon.Run((parse, ct) =>
+        {
+            var device = CliCommon.Start(parse);
+            var folder = parse.GetValue(model)!;
+            var options = new GenerationOptions(parse.GetValue(maxTokens), parse.GetValue(temperature), parse.GetValue(topP), parse.GetValue(seed));
+            options.Validate();
+            var clock = Stopwatch.StartNew();
+            using var lm = LlamaForCausalLM.FromPretrained(folder, parse.GetValue(dtype) is { } d ? LlamaForCausalLM.ParseDtype(d) : null, device);
+            var tokenizer = TokenizerLoader.Load(folder, lm.Config.BosTokenId, lm.Config.EosTokenIds[0]);
+            CliCommon.Err.WriteLine($"loaded {folder} ({lm.Config.ModelType}, {tokenizer.Description}) on {device.type} in {clock.Elapsed.TotalSeconds:F1}s");
+
+            var ids = tokenizer.Encode(parse.GetValue(prompt) ?? "", addBos: true);
+            if (ids.Length == 0) ids = [tokenizer.BosId];
+            var decoder = new StreamingDecoder(tokenizer, previousId: ids[^1]);
+            using var stdout = new StreamWriter(Console.OpenStandardOutput(), new UTF8Encoding(encoderShouldEmitUTF8Identifier: false));
+            clock.Restart();
+            var count = 0;
+            foreach (var id in Generation.Generate(lm, ids, options, ct))
+            {
+                stdout.Write(decoder.Append(id));
+                stdout.Flush();
+                count++;
+            }
+            stdout.Write(decoder.Flush());
+            stdout.Flush();
+            // The newline a terminal wants goes to stderr, so stdout stays exactly the generated text.
+            CliCommon.Err.WriteLine();
+            CliCommon.Err.WriteLine($"{count} tokens in {clock.Elapsed.TotalSeconds:F2}s ({count / Math.Max(clock.Elapsed.TotalSeconds, 1e-9):F1} tokens/s)");
+            return 0;
+        }));
+        return command;
+    }
+}

@@ -1,0 +1,98 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using CombaDistill.IO;
+using CombaDistill.Modeling.Llama;
+
+namespace CombaDistill.Modeling.Comba;
+
+/// <summary>
+/// What a Comba student's config.json holds: the teacher's architecture (every Hugging Face field, so embeddings,
+/// MLPs, norms, rotary and kept attention layers are rebuilt exactly), the Comba layer options, and which layers
+/// kept the teacher's softmax attention. Written with <c>model_type: "comba"</c>; the teacher's own model type is
+/// kept in <c>teacher_model_type</c> because it decides details such as Qwen2's q/k/v biases.
+/// </summary>
+public sealed record CombaStudentConfig
+{
+    public const string ModelType = "comba";
+    public const string TeacherModelTypeField = "teacher_model_type";
+    public const string AttentionLayersField = "attention_layers";
+
+    /// <summary>The teacher's architecture; its TorchDtype is the student's stored dtype.</summary>
+    public required LlamaConfig Architecture { get; init; }
+
+    public CombaConfig Comba { get; init; } = new();
+
+    /// <summary>Layer indices (ascending) whose self_attn is the teacher's softmax attention; every other layer is Comba.</summary>
+    public IReadOnlyList<int> AttentionLayers { get; init; } = [];
+
+    public int NumLayers => Architecture.NumHiddenLayers;
+
+    public bool IsAttentionLayer(int layer) => AttentionLayers.Contains(layer);
+
+    public int CombaLayerCount => NumLayers - AttentionLayers.Count;
+
+    /// <summary>Throws <see cref="InvalidInputException"/> naming <paramref name="path"/> when a field is out of range.</summary>
+    public CombaStudentConfig Validated(string? path = null)
+    {
+        Comba.Validated(path);
+        var previous = -1;
+        foreach (var layer in AttentionLayers)
+        {
+            if (layer < 0 || layer >= NumLayers)
+                throw new InvalidInputException(path, $"field '{AttentionLayersField}' names layer {layer}, but the model has layers 0 … {NumLayers - 1}");
+            if (layer <= previous)
+                throw new InvalidInputException(path, $"field '{AttentionLayersField}' must list distinct layers in ascending order");
+            previous = layer;
+        }
+        return this;
+    }
+
+    public JsonObject ToJson()
+    {
+        var j = Architecture.ToJson();
+        j["architectures"] = new JsonArray("CombaForCausalLM");
+        j["model_type"] = ModelType;
+        j[TeacherModelTypeField] = Architecture.ModelType;
+        j[AttentionLayersField] = new JsonArray(AttentionLayers.Select(l => (JsonNode)l).ToArray());
+        return Comba.WriteTo(j);
+    }
+
+    public static CombaStudentConfig FromJson(JsonObject j, string path)
+    {
+        var modelType = j["model_type"] is JsonValue m && m.TryGetValue<string>(out var s) ? s : null;
+        if (modelType != ModelType)
+            throw new InvalidInputException(path, $"field 'model_type' is '{modelType ?? "(missing)"}'; a Comba student has '{ModelType}'");
+        var teacherType = j[TeacherModelTypeField] is JsonValue t && t.TryGetValue<string>(out var ts) ? ts
+            : throw new InvalidInputException(path, $"field '{TeacherModelTypeField}' is missing or not a string");
+
+        // The architecture fields are the teacher's, read by the teacher's own parser under its own model type.
+        var teacher = (JsonObject)j.DeepClone();
+        teacher["model_type"] = teacherType;
+        var layers = j[AttentionLayersField] switch
+        {
+            null => [],
+            JsonArray a => a.Select(n => n is JsonValue v && v.TryGetValue<int>(out var i) ? i
+                : throw new InvalidInputException(path, $"field '{AttentionLayersField}' must be an array of layer indices")).ToArray(),
+            _ => throw new InvalidInputException(path, $"field '{AttentionLayersField}' must be an array of layer indices"),
+        };
+        return new CombaStudentConfig
+        {
+            Architecture = LlamaConfig.FromJson(teacher, path),
+            Comba = CombaConfig.FromJson(j, path),
+            AttentionLayers = layers,
+        }.Validated(path);
+    }
+
+    public static CombaStudentConfig Load(string path)
+    {
+        JsonObject root;
+        try
+        {
+            root = JsonNode.Parse(File.ReadAllText(path)) as JsonObject
+                ?? throw new InvalidInputException(path, "config is not a JSON object");
+        }
+        catch (JsonException e) { throw new InvalidInputException(path, $"not valid JSON ({e.Message})", e); }
+        catch (FileNotFoundException e) { throw new InvalidInputException(path, "config.json not found", e); }
+        return FromJson(root, path);
+    }
+}

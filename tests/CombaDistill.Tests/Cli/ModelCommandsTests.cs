@@ -1,0 +1,101 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.Json.Nodes;
+using CombaDistill.Tests.Support;
+
+namespace CombaDistill.Tests.Cli;
+
+/// <summary>import, inspect and generate, run as the user runs them: the built CLI in its own process, stdout and stderr apart.</summary>
+public class ModelCommandsTests
+{
+    static readonly string CliDll = Path.Combine(AppContext.BaseDirectory, "CombaDistill.Cli.dll");
+
+    static (int Code, string Stdout, string Stderr) Cli(params string[] args)
+    {
+        var start = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+            StandardOutputEncoding = new UTF8Encoding(false), StandardErrorEncoding = new UTF8Encoding(false),
+        };
+        start.ArgumentList.Add(CliDll);
+        foreach (var a in args) start.ArgumentList.Add(a);
+        // One intra-op thread: CI machines are small and shared, where spinning OpenMP workers only slow a tiny model down.
+        start.Environment["OMP_NUM_THREADS"] = "1";
+        using var process = Process.Start(start)!;
+        var stderr = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+        var stdout = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        return (process.ExitCode, stdout, stderr.Result);
+    }
+
+    static string Import(TempDir temp)
+    {
+        var folder = temp["stories"];
+        var (code, stdout, stderr) = Cli("import", "--from", Shared.Stories260KBin, "--tokenizer", Shared.Tok512Bin, "--out", folder, "--device", "cpu");
+        Assert.True(code == 0, stderr);
+        Assert.Equal("", stdout);
+        Assert.Contains("imported", stderr);
+        return folder;
+    }
+
+    [Fact]
+    public void Generate_writes_exactly_the_generated_text_to_stdout()
+    {
+        using var temp = new TempDir();
+        var folder = Import(temp);
+        var (code, stdout, stderr) = Cli("generate", "--model", folder, "--prompt", "", "--max-tokens", "200", "--temperature", "0", "--device", "cpu");
+        Assert.True(code == 0, stderr);
+        Assert.Equal(Modeling.Stories260KTests.GreedyReference, stdout);
+        Assert.Contains("200 tokens", stderr);
+
+        // with a prompt, stdout is the continuation only, and a seed makes sampling repeat
+        string[] sampled = ["generate", "--model", folder, "--prompt", "Once upon a time", "--max-tokens", "40", "--temperature", "0.9", "--top-p", "0.9", "--seed", "5", "--dtype", "float32"];
+        var first = Cli(sampled);
+        Assert.True(first.Code == 0, first.Stderr);
+        Assert.False(first.Stdout.StartsWith("Once", StringComparison.Ordinal));
+        Assert.True(first.Stdout.Length > 40);
+        Assert.Equal(first.Stdout, Cli(sampled).Stdout);
+    }
+
+    [Fact]
+    public void Inspect_reports_parameters_files_and_kv_cache_size()
+    {
+        using var temp = new TempDir();
+        var folder = Import(temp);
+        var (code, stdout, stderr) = Cli("inspect", folder, "--json", "--context", "100");
+        Assert.True(code == 0, stderr);
+        var json = JsonNode.Parse(stdout)!.AsObject();
+        Assert.Equal(260_032, (long)json["total_parameters"]!);
+        Assert.Equal(512 * 64, (long)json["parameters"]!["embeddings"]!);
+        Assert.Equal(5 * (64 * 64 * 2 + 32 * 64 * 2), (long)json["parameters"]!["attention"]!);
+        Assert.Equal(5 * 3 * 64 * 172, (long)json["parameters"]!["mlp"]!);
+        Assert.Equal(11 * 64, (long)json["parameters"]!["norms"]!);
+        Assert.Equal(0, (long)json["parameters"]!["head"]!);
+        Assert.Equal(260_032 * 4, (long)json["weight_bytes"]!);
+        // keys and values × 5 layers × 4 KV heads × 8 dims × 100 tokens × 4 bytes
+        Assert.Equal(2 * 5 * 4 * 8 * 100 * 4, (long)json["kv_cache_bytes"]!);
+        Assert.Equal("model.safetensors", (string?)json["files"]![0]!["name"]);
+        Assert.Contains("llama2.c tokenizer, 512 tokens", (string?)json["tokenizer"]);
+
+        var table = Cli("inspect", folder);
+        Assert.True(table.Code == 0, table.Stderr);
+        Assert.Contains("260,032", table.Stdout);
+        Assert.Contains("tied to embeddings", table.Stdout);
+    }
+
+    [Fact]
+    public void User_errors_exit_2_with_one_line_on_stderr_and_nothing_on_stdout()
+    {
+        using var temp = new TempDir();
+        Directory.CreateDirectory(temp["exists"]);
+        var refused = Cli("import", "--from", Shared.Stories260KBin, "--tokenizer", Shared.Tok512Bin, "--out", temp["exists"]);
+        Assert.Equal(2, refused.Code);
+        Assert.Contains("--force", refused.Stderr);
+        Assert.Equal("", refused.Stdout);
+
+        var missing = Cli("generate", "--model", temp["nowhere"], "--max-tokens", "5", "--temperature", "0");
+        Assert.Equal(2, missing.Code);
+        Assert.Contains(temp["nowhere"], missing.Stderr.ReplaceLineEndings(""));
+        Assert.Equal("", missing.Stdout);
+    }
+}
