@@ -2,7 +2,7 @@
 # Prepares .gpu/ for a device call: Release builds of the CLI and the tests (without CPU libtorch),
 # a .NET runtime, and copies of the ../shared fixtures the tests read (../shared does not travel).
 # Then call the device tool with carry [".gpu"] and e.g.
-#   bash .gpu/lane.sh                       # GPU test lane + logs under $OUT
+#   bash tools/gpu/session.sh               # GPU test lane, HF references, benchmarks; results under $OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${COMBADISTILL_SHARED:-../shared}
@@ -11,5 +11,4 @@ dotnet build tests/CombaDistill.Tests -c Release --nologo -v quiet -clp:ErrorsOn
 rm -rf .gpu/shared && mkdir -p .gpu/shared/models .gpu/shared/data
 cp -r "$shared/models/stories260K" .gpu/shared/models/
 cp -r "$shared/data/tinystories-valid-head" .gpu/shared/data/
-cp tools/gpu/*.sh tools/gpu/*.py .gpu/ 2>/dev/null || true
 du -sh .gpu

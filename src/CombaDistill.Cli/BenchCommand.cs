@@ -9,7 +9,7 @@ namespace CombaDistill.Cli;
 static class BenchCommand
 {
     // A new benchmark is one more entry here and one more Create method below.
-    static readonly Func<Command>[] Subcommands = [CreateLoad];
+    static readonly Func<Command>[] Subcommands = [CreateLoad, BenchCombaCommand.Create, BenchConvertCommand.Create];
 
     public static readonly Option<string?> JsonOption = new("--json") { Description = "also write the result to this JSON file", Recursive = true };
 
@@ -44,7 +44,7 @@ static class BenchCommand
         return command;
     }
 
-    static void WriteJson<T>(ParseResult parse, T result)
+    internal static void WriteJson<T>(ParseResult parse, T result)
     {
         if (parse.GetValue(JsonOption) is { Length: > 0 } file)
             AtomicFile.WriteAllText(file, JsonSerializer.Serialize(result, JsonStyle) + "\n");

@@ -10,6 +10,7 @@ static class CliCommands
         ImportCommand.Create(),
         InspectCommand.Create(),
         GenerateCommand.Create(),
+        ConvertCommand.Create(),
         DistillCommand.Create(),
         BenchCommand.Create(),
     ];

@@ -22,7 +22,15 @@ static class CliCommon
     };
 
     /// <summary>Diagnostics and progress go to standard error, so standard output carries only results.</summary>
-    public static readonly IAnsiConsole Err = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+    public static readonly IAnsiConsole Err = CreateErr();
+
+    static IAnsiConsole CreateErr()
+    {
+        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+        // Redirected, Spectre assumes 80 columns and wraps; an error message must stay one line in a log.
+        if (Console.IsErrorRedirected) console.Profile.Width = 4096;
+        return console;
+    }
 
     /// <summary>Initialises the native runtime and resolves the device from the shared options.</summary>
     public static TorchSharp.torch.Device Start(ParseResult parse)

@@ -32,7 +32,8 @@ static class GenerateCommand
             var options = new GenerationOptions(parse.GetValue(maxTokens), parse.GetValue(temperature), parse.GetValue(topP), parse.GetValue(seed));
             options.Validate();
             var clock = Stopwatch.StartNew();
-            using var lm = LlamaForCausalLM.FromPretrained(folder, parse.GetValue(dtype) is { } d ? LlamaForCausalLM.ParseDtype(d) : null, device);
+            var lm = CausalLMLoader.Load(folder, parse.GetValue(dtype) is { } d ? LlamaForCausalLM.ParseDtype(d) : null, device);
+            using var loaded = (IDisposable)lm;   // a teacher or a student, both modules
             var tokenizer = TokenizerLoader.Load(folder, lm.Config.BosTokenId, lm.Config.EosTokenIds[0]);
             CliCommon.Err.WriteLine($"loaded {folder} ({lm.Config.ModelType}, {tokenizer.Description}) on {device.type} in {clock.Elapsed.TotalSeconds:F1}s");
 

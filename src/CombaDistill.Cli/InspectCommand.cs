@@ -1,6 +1,8 @@
 using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using CombaDistill.Modeling;
+using CombaDistill.Modeling.Comba;
 using CombaDistill.Modeling.Llama;
 using Spectre.Console;
 
@@ -17,9 +19,20 @@ static class InspectCommand
         var command = new Command("inspect", "Describe a model folder without loading its weights") { model, json, context };
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
-            var summary = ModelSummary.Inspect(parse.GetValue(model)!, parse.GetValue(context));
-            if (parse.GetValue(json)) Console.Out.WriteLine(ToJson(summary).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-            else Render(summary);
+            var folder = parse.GetValue(model)!;
+            var student = CausalLMLoader.ModelTypeOf(folder) == CombaStudentConfig.ModelType ? StudentSummary.Inspect(folder, parse.GetValue(context)) : null;
+            var summary = student?.Model ?? ModelSummary.Inspect(folder, parse.GetValue(context));
+            if (parse.GetValue(json))
+            {
+                var j = ToJson(summary);
+                if (student is not null) j["comba"] = ConvertCommand.StudentJson(student);
+                Console.Out.WriteLine(j.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            }
+            else
+            {
+                Render(summary);
+                if (student is not null) ConvertCommand.RenderStudent(student);
+            }
             return 0;
         }));
         return command;

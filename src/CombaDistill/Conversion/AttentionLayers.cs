@@ -34,7 +34,7 @@ public static class AttentionLayers
         foreach (var raw in text.Split(','))
         {
             var part = raw.Trim();
-            var dash = part.IndexOf('-', 1);
+            var dash = part.Length > 1 ? part.IndexOf('-', 1) : -1;
             var (first, last) = dash > 0
                 ? (Index(spec!, part[..dash], numLayers), Index(spec!, part[(dash + 1)..], numLayers))
                 : (Index(spec!, part, numLayers), Index(spec!, part, numLayers));

@@ -19,19 +19,18 @@ public static class CombaInitialization
     /// </summary>
     public const double FastestRate = 0.6931471805599453, SlowestRate = 1.0 / 512;
 
-    /// <summary>One line per new tensor key (below <c>self_attn.</c>): its initial value and why.</summary>
-    public static readonly IReadOnlyDictionary<string, string> Descriptions = new Dictionary<string, string>
+    /// <summary>One short line per new tensor key (below <c>self_attn.</c>): its initial value and what that means; docs/conversion.md says why.</summary>
+    public static string Describe(string key, CombaConfig options) => key switch
     {
-        ["a_proj.weight"] = "zeros: the decay starts data-independent, set by A_log and dt_bias; the gradient still reaches it (as LoRA's B = 0)",
-        ["b_proj.weight"] = "zeros: β = σ(0) = ½ for every token, a half-strength write that neither ignores nor overwrites the state",
-        ["A_log"] = "zeros: A = 1, so α = exp(−softplus(dt_bias)) per head",
-        ["dt_bias"] = $"softplus⁻¹ of decay rates log-spaced over heads from ln 2 to 1/512: memories of ~1 to ~512 tokens",
-        ["lambda_logit"] = "logit(initial λ) from the options: the share of the state's own prediction the write removes",
-        ["d"] = "initial d from the options: a small output correction, so the read-out starts near S q̂",
-        ["q_conv.weight"] = "identity (last tap 1): the convolution passes the teacher's q through until trained",
-        ["k_conv.weight"] = "identity (last tap 1): the convolution passes the teacher's k through until trained",
-        ["v_conv.weight"] = "identity (last tap 1): the convolution passes the teacher's v through until trained",
-        ["o_norm.weight"] = "ones: a plain per-head RMSNorm of the read-out",
+        "a_proj.weight" => "zeros: the decay starts token-independent",
+        "b_proj.weight" => "zeros: β = σ(0) = ½ for every token",
+        "A_log" => "zeros: A = 1",
+        "dt_bias" => "softplus⁻¹ of decay rates from ln 2 to 1/512, log-spaced over heads: memories of ~1 to ~512 tokens",
+        "lambda_logit" => $"logit({options.InitialLambda}): λ = {options.InitialLambda}",
+        "d" => $"{options.InitialD}: read-out S (q̂ − ({options.InitialD}) k̂)",
+        "q_conv.weight" or "k_conv.weight" or "v_conv.weight" => $"identity: passes the teacher's {key[0]} through",
+        "o_norm.weight" => "ones",
+        _ => throw new InvalidOperationException($"the converter has no initialisation for the new tensor 'self_attn.{key}'; add one to {nameof(CombaInitialization)} and docs/conversion.md"),
     };
 
     /// <summary>The initial value of new tensor <paramref name="key"/> (below <c>self_attn.</c>), in float64 on the CPU.</summary>

@@ -47,7 +47,8 @@ public sealed class ConversionPlan
     {
         var teacher = student.Architecture;
         List<(string Name, long[] Shape)> teacherTensors;
-        using (var meta = new LlamaForCausalLM(teacher, ScalarType.Float32, META))
+        var allAttention = student with { AttentionLayers = Enumerable.Range(0, teacher.NumHiddenLayers).ToArray() };
+        using (var meta = new CombaForCausalLM(allAttention, ScalarType.Float32, META))
             teacherTensors = meta.state_dict().Select(e => (e.Key, e.Value.shape)).ToList();
         var teacherNames = teacherTensors.Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
 

@@ -53,7 +53,7 @@ public sealed record ConversionReport
         var newTensors = initialised
             .GroupBy(t => t.MixerKey ?? t.Name)
             .Select(g => new NewTensor(g.Key, g.Select(t => t.Layer).Distinct().Count(), g.Sum(t => t.Count),
-                CombaInitialization.Descriptions.GetValueOrDefault(g.Key, "?")))
+                CombaInitialization.Describe(g.Key, plan.Student.Comba)))
             .ToList();
         var layers = Enumerable.Range(0, plan.Student.NumLayers).Select(layer =>
         {

@@ -40,7 +40,13 @@ public sealed class TempDir : IDisposable
 static class TestStartup
 {
     [ModuleInitializer]
-    internal static void Init() => TorchRuntime.Initialize();
+    internal static void Init()
+    {
+        TorchRuntime.Initialize();
+        // xunit runs test classes in parallel, one per core; libtorch's own worker threads on top of that
+        // oversubscribe a small CI machine and its spinning threads slow everything down many times.
+        TorchSharp.torch.set_num_threads(1);
+    }
 }
 
 /// <summary>The GPU lane: tests that need CUDA call <see cref="Require"/>, which skips (never passes) elsewhere.</summary>

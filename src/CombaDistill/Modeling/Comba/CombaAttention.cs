@@ -102,8 +102,8 @@ public sealed class CombaAttention : nn.Module
         if (options.Rotary == "teacher")
         {
             if (cos is null || sin is null) throw new ArgumentException("CombaAttention: rotary is 'teacher' but no cos/sin tables were passed");
-            q = ApplyRotary(q, cos, sin);
-            k = ApplyRotary(k, cos, sin);
+            q = RotaryEmbedding.Apply(q, cos.to(q.dtype), sin.to(q.dtype));
+            k = RotaryEmbedding.Apply(k, cos.to(k.dtype), sin.to(k.dtype));
         }
 
         // gates in float32 (float64 for a float64 model): g is summed over whole chunks
@@ -129,13 +129,5 @@ public sealed class CombaAttention : nn.Module
         var y = o_proj.forward(o.transpose(1, 2).reshape(batch, length, heads * headDim));
         var next = new CombaState(recurrent.MoveToOuterDisposeScope(), qCache?.MoveToOuterDisposeScope(), kCache?.MoveToOuterDisposeScope(), vCache?.MoveToOuterDisposeScope());
         return (y.MoveToOuterDisposeScope(), next);
-    }
-
-    /// <summary>x · cos + rotate_half(x) · sin, rotate_half(x) = (−x₂, x₁) over the two halves of head_dim; x (B, heads, T, D), cos/sin (T, D).</summary>
-    public static Tensor ApplyRotary(Tensor x, Tensor cos, Tensor sin)
-    {
-        var half = x.shape[^1] / 2;
-        var rotated = cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], dim: -1);
-        return x * cos.to(x.dtype) + rotated * sin.to(x.dtype);
     }
 }

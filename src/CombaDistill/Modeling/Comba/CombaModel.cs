@@ -7,7 +7,7 @@ namespace CombaDistill.Modeling.Comba;
 public sealed class CombaModel : nn.Module
 {
     readonly RotaryEmbedding rotary;
-    public Embedding embed_tokens;
+    public TokenEmbedding embed_tokens;
     public ModuleList<CombaDecoderLayer> layers;
     public RMSNorm norm;
 
@@ -15,7 +15,7 @@ public sealed class CombaModel : nn.Module
     {
         var architecture = config.Architecture;
         rotary = RotaryEmbedding.For(architecture);
-        embed_tokens = nn.Embedding(architecture.VocabSize, architecture.HiddenSize, device: device, dtype: dtype);
+        embed_tokens = new TokenEmbedding(architecture.VocabSize, architecture.HiddenSize, dtype, device);
         layers = new ModuleList<CombaDecoderLayer>(Enumerable.Range(0, config.NumLayers).Select(i => new CombaDecoderLayer(config, i, dtype, device)).ToArray());
         norm = new RMSNorm(architecture.HiddenSize, architecture.RmsNormEps, dtype, device);
         RegisterComponents();

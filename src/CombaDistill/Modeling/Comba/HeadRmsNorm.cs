@@ -4,7 +4,11 @@ using static TorchSharp.torch;
 
 namespace CombaDistill.Modeling.Comba;
 
-/// <summary>RMSNorm over the last dimension (one head's values), one weight shared by all heads; computed in float32.</summary>
+/// <summary>
+/// RMSNorm over the last dimension (one head's values), one weight shared by all heads. Unlike
+/// <see cref="CombaDistill.Modeling.RMSNorm"/> it keeps float64 in float64, so a float64 layer can be checked against the
+/// float64 reference; other dtypes are normalised in float32.
+/// </summary>
 public sealed class HeadRmsNorm : nn.Module<Tensor, Tensor>
 {
     public Parameter weight;

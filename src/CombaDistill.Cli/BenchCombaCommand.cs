@@ -1,0 +1,89 @@
+using System.CommandLine;
+using System.Globalization;
+using CombaDistill.IO;
+using CombaDistill.Ops;
+using Spectre.Console;
+using TorchSharp;
+
+namespace CombaDistill.Cli;
+
+/// <summary><c>combadistill bench comba [--json FILE]</c>: Chunkwise vs Naive Comba vs the teacher's SDPA, forward and forward+backward.</summary>
+static class BenchCombaCommand
+{
+    public static Command Create()
+    {
+        var shapes = new Option<string[]>("--shape")
+        {
+            Description = "B,T,H,D (repeatable); default (4,2048,8,64) on CPU and (8,2048,16,128) (1,8192,32,128) (2,16384,16,128) on CUDA",
+            AllowMultipleArgumentsPerToken = true,
+        };
+        var dtype = new Option<string?>("--dtype") { Description = "float32 | bfloat16 | float16; default float32 on CPU, bfloat16 on CUDA" };
+        var repeats = new Option<int>("--repeats") { Description = "timed runs per measurement (the median is reported)", DefaultValueFactory = _ => 3 };
+        var warmup = new Option<int>("--warmup") { Description = "untimed runs first", DefaultValueFactory = _ => 1 };
+        var chunk = new Option<int>("--chunk-size") { Description = "Chunkwise chunk size: 16, 32, 64 or 128", DefaultValueFactory = _ => 64 };
+        var naiveMax = new Option<long>("--naive-max-tokens") { Description = "skip Naive above this many tokens (B·T)", DefaultValueFactory = _ => new CombaBenchOptions().NaiveMaxTokens };
+        var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: libtorch's choice); 1 avoids oversubscription on a busy machine" };
+
+        var command = new Command("comba", "Time Chunkwise and Naive Comba against scaled_dot_product_attention (forward, forward+backward)")
+        {
+            shapes, dtype, repeats, warmup, chunk, naiveMax, threads,
+        };
+        command.SetAction(CliCommon.Run((parse, ct) =>
+        {
+            var device = CliCommon.Start(parse);
+            if (parse.GetValue(threads) is { } n)
+            {
+                if (n < 1) throw new ArgumentException($"--threads {n}: expected a positive number");
+                torch.set_num_threads(n);
+            }
+            var onGpu = device.type == DeviceType.CUDA;
+            var shapeList = parse.GetValue(shapes) is { Length: > 0 } given ? given.Select(BenchShape.Parse).ToArray()
+                : onGpu ? CombaBenchmark.GpuShapes : CombaBenchmark.CpuShapes;
+            var type = ParseDType(parse.GetValue(dtype) ?? (onGpu ? "bfloat16" : "float32"));
+            if (!ChunkwiseComba.SupportedChunkSizes.Contains(parse.GetValue(chunk)))
+                throw new ArgumentException($"--chunk-size {parse.GetValue(chunk)}: use one of {string.Join(", ", ChunkwiseComba.SupportedChunkSizes)}");
+            if (parse.GetValue(BenchCommand.JsonOption) is { Length: > 0 } jsonPath && Path.GetDirectoryName(Path.GetFullPath(jsonPath)) is { } folder && !Directory.Exists(folder))
+                throw new InvalidInputException(jsonPath, $"folder {folder} does not exist");   // before minutes of timing, not after
+            var options = new CombaBenchOptions
+            {
+                Repeats = parse.GetValue(repeats), Warmup = parse.GetValue(warmup), ChunkSize = parse.GetValue(chunk), NaiveMaxTokens = parse.GetValue(naiveMax),
+            };
+
+            var progress = new Progress<string>(line => CliCommon.Err.MarkupLineInterpolated($"[grey]bench {line}[/]"));
+            var results = CombaBenchmark.Run(device, shapeList, type, options, progress, ct);
+            // redirected output would be wrapped at 80 columns; a results table reads better unwrapped
+            if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 150);
+            AnsiConsole.Write(Table(results));
+            foreach (var r in results.Where(r => r.Note is not null))
+                AnsiConsole.MarkupLineInterpolated($"  {r.Shape} {r.Method}: {r.Note}");
+            BenchCommand.WriteJson(parse, results);
+            return 0;
+        }));
+        return command;
+    }
+
+    static torch.ScalarType ParseDType(string name) => name.ToLowerInvariant() switch
+    {
+        "float32" or "f32" or "fp32" => torch.ScalarType.Float32,
+        "bfloat16" or "bf16" => torch.ScalarType.BFloat16,
+        "float16" or "f16" or "fp16" => torch.ScalarType.Float16,
+        _ => throw new ArgumentException($"--dtype {name}: expected float32, bfloat16 or float16"),
+    };
+
+    public static Table Table(IReadOnlyList<CombaBenchResult> results)
+    {
+        var first = results.FirstOrDefault();
+        var table = new Table().Title($"Comba vs SDPA, {first?.Dtype} on {first?.Device}; ×SDPA = time / SDPA's time");
+        table.AddColumn("shape (B,T,H,D)").AddColumn("method");
+        foreach (var column in new[] { "fwd ms", "fwd tok/s", "fwd ×SDPA", "fwd+bwd ms", "fwd+bwd tok/s", "fwd+bwd ×SDPA" })
+            table.AddColumn(new TableColumn(column) { Alignment = Justify.Right });
+        foreach (var r in results)
+            table.AddRow(r.Shape.ToString(), r.Method + (r.Note is null ? "" : " *"), Ms(r.ForwardMs), Rate(r.ForwardTokensPerSecond), Ratio(r.ForwardTimeRatioToSdpa),
+                Ms(r.ForwardBackwardMs), Rate(r.ForwardBackwardTokensPerSecond), Ratio(r.ForwardBackwardTimeRatioToSdpa));
+        return table;
+    }
+
+    static string Ms(double? ms) => ms is { } v ? v.ToString(v < 10 ? "F2" : "F1", CultureInfo.InvariantCulture) : "—";
+    static string Rate(double? perSecond) => perSecond is { } v ? v.ToString("N0", CultureInfo.InvariantCulture) : "—";
+    static string Ratio(double? r) => r is { } v ? v.ToString("F2", CultureInfo.InvariantCulture) : "—";
+}

@@ -1,0 +1,166 @@
+using System.CommandLine;
+using System.Text.Json.Nodes;
+using CombaDistill.Conversion;
+using CombaDistill.Modeling.Comba;
+using CombaDistill.Modeling.Llama;
+using Spectre.Console;
+
+namespace CombaDistill.Cli;
+
+/// <summary>
+/// <c>convert</c>: a Llama-family checkpoint becomes a Comba student folder. Progress goes to standard error; the
+/// conversion report is printed as tables on standard output (and saved as conversion_report.json in the folder).
+/// </summary>
+static class ConvertCommand
+{
+    public static Command Create()
+    {
+        var defaults = ConversionOptions.DefaultComba;
+        var from = new Option<string>("--from") { Description = "the teacher: a Hugging Face folder, a model.safetensors.index.json, or a .safetensors file (with --config)", Required = true };
+        var output = new Option<string>("--out") { Description = "the student folder to create", Required = true };
+        var config = new Option<string?>("--config") { Description = "the teacher's config.json, when it is not beside --from" };
+        var keep = new Option<string>(AttentionLayers.Option)
+        {
+            Description = "layers that keep softmax attention: none, all, every:N (layers N-1, 2N-1, ...), or indices such as 0,15 or 0-3",
+            DefaultValueFactory = _ => "none",
+        };
+        var dtype = new Option<string?>("--dtype") { Description = "float32 | bfloat16 | float16 | float64 (default: the teacher's, whose tensors are then copied bit for bit)" };
+        dtype.AcceptOnlyFromAmong("float32", "bfloat16", "float16", "float64");
+        var maxShard = new Option<string>("--max-shard-size") { Description = "split model.safetensors into shards of at most this size", DefaultValueFactory = _ => "5GB" };
+        var force = new Option<bool>("--force") { Description = "replace an existing output folder" };
+
+        var rotary = new Option<string>("--rotary") { Description = "none, or teacher: rotate q and k with the teacher's rotary embedding", DefaultValueFactory = _ => defaults.Rotary };
+        rotary.AcceptOnlyFromAmong(CombaConfig.RotaryModes);
+        var shortConv = new Option<int>("--short-conv") { Description = "kernel of the causal convolution on q, k, v (0: none); identity-initialised", DefaultValueFactory = _ => defaults.ShortConv };
+        var outputNorm = new Option<bool>("--output-norm") { Description = "per-head RMSNorm on the Comba output before o_proj" };
+        var chunkSize = new Option<int>("--chunk-size") { Description = "chunk of the chunkwise form: 16, 32, 64 or 128", DefaultValueFactory = _ => defaults.ChunkSize };
+        var scale = new Option<double>("--scale") { Description = "output scale s", DefaultValueFactory = _ => defaults.Scale };
+        var initialD = new Option<double>("--initial-d") { Description = "initial output correction d in o = s S (q - d k)", DefaultValueFactory = _ => defaults.InitialD };
+        var initialLambda = new Option<double>("--initial-lambda") { Description = "initial lambda in (0, 1)", DefaultValueFactory = _ => defaults.InitialLambda };
+
+        var command = new Command("convert", "Turn a Llama-family checkpoint into a Comba student (streaming; nothing is left behind on failure)")
+        {
+            from, output, config, keep, dtype, maxShard, force, rotary, shortConv, outputNorm, chunkSize, scale, initialD, initialLambda,
+        };
+        command.SetAction(CliCommon.Run((parse, ct) =>
+        {
+            CliCommon.Start(parse);
+            var options = new ConversionOptions
+            {
+                KeepAttention = parse.GetValue(keep)!,
+                DType = parse.GetValue(dtype) is { } d ? LlamaForCausalLM.ParseDtype(d) : null,
+                MaxShardBytes = ByteSize.Parse(parse.GetValue(maxShard)!),
+                Force = parse.GetValue(force),
+                Comba = defaults with
+                {
+                    Rotary = parse.GetValue(rotary)!,
+                    ShortConv = parse.GetValue(shortConv),
+                    OutputNorm = parse.GetValue(outputNorm),
+                    ChunkSize = parse.GetValue(chunkSize),
+                    Scale = parse.GetValue(scale),
+                    InitialD = parse.GetValue(initialD),
+                    InitialLambda = parse.GetValue(initialLambda),
+                },
+            };
+            var outFolder = parse.GetValue(output)!;
+            ConversionReport? report = null;
+            CliCommon.Err.Progress()
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
+                .Start(context =>
+                {
+                    var task = context.AddTask("converting", autoStart: true, maxValue: 1);
+                    var progress = new ImmediateProgress<ConversionProgress>(p =>
+                    {
+                        task.MaxValue = Math.Max(1, p.BytesTotal);
+                        task.Value = p.BytesDone;
+                    });
+                    report = CombaConverter.Convert(parse.GetValue(from)!, outFolder, options, parse.GetValue(config), progress, ct);
+                });
+            Render(report!, outFolder);
+            return 0;
+        }));
+        return command;
+    }
+
+    /// <summary>The conversion report as tables: summary, parameters per part, new tensors, layer map.</summary>
+    public static void Render(ConversionReport r, string folder)
+    {
+        var console = AnsiConsole.Console;
+        var summary = new Table().Title("conversion").AddColumns("", "");
+        summary.AddRow("teacher", Markup.Escape($"{r.Teacher} ({r.TeacherModelType})"));
+        summary.AddRow("student", Markup.Escape(folder));
+        summary.AddRow("dtype", r.DType);
+        summary.AddRow("layers", $"{r.Layers}: {r.Layers - r.AttentionLayers.Count} Comba, {r.AttentionLayers.Count} attention");
+        summary.AddRow("parameters", $"teacher {r.TeacherParameters:N0}, student {r.StudentParameters:N0}");
+        summary.AddRow("[bold]extra parameters[/]", $"[bold]{r.ExtraParameters:N0} ({r.ExtraShare:P3} of the teacher)[/]");
+        summary.AddRow("written", $"{ByteSize.Format(r.BytesWritten)} in {Markup.Escape(string.Join(", ", r.Files))}");
+        if (r.Dropped.Count > 0) summary.AddRow("not carried over", Markup.Escape(string.Join(", ", r.Dropped)));
+        if (r.TokenizerFiles.Count == 0) summary.AddRow("[yellow]tokenizer[/]", "[yellow]none found beside the teacher; copy it before generate[/]");
+        console.Write(summary);
+
+        var parts = new Table().AddColumns("part", "teacher", "student");
+        foreach (var p in r.Parts) parts.AddRow(Markup.Escape(p.Part), $"{p.Teacher:N0}", $"{p.Student:N0}");
+        parts.AddRow("[bold]total[/]", $"[bold]{r.TeacherParameters:N0}[/]", $"[bold]{r.StudentParameters:N0}[/]");
+        console.Write(parts);
+
+        if (r.NewTensors.Count > 0)
+        {
+            var created = new Table().AddColumns("new tensor (self_attn.)", "layers", "parameters", "initialisation");
+            foreach (var t in r.NewTensors) created.AddRow(Markup.Escape(t.Tensor), $"{t.Layers}", $"{t.Parameters:N0}", Markup.Escape(t.Initialisation));
+            console.Write(created);
+        }
+
+        var map = new Table().AddColumns("layers", "self_attn", "from the teacher", "new parameters per layer");
+        foreach (var run in Runs(r.LayerMap))
+        {
+            var first = run[0];
+            var layers = run.Count == 1 ? $"{first.Layer}" : $"{first.Layer}–{run[^1].Layer}";
+            map.AddRow(layers, first.Mixer == "comba" ? "Comba" : "attention (kept)",
+                Markup.Escape(string.Join(", ", first.FromTeacher.Select(n => n.Replace(".weight", "").Replace(".bias", " bias")).Distinct()) + ", mlp, norms"),
+                $"{first.ExtraParameters:N0}");
+        }
+        console.Write(map);
+    }
+
+    /// <summary>Consecutive layers with the same mapping, so a 32-layer model is a few rows.</summary>
+    static List<List<LayerMapping>> Runs(IReadOnlyList<LayerMapping> layers)
+    {
+        var runs = new List<List<LayerMapping>>();
+        foreach (var layer in layers)
+        {
+            if (runs.Count > 0 && runs[^1][^1].Mixer == layer.Mixer && runs[^1][^1].ExtraParameters == layer.ExtraParameters
+                && runs[^1][^1].FromTeacher.SequenceEqual(layer.FromTeacher) && runs[^1][^1].Layer == layer.Layer - 1)
+                runs[^1].Add(layer);
+            else
+                runs.Add([layer]);
+        }
+        return runs;
+    }
+
+    /// <summary>What <c>inspect</c> adds for a student folder.</summary>
+    public static void RenderStudent(StudentSummary s)
+    {
+        var student = new Table().AddColumns("comba student", "");
+        student.AddRow("teacher model_type", s.Student.Architecture.ModelType);
+        student.AddRow("attention layers", s.Student.AttentionLayers.Count == 0 ? "none (pure Comba)" : string.Join(", ", s.Student.AttentionLayers));
+        student.AddRow("Comba parameters beyond q/k/v/o", $"{s.CombaParameters:N0}");
+        student.AddRow("recurrent state, any length", ByteSize.Format(s.RecurrentStateBytes));
+        foreach (var (key, value) in s.Student.Comba.ToJson()) student.AddRow(Markup.Escape(key), Markup.Escape(value?.ToJsonString() ?? "null"));
+        AnsiConsole.Console.Write(student);
+    }
+
+    public static JsonObject StudentJson(StudentSummary s) => new()
+    {
+        ["teacher_model_type"] = s.Student.Architecture.ModelType,
+        ["attention_layers"] = new JsonArray(s.Student.AttentionLayers.Select(l => (JsonNode?)l).ToArray()),
+        ["comba_parameters"] = s.CombaParameters,
+        ["recurrent_state_bytes"] = s.RecurrentStateBytes,
+        ["options"] = s.Student.Comba.ToJson(),
+    };
+}
+
+/// <summary>Runs the handler on the reporting thread at once (Progress&lt;T&gt; would post it to a thread pool later).</summary>
+sealed class ImmediateProgress<T>(Action<T> handler) : IProgress<T>
+{
+    public void Report(T value) => handler(value);
+}

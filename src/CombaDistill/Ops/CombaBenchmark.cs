@@ -1,0 +1,147 @@
+using System.Diagnostics;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace CombaDistill.Ops;
+
+/// <summary>One benchmark problem, named as the issue names it: (B, T, H, D), all heads full width (no GQA).</summary>
+public sealed record BenchShape(int Batch, int Length, int Heads, int HeadDim)
+{
+    public long Tokens => (long)Batch * Length;
+    public override string ToString() => $"({Batch},{Length},{Heads},{HeadDim})";
+
+    /// <summary>Parses "B,T,H,D".</summary>
+    public static BenchShape Parse(string text)
+    {
+        var parts = text.Trim().Trim('(', ')').Split(',', StringSplitOptions.TrimEntries);
+        if (parts.Length != 4 || !parts.All(p => int.TryParse(p, out var n) && n > 0))
+            throw new ArgumentException($"shape '{text}': expected four positive integers B,T,H,D");
+        var n = parts.Select(int.Parse).ToArray();
+        return new BenchShape(n[0], n[1], n[2], n[3]);
+    }
+}
+
+public sealed record CombaBenchOptions
+{
+    public int Warmup { get; init; } = 1;
+    public int Repeats { get; init; } = 3;
+    public int ChunkSize { get; init; } = 64;
+    /// <summary>Naive keeps every step's Dk × Dk transition for backward; above this many tokens (B·T) it is skipped.</summary>
+    public long NaiveMaxTokens { get; init; } = 16384;
+}
+
+/// <summary>
+/// Median milliseconds of one method on one shape. Forward is timed under no_grad (inference); forward+backward
+/// with gradients for q, k, v. Ratios are this method's time over scaled_dot_product_attention's from the same run
+/// (above 1: slower than the teacher's attention). Null times: skipped or failed, with the reason in Note.
+/// </summary>
+public sealed record CombaBenchResult(
+    BenchShape Shape, string Method, string Dtype, string Device,
+    double? ForwardMs, double? ForwardBackwardMs,
+    double? ForwardTokensPerSecond, double? ForwardBackwardTokensPerSecond,
+    double? ForwardTimeRatioToSdpa, double? ForwardBackwardTimeRatioToSdpa,
+    string? Note = null);
+
+/// <summary>Chunkwise and Naive Comba against the teacher's causal scaled_dot_product_attention.</summary>
+public static class CombaBenchmark
+{
+    public static readonly BenchShape[] CpuShapes = [new(4, 2048, 8, 64)];
+    public static readonly BenchShape[] GpuShapes = [new(8, 2048, 16, 128), new(1, 8192, 32, 128), new(2, 16384, 16, 128)];
+    public static readonly string[] Methods = ["sdpa", "chunkwise", "naive"];
+
+    public static IReadOnlyList<CombaBenchResult> Run(
+        Device device, IEnumerable<BenchShape> shapes, ScalarType dtype, CombaBenchOptions? options = null,
+        IProgress<string>? progress = null, CancellationToken cancellation = default)
+    {
+        options ??= new CombaBenchOptions();
+        var results = new List<CombaBenchResult>();
+        foreach (var shape in shapes)
+        {
+            var timings = new Dictionary<string, (double? Forward, double? Both, string? Note)>();
+            foreach (var method in Methods)
+            {
+                cancellation.ThrowIfCancellationRequested();
+                progress?.Report($"{shape} {method} {dtype} on {device}");
+                if (method == "naive" && shape.Tokens > options.NaiveMaxTokens)
+                {
+                    timings[method] = (null, null, $"skipped: B·T = {shape.Tokens} > {options.NaiveMaxTokens} (per-step transitions kept for backward)");
+                    continue;
+                }
+                try
+                {
+                    timings[method] = (Time(method, shape, dtype, device, options, backward: false, cancellation),
+                                       Time(method, shape, dtype, device, options, backward: true, cancellation), null);
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    timings[method] = (null, null, "failed: " + e.Message.Split('\n')[0]);
+                }
+            }
+            var (sdpaForward, sdpaBoth, _) = timings["sdpa"];
+            foreach (var method in Methods)
+            {
+                var (forward, both, note) = timings[method];
+                results.Add(new CombaBenchResult(shape, method, dtype.ToString(), device.ToString(), forward, both,
+                    forward is { } f ? shape.Tokens / (f / 1000) : null, both is { } b ? shape.Tokens / (b / 1000) : null,
+                    forward / sdpaForward, both / sdpaBoth, note));
+            }
+        }
+        return results;
+    }
+
+    static double Time(string method, BenchShape shape, ScalarType dtype, Device device, CombaBenchOptions options, bool backward, CancellationToken cancellation)
+    {
+        using var scope = NewDisposeScope();
+        var (B, T, H, D) = ((long)shape.Batch, (long)shape.Length, (long)shape.Heads, (long)shape.HeadDim);
+        var q = randn([B, H, T, D], dtype: dtype, device: device).requires_grad_(backward);
+        var k = randn([B, H, T, D], dtype: dtype, device: device).requires_grad_(backward);
+        var v = randn([B, H, T, D], dtype: dtype, device: device).requires_grad_(backward);
+        // gates as CombaAttention makes them: float32, decay mostly mild
+        var g = -nn.functional.softplus(randn([B, H, T], device: device) - 3);
+        var beta = rand([B, H, T], device: device);
+        var lambda = full([H], 0.5, device: device);
+        var d = full([H], 0.02, device: device);
+        var gradOut = randn([B, H, T, D], dtype: dtype, device: device);
+
+        Tensor Forward() => method switch
+        {
+            "sdpa" => nn.functional.scaled_dot_product_attention(q, k, v, is_casual: true),
+            "chunkwise" => ChunkwiseComba.Forward(q, k, v, g, beta, lambda, d, 1.0, chunkSize: options.ChunkSize).Output,
+            "naive" => NaiveComba.Forward(q, k, v, g, beta, lambda, d, 1.0).Output,
+            _ => throw new ArgumentException($"unknown method '{method}'"),
+        };
+
+        void Once()
+        {
+            using var inner = NewDisposeScope();
+            if (backward)
+            {
+                Forward().backward([gradOut]);
+                foreach (var t in new[] { q, k, v }) t.grad?.zero_();
+            }
+            else
+            {
+                using var _ = no_grad();
+                Forward();
+            }
+            Synchronize(device);
+        }
+
+        for (int i = 0; i < options.Warmup; i++) Once();
+        var samples = new List<double>();
+        for (int i = 0; i < Math.Max(1, options.Repeats); i++)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            var watch = Stopwatch.StartNew();
+            Once();
+            samples.Add(watch.Elapsed.TotalMilliseconds);
+        }
+        samples.Sort();
+        return samples[samples.Count / 2];
+    }
+
+    static void Synchronize(Device device)
+    {
+        if (device.type == DeviceType.CUDA) cuda.synchronize(device);
+    }
+}

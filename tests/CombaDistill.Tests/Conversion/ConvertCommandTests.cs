@@ -1,0 +1,75 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.Json.Nodes;
+using CombaDistill.Conversion;
+using CombaDistill.Tests.Support;
+
+namespace CombaDistill.Tests.Conversion;
+
+/// <summary>convert, and inspect and generate on its output, run as the user runs them: the built CLI in its own process.</summary>
+public class ConvertCommandTests
+{
+    static readonly string CliDll = Path.Combine(AppContext.BaseDirectory, "CombaDistill.Cli.dll");
+
+    static (int Code, string Stdout, string Stderr) Cli(params string[] args)
+    {
+        var start = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+            StandardOutputEncoding = new UTF8Encoding(false), StandardErrorEncoding = new UTF8Encoding(false),
+        };
+        start.ArgumentList.Add(CliDll);
+        foreach (var a in args) start.ArgumentList.Add(a);
+        start.Environment["OMP_NUM_THREADS"] = "1";
+        start.Environment["COLUMNS"] = "200";
+        using var process = Process.Start(start)!;
+        var stderr = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+        var stdout = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        return (process.ExitCode, stdout, stderr.Result);
+    }
+
+    [Fact]
+    public void Convert_prints_the_report_and_its_student_works_with_inspect_and_generate()
+    {
+        using var temp = new TempDir();
+        var teacher = TeacherFolders.ImportStories260K(temp["teacher"]);
+        var student = temp["student"];
+
+        var (code, stdout, stderr) = Cli("convert", "--from", teacher, "--out", student, "--keep-attention", "every:5", "--output-norm", "--chunk-size", "32", "--device", "cpu");
+        Assert.True(code == 0, stderr);
+        var report = ConversionReport.FromJson(File.ReadAllText(Path.Combine(student, ConversionReport.FileName)));
+        Assert.Equal([4], report.AttentionLayers);
+        Assert.Contains("extra parameters", stdout);
+        Assert.Contains($"{report.ExtraParameters:N0}", stdout);
+        Assert.Contains("attention (kept)", stdout);
+        Assert.Contains("a_proj.weight", stdout);
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(student, "config.json")))!;
+        Assert.Equal("comba", config["model_type"]!.GetValue<string>());
+        Assert.True(config["comba_output_norm"]!.GetValue<bool>());
+        Assert.Equal(32, config["comba_chunk_size"]!.GetValue<int>());
+
+        var inspect = Cli("inspect", student, "--json");
+        Assert.True(inspect.Code == 0, inspect.Stderr);
+        var summary = JsonNode.Parse(inspect.Stdout)!;
+        Assert.Equal(report.StudentParameters, summary["total_parameters"]!.GetValue<long>());
+        Assert.Equal(report.ExtraParameters, summary["comba"]!["comba_parameters"]!.GetValue<long>());
+        Assert.Equal(new[] { 4 }, summary["comba"]!["attention_layers"]!.AsArray().Select(n => n!.GetValue<int>()));
+
+        var generate = Cli("generate", "--model", student, "--prompt", "Once upon a time", "--max-tokens", "12", "--temperature", "0", "--device", "cpu");
+        Assert.True(generate.Code == 0, generate.Stderr);
+        Assert.Contains("12 tokens", generate.Stderr);
+        Assert.NotEmpty(generate.Stdout.Trim());
+
+        // an existing output is refused with exit code 2 and one line naming it; nothing changes
+        var again = Cli("convert", "--from", teacher, "--out", student);
+        Assert.Equal(2, again.Code);
+        Assert.Contains("--force", again.Stderr);
+        Assert.Equal(report.ToJson(), File.ReadAllText(Path.Combine(student, ConversionReport.FileName)));
+
+        var bad = Cli("convert", "--from", teacher, "--out", temp["other"], "--keep-attention", "every:zero");
+        Assert.Equal(2, bad.Code);
+        Assert.Contains("--keep-attention", bad.Stderr);
+        Assert.False(Directory.Exists(temp["other"]));
+    }
+}
