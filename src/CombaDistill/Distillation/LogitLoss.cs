@@ -26,8 +26,8 @@ public readonly record struct LogitLossValue(double Loss, double Kl, double Cros
 public static class LogitLoss
 {
     /// <summary>hidden → logits: the lm_head, or with tied embeddings the embedding matrix.</summary>
-    public static Func<Tensor, Tensor> Head(TorchSharp.Modules.Linear? lmHead, TorchSharp.Modules.Embedding embedTokens) =>
-        lmHead is not null ? lmHead.forward : h => nn.functional.linear(h, embedTokens.weight!);
+    public static Func<Tensor, Tensor> Head(TorchSharp.Modules.Linear? lmHead, Tensor embeddingWeight) =>
+        lmHead is not null ? lmHead.forward : h => nn.functional.linear(h, embeddingWeight);
 
     /// <summary>The unchunked KL(teacher ‖ student) per token at temperature T (without the T² factor): the reference.</summary>
     public static Tensor KlDivergence(Tensor teacherLogits, Tensor studentLogits, double temperature)

@@ -62,8 +62,8 @@ public sealed class StageTrainer
         this.progress = progress;
         teacher = inputs.Teacher;
         student = inputs.Student;
-        studentHead = LogitLoss.Head(student.lm_head, student.model.embed_tokens);
-        teacherHead = LogitLoss.Head(teacher.lm_head, teacher.model.embed_tokens);
+        studentHead = LogitLoss.Head(student.lm_head, student.model.embed_tokens.weight);
+        teacherHead = LogitLoss.Head(teacher.lm_head, teacher.model.embed_tokens.weight!);
         alignedLayers = AttentionAlignment.ConvertedLayers(student);
         validation = new PackedSequences(inputs.ValidationTokens, stage.SequenceLength);
         if (validation.Count == 0)
