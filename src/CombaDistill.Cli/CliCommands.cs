@@ -12,6 +12,7 @@ static class CliCommands
         GenerateCommand.Create(),
         ConvertCommand.Create(),
         DistillCommand.Create(),
+        CorpusCommand.Create(),
         BenchCommand.Create(),
     ];
 }

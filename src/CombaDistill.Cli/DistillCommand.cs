@@ -34,11 +34,7 @@ static class DistillCommand
                 return 0;
             }
             var device = CliCommon.Start(parse);
-            if (parse.GetValue(threads) is { } n)
-            {
-                if (n <= 0) throw new ArgumentException($"--threads is {n}; expected a positive number");
-                TorchSharp.torch.set_num_threads(n);
-            }
+            SetThreads(parse.GetValue(threads));
             var options = new DistillOptions
             {
                 Resume = parse.GetValue(resume), OnlyStage = parse.GetValue(stage), Device = device, TensorBoard = !parse.GetValue(noTensorBoard),
@@ -48,6 +44,14 @@ static class DistillCommand
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>libtorch's intra-op threads; on a busy machine, threads that spin waiting for each other cost more than they give.</summary>
+    public static void SetThreads(int? threads)
+    {
+        if (threads is not { } n) return;
+        if (n <= 0) throw new ArgumentException($"--threads is {n}; expected a positive number");
+        TorchSharp.torch.set_num_threads(n);
     }
 
     static RunSummary RunWithProgress(Recipe recipe, string runDir, DistillOptions options, CancellationToken ct)
