@@ -76,6 +76,7 @@ public static class DistillationRun
 
         var teacherFolder = EnsureTeacher(recipe, runFolder, Note, cancellationToken);
         var initialStudent = EnsureStudent(recipe, runFolder, teacherFolder, Note, cancellationToken);
+        if (recipe.Student.FromScratch) EnsureScratch(recipe, initialStudent, Note);
         var tokenizer = TokenizerLoader.Load(teacherFolder);
         var (trainTokens, validationTokens) = EnsureData(recipe, runFolder, tokenizer, Note, cancellationToken);
 
@@ -170,6 +171,19 @@ public static class DistillationRun
             CombaConverter.Convert(teacherFolder, folder, new ConversionOptions { Comba = recipe.Student.Comba, KeepAttention = keep }, cancellationToken: cancellationToken);
         }
         return folder;
+    }
+
+    /// <summary>Replaces the converted weights by a fresh initialisation (once: a marker file records it).</summary>
+    static void EnsureScratch(Recipe recipe, string studentFolder, Action<string, bool> note)
+    {
+        var marker = Path.Combine(studentFolder, "FROM_SCRATCH");
+        if (File.Exists(marker)) return;
+        note($"re-initialising every weight of {studentFolder} (from_scratch: the baseline without the teacher's weights)", false);
+        var config = CombaStudentConfig.Load(Path.Combine(studentFolder, "config.json"));
+        manual_seed(recipe.Seed);
+        using var fresh = new CombaForCausalLM(config, ScalarType.Float32);
+        StudentFolder.Save(fresh, studentFolder, tokenizerFolder: studentFolder, force: true);   // the tokenizer files are copied before the swap
+        AtomicFile.WriteAllText(marker, "weights initialised from the recipe's seed, not converted from the teacher\n");
     }
 
     /// <summary>Tokenizes once per run into RUN/data; a resumed run reads the same ids back.</summary>

@@ -42,6 +42,12 @@ public sealed record StudentSource
 
     /// <summary>Layers that keep the teacher's softmax attention (a hybrid student).</summary>
     public IReadOnlyList<int> AttentionLayers { get; init; } = [];
+
+    /// <summary>
+    /// The baseline: the converted architecture with every weight freshly initialised from the seed (nothing taken
+    /// from the teacher), for training from scratch on the same tokens.
+    /// </summary>
+    public bool FromScratch { get; init; }
 }
 
 public enum DataFormat { Text, Jsonl, Tokens }

@@ -108,7 +108,8 @@ public static class RecipeLoader
         if (folder is not null && convert is not null) throw student.Error("convert", "cannot be given together with 'student.path'");
         if (folder is not null && !File.Exists(Path.Combine(folder, "config.json")))
             throw student.Error("path", $"names {folder}, which is not a model folder (no config.json)");
-        var source = new StudentSource { Folder = folder };
+        var source = new StudentSource { Folder = folder, FromScratch = student.Bool("from_scratch") ?? false };
+        if (source.FromScratch && folder is not null) throw student.Error("from_scratch", "applies to a converted student ('student.convert'), not to 'student.path'");
         if (convert is not null)
         {
             var defaults = new CombaConfig();

@@ -252,4 +252,34 @@ public sealed class DistillationRunTests(DistillationRunTests.Reference referenc
         Assert.Contains("the recipe this run was started with", e.Message);
         Assert.Contains("not a run folder", Assert.Throws<InvalidInputException>(() => RunIt(recipe, dir["other"], new DistillOptions { Resume = true })).Message);
     }
+
+    [Fact]
+    public void AFromScratchBaselineSharesNoWeightWithTheTeacher()
+    {
+        var text = RecipeText().Replace("convert: { chunk_size: 16 }", "convert: { chunk_size: 16 }\n  from_scratch: true");
+        var stages = text.IndexOf("stages:", StringComparison.Ordinal);
+        text = text[..stages] + """
+            stages:
+              - name: scratch
+                objective: fine_tuning
+                steps: 2
+                sequence_length: 32
+                micro_batch: 2
+            """;
+        var recipe = RecipeLoader.Load(WriteRecipe(text));
+        Assert.True(recipe.Student.FromScratch);
+        var run = dir["run"];
+        var summary = RunIt(recipe, run, new DistillOptions { TensorBoard = false });
+        Assert.True(File.Exists(Path.Combine(run, "student-init", "FROM_SCRATCH")));
+        using var teacher = Checkpoint.Open(Path.Combine(run, "teacher"));
+        using var initial = Checkpoint.Open(Path.Combine(run, "student-init"));
+        foreach (var name in teacher.Names)
+        {
+            using var t = teacher.Read(name);
+            using var s = initial.Read(name);
+            if (name.EndsWith("layernorm.weight") || name == "model.norm.weight") continue;   // norms start at ones either way
+            Assert.False(t.allclose(s), $"{name} was taken from the teacher");
+        }
+        Assert.True(summary.StudentPerplexity > 2 * summary.TeacherPerplexity);
+    }
 }

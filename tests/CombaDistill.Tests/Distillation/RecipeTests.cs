@@ -171,6 +171,16 @@ public sealed class RecipeTests : IDisposable
     }
 
     [Fact]
+    public void FromScratchNeedsAConvertedStudent()
+    {
+        Assert.True(Parse(Valid.Replace("    chunk_size: 16\n", "    chunk_size: 16\n  from_scratch: true\n")).Student.FromScratch);
+        Assert.False(Parse(Valid).Student.FromScratch);
+        File.WriteAllText(dir["config.json"], "{}");
+        var withPath = Valid.Replace("  convert:\n    short_conv: 4\n    chunk_size: 16\n", $"  path: {dir.Path}\n  from_scratch: true\n");
+        Assert.Contains("'student.from_scratch'", Fails(withPath).Message);
+    }
+
+    [Fact]
     public void TrainablePatternsAreAList()
     {
         var r = Parse(Valid.Replace("    trainable: comba\n", "    trainable: [\"model.layers.*.self_attn.a_proj.*\", \"model.layers.*.self_attn.d\"]\n"));
