@@ -7,8 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=${COMBADISTILL_SHARED:-../shared}
 dotnet build tests/CombaDistill.Tests -c Release --nologo -v quiet -clp:ErrorsOnly
-"$shared/gpu/pack.sh" cli=src/CombaDistill.Cli/CombaDistill.Cli.csproj tests=tests/CombaDistill.Tests/bin/Release/net10.0
+# the test output holds the CLI too (tests/CombaDistill.Cli.dll), so one copy travels
+"$shared/gpu/pack.sh" tests=tests/CombaDistill.Tests/bin/Release/net10.0
+rm -rf .gpu/cli
 rm -rf .gpu/shared && mkdir -p .gpu/shared/models .gpu/shared/data
 cp -r "$shared/models/stories260K" .gpu/shared/models/
-cp -r "$shared/data/tinystories-valid-head" .gpu/shared/data/
+cp -r "$shared/data/." .gpu/shared/data/
 du -sh .gpu

@@ -21,7 +21,11 @@ static class BenchCombaCommand
         var repeats = new Option<int>("--repeats") { Description = "timed runs per measurement (the median is reported)", DefaultValueFactory = _ => 3 };
         var warmup = new Option<int>("--warmup") { Description = "untimed runs first", DefaultValueFactory = _ => 1 };
         var chunk = new Option<int>("--chunk-size") { Description = "Chunkwise chunk size: 16, 32, 64 or 128", DefaultValueFactory = _ => 64 };
-        var naiveMax = new Option<long>("--naive-max-tokens") { Description = "skip Naive above this many tokens (B·T)", DefaultValueFactory = _ => new CombaBenchOptions().NaiveMaxTokens };
+        var naiveMax = new Option<double>("--naive-backward-max-gib")
+        {
+            Description = "skip Naive's forward+backward where its per-step matrices would exceed this many GiB",
+            DefaultValueFactory = _ => new CombaBenchOptions().NaiveBackwardMaxBytes / (double)(1L << 30),
+        };
         var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: libtorch's choice); 1 avoids oversubscription on a busy machine" };
 
         var command = new Command("comba", "Time Chunkwise and Naive Comba against scaled_dot_product_attention (forward, forward+backward)")
@@ -46,7 +50,8 @@ static class BenchCombaCommand
                 throw new InvalidInputException(jsonPath, $"folder {folder} does not exist");   // before minutes of timing, not after
             var options = new CombaBenchOptions
             {
-                Repeats = parse.GetValue(repeats), Warmup = parse.GetValue(warmup), ChunkSize = parse.GetValue(chunk), NaiveMaxTokens = parse.GetValue(naiveMax),
+                Repeats = parse.GetValue(repeats), Warmup = parse.GetValue(warmup), ChunkSize = parse.GetValue(chunk),
+                NaiveBackwardMaxBytes = (long)(parse.GetValue(naiveMax) * (1L << 30)),
             };
 
             var progress = new Progress<string>(line => CliCommon.Err.MarkupLineInterpolated($"[grey]bench {line}[/]"));

@@ -1,7 +1,5 @@
 using System.CommandLine;
-using System.Text.Json;
 using CombaDistill.Conversion;
-using CombaDistill.IO;
 using Spectre.Console;
 
 namespace CombaDistill.Cli;
@@ -38,8 +36,7 @@ static class BenchConvertCommand
             memory.AddRow("largest tensor", ByteSize.Format(r.LargestTensorBytes));
             memory.Caption(r.WithinLimit ? "[green]within the limit[/]" : "[red]over the limit[/]");
             AnsiConsole.Write(memory);
-            if (parse.GetValue(BenchCommand.JsonOption) is { Length: > 0 } file)
-                AtomicFile.WriteAllText(file, JsonSerializer.Serialize(r, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.CamelCase }) + "\n");
+            BenchCommand.WriteJson(parse, r);
             return r.WithinLimit ? 0 : 1;
         }));
         return command;

@@ -14,5 +14,6 @@ static class CliCommands
         DistillCommand.Create(),
         CorpusCommand.Create(),
         BenchCommand.Create(),
+        EvalCommand.Create(),
     ];
 }

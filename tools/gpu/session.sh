@@ -6,7 +6,7 @@
 set -uo pipefail
 export COMBADISTILL_SHARED=$PWD/.gpu/shared PYTHONUNBUFFERED=1
 steps=${*:-tests hfref bench}
-cli() { bash .gpu/run.sh cli/CombaDistill.Cli.dll "$@"; }
+cli() { bash .gpu/run.sh tests/CombaDistill.Cli.dll "$@"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader > "$OUT/machine.txt"
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)' >> "$OUT/machine.txt"
 nproc >> "$OUT/machine.txt"; cat "$OUT/machine.txt"

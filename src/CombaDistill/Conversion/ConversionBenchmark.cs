@@ -28,29 +28,31 @@ public sealed record ConversionBenchmarkResult(
 public static class ConversionBenchmark
 {
     /// <summary>
-    /// A bf16 Llama teacher of hidden 2048 (16 heads over 4 KV heads, intermediate 5632, vocabulary 32000, untied),
+    /// By default a bf16 Llama teacher of hidden 2048 (16 heads over 4 KV heads, intermediate 5632, vocabulary 32000, untied),
     /// with as many layers as reach <paramref name="targetBytes"/>; its largest tensor (the embedding, 131 MB) is
     /// what a streaming conversion should need to hold at once.
     /// </summary>
-    public static LlamaConfig SyntheticTeacher(long targetBytes)
+    public static LlamaConfig SyntheticTeacher(long targetBytes, LlamaConfig? shape = null)
     {
-        var config = new LlamaConfig
+        var config = shape ?? new LlamaConfig
         {
             ModelType = "llama", VocabSize = 32000, HiddenSize = 2048, IntermediateSize = 5632, NumAttentionHeads = 16,
             NumKeyValueHeads = 4, HeadDim = 128, NumHiddenLayers = 1, MaxPositionEmbeddings = 4096, RmsNormEps = 1e-5, TorchDtype = "bfloat16",
         };
         long Bytes(LlamaConfig c) => 2 * ConversionPlan.Create(new Modeling.Comba.CombaStudentConfig { Architecture = c }).TeacherParameterCount;
         var fixedBytes = Bytes(config with { NumHiddenLayers = 0 });
-        var perLayer = Bytes(config) - fixedBytes;
+        var perLayer = Bytes(config with { NumHiddenLayers = 1 }) - fixedBytes;
         return config with { NumHiddenLayers = (int)Math.Max(1, (targetBytes - fixedBytes + perLayer - 1) / perLayer) };
     }
 
     /// <param name="workFolder">where the teacher, the copy and the student are written (and deleted afterwards unless <paramref name="keep"/>)</param>
     /// <param name="stage">names each stage as it starts</param>
+    /// <param name="shape">the teacher's architecture but for its depth (default: see <see cref="SyntheticTeacher"/>)</param>
     public static ConversionBenchmarkResult Run(string workFolder, long targetBytes = 2_000_000_000, bool keep = false,
-        IProgress<string>? stage = null, IProgress<ConversionProgress>? progress = null, CancellationToken cancellationToken = default)
+        IProgress<string>? stage = null, IProgress<ConversionProgress>? progress = null, CancellationToken cancellationToken = default,
+        LlamaConfig? shape = null)
     {
-        var config = SyntheticTeacher(targetBytes);
+        var config = SyntheticTeacher(targetBytes, shape);
         Directory.CreateDirectory(workFolder);
         var teacher = Path.Combine(workFolder, "teacher");
         var copy = Path.Combine(workFolder, "copy");

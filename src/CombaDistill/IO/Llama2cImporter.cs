@@ -168,8 +168,28 @@ public static class Llama2cImporter
         AtomicFile.WriteAllText(Path.Combine(folder.Path, "config.json"), header.ToConfig().ToJson().ToJsonString(new() { WriteIndented = true }) + "\n");
         File.Copy(tokenizerPath, Path.Combine(folder.Path, "tokenizer.bin"));
         tokenizer.WriteSentencePieceModel(Path.Combine(folder.Path, "tokenizer.model"));
+        AtomicFile.WriteAllText(Path.Combine(folder.Path, "tokenizer_config.json"), HuggingFaceTokenizerConfig(header.SeqLen));
         cancellationToken.ThrowIfCancellationRequested();
         folder.Commit();
         progress?.Report($"imported {Path.GetFileName(binPath)} into {folder.FinalPath}");
     }
+
+    /// <summary>
+    /// Tells Hugging Face how to use tokenizer.model the way llama2.c does: BOS in front, and the
+    /// SentencePiece dummy prefix (without add_prefix_space, transformers 5 encodes "Once" as "O","n","ce"
+    /// instead of " Once": seen on the GPU host with transformers 5.17).
+    /// </summary>
+    static string HuggingFaceTokenizerConfig(int maxLength) => new System.Text.Json.Nodes.JsonObject
+    {
+        ["tokenizer_class"] = "LlamaTokenizer",
+        ["add_bos_token"] = true,
+        ["add_eos_token"] = false,
+        ["add_prefix_space"] = true,
+        ["legacy"] = true,
+        ["bos_token"] = "<s>",
+        ["eos_token"] = "</s>",
+        ["unk_token"] = "<unk>",
+        ["model_max_length"] = maxLength,
+        ["clean_up_tokenization_spaces"] = false,
+    }.ToJsonString(new() { WriteIndented = true }) + "\n";
 }

@@ -36,13 +36,15 @@ public static class Generation
 
         var random = options.Seed is { } seed ? new Random(unchecked((int)seed ^ (int)(seed >> 32))) : new Random();
         var eos = options.StopAtEos ? model.Config.EosTokenIds.ToHashSet() : [];
-        using var noGrad = no_grad();
         using var state = model.NewState(batch: 1);
         var input = prompt.Select(id => (long)id).ToArray();
         for (var produced = 0; produced < options.MaxTokens; produced++)
         {
             cancellationToken.ThrowIfCancellationRequested();
             float[] logits;
+            // Gradient mode is thread state: it is switched off only around the step, never across a yield,
+            // or the caller's thread would keep it off while this enumerator is suspended.
+            using (no_grad())
             using (NewDisposeScope())
             {
                 using var ids = tensor(input, [1, input.Length], device: model.Device);

@@ -39,9 +39,22 @@ public static class TorchRuntime
             {
                 // Touch CUDA through TorchSharp so its backend binds to the preloaded libtorch_cuda.
                 torch.TryInitializeDeviceType(DeviceType.CUDA);
+                if (torch.cuda.is_available()) WarmUpCudaLinalg();
             }
             initialized = true;
         }
+    }
+
+    /// <summary>
+    /// PyTorch loads its CUDA linear-algebra library lazily on the first linalg call, and two threads making
+    /// that first call at once fail with "lazy wrapper should be called at most once" (seen on the H200 host
+    /// with parallel tests). One call here, under the initialisation lock, loads it before anyone races.
+    /// </summary>
+    static void WarmUpCudaLinalg()
+    {
+        using var scope = torch.NewDisposeScope();
+        var a = torch.ones(1, 1, device: torch.CUDA);
+        torch.linalg.solve_triangular(a, a, upper: false).cpu();
     }
 
     static T Initialized<T>(Func<T> f)

@@ -180,3 +180,26 @@ public class ConversionSafetyTests
         AssertOnly(temp, "teacher");
     }
 }
+
+/// <summary>The conversion benchmark's bookkeeping, on a teacher small enough for a test (no timing assertions).</summary>
+public class ConversionBenchmarkTests
+{
+    [Fact]
+    public void Benchmark_reaches_the_target_size_reports_consistent_numbers_and_cleans_up()
+    {
+        using var temp = new TempDir();
+        var shape = TinyModels.Llama3Gqa with { VocabSize = 1000, TorchDtype = "bfloat16" };
+        var result = ConversionBenchmark.Run(temp["work"], targetBytes: 600_000, shape: shape, cancellationToken: TestContext.Current.CancellationToken);
+
+        var perLayer = 2 * (2L * 48 * 48 + 2L * 48 * 16 + 3L * 48 * 80 + 2 * 48);
+        var fixedBytes = 2 * (2L * 1000 * 48 + 48);
+        Assert.Equal((int)Math.Ceiling((600_000.0 - fixedBytes) / perLayer), result.Layers);
+        Assert.True(result.CheckpointBytes >= 600_000);
+        // the files hold the tensors plus their headers
+        Assert.InRange(result.CheckpointBytes - (fixedBytes + result.Layers * perLayer), 1, 100_000);
+        Assert.True(result.StudentBytes > fixedBytes + result.Layers * perLayer);
+        Assert.True(result.CopySeconds > 0 && result.ConvertSeconds > 0);
+        if (OperatingSystem.IsLinux()) Assert.True(result.PeakResidentBytes >= result.ResidentBeforeBytes && result.ResidentBeforeBytes > 0);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(temp["work"]));
+    }
+}

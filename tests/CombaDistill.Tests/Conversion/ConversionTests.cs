@@ -43,7 +43,7 @@ public class ConversionTests
         var report = CombaConverter.Convert(teacherFolder, studentFolder, new ConversionOptions(), cancellationToken: Ct);
 
         Assert.Equal(
-            ["config.json", "conversion_report.json", "model.safetensors", "tokenizer.bin", "tokenizer.model"],
+            ["config.json", "conversion_report.json", "model.safetensors", "tokenizer.bin", "tokenizer.model", "tokenizer_config.json"],
             Directory.GetFiles(studentFolder).Select(f => Path.GetFileName(f)!).Order(StringComparer.Ordinal).ToArray());
         Assert.Equal(report.Files, Directory.GetFiles(studentFolder).Select(f => Path.GetFileName(f)!).Order(StringComparer.Ordinal).ToList());
         Assert.Equal(File.ReadAllBytes(Path.Combine(teacherFolder, "tokenizer.bin")), File.ReadAllBytes(Path.Combine(studentFolder, "tokenizer.bin")));

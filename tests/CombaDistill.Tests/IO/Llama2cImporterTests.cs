@@ -43,7 +43,7 @@ public class Llama2cImporterTests
         var progress = new List<string>();
         Llama2cImporter.Import(Shared.Stories260KBin, Shared.Tok512Bin, temp["m"], force: false, new SyncProgress(progress), Ct);
         Assert.NotEmpty(progress);
-        Assert.Equal(["config.json", "model.safetensors", "tokenizer.bin", "tokenizer.model"], Directory.GetFiles(temp["m"]).Select(Path.GetFileName).Order());
+        Assert.Equal(["config.json", "model.safetensors", "tokenizer.bin", "tokenizer.model", "tokenizer_config.json"], Directory.GetFiles(temp["m"]).Select(Path.GetFileName).Order());
         Assert.Equal(File.ReadAllBytes(Shared.Tok512Bin), File.ReadAllBytes(Path.Combine(temp["m"], "tokenizer.bin")));
 
         var json = JsonNode.Parse(File.ReadAllText(Path.Combine(temp["m"], "config.json")))!.AsObject();

@@ -10,23 +10,30 @@ public class CombaBenchmarkTests
     {
         var shape = new BenchShape(2, 40, 2, 8);
         var results = CombaBenchmark.Run(CPU, [shape, new BenchShape(1, 100, 1, 4)], ScalarType.Float32,
-            new CombaBenchOptions { Warmup = 0, Repeats = 1, ChunkSize = 16, NaiveMaxTokens = 90 }, cancellation: TestContext.Current.CancellationToken);
+            new CombaBenchOptions { Warmup = 0, Repeats = 1, ChunkSize = 16, NaiveBackwardMaxBytes = 1 << 20 }, cancellation: TestContext.Current.CancellationToken);
         Assert.Equal(6, results.Count);
         Assert.Equal(["sdpa", "chunkwise", "naive"], results.Take(3).Select(r => r.Method));
-        foreach (var r in results.Where(r => r.Note is null))
+        foreach (var r in results)
         {
             var sdpa = results.Single(s => s.Shape == r.Shape && s.Method == "sdpa");
-            Assert.True(r.ForwardMs > 0 && r.ForwardBackwardMs > 0);
+            Assert.True(r.ForwardMs > 0);
             Assert.Equal(r.Shape.Tokens / (r.ForwardMs!.Value / 1000), r.ForwardTokensPerSecond!.Value, 6);
             Assert.Equal(r.ForwardMs!.Value / sdpa.ForwardMs!.Value, r.ForwardTimeRatioToSdpa!.Value, 12);
+            if (r.Note is not null) continue;
+            Assert.True(r.ForwardBackwardMs > 0);
             Assert.Equal(r.ForwardBackwardMs!.Value / sdpa.ForwardBackwardMs!.Value, r.ForwardBackwardTimeRatioToSdpa!.Value, 12);
         }
-        // B·T = 80 runs Naive, B·T = 100 > 90 skips it and says so
-        Assert.NotNull(results[2].ForwardMs);
-        var skipped = results[5];
+        // Naive's backward estimate is 6·B·T·H·D²·4 bytes: 245,760 and 38,400 here, both under 1 MiB; one byte less
+        // than 38,400 skips Naive's forward+backward (not its forward) for the second shape.
+        Assert.NotNull(results[2].ForwardBackwardMs);
+        Assert.NotNull(results[5].ForwardBackwardMs);
+        var limited = CombaBenchmark.Run(CPU, [new BenchShape(1, 100, 1, 4)], ScalarType.Float32,
+            new CombaBenchOptions { Warmup = 0, Repeats = 1, ChunkSize = 16, NaiveBackwardMaxBytes = 38_399 }, cancellation: TestContext.Current.CancellationToken);
+        var skipped = limited[2];
         Assert.Equal("naive", skipped.Method);
-        Assert.Null(skipped.ForwardMs);
-        Assert.Contains("skipped", skipped.Note);
+        Assert.NotNull(skipped.ForwardMs);
+        Assert.Null(skipped.ForwardBackwardMs);
+        Assert.Contains("forward+backward skipped", skipped.Note);
     }
 
     [Theory]

@@ -73,7 +73,15 @@ public sealed record LlamaConfig
             throw new InvalidInputException(path, $"field 'hidden_act' is '{act}'; only 'silu' (SwiGLU) is supported");
         if (modelType == "qwen2" && Bool(j, path, "use_sliding_window") == true)
             throw new InvalidInputException(path, "field 'use_sliding_window' is true; sliding-window attention is not supported");
+        if (j["layer_types"] is JsonArray layerTypes && layerTypes.Any(t => t?.GetValue<string>() != "full_attention"))
+            throw new InvalidInputException(path, "field 'layer_types' names layers other than 'full_attention'; sliding-window attention is not supported");
         var attentionBias = Bool(j, path, "attention_bias") ?? false;
+        // transformers ≥ 5 writes rope_theta and the scaling together as 'rope_parameters'; earlier versions
+        // write 'rope_theta' and 'rope_scaling'. Read either.
+        var ropeParameters = j["rope_parameters"] as JsonObject;
+        var ropeTheta = Num(j, path, "rope_theta") ?? (ropeParameters is null ? null : Num(ropeParameters, path, "rope_theta")) ?? 10000.0;
+        var ropeScaling = j["rope_scaling"] is not null ? ParseRopeScaling(j["rope_scaling"], path, "rope_scaling")
+            : ParseRopeScaling(ropeParameters, path, "rope_parameters");
         return new LlamaConfig
         {
             ModelType = modelType,
@@ -86,8 +94,8 @@ public sealed record LlamaConfig
             HeadDim = headDim,
             MaxPositionEmbeddings = Int(j, path, "max_position_embeddings") ?? 2048,
             RmsNormEps = Num(j, path, "rms_norm_eps") ?? 1e-6,
-            RopeTheta = Num(j, path, "rope_theta") ?? 10000.0,
-            RopeScaling = ParseRopeScaling(j["rope_scaling"], path),
+            RopeTheta = ropeTheta,
+            RopeScaling = ropeScaling,
             TieWordEmbeddings = Bool(j, path, "tie_word_embeddings") ?? false,
             QkvBias = modelType == "qwen2" || attentionBias,
             OutputBias = modelType != "qwen2" && attentionBias,
@@ -102,22 +110,22 @@ public sealed record LlamaConfig
         };
     }
 
-    static RopeScaling? ParseRopeScaling(JsonNode? node, string path)
+    static RopeScaling? ParseRopeScaling(JsonNode? node, string path, string field)
     {
         if (node is null) return null;
-        if (node is not JsonObject o) throw new InvalidInputException(path, "field 'rope_scaling' must be an object or null");
+        if (node is not JsonObject o) throw new InvalidInputException(path, $"field '{field}' must be an object or null");
         var type = Str(o, path, "rope_type") ?? Str(o, path, "type")
-            ?? throw new InvalidInputException(path, "field 'rope_scaling.rope_type' is missing");
+            ?? throw new InvalidInputException(path, $"field '{field}.rope_type' is missing");
         if (type == "default") return null;
         if (type is not ("llama3" or "linear"))
-            throw new InvalidInputException(path, $"field 'rope_scaling.rope_type' is '{type}'; supported: llama3, linear");
-        var factor = Num(o, path, "factor") ?? throw new InvalidInputException(path, "field 'rope_scaling.factor' is missing");
+            throw new InvalidInputException(path, $"field '{field}.rope_type' is '{type}'; supported: llama3, linear");
+        var factor = Num(o, path, "factor") ?? throw new InvalidInputException(path, $"field '{field}.factor' is missing");
         if (type == "llama3")
         {
             return new RopeScaling(type, factor,
-                Num(o, path, "low_freq_factor") ?? throw new InvalidInputException(path, "field 'rope_scaling.low_freq_factor' is missing"),
-                Num(o, path, "high_freq_factor") ?? throw new InvalidInputException(path, "field 'rope_scaling.high_freq_factor' is missing"),
-                Int(o, path, "original_max_position_embeddings") ?? throw new InvalidInputException(path, "field 'rope_scaling.original_max_position_embeddings' is missing"));
+                Num(o, path, "low_freq_factor") ?? throw new InvalidInputException(path, $"field '{field}.low_freq_factor' is missing"),
+                Num(o, path, "high_freq_factor") ?? throw new InvalidInputException(path, $"field '{field}.high_freq_factor' is missing"),
+                Int(o, path, "original_max_position_embeddings") ?? throw new InvalidInputException(path, $"field '{field}.original_max_position_embeddings' is missing"));
         }
         return new RopeScaling(type, factor);
     }

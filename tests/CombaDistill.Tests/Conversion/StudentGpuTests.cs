@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 namespace CombaDistill.Tests.Conversion;
 
 /// <summary>The GPU lane: a converted student on CUDA computes what it computes on the CPU, read at once or token by token.</summary>
-public class CombaGpuTests
+public class StudentGpuTests
 {
     [Fact]
     public void Student_on_CUDA_matches_the_CPU_and_its_own_decoding()
