@@ -11,6 +11,8 @@ static class CliCommands
         InspectCommand.Create(),
         GenerateCommand.Create(),
         ConvertCommand.Create(),
+        DistillCommand.Create(),
+        CorpusCommand.Create(),
         BenchCommand.Create(),
         EvalCommand.Create(),
     ];

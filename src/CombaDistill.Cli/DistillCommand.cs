@@ -1,0 +1,122 @@
+using System.CommandLine;
+using CombaDistill.Distillation;
+using Spectre.Console;
+
+namespace CombaDistill.Cli;
+
+/// <summary>
+/// <c>distill</c>: runs a recipe in a run folder with a live progress bar per stage on standard error, and prints the
+/// summary table on standard output. Ctrl-C finishes the current step, saves a checkpoint and exits; <c>--resume</c>
+/// continues.
+/// </summary>
+static class DistillCommand
+{
+    public static Command Create()
+    {
+        var recipe = new Option<string>("--recipe") { Description = "recipe YAML file (schema: docs/recipes.md)", Required = true };
+        var runDir = new Option<string>("--run-dir") { Description = "folder for this run: checkpoints, metrics, plots, the final student", Required = true };
+        var resume = new Option<bool>("--resume") { Description = "continue the run in --run-dir from its newest intact checkpoint" };
+        var stage = new Option<string?>("--stage") { Description = "run only this stage (its predecessor's result must be in --run-dir)" };
+        var noTensorBoard = new Option<bool>("--no-tensorboard") { Description = "do not write TensorBoard event files" };
+        var validateOnly = new Option<bool>("--validate") { Description = "check the recipe and exit" };
+        var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: one per core); 1 is often fastest for tiny models or on a busy machine" };
+        var command = new Command("distill", "Distill a teacher into a Comba student, stage by stage, as a recipe says")
+        {
+            recipe, runDir, resume, stage, noTensorBoard, validateOnly, threads,
+        };
+        command.SetAction(CliCommon.Run((parse, ct) =>
+        {
+            // The recipe is checked before anything else starts, the native runtime included.
+            var loaded = RecipeLoader.Load(parse.GetValue(recipe)!);
+            if (parse.GetValue(validateOnly))
+            {
+                CliCommon.Err.MarkupLineInterpolated($"[green]ok:[/] {loaded.SourcePath}: {loaded.Stages.Count} stage(s), {loaded.Stages.Sum(s => s.TotalSteps * s.TokensPerStep):N0} training tokens");
+                return 0;
+            }
+            var device = CliCommon.Start(parse);
+            SetThreads(parse.GetValue(threads));
+            var options = new DistillOptions
+            {
+                Resume = parse.GetValue(resume), OnlyStage = parse.GetValue(stage), Device = device, TensorBoard = !parse.GetValue(noTensorBoard),
+            };
+            var summary = RunWithProgress(loaded, parse.GetValue(runDir)!, options, ct);
+            PrintSummary(summary);
+            return 0;
+        }));
+        return command;
+    }
+
+    /// <summary>libtorch's intra-op threads; on a busy machine, threads that spin waiting for each other cost more than they give.</summary>
+    public static void SetThreads(int? threads)
+    {
+        if (threads is not { } n) return;
+        if (n <= 0) throw new ArgumentException($"--threads is {n}; expected a positive number");
+        TorchSharp.torch.set_num_threads(n);
+    }
+
+    static RunSummary RunWithProgress(Recipe recipe, string runDir, DistillOptions options, CancellationToken ct)
+    {
+        RunSummary? summary = null;
+        var run = Task.CompletedTask;
+        // System.CommandLine gives a cancelled command 2 s before the process ends; a checkpoint of a large model can
+        // take longer, so the process waits at exit until the run has saved.
+        EventHandler waitForSave = (_, _) => run.Wait();
+        AppDomain.CurrentDomain.ProcessExit += waitForSave;
+        try
+        {
+            CliCommon.Err.Progress()
+                .AutoClear(false)
+                .HideCompleted(false)
+                .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+                .Start(context =>
+                {
+                    var bars = recipe.Stages.Select((s, i) => context.AddTask($"{i + 1:D2}-{s.Name}", autoStart: false, maxValue: s.TotalSteps * s.TokensPerStep)).ToArray();
+                    var progress = new Reporter(recipe, bars);
+                    run = Task.Run(() => summary = DistillationRun.Run(recipe, runDir, options, progress, ct), CancellationToken.None);
+                    run.GetAwaiter().GetResult();
+                });
+        }
+        finally
+        {
+            AppDomain.CurrentDomain.ProcessExit -= waitForSave;
+        }
+        return summary!;
+    }
+
+    /// <summary>Reports on the training thread: updates the stage's bar, prints notes and warnings above the bars.</summary>
+    sealed class Reporter(Recipe recipe, ProgressTask[] bars) : IProgress<DistillationProgress>
+    {
+        public void Report(DistillationProgress p)
+        {
+            if (p.Note is not null)
+            {
+                if (p.IsWarning) CliCommon.Err.MarkupLineInterpolated($"[yellow]warning:[/] {p.Note}");
+                else CliCommon.Err.MarkupLineInterpolated($"[grey]{p.Note}[/]");
+                return;
+            }
+            var bar = bars[p.StageIndex];
+            if (!bar.IsStarted) bar.StartTask();
+            bar.Value = p.Tokens;
+            var stage = recipe.Stages[p.StageIndex];
+            bar.Description = $"{p.StageIndex + 1:D2}-{Markup.Escape(stage.Name)} step {p.Step}/{p.TotalSteps} {p.Tokens:N0} tok " +
+                $"{p.TokensPerSecond:N0} tok/s loss {p.Loss:G4} lr {p.LearningRate:0.0e0}" + (p.Eta is { } eta ? $" eta {eta:hh\\:mm\\:ss}" : "");
+            if (p.Step == p.TotalSteps) bar.StopTask();
+        }
+    }
+
+    static void PrintSummary(RunSummary summary)
+    {
+        var table = new Table().Title("distillation summary")
+            .AddColumns("stage", "objective", "steps", "tokens", "minutes", "first eval", "last eval", "student ppl");
+        foreach (var s in summary.Stages)
+        {
+            string Score(EvalMetrics? e) => e is null ? "" : s.Objective == Objective.AttentionAlignment && e.Alignment is { } a ? $"align {a:G4}" : e.Kl is { } kl ? $"KL {kl:G4}" : $"CE {e.StudentCrossEntropy:G4}";
+            table.AddRow(Markup.Escape(s.Name), RecipeLoader.NameOf(s.Objective), s.Steps.ToString("N0"), s.Tokens.ToString("N0"), (s.Seconds / 60).ToString("F1"),
+                Score(s.First), Score(s.Last), s.Last is null ? "" : s.Last.StudentPerplexity.ToString("F3"));
+        }
+        var stdout = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Out) });
+        stdout.Write(table);
+        stdout.MarkupLineInterpolated($"held-out perplexity over {summary.ValidationTokens:N0} tokens (windows of {summary.EvalSequenceLength}): teacher {summary.TeacherPerplexity:F4}, student {summary.StudentPerplexity:F4}, ratio {summary.PerplexityRatio:F4}");
+        stdout.MarkupLineInterpolated($"student: {summary.StudentFolder}   ({summary.Seconds / 60:F1} minutes)");
+    }
+}

@@ -1,0 +1,78 @@
+using CombaDistill.Modeling.Comba;
+using CombaDistill.Modeling.Llama;
+using static TorchSharp.torch;
+
+namespace CombaDistill.Distillation;
+
+/// <summary>
+/// Stage-1 objective (RADLADS, LoLCATs): every converted layer learns to reproduce its teacher layer's attention
+/// output. The teacher runs once over its own layers; at each aligned layer its normed input x feeds both the
+/// teacher's softmax attention (y_T) and the student's mixer (y_S), so each layer trains on the hidden states the
+/// teacher would give it, independently of how well the layers below it are aligned — all layers train in one pass.
+/// <code>
+///   loss = mean over aligned layers of  mean over tokens of ‖y_T − y_S‖² / d      (float32)
+/// </code>
+/// </summary>
+public static class AttentionAlignment
+{
+    /// <summary>The layers a converted student aligns: those whose self_attn is Comba (kept attention layers are the teacher's already).</summary>
+    public static IReadOnlyList<int> ConvertedLayers(CombaForCausalLM student) =>
+        Enumerable.Range(0, student.model.layers.Count).Where(i => !student.model.layers[i].IsAttention).ToArray();
+
+    /// <summary>
+    /// The mean loss (a scalar with a graph into the student's mixers at <paramref name="layers"/>) and each layer's
+    /// value. The teacher runs without gradients; only the student's input norm and self_attn are evaluated.
+    /// </summary>
+    /// <param name="inputIds">(B, T)</param>
+    public static (Tensor Loss, double[] PerLayer) Compute(LlamaForCausalLM teacher, CombaForCausalLM student, Tensor inputIds, IReadOnlyList<int> layers)
+    {
+        if (layers.Count == 0) throw new ArgumentException("no layer to align");
+        using var scope = NewDisposeScope();
+        var teacherModel = teacher.model;
+        var wanted = layers.ToHashSet();
+        var last = layers.Max();
+        var studentType = student.model.embed_tokens.weight!.dtype;
+
+        var losses = new List<Tensor>();
+        Tensor h;
+        Tensor cos, sin;
+        using (no_grad())
+        {
+            h = teacherModel.embed_tokens.forward(inputIds);
+            (cos, sin) = teacherModel.Rotary.CosSin(0, inputIds.shape[1], h.dtype, h.device);
+        }
+        for (var i = 0; i <= last; i++)
+        {
+            var teacherLayer = teacherModel.layers[i];
+            Tensor teacherOutput;
+            using (no_grad())
+            {
+                teacherOutput = teacherLayer.self_attn.forward(teacherLayer.input_layernorm.forward(h), cos, sin);
+            }
+            if (wanted.Contains(i))
+            {
+                var studentLayer = student.model.layers[i];
+                var x = studentLayer.input_layernorm.forward(h.to(studentType));
+                var studentOutput = StudentMixer(studentLayer, x, cos.to(studentType), sin.to(studentType));
+                losses.Add((studentOutput.to(ScalarType.Float32) - teacherOutput.to(ScalarType.Float32)).square().mean());
+            }
+            if (i == last) break;
+            using (no_grad())
+            {
+                // The rest of the teacher's block (LlamaDecoderLayer.forward), so the next layer sees the teacher's stream.
+                h = h + teacherOutput;
+                h = h + teacherLayer.mlp.forward(teacherLayer.post_attention_layernorm.forward(h));
+            }
+        }
+        var perLayer = losses.Select(l => l.item<float>()).Select(v => (double)v).ToArray();
+        var loss = stack(losses).mean();
+        return (loss.MoveToOuterDisposeScope(), perLayer);
+    }
+
+    static Tensor StudentMixer(CombaDecoderLayer layer, Tensor x, Tensor cos, Tensor sin) => layer.self_attn switch
+    {
+        CombaAttention comba => comba.forward(x, cos, sin).Output,
+        LlamaAttention attention => attention.forward(x, cos, sin),
+        var other => throw new InvalidOperationException($"cannot align a {other.GetType().Name}"),
+    };
+}

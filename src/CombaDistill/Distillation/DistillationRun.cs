@@ -1,0 +1,258 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using CombaDistill.Conversion;
+using CombaDistill.IO;
+using CombaDistill.Modeling.Comba;
+using CombaDistill.Modeling.Llama;
+using CombaDistill.Tokenization;
+using static TorchSharp.torch;
+
+namespace CombaDistill.Distillation;
+
+/// <summary>How to run a recipe; the recipe says what.</summary>
+public sealed record DistillOptions
+{
+    /// <summary>Continue a run folder: finished stages are kept, an interrupted one continues from its newest intact checkpoint.</summary>
+    public bool Resume { get; init; }
+
+    /// <summary>Run only this stage; it needs its predecessor's result in the run folder.</summary>
+    public string? OnlyStage { get; init; }
+
+    public Device? Device { get; init; }
+
+    /// <summary>Write TensorBoard event files under RUN/tensorboard.</summary>
+    public bool TensorBoard { get; init; } = true;
+}
+
+/// <summary>The run's outcome, also written as RUN/summary.json.</summary>
+public sealed record RunSummary
+{
+    public required string RunFolder { get; init; }
+    public required string StudentFolder { get; init; }
+    public required IReadOnlyList<StageResult> Stages { get; init; }
+    /// <summary>Held-out tokens scored for the perplexities (all validation windows at <see cref="EvalSequenceLength"/>).</summary>
+    public required long ValidationTokens { get; init; }
+    public required int EvalSequenceLength { get; init; }
+    public required double TeacherPerplexity { get; init; }
+    public required double StudentPerplexity { get; init; }
+    public double PerplexityRatio => StudentPerplexity / TeacherPerplexity;
+    public required double Seconds { get; init; }
+}
+
+/// <summary>
+/// Runs a recipe in a run folder:
+/// <code>
+///   RUN/recipe.yaml            the recipe text the run was started with (a resume must use the same)
+///   RUN/teacher/               the imported teacher (llama2.c recipes only)
+///   RUN/student-init/          the converted student (recipes with student.convert)
+///   RUN/data/*.tokens          the tokenized training and validation streams
+///   RUN/NN-STAGE/              per stage: metrics.jsonl, loss.png, checkpoints/, student/ (the stage's result)
+///   RUN/tensorboard/STAGE/     TensorBoard event files
+///   RUN/student/               the final student, a normal student folder
+///   RUN/summary.json
+/// </code>
+/// Each stage starts from its predecessor's result and refuses to start without it.
+/// </summary>
+public static class DistillationRun
+{
+    public const string RecipeCopy = "recipe.yaml", SummaryFile = "summary.json", FinalStudent = "student";
+
+    static readonly JsonSerializerOptions Json = new()
+    {
+        WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        Converters = { new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
+    };
+
+    public static string StageFolder(string runFolder, Recipe recipe, int index) => Path.Combine(runFolder, $"{index + 1:D2}-{recipe.Stages[index].Name}");
+
+    public static RunSummary Run(Recipe recipe, string runFolder, DistillOptions options, IProgress<DistillationProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        var clock = Stopwatch.StartNew();
+        var device = options.Device ?? CPU;
+        runFolder = Path.GetFullPath(runFolder);
+        PrepareFolder(recipe, runFolder, options);
+        void Note(string text, bool warning = false) => progress?.Report(new DistillationProgress { Stage = "", StageCount = recipe.Stages.Count, Note = text, IsWarning = warning });
+
+        var teacherFolder = EnsureTeacher(recipe, runFolder, Note, cancellationToken);
+        var initialStudent = EnsureStudent(recipe, runFolder, teacherFolder, Note, cancellationToken);
+        if (recipe.Student.FromScratch) EnsureScratch(recipe, initialStudent, Note);
+        var tokenizer = TokenizerLoader.Load(teacherFolder);
+        var (trainTokens, validationTokens) = EnsureData(recipe, runFolder, tokenizer, Note, cancellationToken);
+
+        // The teacher never trains: bf16 on a GPU to halve its memory, float32 on the CPU where bf16 matmuls are slow.
+        var teacherType = device.type == TorchSharp.DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
+        using var teacher = LlamaForCausalLM.FromPretrained(teacherFolder, teacherType, device);
+
+        var selected = options.OnlyStage is null ? Enumerable.Range(0, recipe.Stages.Count).ToArray()
+            : [IndexOfStage(recipe, options.OnlyStage)];
+        var results = new List<StageResult>();
+        for (var i = 0; i < recipe.Stages.Count; i++)
+        {
+            var folder = StageFolder(runFolder, recipe, i);
+            var result = Path.Combine(folder, StageTrainer.ResultFolder);
+            if (!selected.Contains(i)) continue;
+            if (options.Resume && options.OnlyStage is null && StudentFolder.IsComplete(result))
+            {
+                Note($"stage '{recipe.Stages[i].Name}' already finished; keeping {result}");
+                results.Add(ReadStageResult(folder, recipe.Stages[i], result));
+                continue;
+            }
+            var input = i == 0 ? initialStudent : Path.Combine(StageFolder(runFolder, recipe, i - 1), StageTrainer.ResultFolder);
+            if (!StudentFolder.IsComplete(input))
+                throw new InvalidInputException(input, $"stage '{recipe.Stages[i].Name}' cannot start: its predecessor '{recipe.Stages[i - 1].Name}' has no result here; run that stage first");
+            if (Directory.Exists(result)) Directory.Delete(result, recursive: true);   // a stage being redone replaces its old result
+
+            cancellationToken.ThrowIfCancellationRequested();
+            using var student = CombaForCausalLM.FromPretrained(input, ScalarType.Float32, device);
+            var trainer = new StageTrainer(new StageInputs
+            {
+                Stage = recipe.Stages[i], StageIndex = i, StageCount = recipe.Stages.Count, Seed = recipe.Seed,
+                Teacher = teacher, Student = student, TrainTokens = trainTokens, ValidationTokens = validationTokens,
+                EvalTokens = recipe.Data.EvalTokens, Folder = folder, TokenizerFolder = input, Resume = options.Resume,
+                TensorBoardFolder = options.TensorBoard ? Path.Combine(runFolder, "tensorboard", recipe.Stages[i].Name) : null,
+            }, progress);
+            results.Add(trainer.Run(cancellationToken));
+        }
+
+        var last = Path.Combine(StageFolder(runFolder, recipe, recipe.Stages.Count - 1), StageTrainer.ResultFolder);
+        var finalFolder = Path.Combine(runFolder, FinalStudent);
+        if (!StudentFolder.IsComplete(last))
+            return Summarise(runFolder, recipe, results, null, teacher, validationTokens, clock.Elapsed.TotalSeconds, Note);
+        CopyFolder(last, finalFolder);
+        return Summarise(runFolder, recipe, results, finalFolder, teacher, validationTokens, clock.Elapsed.TotalSeconds, Note);
+    }
+
+    static int IndexOfStage(Recipe recipe, string name)
+    {
+        for (var i = 0; i < recipe.Stages.Count; i++)
+            if (recipe.Stages[i].Name == name) return i;
+        throw new InvalidInputException(recipe.SourcePath, $"has no stage named '{name}'; its stages are {string.Join(", ", recipe.Stages.Select(s => s.Name))}");
+    }
+
+    /// <summary>A new run needs an empty or missing folder; a resumed one the same recipe text it was started with.</summary>
+    static void PrepareFolder(Recipe recipe, string runFolder, DistillOptions options)
+    {
+        var copy = Path.Combine(runFolder, RecipeCopy);
+        var text = File.ReadAllText(recipe.SourcePath);
+        if (options.Resume || options.OnlyStage is not null)
+        {
+            if (!File.Exists(copy)) throw new InvalidInputException(runFolder, $"is not a run folder (no {RecipeCopy}); start the run without --resume");
+            if (File.ReadAllText(copy) != text)
+                throw new InvalidInputException(recipe.SourcePath, $"differs from {copy}, the recipe this run was started with; resume with that recipe, or start a new run folder");
+            return;
+        }
+        if (Directory.Exists(runFolder) && Directory.EnumerateFileSystemEntries(runFolder).Any())
+            throw new InvalidInputException(runFolder, "already holds a run; pass --resume to continue it, or choose another --run-dir");
+        Directory.CreateDirectory(runFolder);
+        AtomicFile.WriteAllText(copy, text);
+    }
+
+    static string EnsureTeacher(Recipe recipe, string runFolder, Action<string, bool> note, CancellationToken cancellationToken)
+    {
+        if (recipe.Teacher.Folder is not null) return recipe.Teacher.Folder;
+        var folder = Path.Combine(runFolder, "teacher");
+        if (!Directory.Exists(folder))
+        {
+            note($"importing {recipe.Teacher.Llama2cCheckpoint} into {folder}", false);
+            Llama2cImporter.Import(recipe.Teacher.Llama2cCheckpoint!, recipe.Teacher.Llama2cTokenizer!, folder, force: false, cancellationToken: cancellationToken);
+        }
+        return folder;
+    }
+
+    static string EnsureStudent(Recipe recipe, string runFolder, string teacherFolder, Action<string, bool> note, CancellationToken cancellationToken)
+    {
+        if (recipe.Student.Folder is not null) return recipe.Student.Folder;
+        var folder = Path.Combine(runFolder, "student-init");
+        if (!Directory.Exists(folder))
+        {
+            note($"converting the teacher into a Comba student in {folder}", false);
+            var keep = recipe.Student.AttentionLayers.Count == 0 ? "none" : string.Join(",", recipe.Student.AttentionLayers);
+            CombaConverter.Convert(teacherFolder, folder, new ConversionOptions { Comba = recipe.Student.Comba, KeepAttention = keep }, cancellationToken: cancellationToken);
+        }
+        return folder;
+    }
+
+    /// <summary>Replaces the converted weights by a fresh initialisation (once: a marker file records it).</summary>
+    static void EnsureScratch(Recipe recipe, string studentFolder, Action<string, bool> note)
+    {
+        var marker = Path.Combine(studentFolder, "FROM_SCRATCH");
+        if (File.Exists(marker)) return;
+        note($"re-initialising every weight of {studentFolder} (from_scratch: the baseline without the teacher's weights)", false);
+        var config = CombaStudentConfig.Load(Path.Combine(studentFolder, "config.json"));
+        manual_seed(recipe.Seed);
+        using var fresh = new CombaForCausalLM(config, ScalarType.Float32);
+        StudentFolder.Save(fresh, studentFolder, tokenizerFolder: studentFolder, force: true);   // the tokenizer files are copied before the swap
+        AtomicFile.WriteAllText(marker, "weights initialised from the recipe's seed, not converted from the teacher\n");
+    }
+
+    /// <summary>Tokenizes once per run into RUN/data; a resumed run reads the same ids back.</summary>
+    static (int[] Train, int[] Validation) EnsureData(Recipe recipe, string runFolder, ITokenizer tokenizer, Action<string, bool> note, CancellationToken cancellationToken)
+    {
+        var folder = Path.Combine(runFolder, "data");
+        var (trainPath, validationPath) = (Path.Combine(folder, "train.tokens"), Path.Combine(folder, "validation.tokens"));
+        if (File.Exists(trainPath) && File.Exists(validationPath))
+            return (TokenFile.Read(trainPath, tokenizer.VocabSize), TokenFile.Read(validationPath, tokenizer.VocabSize));
+
+        Directory.CreateDirectory(folder);
+        note($"tokenizing {recipe.Data.Train.Path}", false);
+        var train = TokenStreams.Read(recipe.Data.Train, tokenizer, recipe.Data, cancellationToken);
+        int[] validation;
+        if (recipe.Data.Validation is { } held)
+        {
+            note($"tokenizing {held.Path}", false);
+            validation = TokenStreams.Read(held, tokenizer, recipe.Data, cancellationToken);
+        }
+        else
+        {
+            (train, validation) = TokenStreams.SplitTail(train, recipe.Data.HoldoutFraction);
+        }
+        TokenFile.Write(validationPath, validation, tokenizer.VocabSize);
+        TokenFile.Write(trainPath, train, tokenizer.VocabSize);
+        return (train, validation);
+    }
+
+    static StageResult ReadStageResult(string folder, StageRecipe stage, string result)
+    {
+        var metricsPath = Path.Combine(folder, StageMetrics.FileName);
+        var (train, evals) = File.Exists(metricsPath) ? StageMetrics.Read(metricsPath) : ([], []);
+        var last = train.LastOrDefault();
+        return new StageResult(stage.Name, stage.Objective, result, last?.Step ?? 0, last?.Tokens ?? 0, last?.ElapsedSeconds ?? 0,
+            evals.FirstOrDefault(e => e.Step == 0), evals.LastOrDefault());
+    }
+
+    /// <summary>Perplexity of teacher and final student on every validation window, then RUN/summary.json.</summary>
+    static RunSummary Summarise(string runFolder, Recipe recipe, List<StageResult> stages, string? studentFolder, LlamaForCausalLM teacher, int[] validationTokens,
+        double seconds, Action<string, bool> note)
+    {
+        var length = Math.Min(recipe.Stages.Max(s => s.SequenceLength), teacher.Config.MaxPositionEmbeddings);
+        double teacherCe = double.NaN, studentCe = double.NaN;
+        long scored = 0;
+        if (studentFolder is not null)
+        {
+            note($"scoring teacher and student on the held-out data ({validationTokens.Length:N0} tokens)", false);
+            using var student = CombaForCausalLM.FromPretrained(studentFolder, ScalarType.Float32, teacher.Device);
+            (teacherCe, scored) = Perplexity.CrossEntropy(teacher, validationTokens, length);
+            (studentCe, _) = Perplexity.CrossEntropy(student, validationTokens, length);
+        }
+        var summary = new RunSummary
+        {
+            RunFolder = runFolder, StudentFolder = studentFolder ?? "", Stages = stages, ValidationTokens = scored, EvalSequenceLength = length,
+            TeacherPerplexity = Math.Exp(teacherCe), StudentPerplexity = Math.Exp(studentCe), Seconds = seconds,
+        };
+        if (studentFolder is not null) AtomicFile.WriteAllText(Path.Combine(runFolder, SummaryFile), JsonSerializer.Serialize(summary, Json) + "\n");
+        return summary;
+    }
+
+    static void CopyFolder(string from, string to)
+    {
+        using var output = AtomicDirectory.Create(to, force: true);
+        foreach (var file in Directory.EnumerateFiles(from, "*", SearchOption.AllDirectories))
+        {
+            var target = Path.Combine(output.Path, Path.GetRelativePath(from, file));
+            Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+            File.Copy(file, target);
+        }
+        output.Commit();
+    }
+}

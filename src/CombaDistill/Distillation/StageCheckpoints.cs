@@ -1,0 +1,155 @@
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using CombaDistill.IO;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace CombaDistill.Distillation;
+
+/// <summary>Everything besides tensors that a stage needs to continue exactly where a checkpoint was taken.</summary>
+public sealed record TrainingState
+{
+    /// <summary>Optimizer steps completed.</summary>
+    public required long Step { get; init; }
+    public required long Tokens { get; init; }
+    public required DataPosition Data { get; init; }
+    /// <summary>The scheduler's state: the learning rate is a pure function of <see cref="Step"/>; recorded for reading.</summary>
+    public required double LearningRate { get; init; }
+    /// <summary>torch's CPU generator state, base64.</summary>
+    public required string RngState { get; init; }
+    /// <summary>Training seconds spent before this checkpoint (over all sessions).</summary>
+    public required double ElapsedSeconds { get; init; }
+    /// <summary>Names of the saved parameters; a resumed stage must select exactly these.</summary>
+    public required IReadOnlyList<string> Parameters { get; init; }
+}
+
+/// <summary>
+/// A stage's checkpoints: <c>checkpoints/step-NNNNNNNN/</c> holding the trainable parameters (weights.safetensors;
+/// every other parameter is the stage's input, unchanged), the AdamW state (optimizer.bin, TorchSharp's own format:
+/// per parameter the step count and both moments), state.json, and checksums.sha256 over those files (the format
+/// of <c>sha256sum</c>, so <c>sha256sum -c</c> checks it by hand). A checkpoint folder appears only complete; one
+/// whose files no longer match their checksums is skipped on resume.
+/// </summary>
+public static class StageCheckpoints
+{
+    public const string WeightsFile = "weights.safetensors", OptimizerFile = "optimizer.bin", StateFile = "state.json", ChecksumFile = "checksums.sha256";
+    const string Prefix = "step-";
+
+    static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
+
+    public static string PathOf(string checkpointsFolder, long step) => Path.Combine(checkpointsFolder, $"{Prefix}{step:D8}");
+
+    /// <summary>Writes a checkpoint for <paramref name="state"/>.Step and deletes all but the newest <paramref name="keep"/>.</summary>
+    public static string Save(string checkpointsFolder, IReadOnlyList<(string Name, Parameter Parameter)> trainable, OptimizerHelper optimizer, TrainingState state, int keep)
+    {
+        Directory.CreateDirectory(checkpointsFolder);
+        var final = PathOf(checkpointsFolder, state.Step);
+        using (var folder = AtomicDirectory.Create(final, force: true))
+        {
+            SafeTensorsWriter.Write(Path.Combine(folder.Path, WeightsFile), trainable.Select(p => KeyValuePair.Create(p.Name, (Tensor)p.Parameter)));
+            optimizer.save_state_dict(Path.Combine(folder.Path, OptimizerFile));
+            AtomicFile.WriteAllText(Path.Combine(folder.Path, StateFile), JsonSerializer.Serialize(state, Json) + "\n");
+            var sums = string.Concat(new[] { WeightsFile, OptimizerFile, StateFile }.Select(f => $"{Sha256(Path.Combine(folder.Path, f))}  {f}\n"));
+            AtomicFile.WriteAllText(Path.Combine(folder.Path, ChecksumFile), sums);
+            folder.Commit();
+        }
+        foreach (var old in List(checkpointsFolder).SkipLast(keep))
+            Directory.Delete(old.Path, recursive: true);
+        return final;
+    }
+
+    /// <summary>The stage's checkpoint folders, oldest first.</summary>
+    public static IReadOnlyList<(long Step, string Path)> List(string checkpointsFolder)
+    {
+        if (!Directory.Exists(checkpointsFolder)) return [];
+        return Directory.GetDirectories(checkpointsFolder, Prefix + "*")
+            .Select(d => (Ok: long.TryParse(Path.GetFileName(d)[Prefix.Length..], out var step), Step: step, Path: d))
+            .Where(d => d.Ok)
+            .OrderBy(d => d.Step)
+            .Select(d => (d.Step, d.Path))
+            .ToList();
+    }
+
+    /// <summary>Null when every file is present and matches checksums.sha256; else what is wrong.</summary>
+    public static string? Problem(string checkpoint)
+    {
+        var sumsPath = Path.Combine(checkpoint, ChecksumFile);
+        if (!File.Exists(sumsPath)) return $"{ChecksumFile} is missing";
+        var expected = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var line in File.ReadAllLines(sumsPath).Where(l => l.Length > 0))
+        {
+            var parts = line.Split("  ", 2);
+            if (parts.Length != 2 || parts[0].Length != 64) return $"{ChecksumFile} is malformed";
+            expected[parts[1]] = parts[0];
+        }
+        foreach (var file in new[] { WeightsFile, OptimizerFile, StateFile })
+        {
+            if (!expected.TryGetValue(file, out var sum)) return $"{ChecksumFile} does not list {file}";
+            var path = Path.Combine(checkpoint, file);
+            if (!File.Exists(path)) return $"{file} is missing";
+            if (!string.Equals(Sha256(path), sum, StringComparison.OrdinalIgnoreCase)) return $"{file} does not match its SHA-256 checksum";
+        }
+        return null;
+    }
+
+    /// <summary>The newest checkpoint that passes its checksums; each newer one that fails is reported to <paramref name="warn"/> and skipped.</summary>
+    public static (string Path, TrainingState State)? NewestIntact(string checkpointsFolder, Action<string> warn)
+    {
+        foreach (var (_, path) in List(checkpointsFolder).Reverse())
+        {
+            var problem = Problem(path);
+            if (problem is null)
+            {
+                try
+                {
+                    return (path, ReadState(path));
+                }
+                catch (InvalidInputException e)
+                {
+                    problem = e.Message;
+                }
+            }
+            warn($"checkpoint {path} is damaged ({problem}); skipping it");
+        }
+        return null;
+    }
+
+    public static TrainingState ReadState(string checkpoint)
+    {
+        var path = Path.Combine(checkpoint, StateFile);
+        try
+        {
+            return JsonSerializer.Deserialize<TrainingState>(File.ReadAllText(path), Json) ?? throw new InvalidInputException(path, "empty state");
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidInputException(path, $"not a training state ({e.Message})", e);
+        }
+    }
+
+    /// <summary>Loads the saved parameters into <paramref name="trainable"/> (names must match exactly) and the optimizer state.</summary>
+    public static void Restore(string checkpoint, IReadOnlyList<(string Name, Parameter Parameter)> trainable, OptimizerHelper optimizer, TrainingState state)
+    {
+        if (!state.Parameters.SequenceEqual(trainable.Select(p => p.Name)))
+            throw new InvalidInputException(checkpoint, "was saved with another set of trainable parameters than this stage selects (was the recipe's 'trainable' changed?)");
+        using (var weights = Checkpoint.Open(Path.Combine(checkpoint, WeightsFile)))
+        using (no_grad())
+        {
+            foreach (var (name, parameter) in trainable)
+            {
+                using var value = weights.Read(name, parameter.dtype, parameter.device);
+                if (!value.shape.SequenceEqual(parameter.shape))
+                    throw new InvalidInputException(checkpoint, $"parameter '{name}' has shape [{string.Join(", ", value.shape)}]; the student's is [{string.Join(", ", parameter.shape)}]");
+                parameter.copy_(value);
+            }
+        }
+        optimizer.load_state_dict(Path.Combine(checkpoint, OptimizerFile));
+    }
+
+    static string Sha256(string path)
+    {
+        using var stream = File.OpenRead(path);
+        return Convert.ToHexStringLower(SHA256.HashData(stream));
+    }
+}

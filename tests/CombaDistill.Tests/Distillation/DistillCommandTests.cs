@@ -1,0 +1,110 @@
+using System.Diagnostics;
+using System.Text;
+using CombaDistill.Distillation;
+using CombaDistill.IO;
+using CombaDistill.Tests.Support;
+
+namespace CombaDistill.Tests.Distillation;
+
+/// <summary>The distill command as users run it: the built CLI in its own process, killed with SIGKILL and resumed.</summary>
+public sealed class DistillCommandTests : IDisposable
+{
+    static readonly string CliDll = Path.Combine(AppContext.BaseDirectory, "CombaDistill.Cli.dll");
+    readonly TempDir dir = new();
+
+    public void Dispose() => dir.Dispose();
+
+    static ProcessStartInfo Cli(params string[] args)
+    {
+        var start = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+            StandardOutputEncoding = new UTF8Encoding(false), StandardErrorEncoding = new UTF8Encoding(false),
+        };
+        start.ArgumentList.Add(CliDll);
+        foreach (var a in args) start.ArgumentList.Add(a);
+        start.Environment["OMP_NUM_THREADS"] = "1";
+        return start;
+    }
+
+    static (int Code, string Stdout, string Stderr) Run(params string[] args)
+    {
+        using var process = Process.Start(Cli(args))!;
+        var stderr = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+        var stdout = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        return (process.ExitCode, stdout, stderr.Result);
+    }
+
+    [Fact]
+    public void ARunKilledWithSigkillAndResumedFollowsTheUninterruptedTrajectory()
+    {
+        // the shared toy recipe with a longer second stage, so the kill lands mid-stage
+        var recipePath = dir["recipe.yaml"];
+        File.WriteAllText(recipePath, DistillationRunTests.RecipeText().Replace("    steps: 7\n", "    steps: 60\n"));
+        TorchSharp.torch.set_num_threads(1);
+        var reference = dir["reference"];
+        DistillationRun.Run(RecipeLoader.Load(recipePath), reference, new DistillOptions { TensorBoard = false }, cancellationToken: TestContext.Current.CancellationToken);
+
+        var run = dir["run"];
+        var metrics = Path.Combine(run, "02-kd", StageMetrics.FileName);
+        using (var process = Process.Start(Cli("distill", "--recipe", recipePath, "--run-dir", run, "--device", "cpu", "--threads", "1", "--no-tensorboard"))!)
+        {
+            _ = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+            _ = process.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
+            var clock = Stopwatch.StartNew();
+            while (!process.HasExited && !(File.Exists(metrics) && File.ReadAllText(metrics).Contains("\"step\":7,")))
+            {
+                Assert.True(clock.Elapsed < TimeSpan.FromMinutes(5), "the run did not reach stage 2, step 7");
+                Thread.Sleep(10);
+            }
+            Assert.False(process.HasExited, "the run ended before it could be killed");
+            process.Kill();                                   // SIGKILL: no handler runs, nothing is saved
+            process.WaitForExit();
+        }
+        Assert.False(Directory.Exists(Path.Combine(run, "student")));
+        Assert.NotEmpty(StageCheckpoints.List(Path.Combine(run, "02-kd", "checkpoints")));
+
+        var (code, stdout, stderr) = Run("distill", "--recipe", recipePath, "--run-dir", run, "--device", "cpu", "--threads", "1", "--no-tensorboard", "--resume");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("resuming from step-", stderr);
+        Assert.Contains("held-out perplexity", stdout);
+
+        foreach (var stage in new[] { "01-align", "02-kd" })
+        {
+            var expected = StageMetrics.Read(Path.Combine(reference, stage, StageMetrics.FileName)).Train;
+            var actual = StageMetrics.Read(Path.Combine(run, stage, StageMetrics.FileName)).Train;
+            Assert.Equal(expected.Select(m => m.Step), actual.Select(m => m.Step));
+            foreach (var (e, a) in expected.Zip(actual))
+                Assert.True(Math.Abs(e.Loss - a.Loss) <= 1e-6, $"{stage} step {e.Step}: {a.Loss} after the kill, {e.Loss} uninterrupted");
+        }
+        using var expectedWeights = Checkpoint.Open(Path.Combine(reference, "student"));
+        using var actualWeights = Checkpoint.Open(Path.Combine(run, "student"));
+        foreach (var name in expectedWeights.Names)
+        {
+            using var e = expectedWeights.Read(name);
+            using var a = actualWeights.Read(name);
+            Assert.True(e.allclose(a, rtol: 0, atol: 1e-6), $"final {name} differs");
+        }
+    }
+
+    [Fact]
+    public void ABadRecipeFailsBeforeAnyWorkWithOneLine()
+    {
+        var recipePath = dir["bad.yaml"];
+        File.WriteAllText(recipePath, DistillationRunTests.RecipeText().Replace("lr: 3e-3", "lr: -3e-3"));
+        var run = dir["run"];
+        var (code, stdout, stderr) = Run("distill", "--recipe", recipePath, "--run-dir", run);
+        Assert.Equal(2, code);
+        Assert.Equal("", stdout);
+        Assert.Contains("field 'stages[0].optimizer.lr' is -0.003", stderr);
+        Assert.Single(stderr.Trim().Split('\n'));
+        Assert.False(Directory.Exists(run));
+
+        File.WriteAllText(recipePath, DistillationRunTests.RecipeText());
+        var ok = Run("distill", "--recipe", recipePath, "--run-dir", run, "--validate");
+        Assert.True(ok.Code == 0, ok.Stderr);
+        Assert.Contains("2 stage(s)", ok.Stderr);
+        Assert.False(Directory.Exists(run));
+    }
+}

@@ -1,0 +1,183 @@
+using CombaDistill.Distillation;
+using CombaDistill.Modeling.Comba;
+using CombaDistill.Modeling.Llama;
+using CombaDistill.Tests.Modeling;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace CombaDistill.Tests.Distillation;
+
+public sealed class LossTests
+{
+    /// <summary>KL(p‖q) = Σ p log(p/q) by hand, in double, for one row of logits at temperature t.</summary>
+    static double KlByHand(double[] teacher, double[] student, double t)
+    {
+        double[] Softmax(double[] z)
+        {
+            var max = z.Max();
+            var e = z.Select(v => Math.Exp((v - max) / t)).ToArray();
+            var sum = e.Sum();
+            return e.Select(v => v / sum).ToArray();
+        }
+        var (p, q) = (Softmax(teacher), Softmax(student));
+        return p.Zip(q).Sum(pq => pq.First * Math.Log(pq.First / pq.Second));
+    }
+
+    [Fact]
+    public void KlDivergenceIsTeacherToStudentPerTokenMean()
+    {
+        double[][] teacher = [[1.0, 2.0, -0.5], [0.3, 0.3, 4.0]];
+        double[][] student = [[0.5, 2.5, 0.0], [-1.0, 0.7, 3.0]];
+        using var zt = tensor(teacher.SelectMany(r => r).Select(v => (float)v).ToArray(), [1, 2, 3]);
+        using var zs = tensor(student.SelectMany(r => r).Select(v => (float)v).ToArray(), [1, 2, 3]);
+        foreach (var t in new[] { 1.0, 2.0 })
+        {
+            var expected = (KlByHand(teacher[0], student[0], t) + KlByHand(teacher[1], student[1], t)) / 2;
+            using var kl = LogitLoss.KlDivergence(zt, zs, t);
+            Assert.Equal(expected, kl.item<float>(), 6);
+        }
+        // the first argument is the teacher: swapping gives KL(student ‖ teacher), a different number here
+        using var reversed = LogitLoss.KlDivergence(zs, zt, 1.0);
+        using var forward = LogitLoss.KlDivergence(zt, zs, 1.0);
+        Assert.True(Math.Abs(reversed.item<float>() - forward.item<float>()) > 1e-3);
+        Assert.Equal((KlByHand(student[0], teacher[0], 1) + KlByHand(student[1], teacher[1], 1)) / 2, reversed.item<float>(), 6);
+    }
+
+    [Theory]
+    [InlineData(1.0, 1.0, 0.0, 8)]
+    [InlineData(2.0, 1.0, 0.5, 5)]
+    [InlineData(1.5, 0.0, 1.0, 64)]
+    public void ChunkedLossEqualsTheUnchunkedReferenceInValueAndGradient(double temperature, double klWeight, double ceWeight, int chunk)
+    {
+        const int batch = 2, length = 37, hidden = 6, vocab = 11;
+        var g = new Generator(5);
+        // A small "body" (input → hidden through w) and a head, so gradients must flow through both paths.
+        var input = randn([batch, length, hidden], generator: g);
+        var teacherHidden = randn([batch, length, hidden], generator: g);
+        var teacherHeadWeight = randn([vocab, hidden], generator: g);
+        var targets = randint(0, vocab, [batch, length], generator: g);
+        var body = (randn([hidden, hidden], generator: g) / 2).requires_grad_(true);
+        var head = randn([vocab, hidden], generator: g).requires_grad_(true);
+
+        // reference: every logit at once, in float64
+        var referenceLoss = ReferenceLoss(input.to_type(ScalarType.Float64).matmul(body.to_type(ScalarType.Float64)), head.to_type(ScalarType.Float64),
+            teacherHidden.to_type(ScalarType.Float64), teacherHeadWeight.to_type(ScalarType.Float64), targets, temperature, klWeight, ceWeight);
+        referenceLoss.backward();
+        var (referenceBodyGrad, referenceHeadGrad) = (body.grad!.to_type(ScalarType.Float64), head.grad!.to_type(ScalarType.Float64));
+        body.grad!.zero_();
+        head.grad!.zero_();
+
+        var options = new LogitLossOptions(temperature, klWeight, ceWeight, chunk);
+        var value = LogitLoss.Backward(input.matmul(body), h => nn.functional.linear(h, head), teacherHidden, h => nn.functional.linear(h, teacherHeadWeight), targets, options);
+        Assert.Equal(referenceLoss.item<double>(), value.Loss, 5);
+        Assert.Equal(batch * length, value.Tokens);
+        Assert.True(allclose(body.grad!.to_type(ScalarType.Float64), referenceBodyGrad, rtol: 1e-4, atol: 1e-6), "body gradient differs");
+        Assert.True(allclose(head.grad!.to_type(ScalarType.Float64), referenceHeadGrad, rtol: 1e-4, atol: 1e-6), "head gradient differs");
+
+        // lossScale scales the gradient only (as 1 / accumulation does), and Evaluate gives the same numbers without one
+        body.grad!.zero_();
+        LogitLoss.Backward(input.matmul(body), h => nn.functional.linear(h, head), teacherHidden, h => nn.functional.linear(h, teacherHeadWeight), targets, options, lossScale: 0.25);
+        Assert.True(allclose(body.grad!.to_type(ScalarType.Float64), referenceBodyGrad * 0.25, rtol: 1e-4, atol: 1e-6));
+        using (no_grad())
+        {
+            var evaluated = LogitLoss.Evaluate(input.matmul(body), h => nn.functional.linear(h, head), teacherHidden, h => nn.functional.linear(h, teacherHeadWeight), targets, options);
+            Assert.Equal(value.Loss, evaluated.Loss, 5);
+            Assert.True(evaluated.CrossEntropy > 0);
+        }
+    }
+
+    static Tensor ReferenceLoss(Tensor studentHidden, Tensor head, Tensor teacherHidden, Tensor teacherHead, Tensor targets, double t, double klWeight, double ceWeight)
+    {
+        var zs = studentHidden.matmul(head.t());
+        var zt = teacherHidden.matmul(teacherHead.t());
+        var p = (zt / t).softmax(-1);
+        var kl = (p * ((zt / t).log_softmax(-1) - (zs / t).log_softmax(-1))).sum(-1).mean();
+        var logProbabilities = zs.log_softmax(-1);
+        var ce = -logProbabilities.gather(-1, targets.unsqueeze(-1)).mean();
+        return kl * (klWeight * t * t) + ce * ceWeight;
+    }
+
+    // ---- attention alignment ----
+
+    static (LlamaForCausalLM Teacher, CombaForCausalLM Student) Pair(int[] keptAttention, ulong seed = 3)
+    {
+        var c = TinyModels.Llama3Gqa;
+        var weights = TinyModels.RandomWeights(c, seed);
+        var teacher = TinyModels.Build(c, weights);
+        torch.manual_seed(1);
+        var student = new CombaForCausalLM(new CombaStudentConfig { Architecture = c, Comba = new CombaConfig { ChunkSize = 16 }, AttentionLayers = keptAttention });
+        var result = student.load_state_dict(weights, strict: false);
+        Assert.Empty(result.unexpected_keyes);   // (sic, TorchSharp)
+        return (teacher, student);
+    }
+
+    static Tensor Ids(int batch, int length, int seed) =>
+        tensor(Enumerable.Range(0, batch).SelectMany(b => TinyModels.RandomIds(TinyModels.Llama3Gqa, length, seed + b)).ToArray(), [batch, length]);
+
+    [Fact]
+    public void AlignmentLossIsZeroWhenTheStudentsAttentionIsTheTeachers()
+    {
+        var (teacher, student) = Pair(keptAttention: [0, 1]);
+        using var ids = Ids(2, 20, 9);
+        var (loss, perLayer) = AttentionAlignment.Compute(teacher, student, ids, [0, 1]);
+        Assert.Equal(0.0, loss.item<float>());
+        Assert.Equal([0.0, 0.0], perLayer);
+        Assert.Empty(AttentionAlignment.ConvertedLayers(student));
+    }
+
+    [Fact]
+    public void AlignmentComparesEachLayerOnTheTeachersHiddenStates()
+    {
+        var (teacher, student) = Pair(keptAttention: []);
+        using var ids = Ids(2, 20, 4);
+        Assert.Equal([0, 1], AttentionAlignment.ConvertedLayers(student));
+        var (loss, perLayer) = AttentionAlignment.Compute(teacher, student, ids, [0, 1]);
+        Assert.True(perLayer.All(v => v > 1e-4), "an untrained Comba layer differs from attention");
+        Assert.Equal(perLayer.Average(), loss.item<float>(), 5);
+
+        // independently: the teacher's layer inputs from its own forward, y = attention(norm h), mean squared difference
+        using (no_grad())
+        {
+            var inputs = new List<Tensor>();
+            teacher.model.forward(ids, layerInputs: inputs);
+            var (cos, sin) = teacher.model.Rotary.CosSin(0, 20, ScalarType.Float32, CPU);
+            for (var l = 0; l < 2; l++)
+            {
+                var tl = teacher.model.layers[l];
+                var sl = student.model.layers[l];
+                var yT = tl.self_attn.forward(tl.input_layernorm.forward(inputs[l]), cos, sin);
+                var yS = ((CombaAttention)sl.self_attn).forward(sl.input_layernorm.forward(inputs[l]), cos, sin).Output;
+                Assert.Equal((yS - yT).square().sum().item<float>() / (2 * 20 * TinyModels.Llama3Gqa.HiddenSize), perLayer[l], 5);
+            }
+        }
+
+        // gradients reach the student's mixers (and their input norms) and nothing else
+        loss.backward();
+        foreach (var (name, p) in student.named_parameters())
+        {
+            var touched = p.grad is not null && p.grad.abs().sum().item<float>() > 0;
+            var attentionSide = name.Contains(".self_attn.") || name.Contains(".input_layernorm.");
+            if (!attentionSide) Assert.False(touched, $"{name} got a gradient");
+        }
+        Assert.True(student.named_parameters().Where(p => p.name.Contains("self_attn.q_proj")).All(p => p.parameter.grad is not null));
+    }
+
+    [Fact]
+    public void ALayersLossDoesNotDependOnTheStudentsOtherLayers()
+    {
+        var (teacher, student) = Pair(keptAttention: []);
+        using var ids = Ids(1, 24, 2);
+        double[] before;
+        using (no_grad()) before = AttentionAlignment.Compute(teacher, student, ids, [0, 1]).PerLayer;
+        using (no_grad())
+        {
+            // scramble layer 0's mixer and every MLP of the student: layer 1 still sees the teacher's stream
+            foreach (var (name, p) in student.named_parameters())
+                if (name.StartsWith("model.layers.0.self_attn.") || name.Contains(".mlp.")) p.add_(randn_like(p));
+        }
+        double[] after;
+        using (no_grad()) after = AttentionAlignment.Compute(teacher, student, ids, [0, 1]).PerLayer;
+        Assert.NotEqual(before[0], after[0]);
+        Assert.Equal(before[1], after[1]);
+    }
+}

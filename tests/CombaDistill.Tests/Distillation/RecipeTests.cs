@@ -1,0 +1,197 @@
+using CombaDistill.Distillation;
+using CombaDistill.IO;
+using CombaDistill.Tests.Support;
+
+namespace CombaDistill.Tests.Distillation;
+
+public sealed class RecipeTests : IDisposable
+{
+    readonly TempDir dir = new();
+
+    public void Dispose() => dir.Dispose();
+
+    /// <summary>A complete, valid recipe; tests break one thing at a time.</summary>
+    string Valid => $"""
+        seed: 7
+        teacher:
+          llama2c: {Shared.Stories260KBin}
+          tokenizer: {Shared.Tok512Bin}
+        student:
+          convert:
+            short_conv: 4
+            chunk_size: 16
+        data:
+          train: {Shared.TinyStoriesTrain}
+          validation:
+            path: {Shared.TinyStoriesValid}
+            max_tokens: 4096
+          add_eos: false
+        stages:
+          - name: align
+            objective: attention_alignment
+            trainable: comba
+            optimizer: {"{"} lr: 1e-3, betas: [0.9, 0.99], weight_decay: 0.01 {"}"}
+            schedule: {"{"} kind: cosine, warmup_steps: 5, min_lr: 1e-5 {"}"}
+            tokens: 100k
+            sequence_length: 128
+            micro_batch: 4
+          - name: kd
+            objective: distillation
+            steps: 50
+            temperature: 2
+            ce_weight: 0.1
+            grad_clip: none
+        """;
+
+    Recipe Parse(string yaml)
+    {
+        var path = dir["recipe.yaml"];
+        File.WriteAllText(path, yaml);
+        return RecipeLoader.Load(path);
+    }
+
+    InvalidInputException Fails(string yaml) => Assert.Throws<InvalidInputException>(() => Parse(yaml));
+
+    [Fact]
+    public void ValidRecipeReadsEveryField()
+    {
+        var r = Parse(Valid);
+        Assert.Equal(7, r.Seed);
+        Assert.Equal(Shared.Stories260KBin, r.Teacher.Llama2cCheckpoint);
+        Assert.Null(r.Teacher.Folder);
+        Assert.Equal(16, r.Student.Comba.ChunkSize);
+        Assert.Equal(DataFormat.Text, r.Data.Train.Format);
+        Assert.Equal(4096, r.Data.Validation!.MaxTokens);
+        Assert.False(r.Data.AddEos);
+        Assert.True(r.Data.AddBos);
+
+        var align = r.Stages[0];
+        Assert.Equal(Objective.AttentionAlignment, align.Objective);
+        Assert.Equal("comba", align.Trainable.Preset);
+        Assert.Equal(1e-3, align.Optimizer.LearningRate);
+        Assert.Equal((0.9, 0.99), (align.Optimizer.Beta1, align.Optimizer.Beta2));
+        Assert.Equal(0.01, align.Optimizer.WeightDecay);
+        Assert.Equal(5, align.Schedule.WarmupSteps);
+        Assert.Equal(100_000, align.Tokens);
+        Assert.Equal(128 * 4, align.TokensPerStep);
+        Assert.Equal((100_000 + 511) / 512, align.TotalSteps);
+
+        var kd = r.Stages[1];
+        Assert.Equal("all", kd.Trainable.Preset);
+        Assert.Equal(1.0, kd.KlWeight);                 // distillation's default
+        Assert.Equal(0.1, kd.CeWeight);
+        Assert.Equal(2.0, kd.Temperature);
+        Assert.Null(kd.GradClip);
+        Assert.Equal(50, kd.TotalSteps);
+        Assert.Equal(0.0, kd.Optimizer.WeightDecay);    // explicit default, not PyTorch's 0.01
+    }
+
+    [Fact]
+    public void UnknownFieldIsNamedWithItsPathAndLine()
+    {
+        var e = Fails(Valid.Replace("    temperature: 2", "    temprature: 2"));
+        Assert.Contains("'stages[1].temprature'", e.Message);
+        Assert.Contains("not a known field", e.Message);
+        Assert.Contains("line 27", e.Message);
+        Assert.Contains("temperature", e.Message);      // the list of what is expected
+
+        Assert.Contains("'stages[0].optimizer.learning_rate'", Fails(Valid.Replace("lr: 1e-3", "learning_rate: 1e-3")).Message);
+        Assert.Contains("'colour'", Fails(Valid + "\ncolour: blue\n").Message);
+    }
+
+    [Fact]
+    public void NegativeLearningRateIsRefused()
+    {
+        var e = Fails(Valid.Replace("lr: 1e-3", "lr: -1e-3"));
+        Assert.Contains("'stages[0].optimizer.lr'", e.Message);
+        Assert.Contains("-0.001", e.Message);
+    }
+
+    [Fact]
+    public void MissingTeacherIsRefused()
+    {
+        var noTeacher = string.Join('\n', Valid.Split('\n').Where(l => !l.StartsWith("teacher") && !l.StartsWith("  llama2c") && !l.StartsWith("  tokenizer")));
+        Assert.Contains("field 'teacher' is missing", Fails(noTeacher).Message);
+
+        var missingFile = Fails(Valid.Replace(Shared.Stories260KBin, dir["nope.bin"]));
+        Assert.Contains("'teacher.llama2c'", missingFile.Message);
+        Assert.Contains("does not exist", missingFile.Message);
+    }
+
+    [Fact]
+    public void StageOutOfOrderIsRefused()
+    {
+        var swapped = Valid.Replace("objective: attention_alignment", "objective: XX").Replace("objective: distillation", "objective: attention_alignment")
+            .Replace("objective: XX", "objective: distillation").Replace("    trainable: comba\n", "").Replace("    temperature: 2\n    ce_weight: 0.1\n", "");
+        var e = Fails(swapped);
+        Assert.Contains("'stages[1].objective'", e.Message);
+        Assert.Contains("attention_alignment after distillation", e.Message);
+    }
+
+    [Fact]
+    public void MissingDataFileIsRefused()
+    {
+        var e = Fails(Valid.Replace(Shared.TinyStoriesTrain, dir["missing.txt"]));
+        Assert.Contains("'data.train'", e.Message);
+        Assert.Contains("missing.txt", e.Message);
+        Assert.Contains("'data.validation'", Fails(Valid.Replace(Shared.TinyStoriesValid, dir["v.txt"])).Message);
+    }
+
+    [Theory]
+    [InlineData("    steps: 50\n", "    steps: 50\n    tokens: 10\n", "give exactly one budget")]
+    [InlineData("  - name: kd", "  - name: align", "already uses")]
+    [InlineData("  - name: kd", "  - name: k/d", "'stages[1].name'")]
+    [InlineData("    ce_weight: 0.1\n", "    ce_weight: 0.1\n    kl_weight: 0\n    micro_batch: 0\n", "'stages[1].micro_batch' is 0")]
+    [InlineData("    trainable: comba\n", "    trainable: all\n", "attention-side")]
+    [InlineData("    trainable: comba\n", "    trainable: comba\n    kl_weight: 1\n", "'stages[0].kl_weight' applies to logits")]
+    [InlineData("    ce_weight: 0.1\n", "    ce_weight: 0\n    kl_weight: 0\n", "nothing to minimise")]
+    [InlineData("betas: [0.9, 0.99]", "betas: [0.9, 1.5]", "'stages[0].optimizer.betas'")]
+    [InlineData("warmup_steps: 5", "warmup_steps: 500", "warms up for 500 steps")]
+    [InlineData("min_lr: 1e-5", "min_lr: 1e-2", "'stages[0].schedule.min_lr'")]
+    [InlineData("kind: cosine", "kind: linear", "expected one of cosine, constant")]
+    [InlineData("sequence_length: 128", "sequence_length: 4096", "beyond the teacher's context of 512")]
+    [InlineData("chunk_size: 16", "chunk_size: 17", "chunk_size")]
+    [InlineData("tokens: 100k", "tokens: lots", "expected a whole number")]
+    [InlineData("seed: 7", "seed: 7\nseed: 8", "not valid YAML")]
+    public void BadFieldsAreNamed(string find, string replace, string expected)
+    {
+        Assert.Contains(find, Valid);
+        Assert.Contains(expected, Fails(Valid.Replace(find, replace)).Message);
+    }
+
+    [Fact]
+    public void PathsAreRelativeToTheRecipeAndMayUseEnvironmentVariables()
+    {
+        File.WriteAllText(dir["train.jsonl"], "{\"text\": \"a\"}\n");
+        var yaml = Valid.Replace(Shared.TinyStoriesTrain, "${COMBADISTILL_TEST_UNSET_VARIABLE:-.}/train.jsonl");
+        var r = Parse(yaml);
+        Assert.Equal(dir["train.jsonl"], r.Data.Train.Path);
+        Assert.Equal(DataFormat.Jsonl, r.Data.Train.Format);
+        Assert.Contains("is not set", Fails(Valid.Replace(Shared.TinyStoriesTrain, "${COMBADISTILL_TEST_UNSET_VARIABLE}/train.jsonl")).Message);
+    }
+
+    [Fact]
+    public void FromScratchNeedsAConvertedStudent()
+    {
+        Assert.True(Parse(Valid.Replace("    chunk_size: 16\n", "    chunk_size: 16\n  from_scratch: true\n")).Student.FromScratch);
+        Assert.False(Parse(Valid).Student.FromScratch);
+        File.WriteAllText(dir["config.json"], "{}");
+        var withPath = Valid.Replace("  convert:\n    short_conv: 4\n    chunk_size: 16\n", $"  path: {dir.Path}\n  from_scratch: true\n");
+        Assert.Contains("'student.from_scratch'", Fails(withPath).Message);
+    }
+
+    [Fact]
+    public void TrainablePatternsAreAList()
+    {
+        var r = Parse(Valid.Replace("    trainable: comba\n", "    trainable: [\"model.layers.*.self_attn.a_proj.*\", \"model.layers.*.self_attn.d\"]\n"));
+        Assert.Equal(["model.layers.*.self_attn.a_proj.*", "model.layers.*.self_attn.d"], r.Stages[0].Trainable.Patterns);
+        Assert.Contains("only name self_attn", Fails(Valid.Replace("    trainable: comba\n", "    trainable: [\"lm_head.*\"]\n")).Message);
+    }
+
+    [Fact]
+    public void ShippedRecipesAreValid()
+    {
+        foreach (var file in Directory.GetFiles(Path.Combine(Shared.RepoRoot, "recipes"), "*.yaml"))
+            Assert.NotEmpty(RecipeLoader.Load(file).Stages);
+    }
+}
