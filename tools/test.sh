@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds and runs the whole test suite (the xunit v3 test assembly runs as a program) and ends
 # with one line: "N passed, N failed". Extra arguments go to the xunit runner (e.g. -class NAME).
+# Tests run one at a time: the suite is CPU-bound on libtorch anyway (as fast serially on 2 cores), and
+# serial runs keep TorchSharp's process-wide state (seeds, thread pools, finalizers) out of each other's way.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dotnet build tests/CombaDistill.Tests -c Release --nologo -v quiet -clp:ErrorsOnly || { echo "0 passed, 1 failed"; exit 1; }
 log=$(mktemp)
-dotnet tests/CombaDistill.Tests/bin/Release/net10.0/CombaDistill.Tests.dll -noColor -parallel collections "$@" 2>&1 | tee "$log"
+dotnet tests/CombaDistill.Tests/bin/Release/net10.0/CombaDistill.Tests.dll -noColor -parallel none "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 summary=$(grep -E 'Total: [0-9]+, Errors: [0-9]+, Failed: [0-9]+, Skipped: [0-9]+' "$log" | tail -1)
 rm -f "$log"
