@@ -110,7 +110,12 @@ static class DistillCommand
             .AddColumns("stage", "objective", "steps", "tokens", "minutes", "first eval", "last eval", "student ppl");
         foreach (var s in summary.Stages)
         {
-            string Score(EvalMetrics? e) => e is null ? "" : s.Objective == Objective.AttentionAlignment && e.Alignment is { } a ? $"align {a:G4}" : e.Kl is { } kl ? $"KL {kl:G4}" : $"CE {e.StudentCrossEntropy:G4}";
+            string Score(EvalMetrics? e) => e is null ? "" : s.Objective switch
+            {
+                Objective.AttentionAlignment when e.Alignment is { } a => $"align {a:G4}",
+                Objective.Distillation when e.Kl is { } kl => $"KL {kl:G4}",
+                _ => $"CE {e.StudentCrossEntropy:G4}",
+            };
             table.AddRow(Markup.Escape(s.Name), RecipeLoader.NameOf(s.Objective), s.Steps.ToString("N0"), s.Tokens.ToString("N0"), (s.Seconds / 60).ToString("F1"),
                 Score(s.First), Score(s.Last), s.Last is null ? "" : s.Last.StudentPerplexity.ToString("F3"));
         }

@@ -37,8 +37,8 @@ public sealed class StageMetrics
     readonly List<EvalMetrics> evals = [];
 
     /// <param name="tensorboardFolder">where event files go; null for none</param>
-    /// <param name="resumeAfter">on resume, the checkpoint's step: lines logged after it (by the interrupted session) are dropped, so the file reads as one run</param>
-    public StageMetrics(string stageFolder, string stage, string? tensorboardFolder, long? resumeAfter)
+    /// <param name="keepUpToStep">on resume, the checkpoint's step: lines logged after it (by the interrupted session) are dropped, so the file reads as one run; −1 on a fresh start</param>
+    public StageMetrics(string stageFolder, string stage, string? tensorboardFolder, long keepUpToStep)
     {
         path = Path.Combine(stageFolder, FileName);
         this.stage = stage;
@@ -49,7 +49,7 @@ public sealed class StageMetrics
             {
                 if (!TryParse(line, out var metrics)) continue;     // a line cut short by a kill
                 var step = metrics is TrainMetrics t ? t.Step : ((EvalMetrics)metrics).Step;
-                if (resumeAfter is null || step > resumeAfter) continue;
+                if (step > keepUpToStep) continue;
                 kept.Add(line);
                 if (metrics is TrainMetrics tm) train.Add(tm); else evals.Add((EvalMetrics)metrics);
             }

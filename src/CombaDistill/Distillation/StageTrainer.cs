@@ -91,6 +91,8 @@ public sealed class StageTrainer
         }
         else
         {
+            // A fresh start (a new run, or a stage redone with --stage) owes nothing to an earlier attempt's checkpoints.
+            if (Directory.Exists(Checkpoints)) Directory.Delete(Checkpoints, recursive: true);
             manual_seed(inputs.Seed + inputs.StageIndex);
         }
 
@@ -98,7 +100,7 @@ public sealed class StageTrainer
         if (train.Count < stage.MicroBatch)
             throw new IO.InvalidInputException(null, $"stage '{stage.Name}': the training data makes {train.Count} sequences of {stage.SequenceLength} tokens, fewer than one micro-batch of {stage.MicroBatch}");
         var data = new ShuffledBatches(train, DataSeed, resumed?.Data ?? default);
-        var metrics = new StageMetrics(inputs.Folder, stage.Name, inputs.TensorBoardFolder, resumeAfter: resumed?.Step ?? 0);
+        var metrics = new StageMetrics(inputs.Folder, stage.Name, inputs.TensorBoardFolder, keepUpToStep: resumed?.Step ?? -1);
 
         var step = resumed?.Step ?? 0;
         var tokens = resumed?.Tokens ?? 0;
@@ -163,7 +165,6 @@ public sealed class StageTrainer
         LossPlot.Write(Path.Combine(inputs.Folder, PlotFile), title, metrics.Train, metrics.Evals);
         var result = Path.Combine(inputs.Folder, ResultFolder);
         StudentFolder.Save(student, result, inputs.TokenizerFolder, force: true);
-        foreach (var p in student.parameters()) p.requires_grad = true;
         return new StageResult(stage.Name, stage.Objective, result, step, tokens, secondsBefore + clock.Elapsed.TotalSeconds,
             metrics.Evals.FirstOrDefault(e => e.Step == 0), metrics.Evals.LastOrDefault());
     }
