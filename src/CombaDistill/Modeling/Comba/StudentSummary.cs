@@ -26,7 +26,7 @@ public sealed record StudentSummary(ModelSummary Model, CombaStudentConfig Stude
         foreach (var name in checkpoint.Names)
         {
             var count = checkpoint.Info(name).NumberOfElements;
-            var part = PartOf(name);
+            var part = ModelSummary.PartOf(name);
             byPart[part] += count;
             if (part == "attention" && !IsProjection(name)) comba += count;
         }
@@ -45,25 +45,11 @@ public sealed record StudentSummary(ModelSummary Model, CombaStudentConfig Stude
         var summary = new ModelSummary(
             folder, config, byPart, byPart.Values.Sum(), dtypes,
             checkpoint.Files.Select(f => new WeightFile(Path.GetFileName(f), new FileInfo(f).Length)).ToList(),
-            checkpoint.TotalBytes, DescribeTokenizer(folder, config), tokens, kvBytes);
+            checkpoint.TotalBytes, ModelSummary.DescribeTokenizer(folder, config), tokens, kvBytes);
         return new StudentSummary(summary, student, comba, student.CombaLayerCount * perLayer);
     }
 
     static bool IsProjection(string name) =>
         name.Contains(".self_attn.q_proj.", StringComparison.Ordinal) || name.Contains(".self_attn.k_proj.", StringComparison.Ordinal)
         || name.Contains(".self_attn.v_proj.", StringComparison.Ordinal) || name.Contains(".self_attn.o_proj.", StringComparison.Ordinal);
-
-    static string PartOf(string name) =>
-        name.StartsWith("model.embed_tokens.", StringComparison.Ordinal) ? "embeddings"
-        : name.Contains(".self_attn.", StringComparison.Ordinal) ? "attention"
-        : name.Contains(".mlp.", StringComparison.Ordinal) ? "mlp"
-        : name.Contains("norm.", StringComparison.Ordinal) ? "norms"
-        : name.StartsWith("lm_head.", StringComparison.Ordinal) ? "head"
-        : "other";
-
-    static string DescribeTokenizer(string folder, LlamaConfig config)
-    {
-        try { return TokenizerLoader.Load(folder, config.BosTokenId, config.EosTokenIds[0]).Description; }
-        catch (InvalidInputException e) { return $"none usable ({e.Message})"; }
-    }
 }

@@ -50,7 +50,8 @@ public sealed record ModelSummary(
             checkpoint.TotalBytes, DescribeTokenizer(folder, config), tokens, kvBytes);
     }
 
-    static string PartOf(string name) =>
+    /// <summary>Which part of a Llama-family model a tensor belongs to (the student keeps the same names).</summary>
+    internal static string PartOf(string name) =>
         name.StartsWith("model.embed_tokens.", StringComparison.Ordinal) ? "embeddings"
         : name.Contains(".self_attn.", StringComparison.Ordinal) ? "attention"
         : name.Contains(".mlp.", StringComparison.Ordinal) ? "mlp"
@@ -58,7 +59,7 @@ public sealed record ModelSummary(
         : name.StartsWith("lm_head.", StringComparison.Ordinal) ? "head"
         : "other";
 
-    static string DescribeTokenizer(string folder, LlamaConfig config)
+    internal static string DescribeTokenizer(string folder, LlamaConfig config)
     {
         try { return TokenizerLoader.Load(folder, config.BosTokenId, config.EosTokenIds[0]).Description; }
         catch (InvalidInputException e) { return $"none usable ({e.Message})"; }
