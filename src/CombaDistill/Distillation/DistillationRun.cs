@@ -101,7 +101,12 @@ public static class DistillationRun
             var input = i == 0 ? initialStudent : Path.Combine(StageFolder(runFolder, recipe, i - 1), StageTrainer.ResultFolder);
             if (!StudentFolder.IsComplete(input))
                 throw new InvalidInputException(input, $"stage '{recipe.Stages[i].Name}' cannot start: its predecessor '{recipe.Stages[i - 1].Name}' has no result here; run that stage first");
-            if (Directory.Exists(result)) Directory.Delete(result, recursive: true);   // a stage being redone replaces its old result
+            // A stage being (re)done replaces its old result, and the later stages' results, made from the old one, go too.
+            for (var later = i; later < recipe.Stages.Count; later++)
+            {
+                var stale = Path.Combine(StageFolder(runFolder, recipe, later), StageTrainer.ResultFolder);
+                if (Directory.Exists(stale)) Directory.Delete(stale, recursive: true);
+            }
 
             cancellationToken.ThrowIfCancellationRequested();
             using var student = CombaForCausalLM.FromPretrained(input, ScalarType.Float32, device);
@@ -118,7 +123,11 @@ public static class DistillationRun
         var last = Path.Combine(StageFolder(runFolder, recipe, recipe.Stages.Count - 1), StageTrainer.ResultFolder);
         var finalFolder = Path.Combine(runFolder, FinalStudent);
         if (!StudentFolder.IsComplete(last))
+        {
+            // --stage ran an earlier stage: the final student is made again when the last stage is.
+            if (Directory.Exists(finalFolder)) Directory.Delete(finalFolder, recursive: true);
             return Summarise(runFolder, recipe, results, null, teacher, validationTokens, clock.Elapsed.TotalSeconds, Note);
+        }
         CopyFolder(last, finalFolder);
         return Summarise(runFolder, recipe, results, finalFolder, teacher, validationTokens, clock.Elapsed.TotalSeconds, Note);
     }

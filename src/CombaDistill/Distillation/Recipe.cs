@@ -37,8 +37,8 @@ public sealed record StudentSource
 {
     public string? Folder { get; init; }
 
-    /// <summary>Comba layer options for converting the teacher (used when <see cref="Folder"/> is null).</summary>
-    public CombaConfig Comba { get; init; } = new();
+    /// <summary>Comba layer options for converting the teacher (used when <see cref="Folder"/> is null); the converter's defaults.</summary>
+    public CombaConfig Comba { get; init; } = Conversion.ConversionOptions.DefaultComba;
 
     /// <summary>Layers that keep the teacher's softmax attention (a hybrid student).</summary>
     public IReadOnlyList<int> AttentionLayers { get; init; } = [];

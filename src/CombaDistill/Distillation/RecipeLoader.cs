@@ -1,3 +1,4 @@
+using CombaDistill.Conversion;
 using CombaDistill.IO;
 using CombaDistill.Modeling.Comba;
 using CombaDistill.Modeling.Llama;
@@ -112,7 +113,7 @@ public static class RecipeLoader
         if (source.FromScratch && folder is not null) throw student.Error("from_scratch", "applies to a converted student ('student.convert'), not to 'student.path'");
         if (convert is not null)
         {
-            var defaults = new CombaConfig();
+            var defaults = ConversionOptions.DefaultComba;
             var comba = new CombaConfig
             {
                 Rotary = convert.String("rotary") ?? defaults.Rotary,

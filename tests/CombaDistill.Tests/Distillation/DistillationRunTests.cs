@@ -236,6 +236,16 @@ public sealed class DistillationRunTests(DistillationRunTests.Reference referenc
         var e = Assert.Throws<InvalidInputException>(() => RunIt(recipe, run, new DistillOptions { OnlyStage = "kd" }));
         Assert.Contains("stage 'kd' cannot start: its predecessor 'align' has no result", e.Message);
         Assert.False(Directory.Exists(Path.Combine(run, "02-kd")));
+
+        // with align done, kd alone runs; redoing align then drops kd's result and the final student made from the old one
+        RunIt(recipe, run, new DistillOptions { OnlyStage = "align" });
+        var summary = RunIt(recipe, run, new DistillOptions { OnlyStage = "kd" });
+        Assert.Equal(["kd"], summary.Stages.Select(s => s.Name));
+        Assert.True(StudentFolder.IsComplete(Path.Combine(run, "student")));
+        RunIt(recipe, run, new DistillOptions { OnlyStage = "align" });
+        Assert.False(Directory.Exists(Path.Combine(run, "02-kd", "student")));
+        Assert.False(Directory.Exists(Path.Combine(run, "student")));
+        Assert.True(StudentFolder.IsComplete(Path.Combine(run, "01-align", "student")));
     }
 
     [Fact]
