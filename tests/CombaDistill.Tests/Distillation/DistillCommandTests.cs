@@ -9,32 +9,9 @@ namespace CombaDistill.Tests.Distillation;
 /// <summary>The distill command as users run it: the built CLI in its own process, killed with SIGKILL and resumed.</summary>
 public sealed class DistillCommandTests : IDisposable
 {
-    static readonly string CliDll = Path.Combine(AppContext.BaseDirectory, "CombaDistill.Cli.dll");
     readonly TempDir dir = new();
 
     public void Dispose() => dir.Dispose();
-
-    static ProcessStartInfo Cli(params string[] args)
-    {
-        var start = new ProcessStartInfo("dotnet")
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
-            StandardOutputEncoding = new UTF8Encoding(false), StandardErrorEncoding = new UTF8Encoding(false),
-        };
-        start.ArgumentList.Add(CliDll);
-        foreach (var a in args) start.ArgumentList.Add(a);
-        start.Environment["OMP_NUM_THREADS"] = "1";
-        return start;
-    }
-
-    static (int Code, string Stdout, string Stderr) Run(params string[] args)
-    {
-        using var process = Process.Start(Cli(args))!;
-        var stderr = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
-        var stdout = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        return (process.ExitCode, stdout, stderr.Result);
-    }
 
     [Fact]
     public void ARunKilledWithSigkillAndResumedFollowsTheUninterruptedTrajectory()
@@ -48,7 +25,7 @@ public sealed class DistillCommandTests : IDisposable
 
         var run = dir["run"];
         var metrics = Path.Combine(run, "02-kd", StageMetrics.FileName);
-        using (var process = Process.Start(Cli("distill", "--recipe", recipePath, "--run-dir", run, "--device", "cpu", "--threads", "1", "--no-tensorboard"))!)
+        using (var process = Process.Start(CliProcess.StartInfo("distill", "--recipe", recipePath, "--run-dir", run, "--device", "cpu", "--threads", "1", "--no-tensorboard"))!)
         {
             _ = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
             _ = process.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
@@ -65,7 +42,7 @@ public sealed class DistillCommandTests : IDisposable
         Assert.False(Directory.Exists(Path.Combine(run, "student")));
         Assert.NotEmpty(StageCheckpoints.List(Path.Combine(run, "02-kd", "checkpoints")));
 
-        var (code, stdout, stderr) = Run("distill", "--recipe", recipePath, "--run-dir", run, "--device", "cpu", "--threads", "1", "--no-tensorboard", "--resume");
+        var (code, stdout, stderr) = CliProcess.Run("distill", "--recipe", recipePath, "--run-dir", run, "--device", "cpu", "--threads", "1", "--no-tensorboard", "--resume");
         Assert.True(code == 0, stderr);
         Assert.Contains("resuming from step-", stderr);
         Assert.Contains("held-out perplexity", stdout);
@@ -94,7 +71,7 @@ public sealed class DistillCommandTests : IDisposable
         var recipePath = dir["bad.yaml"];
         File.WriteAllText(recipePath, DistillationRunTests.RecipeText().Replace("lr: 3e-3", "lr: -3e-3"));
         var run = dir["run"];
-        var (code, stdout, stderr) = Run("distill", "--recipe", recipePath, "--run-dir", run);
+        var (code, stdout, stderr) = CliProcess.Run("distill", "--recipe", recipePath, "--run-dir", run);
         Assert.Equal(2, code);
         Assert.Equal("", stdout);
         Assert.Contains("field 'stages[0].optimizer.lr' is -0.003", stderr);
@@ -102,7 +79,7 @@ public sealed class DistillCommandTests : IDisposable
         Assert.False(Directory.Exists(run));
 
         File.WriteAllText(recipePath, DistillationRunTests.RecipeText());
-        var ok = Run("distill", "--recipe", recipePath, "--run-dir", run, "--validate");
+        var ok = CliProcess.Run("distill", "--recipe", recipePath, "--run-dir", run, "--validate");
         Assert.True(ok.Code == 0, ok.Stderr);
         Assert.Contains("2 stage(s)", ok.Stderr);
         Assert.False(Directory.Exists(run));

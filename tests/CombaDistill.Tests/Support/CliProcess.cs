@@ -8,7 +8,8 @@ public static class CliProcess
 {
     static readonly string CliDll = Path.Combine(AppContext.BaseDirectory, "CombaDistill.Cli.dll");
 
-    public static (int Code, string Stdout, string Stderr) Run(params string[] args)
+    /// <summary>The start information alone, for tests that manage the process themselves (e.g. kill it).</summary>
+    public static ProcessStartInfo StartInfo(params string[] args)
     {
         var start = new ProcessStartInfo("dotnet")
         {
@@ -21,7 +22,12 @@ public static class CliProcess
         start.Environment["OMP_NUM_THREADS"] = "1";
         // Tables are wider than the 80 columns Spectre assumes for redirected output.
         start.Environment["COLUMNS"] = "200";
-        using var process = Process.Start(start)!;
+        return start;
+    }
+
+    public static (int Code, string Stdout, string Stderr) Run(params string[] args)
+    {
+        using var process = Process.Start(StartInfo(args))!;
         var stderr = process.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
         var stdout = process.StandardOutput.ReadToEnd();
         process.WaitForExit();
