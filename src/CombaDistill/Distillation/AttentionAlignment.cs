@@ -32,6 +32,8 @@ public static class AttentionAlignment
         var wanted = layers.ToHashSet();
         var last = layers.Max();
         var studentType = student.model.embed_tokens.weight!.dtype;
+        var studentDevice = student.model.embed_tokens.weight!.device;
+        var placement = teacherModel.Placement;
 
         var losses = new List<Tensor>();
         Tensor h;
@@ -41,20 +43,24 @@ public static class AttentionAlignment
             h = teacherModel.embed_tokens.forward(inputIds);
             (cos, sin) = teacherModel.Rotary.CosSin(0, inputIds.shape[1], h.dtype, h.device);
         }
+        var (studentCos, studentSin) = (cos.to(studentDevice).to(studentType), sin.to(studentDevice).to(studentType));
         for (var i = 0; i <= last; i++)
         {
             var teacherLayer = teacherModel.layers[i];
             Tensor teacherOutput;
             using (no_grad())
             {
+                // A teacher split by layer (LayerPlacement) runs each layer where it lives; the loss is on the student's device.
+                var device = placement.LayerDevice(i);
+                (h, cos, sin) = (h.to(device), cos.to(device), sin.to(device));
                 teacherOutput = teacherLayer.self_attn.forward(teacherLayer.input_layernorm.forward(h), cos, sin);
             }
             if (wanted.Contains(i))
             {
                 var studentLayer = student.model.layers[i];
-                var x = studentLayer.input_layernorm.forward(h.to(studentType));
-                var studentOutput = StudentMixer(studentLayer, x, cos.to(studentType), sin.to(studentType));
-                losses.Add((studentOutput.to(ScalarType.Float32) - teacherOutput.to(ScalarType.Float32)).square().mean());
+                var x = studentLayer.input_layernorm.forward(h.to(studentDevice).to(studentType));
+                var studentOutput = StudentMixer(studentLayer, x, studentCos, studentSin);
+                losses.Add((studentOutput.to(ScalarType.Float32) - teacherOutput.to(studentDevice).to(ScalarType.Float32)).square().mean());
             }
             if (i == last) break;
             using (no_grad())

@@ -5,6 +5,7 @@ using CombaDistill.Conversion;
 using CombaDistill.IO;
 using CombaDistill.Modeling.Comba;
 using CombaDistill.Modeling.Llama;
+using CombaDistill.Runtime.Parallel;
 using CombaDistill.Tokenization;
 using static TorchSharp.torch;
 
@@ -19,10 +20,20 @@ public sealed record DistillOptions
     /// <summary>Run only this stage; it needs its predecessor's result in the run folder.</summary>
     public string? OnlyStage { get; init; }
 
+    /// <summary>Where the student trains (and the teacher runs, unless <see cref="TeacherDevices"/> says otherwise); the CPU by default.</summary>
     public Device? Device { get; init; }
+
+    /// <summary>
+    /// Devices to split the teacher's layers over, when it does not fit on one (<see cref="LayerPlacement"/>); its
+    /// embeddings, final norm and head stay on <see cref="Device"/>, where its outputs are used. Null: all on <see cref="Device"/>.
+    /// </summary>
+    public IReadOnlyList<Device>? TeacherDevices { get; init; }
 
     /// <summary>Write TensorBoard event files under RUN/tensorboard.</summary>
     public bool TensorBoard { get; init; } = true;
+
+    /// <summary>The data-parallel job this process is a rank of; every rank runs the same recipe and options, and only rank 0 writes the run folder.</summary>
+    public ProcessGroup Group { get; init; } = ProcessGroup.Single;
 }
 
 /// <summary>The run's outcome, also written as RUN/summary.json.</summary>
@@ -52,7 +63,9 @@ public sealed record RunSummary
 ///   RUN/student/               the final student, a normal student folder
 ///   RUN/summary.json
 /// </code>
-/// Each stage starts from its predecessor's result and refuses to start without it.
+/// Each stage starts from its predecessor's result and refuses to start without it. In a data-parallel job
+/// (<see cref="DistillOptions.Group"/>) rank 0 prepares the folder (teacher, student, data) while the others wait,
+/// then every rank trains each stage together (<see cref="StageTrainer"/>); rank 0 alone writes results and the summary.
 /// </summary>
 public static class DistillationRun
 {
@@ -70,19 +83,34 @@ public static class DistillationRun
     {
         var clock = Stopwatch.StartNew();
         var device = options.Device ?? CPU;
+        var group = options.Group;
+        var writes = group.Rank == 0;
         runFolder = Path.GetFullPath(runFolder);
-        PrepareFolder(recipe, runFolder, options);
+        DataParallel.Check(recipe, group.WorldSize);
         void Note(string text, bool warning = false) => progress?.Report(new DistillationProgress { Stage = "", StageCount = recipe.Stages.Count, Note = text, IsWarning = warning });
 
-        var teacherFolder = EnsureTeacher(recipe, runFolder, Note, cancellationToken);
-        var initialStudent = EnsureStudent(recipe, runFolder, teacherFolder, Note, cancellationToken);
-        if (recipe.Student.FromScratch) EnsureScratch(recipe, initialStudent, Note);
-        var tokenizer = TokenizerLoader.Load(teacherFolder);
-        var (trainTokens, validationTokens) = EnsureData(recipe, runFolder, tokenizer, Note, cancellationToken);
+        // Rank 0 imports, converts and tokenizes; the others then find everything in place and only read it.
+        if (writes) PrepareFolder(recipe, runFolder, options);
+        (string Teacher, string Student, int[] Train, int[] Validation) Prepare()
+        {
+            var teacherFolder = EnsureTeacher(recipe, runFolder, Note, cancellationToken);
+            var initialStudent = EnsureStudent(recipe, runFolder, teacherFolder, Note, cancellationToken);
+            if (recipe.Student.FromScratch) EnsureScratch(recipe, initialStudent, Note);
+            var (train, validation) = EnsureData(recipe, runFolder, TokenizerLoader.Load(teacherFolder), Note, cancellationToken);
+            return (teacherFolder, initialStudent, train, validation);
+        }
+        if (!writes) group.Barrier();
+        var (teacherFolder, initialStudent, trainTokens, validationTokens) = Prepare();
+        if (writes) group.Barrier();
 
         // The teacher never trains: bf16 on a GPU to halve its memory, float32 on the CPU where bf16 matmuls are slow.
         var teacherType = device.type == TorchSharp.DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
-        using var teacher = LlamaForCausalLM.FromPretrained(teacherFolder, teacherType, device);
+        var teacherConfig = LlamaConfig.Load(Path.Combine(teacherFolder, "config.json"));
+        var placement = options.TeacherDevices is { Count: > 0 } split
+            ? LayerPlacement.Balanced(teacherConfig.NumHiddenLayers, device, split)
+            : LayerPlacement.OnOneDevice(teacherConfig.NumHiddenLayers, device);
+        if (placement.IsSplit) Note($"teacher split by layer: {placement.Describe()}");
+        using var teacher = LlamaForCausalLM.FromPretrained(teacherFolder, teacherType, placement);
 
         var selected = options.OnlyStage is null ? Enumerable.Range(0, recipe.Stages.Count).ToArray()
             : [IndexOfStage(recipe, options.OnlyStage)];
@@ -102,13 +130,13 @@ public static class DistillationRun
             if (!StudentFolder.IsComplete(input))
                 throw new InvalidInputException(input, $"stage '{recipe.Stages[i].Name}' cannot start: its predecessor '{recipe.Stages[i - 1].Name}' has no result here; run that stage first");
             // A stage being (re)done replaces its old result, and the later stages' results, made from the old one, go too.
-            for (var later = i; later < recipe.Stages.Count; later++)
+            for (var later = i; writes && later < recipe.Stages.Count; later++)
             {
                 var stale = Path.Combine(StageFolder(runFolder, recipe, later), StageTrainer.ResultFolder);
                 if (Directory.Exists(stale)) Directory.Delete(stale, recursive: true);
             }
 
-            cancellationToken.ThrowIfCancellationRequested();
+            if (group.Any(cancellationToken.IsCancellationRequested)) throw new OperationCanceledException(cancellationToken);
             using var student = CombaForCausalLM.FromPretrained(input, ScalarType.Float32, device);
             var trainer = new StageTrainer(new StageInputs
             {
@@ -116,12 +144,15 @@ public static class DistillationRun
                 Teacher = teacher, Student = student, TrainTokens = trainTokens, ValidationTokens = validationTokens,
                 EvalTokens = recipe.Data.EvalTokens, Folder = folder, TokenizerFolder = input, Resume = options.Resume,
                 TensorBoardFolder = options.TensorBoard ? Path.Combine(runFolder, "tensorboard", recipe.Stages[i].Name) : null,
+                Group = group,
             }, progress);
             results.Add(trainer.Run(cancellationToken));
         }
 
         var last = Path.Combine(StageFolder(runFolder, recipe, recipe.Stages.Count - 1), StageTrainer.ResultFolder);
         var finalFolder = Path.Combine(runFolder, FinalStudent);
+        // The final copy and the held-out scores are rank 0's; the others' summary carries the stages alone.
+        if (!writes) return Summarise(runFolder, recipe, results, null, teacher, validationTokens, clock.Elapsed.TotalSeconds, Note);
         if (!StudentFolder.IsComplete(last))
         {
             // --stage ran an earlier stage: the final student is made again when the last stage is.

@@ -70,10 +70,13 @@ public sealed class ShuffledBatches
     public PackedSequences Sequences => sequences;
 
     /// <summary>The next <paramref name="batch"/> windows as (B, length + 1) int64; an epoch's end rolls into the next.</summary>
-    public Tensor Next(int batch)
+    public Tensor Next(int batch) => sequences.Batch(NextIndices(batch));
+
+    /// <summary>The indices of the next <paramref name="count"/> windows (what <see cref="Next"/> would batch).</summary>
+    public int[] NextIndices(int count)
     {
-        var indices = new int[batch];
-        for (var b = 0; b < batch; b++)
+        var indices = new int[count];
+        for (var b = 0; b < count; b++)
         {
             if (Position.Offset == sequences.Count)
             {
@@ -83,7 +86,7 @@ public sealed class ShuffledBatches
             indices[b] = order[Position.Offset];
             Position = Position with { Offset = Position.Offset + 1 };
         }
-        return sequences.Batch(indices);
+        return indices;
     }
 
     /// <summary>

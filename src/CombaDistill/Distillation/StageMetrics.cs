@@ -32,16 +32,19 @@ public sealed class StageMetrics
 
     readonly string path;
     readonly string stage;
+    readonly bool readOnly;
     readonly TorchSharp.Modules.SummaryWriter? tensorboard;
     readonly List<TrainMetrics> train = [];
     readonly List<EvalMetrics> evals = [];
 
     /// <param name="tensorboardFolder">where event files go; null for none</param>
     /// <param name="keepUpToStep">on resume, the checkpoint's step: lines logged after it (by the interrupted session) are dropped, so the file reads as one run; −1 on a fresh start</param>
-    public StageMetrics(string stageFolder, string stage, string? tensorboardFolder, long keepUpToStep)
+    /// <param name="readOnly">keep the metrics in memory only, writing nothing (the ranks of a data-parallel job other than rank 0)</param>
+    public StageMetrics(string stageFolder, string stage, string? tensorboardFolder, long keepUpToStep, bool readOnly = false)
     {
         path = Path.Combine(stageFolder, FileName);
         this.stage = stage;
+        this.readOnly = readOnly;
         if (File.Exists(path))
         {
             var kept = new List<string>();
@@ -53,9 +56,9 @@ public sealed class StageMetrics
                 kept.Add(line);
                 if (metrics is TrainMetrics tm) train.Add(tm); else evals.Add((EvalMetrics)metrics);
             }
-            AtomicFile.WriteAllText(path, string.Concat(kept.Select(l => l + "\n")));
+            if (!readOnly) AtomicFile.WriteAllText(path, string.Concat(kept.Select(l => l + "\n")));
         }
-        if (tensorboardFolder is not null) tensorboard = torch.utils.tensorboard.SummaryWriter(tensorboardFolder);
+        if (tensorboardFolder is not null && !readOnly) tensorboard = torch.utils.tensorboard.SummaryWriter(tensorboardFolder);
     }
 
     public IReadOnlyList<TrainMetrics> Train => train;
@@ -83,6 +86,7 @@ public sealed class StageMetrics
 
     void Append(string kind, object metrics)
     {
+        if (readOnly) return;
         var line = JsonSerializer.SerializeToNode(metrics, metrics.GetType(), Json)!.AsObject();
         line.Insert(0, "kind", kind);
         line.Insert(1, "stage", stage);

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using CombaDistill.Modeling.Comba;
 using CombaDistill.Modeling.Llama;
+using CombaDistill.Runtime.Parallel;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -28,6 +29,9 @@ public sealed record StageInputs
     public required string TokenizerFolder { get; init; }
     /// <summary>Continue from the newest intact checkpoint in <see cref="Folder"/> if there is one.</summary>
     public bool Resume { get; init; }
+
+    /// <summary>The data-parallel job this process is a rank of (see <see cref="DataParallel"/>); only rank 0 writes files.</summary>
+    public ProcessGroup Group { get; init; } = ProcessGroup.Single;
 }
 
 /// <summary>How a stage went: evaluations before the first and after the last step, and its cost.</summary>
@@ -37,7 +41,9 @@ public sealed record StageResult(string Name, Objective Objective, string Studen
 /// Runs one stage: AdamW on the selected parameters, the learning-rate schedule, micro-batches with gradient
 /// accumulation and clipping, metrics, evaluations, checkpoints, and at the end the result folder. One dispose scope
 /// per optimizer step; cancellation is honoured between steps by saving a checkpoint and throwing
-/// <see cref="OperationCanceledException"/>.
+/// <see cref="OperationCanceledException"/>. In a data-parallel job every rank runs this same loop on its share of
+/// each step's batch, gradients are averaged before clipping (so every rank clips and steps identically),
+/// evaluations are split over the ranks, and the ranks agree at each step whether to stop; rank 0 alone writes.
 /// </summary>
 public sealed class StageTrainer
 {
@@ -45,6 +51,8 @@ public sealed class StageTrainer
 
     readonly StageInputs inputs;
     readonly StageRecipe stage;
+    readonly ProcessGroup group;
+    readonly bool writes;
     readonly IProgress<DistillationProgress>? progress;
     readonly LlamaForCausalLM teacher;
     readonly CombaForCausalLM student;
@@ -59,6 +67,8 @@ public sealed class StageTrainer
     {
         this.inputs = inputs;
         stage = inputs.Stage;
+        group = inputs.Group;
+        writes = group.Rank == 0;
         this.progress = progress;
         teacher = inputs.Teacher;
         student = inputs.Student;
@@ -76,7 +86,7 @@ public sealed class StageTrainer
 
     public StageResult Run(CancellationToken cancellationToken = default)
     {
-        Directory.CreateDirectory(inputs.Folder);
+        if (writes) Directory.CreateDirectory(inputs.Folder);
         var trainable = TrainableParameters.Apply(student, stage.Trainable);
         foreach (var p in teacher.parameters()) p.requires_grad = false;
         using var optimizer = CreateOptimizer(trainable);
@@ -92,15 +102,18 @@ public sealed class StageTrainer
         else
         {
             // A fresh start (a new run, or a stage redone with --stage) owes nothing to an earlier attempt's checkpoints.
-            if (Directory.Exists(Checkpoints)) Directory.Delete(Checkpoints, recursive: true);
+            if (writes && Directory.Exists(Checkpoints)) Directory.Delete(Checkpoints, recursive: true);
             manual_seed(inputs.Seed + inputs.StageIndex);
         }
+        var parameters = trainable.Select(p => p.Parameter).ToArray();
+        var gradients = new GradientAverager(group, parameters);
+        gradients.BroadcastParameters();
 
         var train = new PackedSequences(inputs.TrainTokens, stage.SequenceLength);
         if (train.Count < stage.MicroBatch)
             throw new IO.InvalidInputException(null, $"stage '{stage.Name}': the training data makes {train.Count} sequences of {stage.SequenceLength} tokens, fewer than one micro-batch of {stage.MicroBatch}");
         var data = new ShuffledBatches(train, DataSeed, resumed?.Data ?? default);
-        var metrics = new StageMetrics(inputs.Folder, stage.Name, inputs.TensorBoardFolder, keepUpToStep: resumed?.Step ?? -1);
+        var metrics = new StageMetrics(inputs.Folder, stage.Name, inputs.TensorBoardFolder, keepUpToStep: resumed?.Step ?? -1, readOnly: !writes);
 
         var step = resumed?.Step ?? 0;
         var tokens = resumed?.Tokens ?? 0;
@@ -117,15 +130,16 @@ public sealed class StageTrainer
 
         if (step == 0) metrics.Add(Evaluate(0, 0));
         long lastSaved = step;
-        var parameters = trainable.Select(p => p.Parameter).ToArray();
         while (step < totalSteps)
         {
             var lr = LearningRateSchedule.At(stage, step);
-            if (cancellationToken.IsCancellationRequested)
+            // Ranks are interrupted at slightly different moments; they stop together after the same step.
+            if (group.Any(cancellationToken.IsCancellationRequested))
             {
-                if (step > lastSaved) StageCheckpoints.Save(Checkpoints, trainable, optimizer, StateNow(lr), stage.KeepCheckpoints);
+                if (writes && step > lastSaved) StageCheckpoints.Save(Checkpoints, trainable, optimizer, StateNow(lr), stage.KeepCheckpoints);
+                group.Barrier();    // the others end only once rank 0 has saved
                 Note($"stage '{stage.Name}': stopped at step {step}; checkpoint saved, continue with --resume");
-                cancellationToken.ThrowIfCancellationRequested();
+                throw new OperationCanceledException(cancellationToken);
             }
             foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
 
@@ -135,6 +149,7 @@ public sealed class StageTrainer
             {
                 optimizer.zero_grad();
                 (loss, layerLosses) = AccumulateGradients(data);
+                gradients.Average();
                 gradNorm = nn.utils.clip_grad_norm_(parameters, stage.GradClip ?? double.PositiveInfinity);
                 optimizer.step();
             }
@@ -153,7 +168,7 @@ public sealed class StageTrainer
                 Eta = speed > 0 ? TimeSpan.FromSeconds((totalTokens - tokens) / speed) : null,
             });
             if (step % stage.EvalEvery == 0 || step == totalSteps) metrics.Add(Evaluate(step, tokens));
-            if (step % stage.CheckpointEvery == 0 && step < totalSteps)
+            if (step % stage.CheckpointEvery == 0 && step < totalSteps && writes)
             {
                 StageCheckpoints.Save(Checkpoints, trainable, optimizer, StateNow(LearningRateSchedule.At(stage, step)), stage.KeepCheckpoints);
                 lastSaved = step;
@@ -161,33 +176,44 @@ public sealed class StageTrainer
         }
 
         student.eval();
-        var title = $"{inputs.StageIndex + 1:D2}-{stage.Name}: {RecipeLoader.NameOf(stage.Objective)}";
-        LossPlot.Write(Path.Combine(inputs.Folder, PlotFile), title, metrics.Train, metrics.Evals);
         var result = Path.Combine(inputs.Folder, ResultFolder);
-        StudentFolder.Save(student, result, inputs.TokenizerFolder, force: true);
+        if (writes)
+        {
+            var title = $"{inputs.StageIndex + 1:D2}-{stage.Name}: {RecipeLoader.NameOf(stage.Objective)}";
+            LossPlot.Write(Path.Combine(inputs.Folder, PlotFile), title, metrics.Train, metrics.Evals);
+            StudentFolder.Save(student, result, inputs.TokenizerFolder, force: true);
+        }
+        group.Barrier();    // the next stage, on every rank, starts from this result
         return new StageResult(stage.Name, stage.Objective, result, step, tokens, secondsBefore + clock.Elapsed.TotalSeconds,
             metrics.Evals.FirstOrDefault(e => e.Step == 0), metrics.Evals.LastOrDefault());
     }
 
     long DataSeed => inputs.Seed * 1_000_003 + inputs.StageIndex;
 
-    /// <summary>Runs the stage's micro-batches, each back-propagated at 1/accumulation; returns the mean loss (and per-layer alignment losses).</summary>
+    /// <summary>
+    /// Draws the step's global batch, runs this rank's share of it in micro-batches, each back-propagated at its share
+    /// of the rank's sequences; returns the loss (and per-layer alignment losses) averaged over all ranks.
+    /// </summary>
     (double Loss, double[]? LayerLosses) AccumulateGradients(ShuffledBatches data)
     {
-        var scale = 1.0 / stage.Accumulation;
+        var global = data.NextIndices(stage.MicroBatch * stage.Accumulation);
+        var share = global[DataParallel.Share(global.Length, group.Rank, group.WorldSize)];
         double total = 0;
         double[]? layers = null;
-        for (var micro = 0; micro < stage.Accumulation; micro++)
+        var start = 0;
+        foreach (var size in DataParallel.MicroBatches(share.Length, stage.MicroBatch))
         {
             using var scope = NewDisposeScope();
-            var batch = data.Next(stage.MicroBatch).to(student.Device);
+            var scale = (double)size / share.Length;
+            var batch = data.Sequences.Batch(share[start..(start + size)]).to(student.Device);
+            start += size;
             var input = batch.narrow(1, 0, stage.SequenceLength);
             var targets = batch.narrow(1, 1, stage.SequenceLength);
             if (stage.Objective == Objective.AttentionAlignment)
             {
                 var (loss, perLayer) = AttentionAlignment.Compute(teacher, student, input, alignedLayers);
                 (loss * scale).backward();
-                total += loss.item<float>();
+                total += loss.item<float>() * scale;
                 layers ??= new double[perLayer.Length];
                 for (var i = 0; i < perLayer.Length; i++) layers[i] += perLayer[i] * scale;
             }
@@ -197,10 +223,12 @@ public sealed class StageTrainer
                 if (stage.KlWeight > 0)
                     using (no_grad()) teacherHidden = teacher.model.forward(input);
                 var studentHidden = student.model.forward(input);
-                total += LogitLoss.Backward(studentHidden, studentHead, teacherHidden, teacherHead, targets, LogitLossOptions.From(stage), scale).Loss;
+                total += LogitLoss.Backward(studentHidden, studentHead, teacherHidden, teacherHead, targets, LogitLossOptions.From(stage), scale).Loss * scale;
             }
         }
-        return (total * scale, layers);
+        if (group.IsSingle) return (total, layers);
+        var averaged = group.AllReduce([total, .. layers ?? []], ReduceOp.Average);
+        return (averaged[0], layers is null ? null : averaged[1..]);
     }
 
     /// <summary>Scores the first eval windows of the validation data (the same ones every time) with student and teacher.</summary>
@@ -210,9 +238,13 @@ public sealed class StageTrainer
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var (studentCe, kl, teacherCe, alignment) = (0.0, 0.0, 0.0, 0.0);
-        var (scored, batches) = (0L, 0);
-        foreach (var chunk in evalWindows.Chunk(stage.MicroBatch))
+        var (scored, batches) = (0L, 0L);
+        var chunks = evalWindows.Chunk(stage.MicroBatch).ToArray();
+        var computeTeacherCe = teacherFitsContext && teacherEvalCrossEntropy is null;
+        // Rank r scores chunks r, r + W, …; the sums are added over the ranks.
+        for (var c = group.Rank; c < chunks.Length; c += group.WorldSize)
         {
+            var chunk = chunks[c];
             using var batchScope = NewDisposeScope();
             var batch = validation.Batch(chunk).to(student.Device);
             var input = batch.narrow(1, 0, stage.SequenceLength);
@@ -224,14 +256,19 @@ public sealed class StageTrainer
             var n = value.Tokens;
             studentCe += value.CrossEntropy * n;
             kl += value.Kl * n;
-            if (teacherFitsContext && teacherEvalCrossEntropy is null)
+            if (computeTeacherCe)
                 teacherCe += LogitLoss.Evaluate(teacherHidden!, teacherHead, null, null, targets, new LogitLossOptions(1.0, 0, 1.0, stage.LossChunk)).CrossEntropy * n;
             if (stage.Objective == Objective.AttentionAlignment)
                 alignment += AttentionAlignment.Compute(teacher, student, input, alignedLayers).Loss.item<float>();
             scored += n;
             batches++;
         }
-        if (teacherFitsContext) teacherEvalCrossEntropy ??= teacherCe / scored;
+        if (!group.IsSingle)
+        {
+            var sums = group.AllReduce([studentCe, kl, teacherCe, alignment, scored, batches], ReduceOp.Sum);
+            (studentCe, kl, teacherCe, alignment, scored, batches) = (sums[0], sums[1], sums[2], sums[3], (long)sums[4], (long)sums[5]);
+        }
+        if (computeTeacherCe) teacherEvalCrossEntropy = teacherCe / scored;
         return new EvalMetrics(step, tokens, studentCe / scored, teacherFitsContext ? teacherEvalCrossEntropy : null, teacherFitsContext ? kl / scored : null,
             stage.Objective == Objective.AttentionAlignment ? alignment / batches : null);
     }

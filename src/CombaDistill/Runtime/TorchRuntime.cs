@@ -24,6 +24,9 @@ public static class TorchRuntime
     /// <summary>The PyTorch library folder in use, or null when the bundled CPU libtorch is.</summary>
     public static string? LibTorchDirectory { get; private set; }
 
+    /// <summary>TorchSharp's native library as loaded, for the few of its exports that TorchSharp keeps internal.</summary>
+    public static string? LibTorchSharpPath { get; private set; }
+
     public static bool CudaAvailable => Initialized(() => torch.cuda.is_available());
 
     /// <summary>Idempotent. <paramref name="libtorchDirectory"/> overrides the environment variable.</summary>
@@ -103,6 +106,7 @@ public static class TorchRuntime
                 NativeLibrary.Load(torchCpu);
             }
             NativeLibrary.Load(path);
+            LibTorchSharpPath = path;
         }
         catch (DllNotFoundException e)
         {

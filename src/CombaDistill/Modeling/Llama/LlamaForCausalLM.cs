@@ -14,12 +14,18 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausalLM
     public LlamaModel model;
     public Linear? lm_head;
 
-    public LlamaForCausalLM(LlamaConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null) : base(nameof(LlamaForCausalLM))
+    public LlamaForCausalLM(LlamaConfig config, ScalarType dtype = ScalarType.Float32, Device? device = null)
+        : this(config, dtype, LayerPlacement.OnOneDevice(config.NumHiddenLayers, device ?? CPU))
+    {
+    }
+
+    /// <summary>A model split by layer over several devices; the head sits with the embeddings on the placement's home.</summary>
+    public LlamaForCausalLM(LlamaConfig config, ScalarType dtype, LayerPlacement placement) : base(nameof(LlamaForCausalLM))
     {
         Config = config;
-        model = new LlamaModel(config, dtype, device);
+        model = new LlamaModel(config, dtype, placement);
         if (!config.TieWordEmbeddings)
-            lm_head = nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false, device: device, dtype: dtype);
+            lm_head = nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false, device: placement.Home, dtype: dtype);
         RegisterComponents();
     }
 
@@ -50,13 +56,20 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausalLM
     /// Loads a Hugging Face folder: config.json plus model.safetensors or a sharded index. Without
     /// <paramref name="dtype"/> the weights keep config.json's torch_dtype. The result is in eval mode.
     /// </summary>
-    public static LlamaForCausalLM FromPretrained(string folder, ScalarType? dtype = null, Device? device = null)
+    public static LlamaForCausalLM FromPretrained(string folder, ScalarType? dtype = null, Device? device = null) =>
+        FromPretrained(folder, dtype, config => LayerPlacement.OnOneDevice(config.NumHiddenLayers, device ?? CPU));
+
+    /// <summary>Loads a folder split by layer: each tensor is read straight onto its device, so no device ever holds the whole model.</summary>
+    public static LlamaForCausalLM FromPretrained(string folder, ScalarType? dtype, LayerPlacement placement) =>
+        FromPretrained(folder, dtype, _ => placement);
+
+    static LlamaForCausalLM FromPretrained(string folder, ScalarType? dtype, Func<LlamaConfig, LayerPlacement> placement)
     {
         if (!Directory.Exists(folder)) throw new InvalidInputException(folder, "model folder does not exist");
         var configPath = Path.Combine(folder, "config.json");
         var config = LlamaConfig.Load(configPath);
         using var checkpoint = Checkpoint.Open(folder);
-        var model = new LlamaForCausalLM(config, dtype ?? ParseDtype(config.TorchDtype, configPath), device);
+        var model = new LlamaForCausalLM(config, dtype ?? ParseDtype(config.TorchDtype, configPath), placement(config));
         try
         {
             // Some exports keep a tied lm_head copy or old rotary tables; neither is a parameter here.
