@@ -15,5 +15,6 @@ static class CliCommands
         CorpusCommand.Create(),
         BenchCommand.Create(),
         EvalCommand.Create(),
+        SynthCommand.Create(),
     ];
 }

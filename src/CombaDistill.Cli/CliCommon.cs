@@ -39,7 +39,7 @@ static class CliCommon
         return DeviceSpec.Resolve(parse.GetValue(DeviceOption));
     }
 
-    /// <summary>Runs a command body; user errors print one line and exit 2, cancellation exits 130.</summary>
+    /// <summary>Runs a command body; user errors print one line and exit 2, a failed data-parallel job 3, cancellation exits 130.</summary>
     public static Func<ParseResult, CancellationToken, Task<int>> Run(Func<ParseResult, CancellationToken, Task<int>> body) => async (parse, ct) =>
     {
         try { return await body(parse, ct); }
@@ -47,6 +47,11 @@ static class CliCommon
         {
             Err.MarkupLineInterpolated($"[red]error:[/] {e.Message}");
             return 2;
+        }
+        catch (Runtime.Parallel.ProcessGroupException e)
+        {
+            Err.MarkupLineInterpolated($"[red]error:[/] {e.Message}");
+            return 3;
         }
         catch (OperationCanceledException)
         {

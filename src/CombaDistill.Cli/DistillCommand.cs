@@ -1,5 +1,7 @@
 using System.CommandLine;
 using CombaDistill.Distillation;
+using CombaDistill.Runtime;
+using CombaDistill.Runtime.Parallel;
 using Spectre.Console;
 
 namespace CombaDistill.Cli;
@@ -7,7 +9,8 @@ namespace CombaDistill.Cli;
 /// <summary>
 /// <c>distill</c>: runs a recipe in a run folder with a live progress bar per stage on standard error, and prints the
 /// summary table on standard output. Ctrl-C finishes the current step, saves a checkpoint and exits; <c>--resume</c>
-/// continues.
+/// continues. <c>--gpus N</c> (or <c>--workers N</c> on the CPU) runs it data-parallel in N processes of this same
+/// command line (<see cref="DistillWorkers"/>).
 /// </summary>
 static class DistillCommand
 {
@@ -20,25 +23,39 @@ static class DistillCommand
         var noTensorBoard = new Option<bool>("--no-tensorboard") { Description = "do not write TensorBoard event files" };
         var validateOnly = new Option<bool>("--validate") { Description = "check the recipe and exit" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: one per core); 1 is often fastest for tiny models or on a busy machine" };
+        var gpus = new Option<int?>("--gpus") { Description = "data-parallel over N GPUs: N processes, one per GPU (cuda:0 … cuda:N−1), with the recipe's global batch split between them (docs/data-parallel.md)" };
+        var workers = new Option<int?>("--workers") { Description = "data-parallel over N CPU processes (--device cpu), reducing over loopback TCP" };
+        var teacherGpus = new Option<int?>("--teacher-gpus") { Description = "split the teacher by layer over K GPUs per process, for a teacher too large for one: the process's student GPU and the K−1 after it" };
         var command = new Command("distill", "Distill a teacher into a Comba student, stage by stage, as a recipe says")
         {
-            recipe, runDir, resume, stage, noTensorBoard, validateOnly, threads,
+            recipe, runDir, resume, stage, noTensorBoard, validateOnly, threads, gpus, workers, teacherGpus,
         };
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
             // The recipe is checked before anything else starts, the native runtime included.
             var loaded = RecipeLoader.Load(parse.GetValue(recipe)!);
+            var layout = DistillWorkers.Layout.From(parse.GetValue(gpus), parse.GetValue(workers), parse.GetValue(teacherGpus), parse.GetValue(CliCommon.DeviceOption));
+            DataParallel.Check(loaded, layout.WorldSize);
             if (parse.GetValue(validateOnly))
             {
                 CliCommon.Err.MarkupLineInterpolated($"[green]ok:[/] {loaded.SourcePath}: {loaded.Stages.Count} stage(s), {loaded.Stages.Sum(s => s.TotalSteps * s.TokensPerStep):N0} training tokens");
                 return 0;
             }
-            var device = CliCommon.Start(parse);
-            SetThreads(parse.GetValue(threads));
+            var worker = Worker.FromEnvironment();
+            if (worker is null && layout.WorldSize > 1) return DistillWorkers.Launch(layout, ct);
+            if (worker is not null && worker.WorldSize != layout.WorldSize)
+                throw new ArgumentException($"this worker was started as rank {worker.Rank} of {worker.WorldSize}, but its command line asks for {layout.WorldSize} processes");
+
+            TorchRuntime.Initialize(parse.GetValue(CliCommon.LibTorchOption));
+            var rank = worker?.Rank ?? 0;
+            var device = layout.StudentDevice(rank);
+            SetThreads(parse.GetValue(threads) ?? layout.DefaultThreads);
             var options = new DistillOptions
             {
                 Resume = parse.GetValue(resume), OnlyStage = parse.GetValue(stage), Device = device, TensorBoard = !parse.GetValue(noTensorBoard),
+                TeacherDevices = layout.TeacherDevices(rank),
             };
+            if (worker is not null) return DistillWorkers.RunWorker(worker, loaded, parse.GetValue(runDir)!, options, ct);
             var summary = RunWithProgress(loaded, parse.GetValue(runDir)!, options, ct);
             PrintSummary(summary);
             return 0;
@@ -54,7 +71,7 @@ static class DistillCommand
         TorchSharp.torch.set_num_threads(n);
     }
 
-    static RunSummary RunWithProgress(Recipe recipe, string runDir, DistillOptions options, CancellationToken ct)
+    public static RunSummary RunWithProgress(Recipe recipe, string runDir, DistillOptions options, CancellationToken ct)
     {
         RunSummary? summary = null;
         var run = Task.CompletedTask;
@@ -104,7 +121,7 @@ static class DistillCommand
         }
     }
 
-    static void PrintSummary(RunSummary summary)
+    public static void PrintSummary(RunSummary summary)
     {
         var table = new Table().Title("distillation summary")
             .AddColumns("stage", "objective", "steps", "tokens", "minutes", "first eval", "last eval", "student ppl");
