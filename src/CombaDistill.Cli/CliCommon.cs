@@ -60,6 +60,10 @@ static class CliCommon
         }
     };
 
+    /// <summary>
+    /// A synchronous body runs on the thread pool: System.CommandLine installs its Ctrl-C handler only once the action
+    /// has returned its task, so a body run inline would be killed by Ctrl-C instead of seeing its token cancelled.
+    /// </summary>
     public static Func<ParseResult, CancellationToken, Task<int>> Run(Func<ParseResult, CancellationToken, int> body) =>
-        Run((p, ct) => Task.FromResult(body(p, ct)));
+        Run((p, ct) => Task.Run(() => body(p, ct), CancellationToken.None));
 }

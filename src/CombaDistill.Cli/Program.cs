@@ -5,4 +5,7 @@ var root = new RootCommand("CombaDistill: turn a pretrained Llama-family Transfo
 root.Options.Add(CliCommon.DeviceOption);
 root.Options.Add(CliCommon.LibTorchOption);
 foreach (var command in CliCommands.All()) root.Subcommands.Add(command);
-return await root.Parse(args).InvokeAsync();
+// Ctrl-C and SIGTERM cancel the command's token only where asked for: without a ProcessTerminationTimeout,
+// System.CommandLine 2.0.0 installs no handler and the signal kills the process on the spot. A command then has 2 s
+// to return; a distillation keeps the process alive until it has saved its checkpoint (DistillCommand).
+return await root.Parse(args).InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = TimeSpan.FromSeconds(2) });
