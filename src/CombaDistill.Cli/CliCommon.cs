@@ -51,7 +51,7 @@ static class CliCommon
         catch (Runtime.Parallel.ProcessGroupException e)
         {
             Err.MarkupLineInterpolated($"[red]error:[/] {e.Message}");
-            return 3;
+            return Runtime.Parallel.LaunchResult.PeerFailureExitCode;
         }
         catch (OperationCanceledException)
         {

@@ -8,10 +8,13 @@ public static class CliProcess
 {
     static readonly string CliDll = Path.Combine(AppContext.BaseDirectory, "CombaDistill.Cli.dll");
 
+    /// <summary>The dotnet host running these tests (the GPU host has none on its PATH), else whichever the PATH finds.</summary>
+    static readonly string DotnetHost = Path.GetFileNameWithoutExtension(Environment.ProcessPath) == "dotnet" ? Environment.ProcessPath! : "dotnet";
+
     /// <summary>The start information alone, for tests that manage the process themselves (e.g. kill it).</summary>
     public static ProcessStartInfo StartInfo(params string[] args)
     {
-        var start = new ProcessStartInfo("dotnet")
+        var start = new ProcessStartInfo(DotnetHost)
         {
             RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
             StandardOutputEncoding = new UTF8Encoding(false), StandardErrorEncoding = new UTF8Encoding(false),

@@ -28,8 +28,8 @@ public sealed record LayerPlacement(Device Home, IReadOnlyList<Device> Devices, 
 
     public Device LayerDevice(int layer) => Devices[LayerSlots[layer]];
 
-    /// <summary>True when some part is not on <see cref="Home"/>, so hidden states have to move.</summary>
-    public bool IsSplit => Devices.Any(d => !Same(d, Home));
+    /// <summary>True when the layers are placed over several devices, or away from <see cref="Home"/>: hidden states are moved (a no-op where a device is listed twice).</summary>
+    public bool IsSplit => Devices.Count > 1 || !Same(Devices[0], Home);
 
     /// <summary>e.g. "layers 0–6 on cuda:0, 7–15 on cuda:1; embeddings and head on cuda:0".</summary>
     public string Describe()

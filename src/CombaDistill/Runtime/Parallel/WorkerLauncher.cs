@@ -30,6 +30,9 @@ public sealed record LaunchResult(int ExitCode, WorkerExit? Failure)
     public bool Succeeded => ExitCode == 0;
     public bool Stopped => ExitCode == CancelledExitCode;
     public const int CancelledExitCode = 130;
+
+    /// <summary>A worker's exit code for "a collective failed" (<see cref="ProcessGroupException"/>): the consequence of another worker's failure rather than its cause.</summary>
+    public const int PeerFailureExitCode = 3;
 }
 
 /// <summary>
@@ -59,7 +62,7 @@ public static class WorkerLauncher
         {
             foreach (var process in processes.OfType<Process>())
             {
-                if (!process.HasExited) process.Kill();
+                Kill(process);
                 process.WaitForExit();
                 process.Dispose();
             }
@@ -106,6 +109,7 @@ public static class WorkerLauncher
     static LaunchResult Supervise(LaunchPlan plan, Process[] processes, Queue<string>[] tails, CancellationToken cancellationToken)
     {
         var ended = new bool[processes.Length];
+        var killed = new bool[processes.Length];    // by the launcher: their exit codes say nothing about the job
         var clock = Stopwatch.StartNew();
         var killAt = TimeSpan.MaxValue;
         void KillNoLaterThan(TimeSpan after) => killAt = TimeSpan.FromTicks(Math.Min(killAt.Ticks, (clock.Elapsed + after).Ticks));
@@ -120,12 +124,15 @@ public static class WorkerLauncher
                 foreach (var process in processes.Where((_, r) => !ended[r])) Interrupt(process);
                 KillNoLaterThan(plan.StopGrace);
             }
-            for (var rank = 0; rank < processes.Length; rank++)
+            // Of the workers that ended since the last look, the ones that failed on their own come first: the others
+            // may only have seen them go.
+            var endedNow = Enumerable.Range(0, processes.Length).Where(r => !ended[r] && processes[r].HasExited).ToList();
+            foreach (var rank in endedNow) processes[rank].WaitForExit();    // drains the captured output
+            foreach (var rank in endedNow.OrderBy(r => processes[r].ExitCode == LaunchResult.PeerFailureExitCode))
             {
-                if (ended[rank] || !processes[rank].HasExited) continue;
-                processes[rank].WaitForExit();    // drains the captured output
                 ended[rank] = true;
                 var code = processes[rank].ExitCode;
+                if (killed[rank]) continue;
                 if (rank == 0)
                 {
                     // Rank 0 holds the job's files: once it has failed or stopped, the others have nothing left to do;
@@ -133,12 +140,13 @@ public static class WorkerLauncher
                     rootCode = code;
                     if (code == 0) KillNoLaterThan(FinishGrace);
                     else KillNoLaterThan(TimeSpan.Zero);
+                    if (code != 0 && code != LaunchResult.CancelledExitCode && failure is null && !interrupted) failure = new WorkerExit(0, code, []);
                 }
                 else if (code == LaunchResult.CancelledExitCode)
                 {
                     KillNoLaterThan(plan.StopGrace);    // stopping after an agreed step; rank 0 saves a checkpoint first
                 }
-                else if (code != 0 && failure is null && rootCode is null && !interrupted)
+                else if (code != 0 && failure is null && rootCode is not 0 && !interrupted)
                 {
                     failure = new WorkerExit(rank, code, Tail(tails[rank]));
                     KillNoLaterThan(TimeSpan.Zero);
@@ -146,13 +154,16 @@ public static class WorkerLauncher
             }
             if (clock.Elapsed >= killAt)
                 for (var rank = 0; rank < processes.Length; rank++)
-                    if (!ended[rank] && !processes[rank].HasExited) processes[rank].Kill();
+                    if (!ended[rank] && !killed[rank])
+                    {
+                        killed[rank] = true;
+                        Kill(processes[rank]);
+                    }
             Thread.Sleep(50);
         }
         if (failure is not null) return new LaunchResult(failure.ExitCode, failure);
         if (rootCode is 0) return new LaunchResult(0, null);
-        if (rootCode == LaunchResult.CancelledExitCode || interrupted) return new LaunchResult(LaunchResult.CancelledExitCode, null);
-        return new LaunchResult(rootCode ?? 1, new WorkerExit(0, rootCode ?? 1, []));
+        return new LaunchResult(LaunchResult.CancelledExitCode, null);
     }
 
     /// <summary>How long the other ranks may take to exit after rank 0 succeeded.</summary>
@@ -161,6 +172,12 @@ public static class WorkerLauncher
     static IReadOnlyList<string> Tail(Queue<string> tail)
     {
         lock (tail) return tail.ToArray();
+    }
+
+    static void Kill(Process process)
+    {
+        try { process.Kill(); }
+        catch (InvalidOperationException) { }     // it has just exited
     }
 
     static void Interrupt(Process process)

@@ -1,0 +1,53 @@
+using CombaDistill.IO;
+using CombaDistill.Modeling.Llama;
+using CombaDistill.Tests.Support;
+using CombaDistill.Tokenization;
+using static TorchSharp.torch;
+
+namespace CombaDistill.Tests.Modeling;
+
+/// <summary>The random-weight Llama folders benchmarks use where no checkpoint can be downloaded.</summary>
+public sealed class SyntheticLlamaTests
+{
+    [Fact]
+    public void ASyntheticFolderLoadsWithATokenizerOfExactlyItsVocabulary()
+    {
+        using var dir = new TempDir();
+        var config = new LlamaConfig
+        {
+            ModelType = "llama", VocabSize = 800, HiddenSize = 64, IntermediateSize = 96, NumHiddenLayers = 2, NumAttentionHeads = 4,
+            NumKeyValueHeads = 2, HeadDim = 16, MaxPositionEmbeddings = 256, RmsNormEps = 1e-5, TieWordEmbeddings = true, TorchDtype = "bfloat16",
+        };
+        SyntheticLlama.Write(dir["m"], config, seed: 3, cancellationToken: TestContext.Current.CancellationToken);
+
+        var tokenizer = TokenizerLoader.Load(dir["m"]);
+        Assert.Equal(800, tokenizer.VocabSize);
+        Assert.Equal(544, tokenizer.BosId);      // 800 − 256 special tokens
+        var text = File.ReadAllText(Shared.TinyStoriesValid)[..3000];
+        var ids = tokenizer.Encode(text, addBos: false);
+        Assert.Equal(text, tokenizer.Decode(ids));
+        Assert.True(ids.Length < text.Length, "byte pairs merge");
+        Assert.Contains(ids, id => id >= 256);
+
+        using var model = LlamaForCausalLM.FromPretrained(dir["m"]);
+        Assert.Equal(544, model.Config.BosTokenId);
+        Assert.Equal(ScalarType.BFloat16, model.model.embed_tokens.weight!.dtype);
+        Assert.True(model.model.layers[1].input_layernorm.weight.to(ScalarType.Float32).eq(1).all().item<bool>());
+        var q = model.model.layers[0].self_attn.q_proj.weight!.to(ScalarType.Float64);
+        Assert.Equal(0.02, q.std().item<double>(), 0.002);
+        using var logits = model.forward(tensor(ids.Take(16).Select(i => (long)i).ToArray(), [1, 16]));
+        Assert.Equal([1L, 16, 800], logits.shape);
+        Assert.True(logits.isfinite().all().item<bool>());
+    }
+
+    [Fact]
+    public void TheRanksArePairsThenTriplesEachMergeableFromEarlierOnes()
+    {
+        var lines = SyntheticLlama.TiktokenRanks(256 + 65536 + 2).Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(256 + 65536 + 2, lines.Length);
+        Assert.Equal($"{Convert.ToBase64String([0x41])} 65", lines[65]);
+        Assert.Equal($"{Convert.ToBase64String([0x01, 0x02])} {256 + 258}", lines[256 + 258]);
+        Assert.Equal($"{Convert.ToBase64String([0, 0, 1])} {256 + 65536 + 1}", lines[^1]);
+        Assert.Throws<ArgumentException>(() => SyntheticLlama.Write("unused", new LlamaConfig { VocabSize = 500 }, 0, cancellationToken: TestContext.Current.CancellationToken));
+    }
+}
