@@ -46,7 +46,7 @@ public sealed class LayerPlacementTests
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var ids = tensor(TinyModels.RandomIds(config, 24, 3), [2, 12]);
-        Assert.True(whole.forward(ids).equal(split.forward(ids)).item<bool>());
+        Assert.True(whole.forward(ids).eq(split.forward(ids)).all().item<bool>());
 
         using var cache = (KvCache)split.NewState(2);
         var stepwise = cat(Enumerable.Range(0, 12).Select(t => split.forward(ids.narrow(1, t, 1), cache)).ToArray(), 1);
@@ -73,6 +73,6 @@ public sealed class LayerPlacementTests
         Assert.Equal(wholeLoss.item<float>(), splitLoss.item<float>());
         Assert.Equal(wholePerLayer, splitPerLayer);
         using (no_grad())
-            Assert.True(whole.model.forward(ids).equal(split.model.forward(ids)).item<bool>());
+            Assert.True(whole.model.forward(ids).eq(split.model.forward(ids)).all().item<bool>());
     }
 }

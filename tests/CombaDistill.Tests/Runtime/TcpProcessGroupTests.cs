@@ -17,9 +17,9 @@ public sealed class TcpProcessGroupTests : IDisposable
     public void Dispose() => dir.Dispose();
 
     /// <summary>Connects <paramref name="world"/> ranks (each connect blocks until all have joined, hence the threads).</summary>
-    TcpProcessGroup[] Connect(int world, double timeoutSeconds = 30)
+    TcpProcessGroup[] Connect(int world, double timeoutSeconds = 60)
     {
-        var rendezvous = new Rendezvous(dir["rendezvous"], TimeSpan.FromSeconds(timeoutSeconds));
+        var rendezvous = new Rendezvous(dir[$"rendezvous-{Guid.NewGuid():N}"], TimeSpan.FromSeconds(timeoutSeconds));
         var ranks = Enumerable.Range(0, world).Select(r => Task.Run(() => TcpProcessGroup.Connect(r, world, rendezvous))).ToArray();
         Task.WaitAll(ranks, TestContext.Current.CancellationToken);
         return ranks.Select(t => t.Result).ToArray();
@@ -108,7 +108,7 @@ public sealed class TcpProcessGroupTests : IDisposable
             using (var t = ones(3))
             {
                 var e = Assert.Throws<ProcessGroupException>(() => groups[0].AllReduce(t, ReduceOp.Sum));
-                // noticed from the closed socket, not after the 30 s timeout
+                // noticed from the closed socket, not after the 60 s timeout
                 Assert.Contains("rank 2 closed its connection to rank 0: it stopped or failed", e.Message);
             }
             groups[0].Dispose();
@@ -120,9 +120,10 @@ public sealed class TcpProcessGroupTests : IDisposable
         }
 
         // a rank that never calls: rank 0 gives up after the timeout
-        var hanging = Connect(2, timeoutSeconds: 1);
+        var hanging = Connect(2);
         try
         {
+            hanging[0].Timeout = TimeSpan.FromSeconds(1);
             using var t = ones(3);
             var e = Assert.Throws<ProcessGroupException>(() => hanging[0].AllReduce(t, ReduceOp.Sum));
             Assert.Contains("heard nothing from rank 1 for 1 s", e.Message);

@@ -37,7 +37,18 @@ public sealed class TcpProcessGroup : ProcessGroup
     public override int Rank => rank;
     public override int WorldSize => worldSize;
     public override Device Device => CPU;
-    public TimeSpan Timeout { get; }
+
+    /// <summary>How long a collective waits for a peer's data (at first the rendezvous timeout).</summary>
+    public TimeSpan Timeout
+    {
+        get;
+        set
+        {
+            field = value;
+            foreach (var socket in peers.OfType<Socket>())
+                socket.ReceiveTimeout = socket.SendTimeout = (int)Math.Min(int.MaxValue, value.TotalMilliseconds);
+        }
+    }
 
     /// <summary>
     /// Rank 0 listens on a loopback port and publishes it in the rendezvous folder; the others connect and introduce
@@ -52,11 +63,7 @@ public sealed class TcpProcessGroup : ProcessGroup
         {
             if (rank == 0) AcceptAll(peers, worldSize, rendezvous);
             else peers[0] = ConnectToRoot(rank, worldSize, rendezvous);
-            foreach (var socket in peers.OfType<Socket>())
-            {
-                socket.NoDelay = true;
-                socket.ReceiveTimeout = socket.SendTimeout = (int)Math.Min(int.MaxValue, timeout.TotalMilliseconds);
-            }
+            foreach (var socket in peers.OfType<Socket>()) socket.NoDelay = true;
             return new TcpProcessGroup(rank, worldSize, peers, timeout);
         }
         catch
