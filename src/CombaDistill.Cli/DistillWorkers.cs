@@ -90,20 +90,31 @@ static class DistillWorkers
             Console.Error.WriteLine($"error: rank {worker.Rank}: the launcher (pid {worker.LauncherPid}) is gone; stopping");
             Process.GetCurrentProcess().Kill();
         });
-        using var group = worker.Join(options.Device ?? CPU);
-        options = options with { Group = group };
-        if (worker.Rank == 0)
+        var group = worker.Join(options.Device ?? CPU);
+        try
         {
-            DistillCommand.PrintSummary(DistillCommand.RunWithProgress(recipe, runDir, options, ct));
-            return 0;
+            options = options with { Group = group };
+            if (worker.Rank == 0) DistillCommand.PrintSummary(DistillCommand.RunWithProgress(recipe, runDir, options, ct));
+            else RunQuietly(recipe, runDir, options, ct);
         }
+        catch
+        {
+            group.Abort();      // a peer may be gone: waiting for it to finish its collectives would hang
+            throw;
+        }
+        group.Dispose();
+        return 0;
+    }
+
+    /// <summary>Ranks other than 0: no progress display; as for rank 0, the process waits at exit until the run has stopped.</summary>
+    static void RunQuietly(Recipe recipe, string runDir, DistillOptions options, CancellationToken ct)
+    {
         var run = Task.Run(() => DistillationRun.Run(recipe, runDir, options, new WarningsOnly(), ct), CancellationToken.None);
         EventHandler waitForRun = (_, _) => run.Wait();
         AppDomain.CurrentDomain.ProcessExit += waitForRun;
         try
         {
             run.GetAwaiter().GetResult();
-            return 0;
         }
         finally
         {

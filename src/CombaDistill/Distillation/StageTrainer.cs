@@ -141,7 +141,7 @@ public sealed class StageTrainer
                 Note($"stage '{stage.Name}': stopped at step {step}; checkpoint saved, continue with --resume");
                 throw new OperationCanceledException(cancellationToken);
             }
-            foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
+            foreach (var paramGroup in optimizer.ParamGroups) paramGroup.LearningRate = lr;
 
             double loss, gradNorm;
             double[]? layerLosses;

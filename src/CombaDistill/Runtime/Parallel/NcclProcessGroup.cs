@@ -78,7 +78,7 @@ public sealed class NcclProcessGroup : ProcessGroup
         NcclLibrary.Broadcast(TensorMemory.Pointer(tensor), tensor.numel(), NcclLibrary.TypeOf(tensor.dtype), root, comm);
     }
 
-    /// <summary>Waits for this rank's work, then frees the communicator.</summary>
+    /// <summary>Waits for this rank's work, then frees the communicator (after a failure, <see cref="Abort"/> instead: this may wait on a dead peer).</summary>
     public override void Dispose()
     {
         if (comm != IntPtr.Zero)
@@ -90,12 +90,15 @@ public sealed class NcclProcessGroup : ProcessGroup
         base.Dispose();
     }
 
-    /// <summary>Frees the communicator without waiting for peers (after a failure, when they may never answer).</summary>
-    public void Abort()
+    /// <summary>Frees the communicator and stops its operations still on the device, without waiting for peers.</summary>
+    public override void Abort()
     {
-        if (comm == IntPtr.Zero) return;
-        NcclLibrary.CommAbort(comm);
-        comm = IntPtr.Zero;
+        if (comm != IntPtr.Zero)
+        {
+            NcclLibrary.CommAbort(comm);
+            comm = IntPtr.Zero;
+        }
+        base.Dispose();
     }
 
     void Check(Tensor tensor)

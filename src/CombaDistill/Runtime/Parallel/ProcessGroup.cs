@@ -30,6 +30,9 @@ public abstract class ProcessGroup : IDisposable
 
     public virtual void Dispose() => GC.SuppressFinalize(this);
 
+    /// <summary>Releases the group after a failure, without waiting for peers that may never answer.</summary>
+    public virtual void Abort() => Dispose();
+
     public bool IsSingle => WorldSize == 1;
 
     /// <summary>A one-process group: Rank 0 of 1, nothing to exchange.</summary>
