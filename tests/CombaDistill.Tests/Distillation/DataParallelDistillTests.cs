@@ -9,7 +9,7 @@ namespace CombaDistill.Tests.Distillation;
 /// <summary>
 /// <c>distill --workers 2</c> as users run it (a launcher and two CPU worker processes reducing over loopback TCP)
 /// against one process with the same global batch, on a tiny stage-2 (KL) run on stories260K: the same losses and
-/// weights up to the order of floating-point sums; a stop with Ctrl-C and a resume; a worker that dies.
+/// weights up to the order of floating-point sums; a stop signal and a resume; a worker that dies.
 /// </summary>
 public sealed class DataParallelDistillTests(DataParallelDistillTests.Reference reference) : IClassFixture<DataParallelDistillTests.Reference>, IDisposable
 {
@@ -113,7 +113,7 @@ public sealed class DataParallelDistillTests(DataParallelDistillTests.Reference 
     }
 
     [Fact]
-    public async Task CtrlCStopsEveryWorkerAfterTheSameStepAndTheRunResumes()
+    public async Task AStopSignalStopsEveryWorkerAfterTheSameStepAndTheRunResumes()
     {
         var run = dir["run"];
         var metrics = Path.Combine(run, "01-kd", StageMetrics.FileName);
@@ -122,10 +122,12 @@ public sealed class DataParallelDistillTests(DataParallelDistillTests.Reference 
             var stderr = launcher.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
             _ = launcher.StandardOutput.ReadToEndAsync(TestContext.Current.CancellationToken);
             WaitForStep(launcher, metrics, 4);
-            Assert.Equal(0, kill(launcher.Id, SigInt));
-            Assert.True(launcher.WaitForExit(TimeSpan.FromMinutes(2)), "the workers did not stop after Ctrl-C");
+            // SIGTERM, as `kill` or `docker stop` sends it (a terminal's Ctrl-C is SIGINT, handled alike; a test run
+            // from a background job may have SIGINT ignored)
+            Assert.Equal(0, kill(launcher.Id, SigTerm));
+            Assert.True(launcher.WaitForExit(TimeSpan.FromMinutes(2)), "the workers did not stop after the signal");
             var messages = await stderr;
-            Assert.True(launcher.ExitCode == 130, messages);
+            Assert.True(launcher.ExitCode is 130 or 143, messages);
             Assert.Contains("stopped at step", messages);
         }
         // checkpoint_every is 100: the only checkpoint is the one the stop saved, at the step all workers agreed on
@@ -178,7 +180,7 @@ public sealed class DataParallelDistillTests(DataParallelDistillTests.Reference 
 
     static string Environ(int pid) => File.ReadAllText($"/proc/{pid}/environ").Replace('\0', '\n');
 
-    const int SigInt = 2;
+    const int SigTerm = 15;
 
     [DllImport("libc.so.6")]
     static extern int kill(int pid, int signal);

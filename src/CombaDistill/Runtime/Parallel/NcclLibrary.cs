@@ -5,9 +5,9 @@ namespace CombaDistill.Runtime.Parallel;
 
 /// <summary>
 /// NCCL, and the one CUDA-runtime call it needs (choosing the calling thread's device), bound by P/Invoke to the
-/// libraries PyTorch already loaded: a pip PyTorch keeps NCCL in <c>site-packages/nvidia/nccl/lib</c> beside
-/// <c>site-packages/torch/lib</c> (<c>COMBADISTILL_LIBTORCH</c>); <c>COMBADISTILL_NCCL</c> names another
-/// <c>libnccl.so.2</c>. Using the same copy as libtorch_cuda keeps one NCCL in the process.
+/// libraries PyTorch already loaded: libtorch_cuda links libnccl.so.2, which a pip PyTorch keeps in
+/// <c>site-packages/nvidia/nccl/lib</c> beside <c>site-packages/torch/lib</c> (<c>COMBADISTILL_LIBTORCH</c>);
+/// <c>COMBADISTILL_NCCL</c> names another <c>libnccl.so.2</c>. Using libtorch_cuda's copy keeps one NCCL in the process.
 /// </summary>
 public static unsafe class NcclLibrary
 {
@@ -162,25 +162,32 @@ public static unsafe class NcclLibrary
         };
     }
 
-    /// <summary>COMBADISTILL_NCCL, else the pip layout beside PyTorch's libraries, else whatever libnccl.so.2 the loader finds (libtorch_cuda's own, once loaded).</summary>
+    /// <summary>
+    /// COMBADISTILL_NCCL; else the copy libtorch_cuda loaded (asked for by name without loading anything); else the pip
+    /// layouts beside PyTorch's libraries; else whatever libnccl.so.2 the loader finds.
+    /// </summary>
     static (IntPtr Handle, string Path) LoadNccl()
     {
+        const string name = "libnccl.so.2";
         if (Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } given)
         {
-            if (!File.Exists(given)) throw new NativeRuntimeException($"{EnvironmentVariable} names {given}, which does not exist (expected a libnccl.so.2)");
+            if (!File.Exists(given)) throw new NativeRuntimeException($"{EnvironmentVariable} names {given}, which does not exist (expected a {name})");
             return (LoadOrThrow(given), given);
         }
+        if (AlreadyLoaded(name) is { } resident) return (resident, name);
         var candidates = new List<string>();
         if (TorchRuntime.LibTorchDirectory is { } torchLib)
         {
-            candidates.Add(System.IO.Path.GetFullPath(System.IO.Path.Combine(torchLib, "..", "..", "nvidia", "nccl", "lib", "libnccl.so.2")));
-            candidates.Add(System.IO.Path.Combine(torchLib, "libnccl.so.2"));
+            var sitePackages = System.IO.Path.GetFullPath(System.IO.Path.Combine(torchLib, "..", ".."));
+            candidates.Add(System.IO.Path.Combine(sitePackages, "nvidia", "nccl", "lib", name));
+            candidates.Add(System.IO.Path.Combine(sitePackages, "nvidia", "cu13", "lib", name));
+            candidates.Add(System.IO.Path.Combine(torchLib, name));
         }
         foreach (var candidate in candidates.Where(File.Exists))
             return (LoadOrThrow(candidate), candidate);
-        if (NativeLibrary.TryLoad("libnccl.so.2", out var handle)) return (handle, "libnccl.so.2");
-        throw new NativeRuntimeException($"NCCL not found: looked for {string.Join(", ", candidates.Append("libnccl.so.2 on the loader's path"))}; " +
-            $"set {EnvironmentVariable} to a libnccl.so.2 (a pip PyTorch has one in site-packages/nvidia/nccl/lib)");
+        if (NativeLibrary.TryLoad(name, out var handle)) return (handle, name);
+        throw new NativeRuntimeException($"NCCL not found: looked for {string.Join(", ", candidates.Append($"{name} on the loader's path"))}; " +
+            $"set {EnvironmentVariable} to a {name} (a pip PyTorch has one in site-packages/nvidia/nccl/lib)");
     }
 
     /// <summary>The CUDA runtime libtorch_cuda loaded (asked for without loading anything), else the newest the loader finds.</summary>

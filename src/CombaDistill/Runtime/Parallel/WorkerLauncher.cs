@@ -31,6 +31,9 @@ public sealed record LaunchResult(int ExitCode, WorkerExit? Failure)
     public bool Stopped => ExitCode == CancelledExitCode;
     public const int CancelledExitCode = 130;
 
+    /// <summary>Exit codes of a worker that stopped when asked to (SIGINT, SIGTERM), as System.CommandLine reports them.</summary>
+    public static bool IsStopCode(int code) => code is CancelledExitCode or 143;
+
     /// <summary>A worker's exit code for "a collective failed" (<see cref="ProcessGroupException"/>): the consequence of another worker's failure rather than its cause.</summary>
     public const int PeerFailureExitCode = 3;
 }
@@ -40,7 +43,7 @@ public sealed record LaunchResult(int ExitCode, WorkerExit? Failure)
 /// launcher's standard output and error (its progress and results are the job's); the others' output is captured
 /// line by line. One worker's failure ends the job: a rank that is waiting in a collective for a dead peer may never
 /// return (NCCL has no timeout), so the launcher kills the rest rather than let them hang. Cancellation is forwarded
-/// as SIGINT, on which the workers agree on a step to stop after and rank 0 saves a checkpoint.
+/// as SIGTERM, on which the workers agree on a step to stop after and rank 0 saves a checkpoint.
 /// </summary>
 public static class WorkerLauncher
 {
@@ -140,9 +143,9 @@ public static class WorkerLauncher
                     rootCode = code;
                     if (code == 0) KillNoLaterThan(FinishGrace);
                     else KillNoLaterThan(TimeSpan.Zero);
-                    if (code != 0 && code != LaunchResult.CancelledExitCode && failure is null && !interrupted) failure = new WorkerExit(0, code, []);
+                    if (code != 0 && !LaunchResult.IsStopCode(code) && failure is null && !interrupted) failure = new WorkerExit(0, code, []);
                 }
-                else if (code == LaunchResult.CancelledExitCode)
+                else if (LaunchResult.IsStopCode(code))
                 {
                     KillNoLaterThan(plan.StopGrace);    // stopping after an agreed step; rank 0 saves a checkpoint first
                 }
@@ -180,10 +183,14 @@ public static class WorkerLauncher
         catch (InvalidOperationException) { }     // it has just exited
     }
 
+    /// <summary>
+    /// SIGTERM rather than SIGINT: a process started from a background job inherits SIGINT ignored, and .NET then
+    /// leaves it ignored; SIGTERM is handled alike (System.CommandLine cancels the command's token on both).
+    /// </summary>
     static void Interrupt(Process process)
     {
-        const int SigInt = 2;
-        if (!process.HasExited) kill(process.Id, SigInt);
+        const int SigTerm = 15;
+        if (!process.HasExited) kill(process.Id, SigTerm);
     }
 
     [DllImport("libc.so.6")]
