@@ -34,6 +34,17 @@ __device__ __forceinline__ void st(bf16_t* p, float x)
     *p = (bf16_t)(u >> 16);
 }
 
+// Σ_t a[t] b[t] over t < n for two contiguous rows, by the whole warp (lanes stride over t, so every load is
+// coalesced); every lane returns the sum. For products whose contracted index runs along both operands' rows.
+template <typename A, typename B>
+__device__ __forceinline__ float warp_dot(const A* a, const B* b, int n)
+{
+    float s = 0.f;
+    for (int t = threadIdx.x & 31; t < n; t += 32) s += ld(a + t) * ld(b + t);
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    return s;
+}
+
 struct Head
 {
     int bh, b, hq, hk;
@@ -423,27 +434,28 @@ __device__ void bwd_local(const X* q, const X* k, const X* v, const float* g, co
         }
     }
     __syncthreads();
-    // dKw = −dVb hᵀ;  r_j = e^{γ⁰_j} ⟨dKw_j, K_j⟩ feeds dκ_j and dγ⁰_j
-    for (int idx = threadIdx.x; idx < CH * D; idx += NT)
+    // dKw = −dVb hᵀ;  r_j = e^{γ⁰_j} ⟨dKw_j, K_j⟩ feeds dκ_j and dγ⁰_j   (one output per warp: rows of dVb and h)
+    for (int idx = threadIdx.x >> 5; idx < CH * D; idx += NT / 32)
     {
         int j = idx / D, c = idx % D;
-        float s = 0.f;
-        for (int vv = 0; vv < D; ++vv) s -= dVb[rowp * D + j * D + vv] * h[(size_t)c * D + vv];
-        dKw[rowp * D + idx] = s;
-        float r = expf(G.gam0[j]) * s * Ks[j * KS + c];
-        atomicAdd(&dkap[j], r);
-        atomicAdd(&dgam0[j], G.kap[j] * r);
+        float s = -warp_dot(dVb + (rowp + j) * D, h + (size_t)c * D, D);
+        if ((threadIdx.x & 31) == 0)
+        {
+            dKw[rowp * D + idx] = s;
+            float r = expf(G.gam0[j]) * s * Ks[j * KS + c];
+            atomicAdd(&dkap[j], r);
+            atomicAdd(&dgam0[j], G.kap[j] * r);
+        }
     }
     __syncthreads();
-    // dA_ij = −(⟨dVb_i, U_j⟩ + ⟨dKw_i, W_j⟩), strictly lower
-    for (int idx = threadIdx.x; idx < CH * CH; idx += NT)
+    // dA_ij = −(⟨dVb_i, U_j⟩ + ⟨dKw_i, W_j⟩), strictly lower (one entry per warp)
+    for (int idx = threadIdx.x >> 5; idx < CH * CH; idx += NT / 32)
     {
         int i = idx / CH, j = idx % CH;
         float s = 0.f;
         if (j < i)
-            for (int c = 0; c < D; ++c)
-                s -= dVb[(rowp + i) * D + c] * U[(rowp + j) * D + c] + dKw[(rowp + i) * D + c] * W[(rowp + j) * D + c];
-        GA[i * MS + j] = s;
+            s = -warp_dot(dVb + (rowp + i) * D, U + (rowp + j) * D, D) - warp_dot(dKw + (rowp + i) * D, W + (rowp + j) * D, D);
+        if ((threadIdx.x & 31) == 0) GA[i * MS + j] = s;
     }
     __syncthreads();
     // from A_ij = κ_i KK_ij e^{γ⁰_i − γ_j}: dκ_i, dγ⁰_i (rows), dγ_j (columns); then G_ij = dA_ij κ_i e^{γ⁰_i − γ_j}
@@ -476,24 +488,22 @@ __device__ void bwd_local(const X* q, const X* k, const X* v, const float* g, co
     // the output part: P = dAo ⊙ E with dAo_ij = s ⟨dO_i, Ũ_j⟩ (j ≤ i); dγ from y = dAo ⊙ (Q Kᵀ) ⊙ E
     load_rows<D>(Xs, q + hd.q(T) * D, t0, T);
     __syncthreads();
-    for (int idx = threadIdx.x; idx < CH * CH; idx += NT)
+    for (int idx = threadIdx.x >> 5; idx < CH * CH; idx += NT / 32)
     {
         int i = idx / CH, j = idx % CH, t = t0 + i;
         float p = 0.f, y = 0.f;
         if (j <= i && t < T)
         {
-            float dao = 0.f, qk = 0.f;
-            for (int c = 0; c < D; ++c)
-            {
-                dao += ld(dO + (hd.q(T) + t) * D + c) * Ut[(rowp + j) * D + c];
-                qk += Xs[i * KS + c] * Ks[j * KS + c];
-            }
-            float e = expf(G.gam[i] - G.gam[j]);
-            p = scale * dao * e;
+            float dao = warp_dot(dO + (hd.q(T) + t) * D, Ut + (rowp + j) * D, D);
+            float qk = warp_dot(Xs + i * KS, Ks + j * KS, D);
+            p = scale * dao * expf(G.gam[i] - G.gam[j]);
             y = p * qk;
         }
-        KK[i * MS + j] = p;
-        As[i * MS + j] = y;   // A is no longer needed
+        if ((threadIdx.x & 31) == 0)
+        {
+            KK[i * MS + j] = p;
+            As[i * MS + j] = y;   // A is no longer needed
+        }
     }
     __syncthreads();
     if (threadIdx.x < CH)
@@ -512,32 +522,50 @@ __device__ void bwd_local(const X* q, const X* k, const X* v, const float* g, co
         dgam[j] -= s;
     }
     __syncthreads();
-    // dQ_i = Σ_j P_ij K_j + s e^{γ_i} h dO_i;  dγ_i += ⟨Q_i, s e^{γ_i} h dO_i⟩
+    // dQ_i = Σ_j P_ij K_j + s e^{γ_i} h dO_i;  dγ_i += ⟨Q_i, s e^{γ_i} h dO_i⟩   (the h part one output per warp)
+    for (int idx = threadIdx.x >> 5; idx < CH * D; idx += NT / 32)
+    {
+        int i = idx / D, c = idx % D, t = t0 + i;
+        if (t >= T) continue;
+        float inter = scale * expf(G.gam[i]) * warp_dot(h + (size_t)c * D, dO + (hd.q(T) + t) * D, D);
+        if ((threadIdx.x & 31) == 0)
+        {
+            dq[(hd.q(T) + t) * D + c] = inter;
+            atomicAdd(&dgam[i], Xs[i * KS + c] * inter);
+        }
+    }
+    __syncthreads();
     for (int idx = threadIdx.x; idx < CH * D; idx += NT)
     {
         int i = idx / D, c = idx % D, t = t0 + i;
         if (t >= T) continue;
-        float intra = 0.f, inter = 0.f;
+        float intra = 0.f;
         for (int j = 0; j <= i; ++j) intra += KK[i * MS + j] * Ks[j * KS + c];
-        for (int vv = 0; vv < D; ++vv) inter += h[(size_t)c * D + vv] * ld(dO + (hd.q(T) + t) * D + vv);
-        inter *= scale * expf(G.gam[i]);
-        dq[(hd.q(T) + t) * D + c] = intra + inter;
-        atomicAdd(&dgam[i], Xs[i * KS + c] * inter);
+        dq[(hd.q(T) + t) * D + c] += intra;
     }
-    // dK_i = Σ_j (G_ij + G_ji) K_j + Σ_{l≥i} P_li Q_l + κ_i e^{γ⁰_i} dKw_i + e^{γ_C − γ_i} dK̃_i,  dK̃_i = Ũ_i dh'ᵀ
+    // dK̃ = Ũ dh'ᵀ into the dKw scratch, scaled by e^{γ_C − γ_i} (one output per warp); t_i = ⟨that, K_i⟩
+    for (int idx = threadIdx.x >> 5; idx < CH * D; idx += NT / 32)
+    {
+        int i = idx / D, c = idx % D;
+        float dkt = expf(gC - G.gam[i]) * warp_dot(Ut + (rowp + i) * D, dh1 + (size_t)c * D, D);
+        if ((threadIdx.x & 31) == 0)
+        {
+            float tk = dkt * Ks[i * KS + c];
+            atomicAdd(&dgam[i], -tk);
+            red[threadIdx.x] += tk;
+            dVb[(rowp + i) * D + c] = dkt;   // dVb is no longer needed
+        }
+    }
+    __syncthreads();
+    // dK_i = Σ_j (G_ij + G_ji) K_j + Σ_{l≥i} P_li Q_l + κ_i e^{γ⁰_i} dKw_i + e^{γ_C − γ_i} dK̃_i
     for (int idx = threadIdx.x; idx < CH * D; idx += NT)
     {
         int i = idx / D, c = idx % D, t = t0 + i;
-        float fromA = 0.f, fromOut = 0.f, dkt = 0.f;
+        if (t >= T) continue;
+        float fromA = 0.f, fromOut = 0.f;
         for (int j = 0; j < CH; ++j) fromA += (GA[i * MS + j] + GA[j * MS + i]) * Ks[j * KS + c];
         for (int l = i; l < CH; ++l) fromOut += KK[l * MS + i] * Xs[l * KS + c];
-        for (int vv = 0; vv < D; ++vv) dkt += Ut[(rowp + i) * D + vv] * dh1[(size_t)c * D + vv];
-        float toEnd = expf(gC - G.gam[i]);
-        float tk = toEnd * dkt * Ks[i * KS + c];
-        atomicAdd(&dgam[i], -tk);
-        atomicAdd(&red[threadIdx.x], tk);
-        if (t < T)
-            dk[(hd.q(T) + t) * D + c] = fromA + fromOut + G.kap[i] * expf(G.gam0[i]) * dKw[(rowp + i) * D + c] + toEnd * dkt;
+        dk[(hd.q(T) + t) * D + c] = fromA + fromOut + G.kap[i] * expf(G.gam0[i]) * dKw[(rowp + i) * D + c] + dVb[(rowp + i) * D + c];
     }
     __syncthreads();
     // dγ_C = Σ_i t_i + e^{γ_C} ⟨h, dh'⟩
