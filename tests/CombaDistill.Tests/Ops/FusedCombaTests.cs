@@ -9,7 +9,8 @@ namespace CombaDistill.Tests.Ops;
 /// <summary>
 /// The fused CUDA kernels (GPU lane) against the float64 Naive reference computed on CPU from the same numbers:
 /// outputs, final state and every gradient, relative error ≤ 1e-5 from float32 inputs and ≤ 2e-3 from bf16 inputs
-/// (the bf16 output's own rounding is about 1.6e-3 of that). Shapes include T not a multiple of 64, GQA, one token,
+/// (the bf16 output's own rounding is about 1.6e-3 of that, and bf16 leaves keep their gradients in bf16, ≤ 1.95e-3).
+/// The kernels alone, measured by tools/kernels/comba_check.py, are within 2e-6 on every gradient. Shapes include T not a multiple of 64, GQA, one token,
 /// head dims 64/128/256 and an initial state. On CPU the fused op is the chunkwise op, exactly.
 /// </summary>
 public class FusedCombaTests
@@ -36,7 +37,8 @@ public class FusedCombaTests
         using var scope = NewDisposeScope();
         var c = new CombaCase(batch, kvHeads, groups, length, dim, dim, 64, withState, Seed: length * 17 + dim + groups);
         using var source = CombaInputs.Random(c);
-        var weightO = randn([c.Batch, c.Heads, c.Length, c.ValueDim], dtype: ScalarType.Float64);
+        // bf16-representable, so a bf16 output's gradient (which autograd keeps in bf16) is exactly the reference's
+        var weightO = randn([c.Batch, c.Heads, c.Length, c.ValueDim], dtype: ScalarType.Float64).to(ScalarType.BFloat16).to(ScalarType.Float64);
         var weightS = randn([c.Batch, c.Heads, c.KeyDim, c.ValueDim], dtype: ScalarType.Float64);
         string[] names = ["q", "k", "v", "g", "beta", "lambda", "d", "initial state"];
 
