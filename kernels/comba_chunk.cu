@@ -1,46 +1,126 @@
-// Fused chunkwise Comba, forward and backward (DESIGN.md, "Comba in one paragraph").
+// Fused chunkwise Comba, forward and backward (DESIGN.md, "Comba in one paragraph"). docs/kernels.md explains the
+// kernels, their checks and their speed; tools/kernels/comba_check.py is the measuring instrument.
 //
-// Header-free on purpose: NVRTC from a pip PyTorch install has no CUDA headers, so bf16 values travel as raw
-// 16-bit words and are widened/rounded here. Compiled at first use by Ops/FusedComba through Runtime/Cuda.
+// Header-free on purpose: NVRTC from a pip PyTorch install has no CUDA headers. Compiled at first use by
+// Ops/FusedComba through Runtime/Cuda.
 //
-// The op these kernels implement, per query head, for chunks of C = 64 tokens (γ = inclusive cumsum of g inside
-// the chunk, γ⁰ the exclusive one, h = Sᵀ the state at the chunk start, κ = βλ):
+// The op, per query head, for chunks of C = 64 tokens (γ = inclusive cumsum of g inside the chunk, γ⁰ the exclusive
+// one, h = Sᵀ the state at the chunk start, κ = βλ):
 //   A = strictly-lower(diag(κ) K Kᵀ ⊙ e^{γ⁰_i − γ_j}),  M = (I + A)⁻¹
 //   U = M diag(β) V,  W = M diag(κ e^{γ⁰}) K,  Ũ = U − W h,  h ← e^{γ_C} h + (K ⊙ e^{γ_C − γ})ᵀ Ũ
 //   O = s [ e^{γ} ⊙ (Q h) + ((Q Kᵀ) ⊙ e^{γ_i − γ_j} ⊙ causal) Ũ ]
-// where Q is already the corrected, normalised readout q̂ − d k̂ and K the normalised key (the C# side does the
-// normalisation and the correction with ordinary ops, so autograd covers them).
+// where Q is the corrected, normalised readout q̂ − d k̂ and K the normalised key (the C# side forms them with
+// ordinary ops, so autograd covers them).
 //
 // Launch order, forward:  prepare (all chunks) → state (sequential over chunks) → output (all chunks)
 //              backward:  dupart (all chunks)  → dstate (sequential, reverse) → local (all chunks)
-// Layouts: q (B,H,T,D), k and v (B,Hkv,T,D) in the input type X; g, β, κ (B,H,T) float; the saved per-chunk
-// buffers W, U, Ũ, dŨ, … (B·H, N·C, D) float; chunk-start states H0 and their gradients (B·H, N, D, D) float,
-// row k, column v. Tokens past T read as zeros with g = β = κ = 0, which leaves the state untouched.
+// Everything is float32 in memory. T is a whole number of chunks: the caller pads with zeros (g = β = κ = 0 leaves
+// the state untouched). Layouts: q (B,H,T,D), k and v (B,Hkv,T,D), g, β, κ (B,H,T); per-chunk buffers W, U, Ũ, dŨ, …
+// (B·H, T, D); chunk-start states and their gradients (B·H, N, D, D), row k, column v.
+//
+// Every matrix product goes through block_mm: with TC (the "tf32" entry points) on tensor cores, mma.sync m16n8k8
+// with tf32 operands and float32 accumulation; without it (the "f32" entry points) in plain float32 FMAs, for callers
+// whose inputs are float32 and who want float32 accuracy. Operands are read where they lie (global or shared
+// memory) through strided views, so transposes cost nothing and little is staged.
 
 #define CH 64
 #define NT 256
+#define NW (NT / 32)
 #define BV 32
+#define HS (BV + 4)   // row stride of a D×BV state slice in shared memory (conflict-free mma fragment loads)
 
-typedef unsigned short bf16_t;
-
-__device__ __forceinline__ float ld(const float* p) { return *p; }
-__device__ __forceinline__ float ld(const bf16_t* p) { return __uint_as_float(((unsigned)*p) << 16); }
-__device__ __forceinline__ void st(float* p, float x) { *p = x; }
-__device__ __forceinline__ void st(bf16_t* p, float x)
+// A strided float matrix view: element (r, c) at p[r·rs + c·cs].
+struct Mat
 {
-    unsigned u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) { *p = (bf16_t)0x7fc0; return; }   // NaN stays NaN
-    u += 0x7fffu + ((u >> 16) & 1u);                                          // round to nearest even
-    *p = (bf16_t)(u >> 16);
+    const float* p;
+    int rs, cs;
+    __device__ __forceinline__ float at(int r, int c) const { return p[r * rs + c * cs]; }
+};
+__device__ __forceinline__ Mat rows(const float* p, int stride) { return Mat{p, stride, 1}; }   // row-major
+__device__ __forceinline__ Mat cols(const float* p, int stride) { return Mat{p, 1, stride}; }   // its transpose
+
+__device__ __forceinline__ unsigned tf32(float x)
+{
+    unsigned u;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
+    return u;
 }
 
-// Σ_t a[t] b[t] over t < n for two contiguous rows, by the whole warp (lanes stride over t, so every load is
-// coalesced); every lane returns the sum. For products whose contracted index runs along both operands' rows.
-template <typename A, typename B>
-__device__ __forceinline__ float warp_dot(const A* a, const B* b, int n)
+// out(i, j, ·) once for every element of the M×N product  diag(scale1) A1 B1 + A2 B2  (K1, K2 multiples of 8; K2 may
+// be 0; scale1 may be null). Whole block; no barrier inside: callers sync before reading what out wrote.
+template <int M, int N, bool TC, class Out>
+__device__ __forceinline__ void block_mm(Mat A1, Mat B1, int K1, const float* scale1, Mat A2, Mat B2, int K2, Out out)
+{
+    if constexpr (TC)
+    {
+        constexpr int WN = N >= 32 ? 4 : N / 8;        // 8-column tiles per warp item, sharing one A fragment
+        constexpr int ITEMS_N = N / (8 * WN), ITEMS = (M / 16) * ITEMS_N;
+        const int lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+        for (int item = threadIdx.x >> 5; item < ITEMS; item += NW)
+        {
+            const int r0 = (item / ITEMS_N) * 16, c0 = (item % ITEMS_N) * 8 * WN;
+            float acc[WN][4];
+#pragma unroll
+            for (int w = 0; w < WN; ++w) acc[w][0] = acc[w][1] = acc[w][2] = acc[w][3] = 0.f;
+            auto run = [&](const Mat& A, const Mat& B, int K) {
+                for (int k = 0; k < K; k += 8)
+                {
+                    unsigned a0 = tf32(A.at(r0 + g, k + t4)), a1 = tf32(A.at(r0 + g + 8, k + t4));
+                    unsigned a2 = tf32(A.at(r0 + g, k + t4 + 4)), a3 = tf32(A.at(r0 + g + 8, k + t4 + 4));
+#pragma unroll
+                    for (int w = 0; w < WN; ++w)
+                    {
+                        unsigned b0 = tf32(B.at(k + t4, c0 + 8 * w + g)), b1 = tf32(B.at(k + t4 + 4, c0 + 8 * w + g));
+                        asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                                     : "+f"(acc[w][0]), "+f"(acc[w][1]), "+f"(acc[w][2]), "+f"(acc[w][3])
+                                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+                    }
+                }
+            };
+            run(A1, B1, K1);
+            if (scale1)
+            {
+                float s0 = scale1[r0 + g], s1 = scale1[r0 + g + 8];
+#pragma unroll
+                for (int w = 0; w < WN; ++w) { acc[w][0] *= s0; acc[w][1] *= s0; acc[w][2] *= s1; acc[w][3] *= s1; }
+            }
+            if (K2 > 0) run(A2, B2, K2);
+#pragma unroll
+            for (int w = 0; w < WN; ++w)
+            {
+                const int c = c0 + 8 * w + 2 * t4;
+                out(r0 + g, c, acc[w][0]);
+                out(r0 + g, c + 1, acc[w][1]);
+                out(r0 + g + 8, c, acc[w][2]);
+                out(r0 + g + 8, c + 1, acc[w][3]);
+            }
+        }
+    }
+    else
+    {
+        for (int idx = threadIdx.x; idx < M * N; idx += NT)
+        {
+            const int i = idx / N, j = idx % N;
+            float s = 0.f;
+            for (int k = 0; k < K1; ++k) s += A1.at(i, k) * B1.at(k, j);
+            if (scale1) s *= scale1[i];
+            for (int k = 0; k < K2; ++k) s += A2.at(i, k) * B2.at(k, j);
+            out(i, j, s);
+        }
+    }
+}
+
+template <int M, int N, bool TC, class Out>
+__device__ __forceinline__ void block_mm(Mat A, Mat B, int K, Out out)
+{
+    block_mm<M, N, TC>(A, B, K, nullptr, A, B, 0, out);
+}
+
+// Σ_t a[t] b[t] over t < n for two contiguous rows, by one warp (lanes stride over t: coalesced); every lane gets it.
+__device__ __forceinline__ float warp_dot(const float* a, const float* b, int n)
 {
     float s = 0.f;
-    for (int t = threadIdx.x & 31; t < n; t += 32) s += ld(a + t) * ld(b + t);
+    for (int t = threadIdx.x & 31; t < n; t += 32) s += a[t] * b[t];
     for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
     return s;
 }
@@ -53,32 +133,19 @@ struct Head
     __device__ size_t kv(int Hkv, int T) const { return ((size_t)b * Hkv + hk) * T; }  // token row base, per KV head
 };
 
-// rows t0 … t0+CH−1 of a (·, D) matrix into shared memory with row stride D+1 (no bank conflicts on column walks)
-template <int D, typename X>
-__device__ __forceinline__ void load_rows(float* s, const X* src, int t0, int T)
-{
-    for (int idx = threadIdx.x; idx < CH * D; idx += NT)
-    {
-        int i = idx / D, c = idx % D, t = t0 + i;
-        s[i * (D + 1) + c] = t < T ? ld(src + (size_t)t * D + c) : 0.f;
-    }
-}
-
 // g, β, κ of one chunk and the cumulative sums; γ⁰_i is γ_{i−1} exactly (same bits), so e^{γ⁰_i − γ_{i−1}} = 1.
 struct Gates { float *gam, *gam0, *bet, *kap; };
 
 __device__ Gates carve_gates(float* p) { return Gates{p, p + CH, p + 2 * CH, p + 3 * CH}; }
 
-__device__ void load_gates(Gates G, const float* g, const float* beta, const float* kappa, int t0, int T)
+__device__ void load_gates(Gates G, const float* g, const float* beta, const float* kappa, int t0)
 {
     int i = threadIdx.x;
     if (i < CH)
     {
-        int t = t0 + i;
-        bool in = t < T;
-        G.gam[i] = in ? g[t] : 0.f;
-        G.bet[i] = in ? beta[t] : 0.f;
-        G.kap[i] = in ? kappa[t] : 0.f;
+        G.gam[i] = g[t0 + i];
+        G.bet[i] = beta ? beta[t0 + i] : 0.f;
+        G.kap[i] = kappa ? kappa[t0 + i] : 0.f;
     }
     __syncthreads();
     if (i < 32)
@@ -101,24 +168,16 @@ __device__ void load_gates(Gates G, const float* g, const float* beta, const flo
     __syncthreads();
 }
 
-// A (strictly lower, row stride CH+1) and, if asked, K Kᵀ beside it; then M = (I + A)⁻¹ column by column:
-// column j depends only on itself (M_ij = −Σ_{j≤l<i} A_il M_lj), so each of CH threads owns one, with no barrier.
-template <int D>
-__device__ void build_inverse(const float* Ks, Gates G, float* As, float* Ms, float* KK)
+// A (strictly lower, row stride CH+4: conflict-free fragment loads) and, if asked, K Kᵀ's strictly lower part; then M = (I + A)⁻¹ column by
+// column: column j depends only on itself (M_ij = −Σ_{j≤l<i} A_il M_lj), so each of CH threads owns one, no barrier.
+template <int D, bool TC>
+__device__ void build_inverse(const float* K, Gates G, float* As, float* Ms, float* KK)
 {
-    const int MS = CH + 1, KS = D + 1;
-    for (int idx = threadIdx.x; idx < CH * CH; idx += NT)
-    {
-        int i = idx / CH, j = idx % CH;
-        float kk = 0.f, a = 0.f;
-        if (j < i)
-        {
-            for (int c = 0; c < D; ++c) kk += Ks[i * KS + c] * Ks[j * KS + c];
-            a = G.kap[i] * kk * expf(G.gam0[i] - G.gam[j]);
-        }
-        As[i * MS + j] = a;
-        if (KK) KK[i * MS + j] = kk;
-    }
+    const int MS = CH + 4;
+    block_mm<CH, CH, TC>(rows(K, D), cols(K, D), D, [&](int i, int j, float kk) {
+        As[i * MS + j] = j < i ? G.kap[i] * kk * expf(G.gam0[i] - G.gam[j]) : 0.f;
+        if (KK) KK[i * MS + j] = j < i ? kk : 0.f;
+    });
     __syncthreads();
     if (threadIdx.x < CH)
     {
@@ -138,327 +197,246 @@ __device__ void build_inverse(const float* Ks, Gates G, float* As, float* Ms, fl
     __syncthreads();
 }
 
+// S = (Q Kᵀ) ⊙ e^{γ_i − γ_j} ⊙ causal (diagonal included), into shared memory.
+template <int D, bool TC>
+__device__ void build_scores(const float* Q, const float* K, Gates G, float* S)
+{
+    const int MS = CH + 4;
+    block_mm<CH, CH, TC>(rows(Q, D), cols(K, D), D, [&](int i, int j, float qk) {
+        S[i * MS + j] = j <= i ? qk * expf(G.gam[i] - G.gam[j]) : 0.f;
+    });
+    __syncthreads();
+}
+
 // ───────────────────────────── forward ─────────────────────────────
 
-// grid (N, B·H): W and U of every chunk.
-template <int D, typename X>
-__device__ void fwd_prepare(const X* k, const X* v, const float* g, const float* beta, const float* kappa,
+// grid (N, B·H): W and U of every chunk.  U = (M diag β) V,  W = (M diag κe^{γ⁰}) K.
+template <int D, bool TC>
+__device__ void fwd_prepare(const float* k, const float* v, const float* g, const float* beta, const float* kappa,
                             float* W, float* U, int H, int Hkv, int T)
 {
     extern __shared__ float sm[];
-    const int KS = D + 1, MS = CH + 1, n = blockIdx.x, N = gridDim.x, Tp = N * CH, t0 = n * CH;
+    const int MS = CH + 4, n = blockIdx.x, t0 = n * CH;
     Head hd(blockIdx.y, H, Hkv);
-    float* Ks = sm;
-    float* Vs = Ks + CH * KS;
-    float* As = Vs + CH * KS;
+    float* As = sm;
     float* Ms = As + CH * MS;
     Gates G = carve_gates(Ms + CH * MS);
-    float* bw = G.kap + CH;
-    load_rows<D>(Ks, k + hd.kv(Hkv, T) * D, t0, T);
-    load_rows<D>(Vs, v + hd.kv(Hkv, T) * D, t0, T);
-    load_gates(G, g + hd.q(T), beta + hd.q(T), kappa + hd.q(T), t0, T);
-    if (threadIdx.x < CH) bw[threadIdx.x] = G.kap[threadIdx.x] * expf(G.gam0[threadIdx.x]);
-    build_inverse<D>(Ks, G, As, Ms, nullptr);
-    for (int idx = threadIdx.x; idx < CH * D; idx += NT)
+    const float* K = k + (hd.kv(Hkv, T) + t0) * D;
+    const float* V = v + (hd.kv(Hkv, T) + t0) * D;
+    const size_t row0 = hd.q(T) + t0;
+    load_gates(G, g + hd.q(T), beta + hd.q(T), kappa + hd.q(T), t0);
+    build_inverse<D, TC>(K, G, As, Ms, nullptr);
+    for (int idx = threadIdx.x; idx < CH * CH; idx += NT)   // As ← M diag(κ e^{γ⁰}), Ms ← M diag(β)
     {
-        int i = idx / D, c = idx % D;
-        float u = 0.f, w = 0.f;
-        for (int j = 0; j <= i; ++j)
-        {
-            float m = Ms[i * MS + j];
-            u += m * G.bet[j] * Vs[j * KS + c];
-            w += m * bw[j] * Ks[j * KS + c];
-        }
-        size_t row = (size_t)hd.bh * Tp + t0 + i;
-        U[row * D + c] = u;
-        W[row * D + c] = w;
+        int i = idx / CH, j = idx % CH;
+        float m = Ms[i * MS + j];
+        As[i * MS + j] = m * G.kap[j] * expf(G.gam0[j]);
+        Ms[i * MS + j] = m * G.bet[j];
     }
+    __syncthreads();
+    block_mm<CH, D, TC>(rows(Ms, MS), rows(V, D), CH, [&](int i, int c, float x) { U[(row0 + i) * D + c] = x; });
+    block_mm<CH, D, TC>(rows(As, MS), rows(K, D), CH, [&](int i, int c, float x) { W[(row0 + i) * D + c] = x; });
 }
 
-// grid (D/BV, B·H): the only sequential pass. Keeps a D×BV slice of h, writes every chunk-start state and Ũ.
-template <int D, typename X>
-__device__ void fwd_state(const X* k, const float* g, const float* W, const float* U, const float* h0,
+// grid (D/BV, B·H): the only sequential pass. Keeps a D×BV slice of h in shared memory, writes every chunk-start
+// state and Ũ.  Ũ = U − W h;  h ← e^{γ_C} h + Kᵀ (e^{γ_C − γ} ⊙ Ũ).
+template <int D, bool TC>
+__device__ void fwd_state(const float* k, const float* g, const float* W, const float* U, const float* h0,
                           float* Ut, float* H0, float* hT, int H, int Hkv, int T, int N)
 {
     extern __shared__ float sm[];
-    const int KS = D + 1, US = BV + 1, Tp = N * CH, v0 = blockIdx.x * BV;
+    const int US = BV + 4, v0 = blockIdx.x * BV;
     Head hd(blockIdx.y, H, Hkv);
-    float* hs = sm;                 // D × BV
-    float* Ws = hs + D * BV;        // CH × (D+1)
-    float* Kt = Ws + CH * KS;       // CH × (D+1), K ⊙ e^{γ_C − γ}
-    float* Us = Kt + CH * KS;       // CH × (BV+1)
+    float* hs = sm;                 // D × BV, row stride HS
+    float* Us = hs + D * HS;        // CH × (BV+4): e^{γ_C − γ} ⊙ Ũ
     Gates G = carve_gates(Us + CH * US);
     for (int idx = threadIdx.x; idx < D * BV; idx += NT)
-        hs[idx] = h0 ? h0[(size_t)hd.bh * D * D + (idx / BV) * D + v0 + idx % BV] : 0.f;
+        hs[(idx / BV) * HS + idx % BV] = h0 ? h0[(size_t)hd.bh * D * D + (idx / BV) * D + v0 + idx % BV] : 0.f;
     for (int n = 0; n < N; ++n)
     {
         const int t0 = n * CH;
+        const size_t row0 = hd.q(T) + t0;
         __syncthreads();
         for (int idx = threadIdx.x; idx < D * BV; idx += NT)
-            H0[((size_t)hd.bh * N + n) * D * D + (idx / BV) * D + v0 + idx % BV] = hs[idx];
-        load_gates(G, g + hd.q(T), g + hd.q(T), g + hd.q(T), t0, T);   // only γ is used here
+            H0[((size_t)hd.bh * N + n) * D * D + (idx / BV) * D + v0 + idx % BV] = hs[(idx / BV) * HS + idx % BV];
+        load_gates(G, g + hd.q(T), nullptr, nullptr, t0);
         const float gC = G.gam[CH - 1];
-        for (int idx = threadIdx.x; idx < CH * D; idx += NT)
-        {
-            int i = idx / D, c = idx % D, t = t0 + i;
-            size_t row = (size_t)hd.bh * Tp + t0 + i;
-            Ws[i * KS + c] = W[row * D + c];
-            Kt[i * KS + c] = t < T ? ld(k + (hd.kv(Hkv, T) + t) * D + c) * expf(gC - G.gam[i]) : 0.f;
-        }
-        for (int idx = threadIdx.x; idx < CH * BV; idx += NT)
-        {
-            int i = idx / BV, c = idx % BV;
-            Us[i * US + c] = U[((size_t)hd.bh * Tp + t0 + i) * D + v0 + c];
-        }
-        __syncthreads();
-        for (int idx = threadIdx.x; idx < CH * BV; idx += NT)
-        {
-            int i = idx / BV, c = idx % BV;
-            float s = Us[i * US + c];
-            for (int kk = 0; kk < D; ++kk) s -= Ws[i * KS + kk] * hs[kk * BV + c];
-            Us[i * US + c] = s;
-            Ut[((size_t)hd.bh * Tp + t0 + i) * D + v0 + c] = s;
-        }
+        block_mm<CH, BV, TC>(rows(W + row0 * D, D), rows(hs, HS), D, [&](int i, int c, float wh) {
+            float u = U[(row0 + i) * D + v0 + c] - wh;
+            Ut[(row0 + i) * D + v0 + c] = u;
+            Us[i * US + c] = u * expf(gC - G.gam[i]);
+        });
         __syncthreads();
         const float aC = expf(gC);
-        for (int idx = threadIdx.x; idx < D * BV; idx += NT)
-        {
-            int kk = idx / BV, c = idx % BV;
-            float s = aC * hs[idx];
-            for (int i = 0; i < CH; ++i) s += Kt[i * KS + kk] * Us[i * US + c];
-            hs[idx] = s;
-        }
+        block_mm<D, BV, TC>(cols(k + (hd.kv(Hkv, T) + t0) * D, D), rows(Us, US), CH, [&](int kk, int c, float x) {
+            hs[kk * HS + c] = aC * hs[kk * HS + c] + x;
+        });
     }
     __syncthreads();
     if (hT)
         for (int idx = threadIdx.x; idx < D * BV; idx += NT)
-            hT[(size_t)hd.bh * D * D + (idx / BV) * D + v0 + idx % BV] = hs[idx];
-}
-
-// S = (Q Kᵀ) ⊙ e^{γ_i − γ_j} ⊙ causal (diagonal included), into shared memory.
-template <int D>
-__device__ void build_scores(const float* Qs, const float* Ks, Gates G, float* S)
-{
-    const int KS = D + 1, MS = CH + 1;
-    for (int idx = threadIdx.x; idx < CH * CH; idx += NT)
-    {
-        int i = idx / CH, j = idx % CH;
-        float s = 0.f;
-        if (j <= i)
-        {
-            for (int c = 0; c < D; ++c) s += Qs[i * KS + c] * Ks[j * KS + c];
-            s *= expf(G.gam[i] - G.gam[j]);
-        }
-        S[i * MS + j] = s;
-    }
-    __syncthreads();
+            hT[(size_t)hd.bh * D * D + (idx / BV) * D + v0 + idx % BV] = hs[(idx / BV) * HS + idx % BV];
 }
 
 // grid (N, B·H): O = s [e^{γ} ⊙ (Q h) + S Ũ].
-template <int D, typename X>
-__device__ void fwd_output(const X* q, const X* k, const float* g, const float* Ut, const float* H0,
-                           X* o, float scale, int H, int Hkv, int T)
+template <int D, bool TC>
+__device__ void fwd_output(const float* q, const float* k, const float* g, const float* Ut, const float* H0,
+                           float* o, float scale, int H, int Hkv, int T)
 {
     extern __shared__ float sm[];
-    const int KS = D + 1, MS = CH + 1, n = blockIdx.x, N = gridDim.x, Tp = N * CH, t0 = n * CH;
+    const int MS = CH + 4, n = blockIdx.x, N = gridDim.x, t0 = n * CH;
     Head hd(blockIdx.y, H, Hkv);
-    float* Qs = sm;
-    float* Ks = Qs + CH * KS;
-    float* S = Ks + CH * KS;
+    float* S = sm;
     Gates G = carve_gates(S + CH * MS);
-    load_rows<D>(Qs, q + hd.q(T) * D, t0, T);
-    load_rows<D>(Ks, k + hd.kv(Hkv, T) * D, t0, T);
-    load_gates(G, g + hd.q(T), g + hd.q(T), g + hd.q(T), t0, T);
-    build_scores<D>(Qs, Ks, G, S);
+    float* eg = G.kap + CH;
+    const size_t row0 = hd.q(T) + t0;
+    const float* Q = q + row0 * D;
+    load_gates(G, g + hd.q(T), nullptr, nullptr, t0);
+    if (threadIdx.x < CH) eg[threadIdx.x] = expf(G.gam[threadIdx.x]);
+    build_scores<D, TC>(Q, k + (hd.kv(Hkv, T) + t0) * D, G, S);
     const float* h = H0 + ((size_t)hd.bh * N + n) * D * D;
-    for (int idx = threadIdx.x; idx < CH * D; idx += NT)
-    {
-        int i = idx / D, c = idx % D, t = t0 + i;
-        if (t >= T) continue;
-        float inter = 0.f, intra = 0.f;
-        for (int kk = 0; kk < D; ++kk) inter += Qs[i * KS + kk] * h[(size_t)kk * D + c];
-        for (int j = 0; j <= i; ++j) intra += S[i * MS + j] * Ut[((size_t)hd.bh * Tp + t0 + j) * D + c];
-        st(o + (hd.q(T) + t) * D + c, scale * (expf(G.gam[i]) * inter + intra));
-    }
+    block_mm<CH, D, TC>(rows(Q, D), rows(h, D), D, eg, rows(S, MS), rows(Ut + row0 * D, D), CH,
+                        [&](int i, int c, float x) { o[(row0 + i) * D + c] = scale * x; });
 }
 
 // ───────────────────────────── backward ─────────────────────────────
 
 // grid (N, B·H): the output's share of dŨ, s Sᵀ dO.
-template <int D, typename X>
-__device__ void bwd_dupart(const X* q, const X* k, const float* g, const X* dO, float* dUp, float scale,
+template <int D, bool TC>
+__device__ void bwd_dupart(const float* q, const float* k, const float* g, const float* dO, float* dUp, float scale,
                            int H, int Hkv, int T)
 {
     extern __shared__ float sm[];
-    const int KS = D + 1, MS = CH + 1, n = blockIdx.x, N = gridDim.x, Tp = N * CH, t0 = n * CH;
+    const int MS = CH + 4, n = blockIdx.x, t0 = n * CH;
     Head hd(blockIdx.y, H, Hkv);
-    float* Qs = sm;
-    float* Ks = Qs + CH * KS;
-    float* S = Ks + CH * KS;
+    float* S = sm;
     Gates G = carve_gates(S + CH * MS);
-    load_rows<D>(Qs, q + hd.q(T) * D, t0, T);
-    load_rows<D>(Ks, k + hd.kv(Hkv, T) * D, t0, T);
-    load_gates(G, g + hd.q(T), g + hd.q(T), g + hd.q(T), t0, T);
-    build_scores<D>(Qs, Ks, G, S);
-    load_rows<D>(Qs, dO + hd.q(T) * D, t0, T);   // Qs now holds dO
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < CH * D; idx += NT)
-    {
-        int j = idx / D, c = idx % D;
-        float s = 0.f;
-        for (int i = j; i < CH; ++i) s += S[i * MS + j] * Qs[i * KS + c];
-        dUp[((size_t)hd.bh * Tp + t0 + j) * D + c] = scale * s;
-    }
+    const size_t row0 = hd.q(T) + t0;
+    load_gates(G, g + hd.q(T), nullptr, nullptr, t0);
+    build_scores<D, TC>(q + row0 * D, k + (hd.kv(Hkv, T) + t0) * D, G, S);
+    block_mm<CH, D, TC>(cols(S, MS), rows(dO + row0 * D, D), CH,
+                        [&](int j, int c, float x) { dUp[(row0 + j) * D + c] = scale * x; });
 }
 
-// grid (D/BV, B·H), chunks in reverse: dŨ = dUp + K̃ dh',  dh ← e^{γ_C} dh' + s (e^{γ} ⊙ Q)ᵀ dO − Wᵀ dŨ.
+// grid (D/BV, B·H), chunks in reverse:  dŨ = dUp + (e^{γ_C − γ} ⊙ K) dh',
+//   dh ← e^{γ_C} dh' + Qᵀ (s e^{γ} ⊙ dO) − Wᵀ dŨ.
 // Writes every chunk-end state gradient dh' (dH1) and dŨ; dh at the start is the initial state's gradient.
-template <int D, typename X>
-__device__ void bwd_state(const X* q, const X* k, const float* g, const float* W, const X* dO, const float* dUp,
+template <int D, bool TC>
+__device__ void bwd_state(const float* q, const float* k, const float* g, const float* W, const float* dO, const float* dUp,
                           const float* dhT, float* dUt, float* dH1, float* dh0, float scale, int H, int Hkv, int T, int N)
 {
     extern __shared__ float sm[];
-    const int KS = D + 1, US = BV + 1, Tp = N * CH, v0 = blockIdx.x * BV;
+    const int US = BV + 4, v0 = blockIdx.x * BV;
     Head hd(blockIdx.y, H, Hkv);
-    float* hs = sm;                  // D × BV
-    float* Xs = hs + D * BV;         // CH × (D+1): K̃, then e^{γ} ⊙ Q
-    float* Ws = Xs + CH * KS;        // CH × (D+1)
-    float* dUs = Ws + CH * KS;       // CH × (BV+1)
-    float* dOs = dUs + CH * US;      // CH × (BV+1)
+    float* hs = sm;                  // D × BV, row stride HS
+    float* dUs = hs + D * HS;        // CH × (BV+4): −dŨ
+    float* dOs = dUs + CH * US;      // CH × (BV+4): s e^{γ} ⊙ dO
     Gates G = carve_gates(dOs + CH * US);
+    float* toEnd = G.kap + CH;
     for (int idx = threadIdx.x; idx < D * BV; idx += NT)
-        hs[idx] = dhT ? dhT[(size_t)hd.bh * D * D + (idx / BV) * D + v0 + idx % BV] : 0.f;
+        hs[(idx / BV) * HS + idx % BV] = dhT ? dhT[(size_t)hd.bh * D * D + (idx / BV) * D + v0 + idx % BV] : 0.f;
     for (int n = N - 1; n >= 0; --n)
     {
         const int t0 = n * CH;
+        const size_t row0 = hd.q(T) + t0;
         __syncthreads();
         for (int idx = threadIdx.x; idx < D * BV; idx += NT)
-            dH1[((size_t)hd.bh * N + n) * D * D + (idx / BV) * D + v0 + idx % BV] = hs[idx];
-        load_gates(G, g + hd.q(T), g + hd.q(T), g + hd.q(T), t0, T);
+            dH1[((size_t)hd.bh * N + n) * D * D + (idx / BV) * D + v0 + idx % BV] = hs[(idx / BV) * HS + idx % BV];
+        load_gates(G, g + hd.q(T), nullptr, nullptr, t0);
         const float gC = G.gam[CH - 1];
-        for (int idx = threadIdx.x; idx < CH * D; idx += NT)
-        {
-            int i = idx / D, c = idx % D, t = t0 + i;
-            Xs[i * KS + c] = t < T ? ld(k + (hd.kv(Hkv, T) + t) * D + c) * expf(gC - G.gam[i]) : 0.f;
-            Ws[i * KS + c] = W[((size_t)hd.bh * Tp + t0 + i) * D + c];
-        }
-        for (int idx = threadIdx.x; idx < CH * BV; idx += NT)
-        {
-            int i = idx / BV, c = idx % BV, t = t0 + i;
-            dOs[i * US + c] = t < T ? ld(dO + (hd.q(T) + t) * D + v0 + c) : 0.f;
-        }
-        __syncthreads();
+        if (threadIdx.x < CH) toEnd[threadIdx.x] = expf(gC - G.gam[threadIdx.x]);
         for (int idx = threadIdx.x; idx < CH * BV; idx += NT)
         {
             int i = idx / BV, c = idx % BV;
-            size_t at = ((size_t)hd.bh * Tp + t0 + i) * D + v0 + c;
-            float s = dUp[at];
-            for (int kk = 0; kk < D; ++kk) s += Xs[i * KS + kk] * hs[kk * BV + c];
-            dUs[i * US + c] = s;
-            dUt[at] = s;
+            dOs[i * US + c] = scale * expf(G.gam[i]) * dO[(row0 + i) * D + v0 + c];
         }
         __syncthreads();
-        for (int idx = threadIdx.x; idx < CH * D; idx += NT)
-        {
-            int i = idx / D, c = idx % D, t = t0 + i;
-            Xs[i * KS + c] = t < T ? ld(q + (hd.q(T) + t) * D + c) * expf(G.gam[i]) : 0.f;
-        }
+        block_mm<CH, BV, TC>(rows(k + (hd.kv(Hkv, T) + t0) * D, D), rows(hs, HS), D, [&](int i, int c, float x) {
+            size_t at = (row0 + i) * D + v0 + c;
+            float du = dUp[at] + toEnd[i] * x;
+            dUt[at] = du;
+            dUs[i * US + c] = -du;
+        });
         __syncthreads();
         const float aC = expf(gC);
-        for (int idx = threadIdx.x; idx < D * BV; idx += NT)
-        {
-            int kk = idx / BV, c = idx % BV;
-            float fromOut = 0.f, fromW = 0.f;
-            for (int i = 0; i < CH; ++i)
-            {
-                fromOut += Xs[i * KS + kk] * dOs[i * US + c];
-                fromW += Ws[i * KS + kk] * dUs[i * US + c];
-            }
-            hs[idx] = aC * hs[idx] + scale * fromOut - fromW;
-        }
+        block_mm<D, BV, TC>(cols(q + row0 * D, D), rows(dOs, US), CH, nullptr, cols(W + row0 * D, D), rows(dUs, US), CH,
+                            [&](int kk, int c, float x) { hs[kk * HS + c] = aC * hs[kk * HS + c] + x; });
     }
     __syncthreads();
     if (dh0)
         for (int idx = threadIdx.x; idx < D * BV; idx += NT)
-            dh0[(size_t)hd.bh * D * D + (idx / BV) * D + v0 + idx % BV] = hs[idx];
+            dh0[(size_t)hd.bh * D * D + (idx / BV) * D + v0 + idx % BV] = hs[(idx / BV) * HS + idx % BV];
 }
 
 // grid (N, B·H): every per-chunk gradient. dK and dV come per query head (the caller sums a KV head's group);
-// dVb and dKw are float scratch (B·H, N·C, D).
-template <int D, typename X>
-__device__ void bwd_local(const X* q, const X* k, const X* v, const float* g, const float* beta, const float* kappa,
+// dVb and dKw are float scratch (B·H, T, D). With dVβ = Mᵀ dŨ and dKw = Mᵀ dW = −dVβ hᵀ, the inverse's gradient is
+// dA = −Mᵀ dM Mᵀ = −(dVβ Uᵀ + dKw Wᵀ), because U = M diag(β) V and W = M diag(κe^{γ⁰}) K.
+template <int D, bool TC>
+__device__ void bwd_local(const float* q, const float* k, const float* v, const float* g, const float* beta, const float* kappa,
                           const float* W, const float* U, const float* Ut, const float* H0, const float* dH1,
-                          const float* dUt, const X* dO, float* dVb, float* dKw,
+                          const float* dUt, const float* dO, float* dVb, float* dKw,
                           float* dq, float* dk, float* dv, float* dg, float* dbeta, float* dkappa,
                           float scale, int H, int Hkv, int T)
 {
     extern __shared__ float sm[];
-    const int KS = D + 1, MS = CH + 1, n = blockIdx.x, N = gridDim.x, Tp = N * CH, t0 = n * CH;
+    const int MS = CH + 4, n = blockIdx.x, N = gridDim.x, t0 = n * CH;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     Head hd(blockIdx.y, H, Hkv);
-    float* Ks = sm;
-    float* Xs = Ks + CH * KS;        // dŨ, then Q
-    float* As = Xs + CH * KS;
-    float* Ms = As + CH * MS;
-    float* KK = Ms + CH * MS;        // K Kᵀ, later P = dAo ⊙ E
+    float* As = sm;                  // A, then P = dAo ⊙ E
+    float* Ms = As + CH * MS;        // M, then y = P ⊙ (Q Kᵀ)
+    float* KK = Ms + CH * MS;        // K Kᵀ, then G + Gᵀ
     float* GA = KK + CH * MS;        // dA, then G = dA ⊙ κ_i e^{γ⁰_i − γ_j}
     Gates G = carve_gates(GA + CH * MS);
     float* dgam = G.kap + CH;
     float* dgam0 = dgam + CH;
     float* dkap = dgam0 + CH;
-    float* dbet = dkap + CH;
-    float* red = dbet + CH;          // block reduction scratch (NT)
-    const size_t rowp = (size_t)hd.bh * Tp + t0;      // saved-buffer row of token 0 of this chunk
+    float* eg = dkap + CH;           // s e^{γ}
+    float* red = eg + CH;            // NT
+    const size_t row0 = hd.q(T) + t0, kv0 = hd.kv(Hkv, T) + t0;
+    const float* K = k + kv0 * D;
+    const float* V = v + kv0 * D;
+    const float* Q = q + row0 * D;
     const float* h = H0 + ((size_t)hd.bh * N + n) * D * D;
     const float* dh1 = dH1 + ((size_t)hd.bh * N + n) * D * D;
+    float* dVbC = dVb + row0 * D;
+    float* dKwC = dKw + row0 * D;
 
-    load_rows<D>(Ks, k + hd.kv(Hkv, T) * D, t0, T);
-    load_gates(G, g + hd.q(T), beta + hd.q(T), kappa + hd.q(T), t0, T);
-    if (threadIdx.x < CH) dgam[threadIdx.x] = dgam0[threadIdx.x] = dkap[threadIdx.x] = dbet[threadIdx.x] = 0.f;
+    load_gates(G, g + hd.q(T), beta + hd.q(T), kappa + hd.q(T), t0);
+    if (threadIdx.x < CH)
+    {
+        dgam[threadIdx.x] = dgam0[threadIdx.x] = dkap[threadIdx.x] = 0.f;
+        eg[threadIdx.x] = scale * expf(G.gam[threadIdx.x]);
+    }
     red[threadIdx.x] = 0.f;
-    build_inverse<D>(Ks, G, As, Ms, KK);
+    build_inverse<D, TC>(K, G, As, Ms, KK);
     const float gC = G.gam[CH - 1];
 
-    // dVb = Mᵀ dŨ;  dβ_j = ⟨dVb_j, V_j⟩;  dV_j = β_j dVb_j
-    for (int idx = threadIdx.x; idx < CH * D; idx += NT) Xs[(idx / D) * KS + idx % D] = dUt[rowp * D + idx];
+    // dVβ = Mᵀ dŨ;  dV = β dVβ
+    block_mm<CH, D, TC>(cols(Ms, MS), rows(dUt + row0 * D, D), CH, [&](int j, int c, float x) {
+        dVbC[j * D + c] = x;
+        dv[(row0 + j) * D + c] = G.bet[j] * x;
+    });
     __syncthreads();
-    for (int idx = threadIdx.x; idx < CH * D; idx += NT)
+    // dKw = −dVβ hᵀ
+    block_mm<CH, D, TC>(rows(dVbC, D), cols(h, D), D, [&](int j, int c, float x) { dKwC[j * D + c] = -x; });
+    __syncthreads();
+    // per-row dots: dβ_j = ⟨dVβ_j, V_j⟩;  r_j = e^{γ⁰_j} ⟨dKw_j, K_j⟩ feeds dκ_j and dγ⁰_j
+    for (int j = warp; j < CH; j += NW)
     {
-        int j = idx / D, c = idx % D, t = t0 + j;
-        float s = 0.f;
-        for (int i = j; i < CH; ++i) s += Ms[i * MS + j] * Xs[i * KS + c];
-        dVb[rowp * D + idx] = s;
-        if (t < T)
+        float db = warp_dot(dVbC + j * D, V + j * D, D);
+        float r = expf(G.gam0[j]) * warp_dot(dKwC + j * D, K + j * D, D);
+        if (lane == 0)
         {
-            dv[(hd.q(T) + t) * D + c] = G.bet[j] * s;
-            atomicAdd(&dbet[j], s * ld(v + (hd.kv(Hkv, T) + t) * D + c));
+            dbeta[row0 + j] = db;
+            dkap[j] += r;
+            dgam0[j] += G.kap[j] * r;
         }
     }
+    // dA = −(dVβ Uᵀ + dKw Wᵀ), strictly lower
+    block_mm<CH, CH, TC>(rows(dVbC, D), cols(U + row0 * D, D), D, nullptr, rows(dKwC, D), cols(W + row0 * D, D), D,
+                         [&](int i, int j, float x) { GA[i * MS + j] = j < i ? -x : 0.f; });
     __syncthreads();
-    // dKw = −dVb hᵀ;  r_j = e^{γ⁰_j} ⟨dKw_j, K_j⟩ feeds dκ_j and dγ⁰_j   (one output per warp: rows of dVb and h)
-    for (int idx = threadIdx.x >> 5; idx < CH * D; idx += NT / 32)
-    {
-        int j = idx / D, c = idx % D;
-        float s = -warp_dot(dVb + (rowp + j) * D, h + (size_t)c * D, D);
-        if ((threadIdx.x & 31) == 0)
-        {
-            dKw[rowp * D + idx] = s;
-            float r = expf(G.gam0[j]) * s * Ks[j * KS + c];
-            atomicAdd(&dkap[j], r);
-            atomicAdd(&dgam0[j], G.kap[j] * r);
-        }
-    }
-    __syncthreads();
-    // dA_ij = −(⟨dVb_i, U_j⟩ + ⟨dKw_i, W_j⟩), strictly lower (one entry per warp)
-    for (int idx = threadIdx.x >> 5; idx < CH * CH; idx += NT / 32)
-    {
-        int i = idx / CH, j = idx % CH;
-        float s = 0.f;
-        if (j < i)
-            s = -warp_dot(dVb + (rowp + i) * D, U + (rowp + j) * D, D) - warp_dot(dKw + (rowp + i) * D, W + (rowp + j) * D, D);
-        if ((threadIdx.x & 31) == 0) GA[i * MS + j] = s;
-    }
-    __syncthreads();
-    // from A_ij = κ_i KK_ij e^{γ⁰_i − γ_j}: dκ_i, dγ⁰_i (rows), dγ_j (columns); then G_ij = dA_ij κ_i e^{γ⁰_i − γ_j}
+    // from A_ij = κ_i KK_ij e^{γ⁰_i − γ_j}: dκ_i, dγ⁰_i (rows), dγ_j (columns)
     if (threadIdx.x < CH)
     {
         int i = threadIdx.x;
@@ -480,37 +458,29 @@ __device__ void bwd_local(const X* q, const X* k, const X* v, const float* g, co
         dgam[j] -= s;
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < CH * CH; idx += NT)
+    for (int idx = threadIdx.x; idx < CH * CH; idx += NT)   // G = dA ⊙ κ_i e^{γ⁰_i − γ_j}
     {
         int i = idx / CH, j = idx % CH;
         GA[i * MS + j] = j < i ? GA[i * MS + j] * G.kap[i] * expf(G.gam0[i] - G.gam[j]) : 0.f;
     }
-    // the output part: P = dAo ⊙ E with dAo_ij = s ⟨dO_i, Ũ_j⟩ (j ≤ i); dγ from y = dAo ⊙ (Q Kᵀ) ⊙ E
-    load_rows<D>(Xs, q + hd.q(T) * D, t0, T);
     __syncthreads();
-    for (int idx = threadIdx.x >> 5; idx < CH * CH; idx += NT / 32)
+    for (int idx = threadIdx.x; idx < CH * CH; idx += NT)   // KK ← G + Gᵀ
     {
-        int i = idx / CH, j = idx % CH, t = t0 + i;
-        float p = 0.f, y = 0.f;
-        if (j <= i && t < T)
-        {
-            float dao = warp_dot(dO + (hd.q(T) + t) * D, Ut + (rowp + j) * D, D);
-            float qk = warp_dot(Xs + i * KS, Ks + j * KS, D);
-            p = scale * dao * expf(G.gam[i] - G.gam[j]);
-            y = p * qk;
-        }
-        if ((threadIdx.x & 31) == 0)
-        {
-            KK[i * MS + j] = p;
-            As[i * MS + j] = y;   // A is no longer needed
-        }
+        int i = idx / CH, j = idx % CH;
+        KK[i * MS + j] = GA[i * MS + j] + GA[j * MS + i];
     }
+    // the output part: P = dAo ⊙ E with dAo_ij = s ⟨dO_i, Ũ_j⟩ (j ≤ i), then y = P ⊙ (Q Kᵀ)
+    block_mm<CH, CH, TC>(rows(dO + row0 * D, D), cols(Ut + row0 * D, D), D, [&](int i, int j, float x) {
+        As[i * MS + j] = j <= i ? scale * x * expf(G.gam[i] - G.gam[j]) : 0.f;
+    });
+    __syncthreads();
+    block_mm<CH, CH, TC>(rows(Q, D), cols(K, D), D, [&](int i, int j, float x) { Ms[i * MS + j] = As[i * MS + j] * x; });
     __syncthreads();
     if (threadIdx.x < CH)
     {
         int i = threadIdx.x;
         float s = 0.f;
-        for (int j = 0; j <= i; ++j) s += As[i * MS + j];
+        for (int j = 0; j <= i; ++j) s += Ms[i * MS + j];
         dgam[i] += s;
     }
     __syncthreads();
@@ -518,61 +488,39 @@ __device__ void bwd_local(const X* q, const X* k, const X* v, const float* g, co
     {
         int j = threadIdx.x;
         float s = 0.f;
-        for (int i = j; i < CH; ++i) s += As[i * MS + j];
+        for (int i = j; i < CH; ++i) s += Ms[i * MS + j];
         dgam[j] -= s;
     }
+    // dQ's inter part, s e^{γ_i} h dO_i, first alone: dγ_i += ⟨Q_i, it⟩
+    block_mm<CH, D, TC>(rows(dO + row0 * D, D), cols(h, D), D, eg, rows(dO, D), rows(dO, D), 0,
+                        [&](int i, int c, float x) { dq[(row0 + i) * D + c] = x; });
+    // dK̃ = e^{γ_C − γ} ⊙ (Ũ dh'ᵀ), into the dVβ scratch (no longer needed)
+    block_mm<CH, D, TC>(rows(Ut + row0 * D, D), cols(dh1, D), D, [&](int i, int c, float x) {
+        dVbC[i * D + c] = expf(gC - G.gam[i]) * x;
+    });
     __syncthreads();
-    // dQ_i = Σ_j P_ij K_j + s e^{γ_i} h dO_i;  dγ_i += ⟨Q_i, s e^{γ_i} h dO_i⟩   (the h part one output per warp)
-    for (int idx = threadIdx.x >> 5; idx < CH * D; idx += NT / 32)
+    for (int i = warp; i < CH; i += NW)
     {
-        int i = idx / D, c = idx % D, t = t0 + i;
-        if (t >= T) continue;
-        float inter = scale * expf(G.gam[i]) * warp_dot(h + (size_t)c * D, dO + (hd.q(T) + t) * D, D);
-        if ((threadIdx.x & 31) == 0)
+        float qi = warp_dot(Q + i * D, dq + (row0 + i) * D, D);
+        float ti = warp_dot(dVbC + i * D, K + i * D, D);
+        if (lane == 0)
         {
-            dq[(hd.q(T) + t) * D + c] = inter;
-            atomicAdd(&dgam[i], Xs[i * KS + c] * inter);
+            dgam[i] += qi - ti;
+            red[threadIdx.x] += ti;
         }
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < CH * D; idx += NT)
-    {
-        int i = idx / D, c = idx % D, t = t0 + i;
-        if (t >= T) continue;
-        float intra = 0.f;
-        for (int j = 0; j <= i; ++j) intra += KK[i * MS + j] * Ks[j * KS + c];
-        dq[(hd.q(T) + t) * D + c] += intra;
-    }
-    // dK̃ = Ũ dh'ᵀ into the dKw scratch, scaled by e^{γ_C − γ_i} (one output per warp); t_i = ⟨that, K_i⟩
-    for (int idx = threadIdx.x >> 5; idx < CH * D; idx += NT / 32)
-    {
-        int i = idx / D, c = idx % D;
-        float dkt = expf(gC - G.gam[i]) * warp_dot(Ut + (rowp + i) * D, dh1 + (size_t)c * D, D);
-        if ((threadIdx.x & 31) == 0)
-        {
-            float tk = dkt * Ks[i * KS + c];
-            atomicAdd(&dgam[i], -tk);
-            red[threadIdx.x] += tk;
-            dVb[(rowp + i) * D + c] = dkt;   // dVb is no longer needed
-        }
-    }
-    __syncthreads();
-    // dK_i = Σ_j (G_ij + G_ji) K_j + Σ_{l≥i} P_li Q_l + κ_i e^{γ⁰_i} dKw_i + e^{γ_C − γ_i} dK̃_i
-    for (int idx = threadIdx.x; idx < CH * D; idx += NT)
-    {
-        int i = idx / D, c = idx % D, t = t0 + i;
-        if (t >= T) continue;
-        float fromA = 0.f, fromOut = 0.f;
-        for (int j = 0; j < CH; ++j) fromA += (GA[i * MS + j] + GA[j * MS + i]) * Ks[j * KS + c];
-        for (int l = i; l < CH; ++l) fromOut += KK[l * MS + i] * Xs[l * KS + c];
-        dk[(hd.q(T) + t) * D + c] = fromA + fromOut + G.kap[i] * expf(G.gam0[i]) * dKw[(rowp + i) * D + c] + dVb[(rowp + i) * D + c];
-    }
-    __syncthreads();
+    // dQ += P K;  dK = (G + Gᵀ) K + Pᵀ Q + κ e^{γ⁰} ⊙ dKw + dK̃
+    block_mm<CH, D, TC>(rows(As, MS), rows(K, D), CH, [&](int i, int c, float x) { dq[(row0 + i) * D + c] += x; });
+    block_mm<CH, D, TC>(rows(KK, MS), rows(K, D), CH, nullptr, cols(As, MS), rows(Q, D), CH, [&](int i, int c, float x) {
+        dk[(row0 + i) * D + c] = x + G.kap[i] * expf(G.gam0[i]) * dKwC[i * D + c] + dVbC[i * D + c];
+    });
     // dγ_C = Σ_i t_i + e^{γ_C} ⟨h, dh'⟩
     {
         float s = red[threadIdx.x];
-        for (int idx = threadIdx.x; idx < D * D; idx += NT) s += expf(gC) * h[idx] * dh1[idx];
-        red[threadIdx.x] = s;
+        float part = 0.f;
+        for (int idx = threadIdx.x; idx < D * D; idx += NT) part += h[idx] * dh1[idx];
+        red[threadIdx.x] = s + expf(gC) * part;
     }
     __syncthreads();
     for (int w = NT / 2; w > 0; w >>= 1)
@@ -587,53 +535,48 @@ __device__ void bwd_local(const X* q, const X* k, const X* v, const float* g, co
         for (int i = CH - 1; i >= 0; --i)
         {
             acc += dgam[i];
-            float here = acc;
-            int t = t0 + i;
-            if (t < T)
-            {
-                dg[hd.q(T) + t] = here;
-                dbeta[hd.q(T) + t] = dbet[i];
-                dkappa[hd.q(T) + t] = dkap[i];
-            }
+            dg[row0 + i] = acc;
+            dkappa[row0 + i] = dkap[i];
             acc += dgam0[i];
         }
     }
 }
 
 // ───────────────────────────── entry points ─────────────────────────────
-// One extern "C" symbol per (head dim, input type); names: comba_<stage>_<d>_<f32|bf16>.
+// One extern "C" symbol per (head dim, arithmetic); names: comba_<stage>_<d>_<f32|tf32>.
 
-#define COMBA_ENTRIES(D, X, TAG)                                                                                     \
+#define COMBA_ENTRIES(D, TC, TAG)                                                                                    \
     extern "C" __global__ void __launch_bounds__(NT) comba_fwd_prepare_##D##_##TAG(                                   \
-        const X* k, const X* v, const float* g, const float* beta, const float* kappa, float* W, float* U,           \
+        const float* k, const float* v, const float* g, const float* beta, const float* kappa, float* W, float* U,   \
         int H, int Hkv, int T)                                                                                       \
-    { fwd_prepare<D, X>(k, v, g, beta, kappa, W, U, H, Hkv, T); }                                                   \
+    { fwd_prepare<D, TC>(k, v, g, beta, kappa, W, U, H, Hkv, T); }                                                  \
     extern "C" __global__ void __launch_bounds__(NT) comba_fwd_state_##D##_##TAG(                                     \
-        const X* k, const float* g, const float* W, const float* U, const float* h0, float* Ut, float* H0,          \
+        const float* k, const float* g, const float* W, const float* U, const float* h0, float* Ut, float* H0,      \
         float* hT, int H, int Hkv, int T, int N)                                                                     \
-    { fwd_state<D, X>(k, g, W, U, h0, Ut, H0, hT, H, Hkv, T, N); }                                                  \
+    { fwd_state<D, TC>(k, g, W, U, h0, Ut, H0, hT, H, Hkv, T, N); }                                                 \
     extern "C" __global__ void __launch_bounds__(NT) comba_fwd_output_##D##_##TAG(                                    \
-        const X* q, const X* k, const float* g, const float* Ut, const float* H0, X* o, float scale,                \
+        const float* q, const float* k, const float* g, const float* Ut, const float* H0, float* o, float scale,    \
         int H, int Hkv, int T)                                                                                       \
-    { fwd_output<D, X>(q, k, g, Ut, H0, o, scale, H, Hkv, T); }                                                     \
+    { fwd_output<D, TC>(q, k, g, Ut, H0, o, scale, H, Hkv, T); }                                                    \
     extern "C" __global__ void __launch_bounds__(NT) comba_bwd_dupart_##D##_##TAG(                                    \
-        const X* q, const X* k, const float* g, const X* dO, float* dUp, float scale, int H, int Hkv, int T)        \
-    { bwd_dupart<D, X>(q, k, g, dO, dUp, scale, H, Hkv, T); }                                                       \
+        const float* q, const float* k, const float* g, const float* dO, float* dUp, float scale, int H, int Hkv,   \
+        int T)                                                                                                       \
+    { bwd_dupart<D, TC>(q, k, g, dO, dUp, scale, H, Hkv, T); }                                                      \
     extern "C" __global__ void __launch_bounds__(NT) comba_bwd_state_##D##_##TAG(                                     \
-        const X* q, const X* k, const float* g, const float* W, const X* dO, const float* dUp, const float* dhT,    \
-        float* dUt, float* dH1, float* dh0, float scale, int H, int Hkv, int T, int N)                              \
-    { bwd_state<D, X>(q, k, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, T, N); }                              \
+        const float* q, const float* k, const float* g, const float* W, const float* dO, const float* dUp,          \
+        const float* dhT, float* dUt, float* dH1, float* dh0, float scale, int H, int Hkv, int T, int N)             \
+    { bwd_state<D, TC>(q, k, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, T, N); }                             \
     extern "C" __global__ void __launch_bounds__(NT) comba_bwd_local_##D##_##TAG(                                     \
-        const X* q, const X* k, const X* v, const float* g, const float* beta, const float* kappa,                 \
+        const float* q, const float* k, const float* v, const float* g, const float* beta, const float* kappa,     \
         const float* W, const float* U, const float* Ut, const float* H0, const float* dH1, const float* dUt,       \
-        const X* dO, float* dVb, float* dKw, float* dq, float* dk, float* dv, float* dg, float* dbeta,             \
+        const float* dO, float* dVb, float* dKw, float* dq, float* dk, float* dv, float* dg, float* dbeta,         \
         float* dkappa, float scale, int H, int Hkv, int T)                                                           \
-    { bwd_local<D, X>(q, k, v, g, beta, kappa, W, U, Ut, H0, dH1, dUt, dO, dVb, dKw, dq, dk, dv, dg, dbeta,         \
-                      dkappa, scale, H, Hkv, T); }
+    { bwd_local<D, TC>(q, k, v, g, beta, kappa, W, U, Ut, H0, dH1, dUt, dO, dVb, dKw, dq, dk, dv, dg, dbeta,        \
+                       dkappa, scale, H, Hkv, T); }
 
-COMBA_ENTRIES(64, float, f32)
-COMBA_ENTRIES(64, bf16_t, bf16)
-COMBA_ENTRIES(128, float, f32)
-COMBA_ENTRIES(128, bf16_t, bf16)
-COMBA_ENTRIES(256, float, f32)
-COMBA_ENTRIES(256, bf16_t, bf16)
+COMBA_ENTRIES(64, false, f32)
+COMBA_ENTRIES(64, true, tf32)
+COMBA_ENTRIES(128, false, f32)
+COMBA_ENTRIES(128, true, tf32)
+COMBA_ENTRIES(256, false, f32)
+COMBA_ENTRIES(256, true, tf32)

@@ -29,13 +29,16 @@ def module():
     return _mod
 
 
+MS, US, HS = CH + 4, BV + 4, BV + 4
+
+
 def smem(stage, D):
-    f = {"prepare": 2 * CH * (D + 1) + 2 * CH * (CH + 1) + 5 * CH,
-         "state": D * BV + 2 * CH * (D + 1) + CH * (BV + 1) + 4 * CH,
-         "output": 2 * CH * (D + 1) + CH * (CH + 1) + 4 * CH,
-         "dupart": 2 * CH * (D + 1) + CH * (CH + 1) + 4 * CH,
-         "bstate": D * BV + 2 * CH * (D + 1) + 2 * CH * (BV + 1) + 4 * CH,
-         "local": 2 * CH * (D + 1) + 4 * CH * (CH + 1) + 8 * CH + NT}[stage]
+    f = {"prepare": 2 * CH * MS + 4 * CH,
+         "state": D * HS + CH * US + 4 * CH,
+         "output": CH * MS + 5 * CH,
+         "dupart": CH * MS + 4 * CH,
+         "bstate": D * HS + 2 * CH * US + 5 * CH,
+         "local": 4 * CH * MS + 8 * CH + NT}[stage]
     return 4 * f
 
 
@@ -58,45 +61,50 @@ def launch(stage, D, tag, grid, *args):
     fn(grid, (NT,), tuple(conv), shared_mem=sm)
 
 
-def tag_of(x): return {torch.float32: "f32", torch.bfloat16: "bf16"}[x.dtype]
+def pad(x, Tp, dim=2):
+    if x is None or x.shape[dim] == Tp: return x
+    shape = list(x.shape); shape[dim] = Tp - x.shape[dim]
+    return torch.cat([x, x.new_zeros(shape)], dim).contiguous()
 
 
-def fused_forward(q, k, v, g, beta, kappa, h0, scale):
+def fused_forward(q, k, v, g, beta, kappa, h0, scale, tag):
+    """All inputs float32 (bf16 callers widen first); T is padded to whole chunks here, as FusedComba does."""
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     N = (T + CH - 1) // CH
     Tp = N * CH
-    dev, tag = q.device, tag_of(q)
-    f32 = dict(device=dev, dtype=torch.float32)
+    q, k, v, g, beta, kappa = pad(q, Tp), pad(k, Tp), pad(v, Tp), pad(g, Tp), pad(beta, Tp), pad(kappa, Tp)
+    f32 = dict(device=q.device, dtype=torch.float32)
     W = torch.empty(B * H, Tp, D, **f32); U = torch.empty_like(W); Ut = torch.empty_like(W)
-    H0 = torch.empty(B * H, N, D, D, **f32); hT = torch.empty(B * H, D, D, **f32)
-    o = torch.full_like(q, float("nan"))
-    launch("prepare", D, tag, (N, B * H), k, v, g, beta, kappa, W, U, H, Hkv, T)
-    launch("state", D, tag, (D // BV, B * H), k, g, W, U, h0, Ut, H0, hT, H, Hkv, T, N)
-    launch("output", D, tag, (N, B * H), q, k, g, Ut, H0, o, scale, H, Hkv, T)
-    return o, hT.view(B, H, D, D), (W, U, Ut, H0)
+    H0 = torch.empty(B * H, N, D, D, **f32); hT = torch.full((B * H, D, D), float("nan"), **f32)
+    o = torch.full((B, H, Tp, D), float("nan"), **f32)
+    launch("prepare", D, tag, (N, B * H), k, v, g, beta, kappa, W, U, H, Hkv, Tp)
+    launch("state", D, tag, (D // BV, B * H), k, g, W, U, h0, Ut, H0, hT, H, Hkv, Tp, N)
+    launch("output", D, tag, (N, B * H), q, k, g, Ut, H0, o, scale, H, Hkv, Tp)
+    return o[:, :, :T], hT.view(B, H, D, D), (q, k, v, g, beta, kappa, W, U, Ut, H0)
 
 
-def fused_backward(q, k, v, g, beta, kappa, saved, dO, dhT, scale):
-    B, H, T, D = q.shape
+def fused_backward(saved, dO, dhT, scale, tag):
+    q, k, v, g, beta, kappa, W, U, Ut, H0 = saved
+    B, H, Tp, D = q.shape
+    T = dO.shape[2]
     Hkv = k.shape[1]
-    N = (T + CH - 1) // CH
-    Tp = N * CH
-    W, U, Ut, H0 = saved
-    dev, tag = q.device, tag_of(q)
-    f32 = dict(device=dev, dtype=torch.float32)
+    N = Tp // CH
+    dO = pad(dO, Tp)
+    f32 = dict(device=q.device, dtype=torch.float32)
     dUp = torch.empty(B * H, Tp, D, **f32); dUt = torch.empty_like(dUp); dVb = torch.empty_like(dUp); dKw = torch.empty_like(dUp)
     dH1 = torch.empty(B * H, N, D, D, **f32); dh0 = torch.full((B * H, D, D), float("nan"), **f32)
     nan = lambda *s: torch.full(s, float("nan"), **f32)
-    dq, dk, dv = nan(B, H, T, D), nan(B, H, T, D), nan(B, H, T, D)
-    dg, db, dkap = nan(B, H, T), nan(B, H, T), nan(B, H, T)
-    launch("dupart", D, tag, (N, B * H), q, k, g, dO, dUp, scale, H, Hkv, T)
-    launch("bstate", D, tag, (D // BV, B * H), q, k, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, T, N)
+    dq, dk, dv = nan(B, H, Tp, D), nan(B, H, Tp, D), nan(B, H, Tp, D)
+    dg, db, dkap = nan(B, H, Tp), nan(B, H, Tp), nan(B, H, Tp)
+    launch("dupart", D, tag, (N, B * H), q, k, g, dO, dUp, scale, H, Hkv, Tp)
+    launch("bstate", D, tag, (D // BV, B * H), q, k, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, Tp, N)
     launch("local", D, tag, (N, B * H), q, k, v, g, beta, kappa, W, U, Ut, H0, dH1, dUt, dO, dVb, dKw,
-           dq, dk, dv, dg, db, dkap, scale, H, Hkv, T)
+           dq, dk, dv, dg, db, dkap, scale, H, Hkv, Tp)
     G = H // Hkv
-    return dict(q=dq, k=dk.view(B, Hkv, G, T, D).sum(2), v=dv.view(B, Hkv, G, T, D).sum(2),
-                g=dg, beta=db, kappa=dkap, h0=dh0.view(B, H, D, D))
+    t = lambda x: x[:, :, :T]
+    return dict(q=t(dq), k=t(dk.view(B, Hkv, G, Tp, D).sum(2)), v=t(dv.view(B, Hkv, G, Tp, D).sum(2)),
+                g=t(dg), beta=t(db), kappa=t(dkap), h0=dh0.view(B, H, D, D))
 
 
 def reference(q, k, v, g, beta, kappa, h0, scale):
@@ -140,16 +148,19 @@ def check(small):
     if small: cases = cases[:2]
     rows, ok = [], True
     for (B, H, Hkv, T, D) in cases:
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype, tag in ((torch.float32, "f32"), (torch.bfloat16, "tf32")):
             for with_h0 in (True, False):
                 seed = hash((B, H, T, D, str(dtype), with_h0)) % 10000
                 q, k, v, g, beta, kappa, h0 = inputs(B, H, Hkv, T, D, dtype, seed, with_h0)
                 scale = 1.0 / math.sqrt(D)
-                o, hT, saved = fused_forward(q, k, v, g, beta, kappa, h0, scale)
+                f = lambda x: x.float().contiguous()
+                o, hT, saved = fused_forward(f(q), f(k), f(v), g, beta, kappa, h0, scale, tag)
                 gen = torch.Generator(device="cuda").manual_seed(seed + 1)
                 dO = torch.randn(o.shape, device="cuda", generator=gen).to(dtype)
                 dhT = torch.randn(hT.shape, device="cuda", generator=gen) * 0.1
-                grads = fused_backward(q, k, v, g, beta, kappa, saved, dO, dhT, scale)
+                grads = fused_backward(saved, f(dO), dhT, scale, tag)
+                o_f32 = o
+                if dtype == torch.bfloat16: o = o.to(dtype)      # what FusedComba returns
                 torch.cuda.synchronize()
                 leaves = dict(q=q, k=k, v=v, g=g, beta=beta, kappa=kappa, h0=h0)
                 ref_in = {n: (x.double().requires_grad_() if x is not None else None) for n, x in leaves.items()}
@@ -157,14 +168,14 @@ def check(small):
                 loss = (ro * dO.double()).sum() + (rh * dhT.double()).sum()
                 names = [n for n in leaves if ref_in[n] is not None]
                 rg = torch.autograd.grad(loss, [ref_in[n] for n in names])
-                errs = {"o": rel(o, ro), "hT": rel(hT, rh)}
+                errs = {"o": rel(o, ro), "o_f32": rel(o_f32, ro), "hT": rel(hT, rh)}
                 for n, x in zip(names, rg): errs["d" + n] = rel(grads[n], x)
                 tol = 1e-5 if dtype == torch.float32 else 2e-3
                 worst = max(errs.values()) if all(math.isfinite(e) for e in errs.values()) else float("nan")
                 good = worst <= tol
                 ok &= good
-                rows.append(dict(B=B, H=H, Hkv=Hkv, T=T, D=D, dtype=str(dtype).split(".")[1], h0=with_h0, worst=worst, ok=good, **errs))
-                print(f"{'ok ' if good else 'BAD'} B{B} H{H}/{Hkv} T{T} D{D} {str(dtype)[6:]:8s} h0={int(with_h0)} worst {worst:.2e}  " +
+                rows.append(dict(B=B, H=H, Hkv=Hkv, T=T, D=D, mode=tag, h0=with_h0, worst=worst, ok=good, **errs))
+                print(f"{'ok ' if good else 'BAD'} B{B} H{H}/{Hkv} T{T} D{D} {tag:5s} h0={int(with_h0)} worst {worst:.2e}  " +
                       " ".join(f"{n}={e:.1e}" for n, e in errs.items()), flush=True)
     return ok, rows
 
@@ -180,25 +191,35 @@ def time_ms(fn, reps=20, warm=3):
     return float(np.median(ts))
 
 
-def timing():
+def timing(tag="tf32"):
     out = []
     for (B, T, H, D) in [(8, 2048, 16, 128), (1, 8192, 32, 128), (2, 16384, 16, 128)]:
         q, k, v, g, beta, kappa, h0 = inputs(B, H, H, T, D, torch.bfloat16, 7, with_h0=False)
         scale = 1.0 / math.sqrt(D)
-        N = (T + CH - 1) // CH; Tp = N * CH
-        o, hT, saved = fused_forward(q, k, v, g, beta, kappa, None, scale)
-        W, U, Ut, H0 = saved
-        dO = torch.randn_like(q)
+        N = T // CH
+        qf, kf, vf = q.float(), k.float(), v.float()
+        o, hT, saved = fused_forward(qf, kf, vf, g, beta, kappa, None, scale, tag)
+        _, _, _, _, _, _, W, U, Ut, H0 = saved
+        dO = torch.randn_like(qf)
+        of = torch.empty_like(qf)
+        dUp = torch.empty_like(W); dUt = torch.empty_like(W); dVb = torch.empty_like(W); dKw = torch.empty_like(W)
+        dH1 = torch.empty_like(H0); e = lambda: torch.empty_like(qf); e1 = lambda: torch.empty_like(g)
+        dq, dk, dv, dg, db, dkap = e(), e(), e(), e1(), e1(), e1()
         row = dict(B=B, T=T, H=H, D=D)
-        row["prepare"] = time_ms(lambda: launch("prepare", D, "bf16", (N, B * H), k, v, g, beta, kappa, W, U, H, H, T))
-        row["state"] = time_ms(lambda: launch("state", D, "bf16", (D // BV, B * H), k, g, W, U, None, Ut, H0, hT, H, H, T, N))
-        row["output"] = time_ms(lambda: launch("output", D, "bf16", (N, B * H), q, k, g, Ut, H0, o, scale, H, H, T))
-        row["fwd"] = time_ms(lambda: fused_forward(q, k, v, g, beta, kappa, None, scale))
-        row["bwd"] = time_ms(lambda: fused_backward(q, k, v, g, beta, kappa, saved, dO, None, scale), reps=5, warm=1)
+        row["prepare"] = time_ms(lambda: launch("prepare", D, tag, (N, B * H), kf, vf, g, beta, kappa, W, U, H, H, T))
+        row["state"] = time_ms(lambda: launch("state", D, tag, (D // BV, B * H), kf, g, W, U, None, Ut, H0, hT, H, H, T, N))
+        row["output"] = time_ms(lambda: launch("output", D, tag, (N, B * H), qf, kf, g, Ut, H0, of, scale, H, H, T))
+        row["dupart"] = time_ms(lambda: launch("dupart", D, tag, (N, B * H), qf, kf, g, dO, dUp, scale, H, H, T))
+        row["bstate"] = time_ms(lambda: launch("bstate", D, tag, (D // BV, B * H), qf, kf, g, W, dO, dUp, None, dUt, dH1, hT, scale, H, H, T, N))
+        row["local"] = time_ms(lambda: launch("local", D, tag, (N, B * H), qf, kf, vf, g, beta, kappa, W, U, Ut, H0, dH1, dUt, dO, dVb, dKw,
+                                              dq, dk, dv, dg, db, dkap, scale, H, H, T))
+        row["fwd"] = row["prepare"] + row["state"] + row["output"]
+        row["bwd"] = row["dupart"] + row["bstate"] + row["local"]
         qs, ks, vs = q.detach().requires_grad_(), k.detach().requires_grad_(), v.detach().requires_grad_()
         row["sdpa_fwd"] = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        dOb = dO.to(q.dtype)
         def sdpa_fb():
-            F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).backward(dO)
+            F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).backward(dOb)
         row["sdpa_fwdbwd"] = time_ms(sdpa_fb)
         out.append(row)
         print("  ".join(f"{k_}={v_:.3f}" if isinstance(v_, float) else f"{k_}={v_}" for k_, v_ in row.items()), flush=True)
