@@ -9,8 +9,9 @@ namespace CombaDistill.Tests.Ops;
 /// <summary>
 /// The fused CUDA kernels (GPU lane) against the float64 Naive reference computed on CPU from the same numbers:
 /// outputs, final state and every gradient, relative error ≤ 1e-5 from float32 inputs and ≤ 2e-3 from bf16 inputs
-/// (the bf16 output's own rounding is about 1.6e-3 of that, and bf16 leaves keep their gradients in bf16, ≤ 1.95e-3).
-/// The kernels alone, measured by tools/kernels/comba_check.py, are within 2e-6 on every gradient. Shapes include T not a multiple of 64, GQA, one token,
+/// (the bf16 output's own rounding is about 1.6e-3 of that). The bf16 case keeps gates and parameters in float32, as a
+/// mixed-precision model does. The kernels alone (tools/kernels/comba_check.py) are within 1.5e-6 in float32 and
+/// 5e-4 on tensor cores, on every gradient. Shapes include T not a multiple of 64, GQA, one token,
 /// head dims 64/128/256 and an initial state. On CPU the fused op is the chunkwise op, exactly.
 /// </summary>
 public class FusedCombaTests
@@ -45,6 +46,16 @@ public class FusedCombaTests
         foreach (var (dtype, tolerance) in new[] { (ScalarType.Float32, 1e-5), (ScalarType.BFloat16, 2e-3) })
         {
             using var inputs = source.To(dtype, CUDA);
+            if (dtype == ScalarType.BFloat16)
+            {
+                // bf16 activations, float32 gates and parameters, as in a mixed-precision model: a bf16 leaf keeps its
+                // gradient in bf16, which alone is up to 1.95e-3 off for the few entries of λ and d
+                inputs.G = source.G.to(ScalarType.Float32, CUDA);
+                inputs.Beta = source.Beta.to(ScalarType.Float32, CUDA);
+                inputs.Lambda = source.Lambda.to(ScalarType.Float32, CUDA);
+                inputs.D = source.D.to(ScalarType.Float32, CUDA);
+                inputs.State = source.State?.to(ScalarType.Float32, CUDA);
+            }
             using var reference = inputs.To(ScalarType.Float64, CPU);   // the same (rounded) numbers
             (Tensor O, Tensor S, Tensor[] Grads) Run(CombaInputs x, Func<CombaInputs, (Tensor O, Tensor S)> op)
             {
