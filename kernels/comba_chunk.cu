@@ -125,6 +125,18 @@ __device__ __forceinline__ float warp_dot(const float* a, const float* b, int n)
     return s;
 }
 
+// CH rows of a row-major (·, D) float matrix into shared memory with row stride D + 4 (tensor-core fragment loads
+// then hit distinct banks, direct or transposed), in 16-byte coalesced loads. Callers sync before use.
+template <int D>
+__device__ __forceinline__ void stage_rows(float* s, const float* src)
+{
+    for (int idx = threadIdx.x; idx < CH * D / 4; idx += NT)
+    {
+        int i = idx / (D / 4), c4 = idx % (D / 4);
+        *reinterpret_cast<float4*>(s + i * (D + 4) + 4 * c4) = reinterpret_cast<const float4*>(src + (size_t)i * D)[c4];
+    }
+}
+
 struct Head
 {
     int bh, b, hq, hk;
@@ -171,10 +183,10 @@ __device__ void load_gates(Gates G, const float* g, const float* beta, const flo
 // A (strictly lower, row stride CH+4: conflict-free fragment loads) and, if asked, K Kᵀ's strictly lower part; then M = (I + A)⁻¹ column by
 // column: column j depends only on itself (M_ij = −Σ_{j≤l<i} A_il M_lj), so each of CH threads owns one, no barrier.
 template <int D, bool TC>
-__device__ void build_inverse(const float* K, Gates G, float* As, float* Ms, float* KK)
+__device__ void build_inverse(const float* K, int ks, Gates G, float* As, float* Ms, float* KK)
 {
     const int MS = CH + 4;
-    block_mm<CH, CH, TC>(rows(K, D), cols(K, D), D, [&](int i, int j, float kk) {
+    block_mm<CH, CH, TC>(rows(K, ks), cols(K, ks), D, [&](int i, int j, float kk) {
         As[i * MS + j] = j < i ? G.kap[i] * kk * expf(G.gam0[i] - G.gam[j]) : 0.f;
         if (KK) KK[i * MS + j] = j < i ? kk : 0.f;
     });
@@ -199,10 +211,10 @@ __device__ void build_inverse(const float* K, Gates G, float* As, float* Ms, flo
 
 // S = (Q Kᵀ) ⊙ e^{γ_i − γ_j} ⊙ causal (diagonal included), into shared memory.
 template <int D, bool TC>
-__device__ void build_scores(const float* Q, const float* K, Gates G, float* S)
+__device__ void build_scores(const float* Q, const float* K, int ks, Gates G, float* S)
 {
     const int MS = CH + 4;
-    block_mm<CH, CH, TC>(rows(Q, D), cols(K, D), D, [&](int i, int j, float qk) {
+    block_mm<CH, CH, TC>(rows(Q, ks), cols(K, ks), D, [&](int i, int j, float qk) {
         S[i * MS + j] = j <= i ? qk * expf(G.gam[i] - G.gam[j]) : 0.f;
     });
     __syncthreads();
@@ -211,7 +223,7 @@ __device__ void build_scores(const float* Q, const float* K, Gates G, float* S)
 // ───────────────────────────── forward ─────────────────────────────
 
 // grid (N, B·H): W and U of every chunk.  U = (M diag β) V,  W = (M diag κe^{γ⁰}) K.
-template <int D, bool TC>
+template <int D, bool TC, bool STAGE>
 __device__ void fwd_prepare(const float* k, const float* v, const float* g, const float* beta, const float* kappa,
                             float* W, float* U, int H, int Hkv, int T)
 {
@@ -221,11 +233,14 @@ __device__ void fwd_prepare(const float* k, const float* v, const float* g, cons
     float* As = sm;
     float* Ms = As + CH * MS;
     Gates G = carve_gates(Ms + CH * MS);
+    float* Ks = G.kap + CH;          // STAGE: CH × (D+4)
+    const int ks = STAGE ? D + 4 : D;
     const float* K = k + (hd.kv(Hkv, T) + t0) * D;
     const float* V = v + (hd.kv(Hkv, T) + t0) * D;
     const size_t row0 = hd.q(T) + t0;
+    if (STAGE) { stage_rows<D>(Ks, K); K = Ks; }
     load_gates(G, g + hd.q(T), beta + hd.q(T), kappa + hd.q(T), t0);
-    build_inverse<D, TC>(K, G, As, Ms, nullptr);
+    build_inverse<D, TC>(K, ks, G, As, Ms, nullptr);
     for (int idx = threadIdx.x; idx < CH * CH; idx += NT)   // As ← M diag(κ e^{γ⁰}), Ms ← M diag(β)
     {
         int i = idx / CH, j = idx % CH;
@@ -235,7 +250,7 @@ __device__ void fwd_prepare(const float* k, const float* v, const float* g, cons
     }
     __syncthreads();
     block_mm<CH, D, TC>(rows(Ms, MS), rows(V, D), CH, [&](int i, int c, float x) { U[(row0 + i) * D + c] = x; });
-    block_mm<CH, D, TC>(rows(As, MS), rows(K, D), CH, [&](int i, int c, float x) { W[(row0 + i) * D + c] = x; });
+    block_mm<CH, D, TC>(rows(As, MS), rows(K, ks), CH, [&](int i, int c, float x) { W[(row0 + i) * D + c] = x; });
 }
 
 // grid (D/BV, B·H): the only sequential pass. Keeps a D×BV slice of h in shared memory, writes every chunk-start
@@ -279,7 +294,7 @@ __device__ void fwd_state(const float* k, const float* g, const float* W, const 
 }
 
 // grid (N, B·H): O = s [e^{γ} ⊙ (Q h) + S Ũ].
-template <int D, bool TC>
+template <int D, bool TC, bool STAGE>
 __device__ void fwd_output(const float* q, const float* k, const float* g, const float* Ut, const float* H0,
                            float* o, float scale, int H, int Hkv, int T)
 {
@@ -289,20 +304,25 @@ __device__ void fwd_output(const float* q, const float* k, const float* g, const
     float* S = sm;
     Gates G = carve_gates(S + CH * MS);
     float* eg = G.kap + CH;
+    float* Qs = eg + CH;             // STAGE: CH × (D+4) each
+    float* Ks = Qs + CH * (D + 4);
+    const int ks = STAGE ? D + 4 : D;
     const size_t row0 = hd.q(T) + t0;
     const float* Q = q + row0 * D;
+    const float* K = k + (hd.kv(Hkv, T) + t0) * D;
+    if (STAGE) { stage_rows<D>(Qs, Q); stage_rows<D>(Ks, K); Q = Qs; K = Ks; }
     load_gates(G, g + hd.q(T), nullptr, nullptr, t0);
     if (threadIdx.x < CH) eg[threadIdx.x] = expf(G.gam[threadIdx.x]);
-    build_scores<D, TC>(Q, k + (hd.kv(Hkv, T) + t0) * D, G, S);
+    build_scores<D, TC>(Q, K, ks, G, S);
     const float* h = H0 + ((size_t)hd.bh * N + n) * D * D;
-    block_mm<CH, D, TC>(rows(Q, D), rows(h, D), D, eg, rows(S, MS), rows(Ut + row0 * D, D), CH,
+    block_mm<CH, D, TC>(rows(Q, ks), rows(h, D), D, eg, rows(S, MS), rows(Ut + row0 * D, D), CH,
                         [&](int i, int c, float x) { o[(row0 + i) * D + c] = scale * x; });
 }
 
 // ───────────────────────────── backward ─────────────────────────────
 
 // grid (N, B·H): the output's share of dŨ, s Sᵀ dO.
-template <int D, bool TC>
+template <int D, bool TC, bool STAGE>
 __device__ void bwd_dupart(const float* q, const float* k, const float* g, const float* dO, float* dUp, float scale,
                            int H, int Hkv, int T)
 {
@@ -311,9 +331,15 @@ __device__ void bwd_dupart(const float* q, const float* k, const float* g, const
     Head hd(blockIdx.y, H, Hkv);
     float* S = sm;
     Gates G = carve_gates(S + CH * MS);
+    float* Qs = G.kap + CH;          // STAGE: CH × (D+4) each
+    float* Ks = Qs + CH * (D + 4);
+    const int ks = STAGE ? D + 4 : D;
     const size_t row0 = hd.q(T) + t0;
+    const float* Q = q + row0 * D;
+    const float* K = k + (hd.kv(Hkv, T) + t0) * D;
+    if (STAGE) { stage_rows<D>(Qs, Q); stage_rows<D>(Ks, K); Q = Qs; K = Ks; }
     load_gates(G, g + hd.q(T), nullptr, nullptr, t0);
-    build_scores<D, TC>(q + row0 * D, k + (hd.kv(Hkv, T) + t0) * D, G, S);
+    build_scores<D, TC>(Q, K, ks, G, S);
     block_mm<CH, D, TC>(cols(S, MS), rows(dO + row0 * D, D), CH,
                         [&](int j, int c, float x) { dUp[(row0 + j) * D + c] = scale * x; });
 }
@@ -371,7 +397,7 @@ __device__ void bwd_state(const float* q, const float* k, const float* g, const 
 // grid (N, B·H): every per-chunk gradient. dK and dV come per query head (the caller sums a KV head's group);
 // dVb and dKw are float scratch (B·H, T, D). With dVβ = Mᵀ dŨ and dKw = Mᵀ dW = −dVβ hᵀ, the inverse's gradient is
 // dA = −Mᵀ dM Mᵀ = −(dVβ Uᵀ + dKw Wᵀ), because U = M diag(β) V and W = M diag(κe^{γ⁰}) K.
-template <int D, bool TC>
+template <int D, bool TC, bool STAGE>
 __device__ void bwd_local(const float* q, const float* k, const float* v, const float* g, const float* beta, const float* kappa,
                           const float* W, const float* U, const float* Ut, const float* H0, const float* dH1,
                           const float* dUt, const float* dO, float* dVb, float* dKw,
@@ -392,10 +418,14 @@ __device__ void bwd_local(const float* q, const float* k, const float* v, const 
     float* dkap = dgam0 + CH;
     float* eg = dkap + CH;           // s e^{γ}
     float* red = eg + CH;            // NT
+    float* Qs = red + NT;            // STAGE: CH × (D+4) each
+    float* Ks = Qs + CH * (D + 4);
+    const int ks = STAGE ? D + 4 : D;
     const size_t row0 = hd.q(T) + t0, kv0 = hd.kv(Hkv, T) + t0;
     const float* K = k + kv0 * D;
     const float* V = v + kv0 * D;
     const float* Q = q + row0 * D;
+    if (STAGE) { stage_rows<D>(Qs, Q); stage_rows<D>(Ks, K); Q = Qs; K = Ks; }
     const float* h = H0 + ((size_t)hd.bh * N + n) * D * D;
     const float* dh1 = dH1 + ((size_t)hd.bh * N + n) * D * D;
     float* dVbC = dVb + row0 * D;
@@ -408,7 +438,7 @@ __device__ void bwd_local(const float* q, const float* k, const float* v, const 
         eg[threadIdx.x] = scale * expf(G.gam[threadIdx.x]);
     }
     red[threadIdx.x] = 0.f;
-    build_inverse<D, TC>(K, G, As, Ms, KK);
+    build_inverse<D, TC>(K, ks, G, As, Ms, KK);
     const float gC = G.gam[CH - 1];
 
     // dVβ = Mᵀ dŨ;  dV = β dVβ
@@ -424,7 +454,7 @@ __device__ void bwd_local(const float* q, const float* k, const float* v, const 
     for (int j = warp; j < CH; j += NW)
     {
         float db = warp_dot(dVbC + j * D, V + j * D, D);
-        float r = expf(G.gam0[j]) * warp_dot(dKwC + j * D, K + j * D, D);
+        float r = expf(G.gam0[j]) * warp_dot(dKwC + j * D, K + j * ks, D);
         if (lane == 0)
         {
             dbeta[row0 + j] = db;
@@ -474,7 +504,7 @@ __device__ void bwd_local(const float* q, const float* k, const float* v, const 
         As[i * MS + j] = j <= i ? scale * x * expf(G.gam[i] - G.gam[j]) : 0.f;
     });
     __syncthreads();
-    block_mm<CH, CH, TC>(rows(Q, D), cols(K, D), D, [&](int i, int j, float x) { Ms[i * MS + j] = As[i * MS + j] * x; });
+    block_mm<CH, CH, TC>(rows(Q, ks), cols(K, ks), D, [&](int i, int j, float x) { Ms[i * MS + j] = As[i * MS + j] * x; });
     __syncthreads();
     if (threadIdx.x < CH)
     {
@@ -501,8 +531,8 @@ __device__ void bwd_local(const float* q, const float* k, const float* v, const 
     __syncthreads();
     for (int i = warp; i < CH; i += NW)
     {
-        float qi = warp_dot(Q + i * D, dq + (row0 + i) * D, D);
-        float ti = warp_dot(dVbC + i * D, K + i * D, D);
+        float qi = warp_dot(Q + i * ks, dq + (row0 + i) * D, D);
+        float ti = warp_dot(dVbC + i * D, K + i * ks, D);
         if (lane == 0)
         {
             dgam[i] += qi - ti;
@@ -511,8 +541,8 @@ __device__ void bwd_local(const float* q, const float* k, const float* v, const 
     }
     __syncthreads();
     // dQ += P K;  dK = (G + Gᵀ) K + Pᵀ Q + κ e^{γ⁰} ⊙ dKw + dK̃
-    block_mm<CH, D, TC>(rows(As, MS), rows(K, D), CH, [&](int i, int c, float x) { dq[(row0 + i) * D + c] += x; });
-    block_mm<CH, D, TC>(rows(KK, MS), rows(K, D), CH, nullptr, cols(As, MS), rows(Q, D), CH, [&](int i, int c, float x) {
+    block_mm<CH, D, TC>(rows(As, MS), rows(K, ks), CH, [&](int i, int c, float x) { dq[(row0 + i) * D + c] += x; });
+    block_mm<CH, D, TC>(rows(KK, MS), rows(K, ks), CH, nullptr, cols(As, MS), rows(Q, ks), CH, [&](int i, int c, float x) {
         dk[(row0 + i) * D + c] = x + G.kap[i] * expf(G.gam0[i]) * dKwC[i * D + c] + dVbC[i * D + c];
     });
     // dγ_C = Σ_i t_i + e^{γ_C} ⟨h, dh'⟩
@@ -543,13 +573,14 @@ __device__ void bwd_local(const float* q, const float* k, const float* v, const 
 }
 
 // ───────────────────────────── entry points ─────────────────────────────
-// One extern "C" symbol per (head dim, arithmetic); names: comba_<stage>_<d>_<f32|tf32>.
+// One extern "C" symbol per (head dim, arithmetic); names: comba_<stage>_<d>_<f32|tf32|tf32s>. "tf32s" stages the
+// chunk's q and k rows in shared memory first (D ≤ 128: at D = 256 they would not fit beside the rest).
 
-#define COMBA_ENTRIES(D, TC, TAG)                                                                                    \
+#define COMBA_ENTRIES(D, TC, STAGE, TAG)                                                                                    \
     extern "C" __global__ void __launch_bounds__(NT) comba_fwd_prepare_##D##_##TAG(                                   \
         const float* k, const float* v, const float* g, const float* beta, const float* kappa, float* W, float* U,   \
         int H, int Hkv, int T)                                                                                       \
-    { fwd_prepare<D, TC>(k, v, g, beta, kappa, W, U, H, Hkv, T); }                                                  \
+    { fwd_prepare<D, TC, STAGE>(k, v, g, beta, kappa, W, U, H, Hkv, T); }                                                  \
     extern "C" __global__ void __launch_bounds__(NT) comba_fwd_state_##D##_##TAG(                                     \
         const float* k, const float* g, const float* W, const float* U, const float* h0, float* Ut, float* H0,      \
         float* hT, int H, int Hkv, int T, int N)                                                                     \
@@ -557,11 +588,11 @@ __device__ void bwd_local(const float* q, const float* k, const float* v, const 
     extern "C" __global__ void __launch_bounds__(NT) comba_fwd_output_##D##_##TAG(                                    \
         const float* q, const float* k, const float* g, const float* Ut, const float* H0, float* o, float scale,    \
         int H, int Hkv, int T)                                                                                       \
-    { fwd_output<D, TC>(q, k, g, Ut, H0, o, scale, H, Hkv, T); }                                                    \
+    { fwd_output<D, TC, STAGE>(q, k, g, Ut, H0, o, scale, H, Hkv, T); }                                                    \
     extern "C" __global__ void __launch_bounds__(NT) comba_bwd_dupart_##D##_##TAG(                                    \
         const float* q, const float* k, const float* g, const float* dO, float* dUp, float scale, int H, int Hkv,   \
         int T)                                                                                                       \
-    { bwd_dupart<D, TC>(q, k, g, dO, dUp, scale, H, Hkv, T); }                                                      \
+    { bwd_dupart<D, TC, STAGE>(q, k, g, dO, dUp, scale, H, Hkv, T); }                                                      \
     extern "C" __global__ void __launch_bounds__(NT) comba_bwd_state_##D##_##TAG(                                     \
         const float* q, const float* k, const float* g, const float* W, const float* dO, const float* dUp,          \
         const float* dhT, float* dUt, float* dH1, float* dh0, float scale, int H, int Hkv, int T, int N)             \
@@ -571,12 +602,14 @@ __device__ void bwd_local(const float* q, const float* k, const float* v, const 
         const float* W, const float* U, const float* Ut, const float* H0, const float* dH1, const float* dUt,       \
         const float* dO, float* dVb, float* dKw, float* dq, float* dk, float* dv, float* dg, float* dbeta,         \
         float* dkappa, float scale, int H, int Hkv, int T)                                                           \
-    { bwd_local<D, TC>(q, k, v, g, beta, kappa, W, U, Ut, H0, dH1, dUt, dO, dVb, dKw, dq, dk, dv, dg, dbeta,        \
+    { bwd_local<D, TC, STAGE>(q, k, v, g, beta, kappa, W, U, Ut, H0, dH1, dUt, dO, dVb, dKw, dq, dk, dv, dg, dbeta,        \
                        dkappa, scale, H, Hkv, T); }
 
-COMBA_ENTRIES(64, false, f32)
-COMBA_ENTRIES(64, true, tf32)
-COMBA_ENTRIES(128, false, f32)
-COMBA_ENTRIES(128, true, tf32)
-COMBA_ENTRIES(256, false, f32)
-COMBA_ENTRIES(256, true, tf32)
+COMBA_ENTRIES(64, false, false, f32)
+COMBA_ENTRIES(64, true, false, tf32)
+COMBA_ENTRIES(64, true, true, tf32s)
+COMBA_ENTRIES(128, false, false, f32)
+COMBA_ENTRIES(128, true, false, tf32)
+COMBA_ENTRIES(128, true, true, tf32s)
+COMBA_ENTRIES(256, false, false, f32)
+COMBA_ENTRIES(256, true, false, tf32)

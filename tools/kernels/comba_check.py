@@ -32,8 +32,9 @@ def module():
 MS, US, HS = CH + 4, BV + 4, BV + 4
 
 
-def smem(stage, D):
-    f = {"prepare": 2 * CH * MS + 4 * CH,
+def smem(stage, D, tag="tf32"):
+    staged = {"prepare": 1, "output": 2, "dupart": 2, "local": 2}.get(stage, 0) if tag == "tf32s" else 0
+    f = CH * (D + 4) * staged + {"prepare": 2 * CH * MS + 4 * CH,
          "state": D * HS + CH * US + 4 * CH,
          "output": CH * MS + 5 * CH,
          "dupart": CH * MS + 4 * CH,
@@ -48,7 +49,7 @@ NAMES = {"prepare": "fwd_prepare", "state": "fwd_state", "output": "fwd_output",
 
 def launch(stage, D, tag, grid, *args):
     fn = module().get_function(f"comba_{NAMES[stage]}_{D}_{tag}")
-    sm = smem(stage, D)
+    sm = smem(stage, D, tag)
     fn.max_dynamic_shared_size_bytes = sm
     conv = []
     for a in args:
@@ -148,7 +149,7 @@ def check(small):
     if small: cases = cases[:2]
     rows, ok = [], True
     for (B, H, Hkv, T, D) in cases:
-        for dtype, tag in ((torch.float32, "f32"), (torch.bfloat16, "tf32")):
+        for dtype, tag in ((torch.float32, "f32"), (torch.bfloat16, "tf32")) + (((torch.bfloat16, "tf32s"),) if D <= 128 else ()):
             for with_h0 in (True, False):
                 seed = hash((B, H, T, D, str(dtype), with_h0)) % 10000
                 q, k, v, g, beta, kappa, h0 = inputs(B, H, Hkv, T, D, dtype, seed, with_h0)
@@ -222,7 +223,7 @@ def timing(tag="tf32"):
             F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).backward(dOb)
         row["sdpa_fwdbwd"] = time_ms(sdpa_fb)
         out.append(row)
-        print("  ".join(f"{k_}={v_:.3f}" if isinstance(v_, float) else f"{k_}={v_}" for k_, v_ in row.items()), flush=True)
+        print(tag, "  ".join(f"{k_}={v_:.3f}" if isinstance(v_, float) else f"{k_}={v_}" for k_, v_ in row.items()), flush=True)
     return out
 
 
@@ -237,6 +238,6 @@ if __name__ == "__main__":
         ok, res["check"] = check(a.small)
         print("CHECK", "PASSED" if ok else "FAILED", flush=True)
     if a.time:
-        res["time"] = timing()
+        res["time"] = {tag: timing(tag) for tag in ("tf32", "tf32s")}
     with open(os.path.join(a.out, "comba_check.json"), "w") as f: json.dump(res, f, indent=1)
     sys.exit(0 if ok else 1)
