@@ -78,14 +78,26 @@ public static class FusedComba
         ["bwd_local"] = D => 4 * ChunkSize * Row + 8 * ChunkSize + Threads,
     };
 
+    // Stages whose "tf32s" variant (the chunk's q and k rows staged in shared memory first) measured faster on an H200
+    // (docs/kernels.md: prepare 0.86 → 0.75 ms, dupart 0.42 → 0.29 ms; output and local lose occupancy and slow down),
+    // with the q/k tiles each stage stages.
+    static readonly Dictionary<string, int> StagedTiles = new() { ["fwd_prepare"] = 1, ["bwd_dupart"] = 2 };
+
     static readonly string[] KernelNames =
-        [.. from dim in SupportedHeadDims from stage in Stages.Keys from arithmetic in new[] { "f32", "tf32" } select $"comba_{stage}_{dim}_{arithmetic}"];
+    [
+        .. from dim in SupportedHeadDims from stage in Stages.Keys from arithmetic in new[] { "f32", "tf32" } select $"comba_{stage}_{dim}_{arithmetic}",
+        .. from dim in SupportedHeadDims where dim <= 128 from stage in StagedTiles.Keys select $"comba_{stage}_{dim}_tf32s",
+    ];
 
     static CudaModule Module(Device device) =>
         KernelCache.Default.Load(CudaDevice.For(device), KernelSource.FromResource(KernelFile), KernelNames);
 
-    static void Launch(Device device, string stage, int D, string arithmetic, (int, int) grid, params object[] args) =>
-        Module(device).Kernel($"comba_{stage}_{D}_{arithmetic}").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), 4 * Stages[stage](D), args);
+    static void Launch(Device device, string stage, int D, string arithmetic, (int, int) grid, params object[] args)
+    {
+        var staged = arithmetic == "tf32" && D <= 128 && StagedTiles.ContainsKey(stage);
+        var floats = Stages[stage](D) + (staged ? StagedTiles[stage] * ChunkSize * (D + 4) : 0);
+        Module(device).Kernel($"comba_{stage}_{D}_{(staged ? "tf32s" : arithmetic)}").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), 4 * floats, args);
+    }
 
     /// <summary>
     /// forward(q̃, k̂, v, g, β, κ, h0?, scale, arithmetic) → (o, h_T), T a whole number of chunks. Saves W, U, Ũ and
