@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Text.Json.Nodes;
 using CombaDistill.Distillation;
 using CombaDistill.IO;
@@ -217,6 +218,38 @@ public sealed class LayerShardTests(LayerShardTests.Joint joint) : IClassFixture
         Directory.Delete(Path.Combine(run, "01-align", "shards", "0-of-3"));
 
         RunIt(recipe, run, AlignOnly with { MergeShards = true });
+        AssertSameWeights(Path.Combine(joint.RunFolder, "01-align", "student"), Path.Combine(run, "01-align", "student"));
+    }
+
+    [Fact]
+    public async Task TheCliRunsShardJobsAsSeparateProcessesAtTheSameTimeAndMergesThem()
+    {
+        var run = dir["cli"];
+        string[] Args(params string[] extra) => ["distill", "--recipe", joint.RecipePath, "--run-dir", run, "--device", "cpu", "--threads", "1", "--no-tensorboard", .. extra];
+        var (code, _, stderr) = CliProcess.Run(Args("--prepare"));
+        Assert.True(code == 0, stderr);
+        Assert.Contains("prepared:", stderr);
+
+        // both shard jobs at once on the shared run folder, as an indexed job or a job array starts them
+        var ct = TestContext.Current.CancellationToken;
+        var jobs = new[] { "0/2", "1/2" }.Select(shard => Process.Start(CliProcess.StartInfo(Args("--stage", "align", "--shard", shard, "--resume")))!).ToArray();
+        var outputs = jobs.Select(j => (Out: j.StandardOutput.ReadToEndAsync(ct), Err: j.StandardError.ReadToEndAsync(ct))).ToArray();
+        foreach (var (job, output) in jobs.Zip(outputs))
+        {
+            await job.WaitForExitAsync(ct);
+            Assert.True(job.ExitCode == 0, await output.Err);
+            Assert.Contains("no final student yet", await output.Out);
+            job.Dispose();
+        }
+
+        (code, _, stderr) = CliProcess.Run(Args("--stage", "kd", "--shard", "0/2"));
+        Assert.Equal(2, code);
+        Assert.Contains("error: ", stderr);
+        Assert.Contains("stage 'kd' is distillation", stderr);
+
+        (code, _, stderr) = CliProcess.Run(Args("--stage", "align", "--merge-shards"));
+        Assert.True(code == 0, stderr);
+        Assert.Contains("merging 2 shards", stderr);
         AssertSameWeights(Path.Combine(joint.RunFolder, "01-align", "student"), Path.Combine(run, "01-align", "student"));
     }
 }
