@@ -9,8 +9,9 @@ namespace CombaDistill.Cli;
 /// <summary>
 /// <c>distill</c>: runs a recipe in a run folder with a live progress bar per stage on standard error, and prints the
 /// summary table on standard output. Ctrl-C finishes the current step, saves a checkpoint and exits; <c>--resume</c>
-/// continues. <c>--gpus N</c> (or <c>--workers N</c> on the CPU) runs it data-parallel in N processes of this same
-/// command line (<see cref="DistillWorkers"/>).
+/// continues. <c>--prepare</c>, <c>--shard I/N</c> and <c>--merge-shards</c> split an alignment stage into independent
+/// jobs (docs/multi-gpu.md). <c>--gpus N</c> (or <c>--workers N</c> on the CPU) runs it data-parallel in N processes of
+/// this same command line (<see cref="DistillWorkers"/>, docs/data-parallel.md).
 /// </summary>
 static class DistillCommand
 {
@@ -23,12 +24,18 @@ static class DistillCommand
         var noTensorBoard = new Option<bool>("--no-tensorboard") { Description = "do not write TensorBoard event files" };
         var validateOnly = new Option<bool>("--validate") { Description = "check the recipe and exit" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: one per core); 1 is often fastest for tiny models or on a busy machine" };
+        var prepare = new Option<bool>("--prepare") { Description = "set --run-dir up (recipe copy, teacher import, conversion, tokenized data) and exit; run it once before shard jobs" };
+        var shard = new Option<string?>("--shard")
+        {
+            Description = "with --stage ALIGN: train only shard I/N of the stage's layers, as one of N independent jobs (0 ≤ I < N); merge them with --merge-shards",
+        };
+        var merge = new Option<bool>("--merge-shards") { Description = "with --stage ALIGN: make the stage's result from its N finished shards" };
         var gpus = new Option<int?>("--gpus") { Description = "data-parallel over N GPUs: N processes, one per GPU (cuda:0 … cuda:N−1), with the recipe's global batch split between them (docs/data-parallel.md)" };
         var workers = new Option<int?>("--workers") { Description = "data-parallel over N CPU processes (--device cpu), reducing over loopback TCP" };
         var teacherGpus = new Option<int?>("--teacher-gpus") { Description = "split the teacher by layer over K GPUs per process, for a teacher too large for one: the process's student GPU and the K−1 after it" };
         var command = new Command("distill", "Distill a teacher into a Comba student, stage by stage, as a recipe says")
         {
-            recipe, runDir, resume, stage, noTensorBoard, validateOnly, threads, gpus, workers, teacherGpus,
+            recipe, runDir, resume, stage, noTensorBoard, validateOnly, threads, prepare, shard, merge, gpus, workers, teacherGpus,
         };
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
@@ -41,6 +48,9 @@ static class DistillCommand
                 CliCommon.Err.MarkupLineInterpolated($"[green]ok:[/] {loaded.SourcePath}: {loaded.Stages.Count} stage(s), {loaded.Stages.Sum(s => s.TotalSteps * s.TokensPerStep):N0} training tokens");
                 return 0;
             }
+            var layerShard = parse.GetValue(shard) is { } text ? LayerShard.Parse(text) : (LayerShard?)null;
+            if (layout.WorldSize > 1 && (layerShard is not null || parse.GetValue(merge) || parse.GetValue(prepare)))
+                throw new ArgumentException("--prepare, --shard and --merge-shards run as single processes; give each shard job its own GPU instead of --gpus/--workers (docs/multi-gpu.md)");
             var worker = Worker.FromEnvironment();
             if (worker is null && layout.WorldSize > 1) return DistillWorkers.Launch(layout, ct);
             if (worker is not null && worker.WorldSize != layout.WorldSize)
@@ -50,10 +60,16 @@ static class DistillCommand
             var rank = worker?.Rank ?? 0;
             var device = layout.StudentDevice(rank);
             SetThreads(parse.GetValue(threads) ?? layout.DefaultThreads);
+            if (parse.GetValue(prepare))
+            {
+                DistillationRun.Prepare(loaded, parse.GetValue(runDir)!, new Reporter(loaded, []), ct);
+                CliCommon.Err.MarkupLineInterpolated($"[green]prepared:[/] {Path.GetFullPath(parse.GetValue(runDir)!)}");
+                return 0;
+            }
             var options = new DistillOptions
             {
                 Resume = parse.GetValue(resume), OnlyStage = parse.GetValue(stage), Device = device, TensorBoard = !parse.GetValue(noTensorBoard),
-                TeacherDevices = layout.TeacherDevices(rank),
+                Shard = layerShard, MergeShards = parse.GetValue(merge), TeacherDevices = layout.TeacherDevices(rank),
             };
             if (worker is not null) return DistillWorkers.RunWorker(worker, loaded, parse.GetValue(runDir)!, options, ct);
             var summary = RunWithProgress(loaded, parse.GetValue(runDir)!, options, ct);
@@ -138,6 +154,11 @@ static class DistillCommand
         }
         var stdout = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Out) });
         stdout.Write(table);
+        if (summary.StudentFolder.Length == 0)
+        {
+            stdout.MarkupLine("no final student yet: the last stage has not run; continue the run with --resume");
+            return;
+        }
         stdout.MarkupLineInterpolated($"held-out perplexity over {summary.ValidationTokens:N0} tokens (windows of {summary.EvalSequenceLength}): teacher {summary.TeacherPerplexity:F4}, student {summary.StudentPerplexity:F4}, ratio {summary.PerplexityRatio:F4}");
         stdout.MarkupLineInterpolated($"student: {summary.StudentFolder}   ({summary.Seconds / 60:F1} minutes)");
     }
