@@ -245,4 +245,20 @@ public class CudaKernelGpuTests
         var reference = Gradients(CPU, custom: false);
         for (int i = 0; i < 3; i++) Compare.Close(onCuda[i], reference[i], 1e-5, $"gradient {i} on CUDA");
     }
+
+    [Fact]
+    public void The_kernel_benchmark_times_with_CUDA_events()
+    {
+        Gpu.Require();
+        var report = KernelBenchmark.Run(CUDA, [new BenchShape(1, 300, 2, 64)], ScalarType.BFloat16,
+            new KernelBenchOptions { Warmup = 1, Repeats = 3, InputSets = 2 }, cancellation: TestContext.Current.CancellationToken);
+        Assert.StartsWith("CUDA events", report.Timing);
+        Assert.Equal("available", report.FusedKernels);
+        Assert.Equal(3, report.Results.Count);
+        Assert.All(report.Results, r =>
+        {
+            Assert.Null(r.Note);
+            Assert.True(r.ForwardMs > 0 && r.ForwardBackwardMs > 0, $"{r.Op}: {r.ForwardMs} / {r.ForwardBackwardMs} ms");
+        });
+    }
 }
