@@ -44,9 +44,9 @@ public class NvrtcTests
         RequireNvrtc();
         var e = Assert.Throws<CudaCompileException>(() => Nvrtc.Compile(TestKernels.Broken.Text, TestKernels.Broken.FileName, ["broken"], Sm80));
         Assert.Equal("broken.cu", e.KernelFile);
-        // line 3 lacks its ';', which the parser notices at the next token, on line 4
-        Assert.Contains("broken.cu(4): error: expected a \";\"", e.Log);
-        Assert.Contains("broken.cu(4): error", e.Message);
+        // line 3 lacks its ';', which NVRTC 11.8 reports at the next token, on line 4
+        Assert.Matches(@"broken\.cu\([34]\): error: expected a "";""", e.Log);
+        Assert.Matches(@"broken\.cu\([34]\): error", e.Message);
         Assert.Contains("-arch=sm_80", e.Message);
     }
 
