@@ -7,7 +7,8 @@ namespace CombaDistill.Cli;
 /// <summary>
 /// <c>distill</c>: runs a recipe in a run folder with a live progress bar per stage on standard error, and prints the
 /// summary table on standard output. Ctrl-C finishes the current step, saves a checkpoint and exits; <c>--resume</c>
-/// continues.
+/// continues. <c>--prepare</c>, <c>--shard I/N</c> and <c>--merge-shards</c> split an alignment stage into independent
+/// jobs (docs/multi-gpu.md).
 /// </summary>
 static class DistillCommand
 {
@@ -20,9 +21,15 @@ static class DistillCommand
         var noTensorBoard = new Option<bool>("--no-tensorboard") { Description = "do not write TensorBoard event files" };
         var validateOnly = new Option<bool>("--validate") { Description = "check the recipe and exit" };
         var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: one per core); 1 is often fastest for tiny models or on a busy machine" };
+        var prepare = new Option<bool>("--prepare") { Description = "set --run-dir up (recipe copy, teacher import, conversion, tokenized data) and exit; run it once before shard jobs" };
+        var shard = new Option<string?>("--shard")
+        {
+            Description = "with --stage ALIGN: train only shard I/N of the stage's layers, as one of N independent jobs (0 ≤ I < N); merge them with --merge-shards",
+        };
+        var merge = new Option<bool>("--merge-shards") { Description = "with --stage ALIGN: make the stage's result from its N finished shards" };
         var command = new Command("distill", "Distill a teacher into a Comba student, stage by stage, as a recipe says")
         {
-            recipe, runDir, resume, stage, noTensorBoard, validateOnly, threads,
+            recipe, runDir, resume, stage, noTensorBoard, validateOnly, threads, prepare, shard, merge,
         };
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
@@ -33,11 +40,19 @@ static class DistillCommand
                 CliCommon.Err.MarkupLineInterpolated($"[green]ok:[/] {loaded.SourcePath}: {loaded.Stages.Count} stage(s), {loaded.Stages.Sum(s => s.TotalSteps * s.TokensPerStep):N0} training tokens");
                 return 0;
             }
+            var layerShard = parse.GetValue(shard) is { } text ? LayerShard.Parse(text) : (LayerShard?)null;
             var device = CliCommon.Start(parse);
             SetThreads(parse.GetValue(threads));
+            if (parse.GetValue(prepare))
+            {
+                DistillationRun.Prepare(loaded, parse.GetValue(runDir)!, new Reporter(loaded, []), ct);
+                CliCommon.Err.MarkupLineInterpolated($"[green]prepared:[/] {Path.GetFullPath(parse.GetValue(runDir)!)}");
+                return 0;
+            }
             var options = new DistillOptions
             {
                 Resume = parse.GetValue(resume), OnlyStage = parse.GetValue(stage), Device = device, TensorBoard = !parse.GetValue(noTensorBoard),
+                Shard = layerShard, MergeShards = parse.GetValue(merge),
             };
             var summary = RunWithProgress(loaded, parse.GetValue(runDir)!, options, ct);
             PrintSummary(summary);
@@ -121,6 +136,11 @@ static class DistillCommand
         }
         var stdout = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Out) });
         stdout.Write(table);
+        if (summary.StudentFolder.Length == 0)
+        {
+            stdout.MarkupLine("no final student yet: the last stage has not run; continue the run with --resume");
+            return;
+        }
         stdout.MarkupLineInterpolated($"held-out perplexity over {summary.ValidationTokens:N0} tokens (windows of {summary.EvalSequenceLength}): teacher {summary.TeacherPerplexity:F4}, student {summary.StudentPerplexity:F4}, ratio {summary.PerplexityRatio:F4}");
         stdout.MarkupLineInterpolated($"student: {summary.StudentFolder}   ({summary.Seconds / 60:F1} minutes)");
     }

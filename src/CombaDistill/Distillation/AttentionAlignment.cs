@@ -8,10 +8,13 @@ namespace CombaDistill.Distillation;
 /// Stage-1 objective (RADLADS, LoLCATs): every converted layer learns to reproduce its teacher layer's attention
 /// output. The teacher runs once over its own layers; at each aligned layer its normed input x feeds both the
 /// teacher's softmax attention (y_T) and the student's mixer (y_S), so each layer trains on the hidden states the
-/// teacher would give it, independently of how well the layers below it are aligned — all layers train in one pass.
+/// teacher would give it, independently of how well the layers below it are aligned — all layers train in one pass,
+/// or, split into blocks of layers, in independent shard jobs (<see cref="LayerShard"/>).
 /// <code>
 ///   loss = mean over aligned layers of  mean over tokens of ‖y_T − y_S‖² / d      (float32)
 /// </code>
+/// The mean is written as a sum divided by the number of aligned layers in the whole student, so a shard's loss is
+/// its layers' share of the joint loss and each layer's gradient is the same bits in a shard as in the joint pass.
 /// </summary>
 public static class AttentionAlignment
 {
@@ -24,7 +27,10 @@ public static class AttentionAlignment
     /// value. The teacher runs without gradients; only the student's input norm and self_attn are evaluated.
     /// </summary>
     /// <param name="inputIds">(B, T)</param>
-    public static (Tensor Loss, double[] PerLayer) Compute(LlamaForCausalLM teacher, CombaForCausalLM student, Tensor inputIds, IReadOnlyList<int> layers)
+    /// <param name="layers">the layers to compute, ascending</param>
+    /// <param name="alignedLayerCount">the divisor: all aligned layers of the student when <paramref name="layers"/> is a shard of them; default <paramref name="layers"/>.Count</param>
+    public static (Tensor Loss, double[] PerLayer) Compute(LlamaForCausalLM teacher, CombaForCausalLM student, Tensor inputIds, IReadOnlyList<int> layers,
+        int? alignedLayerCount = null)
     {
         if (layers.Count == 0) throw new ArgumentException("no layer to align");
         using var scope = NewDisposeScope();
@@ -65,7 +71,7 @@ public static class AttentionAlignment
             }
         }
         var perLayer = losses.Select(l => l.item<float>()).Select(v => (double)v).ToArray();
-        var loss = stack(losses).mean();
+        var loss = stack(losses).sum() / (alignedLayerCount ?? layers.Count);
         return (loss.MoveToOuterDisposeScope(), perLayer);
     }
 

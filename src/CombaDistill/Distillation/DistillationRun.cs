@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using CombaDistill.Conversion;
@@ -23,6 +24,16 @@ public sealed record DistillOptions
 
     /// <summary>Write TensorBoard event files under RUN/tensorboard.</summary>
     public bool TensorBoard { get; init; } = true;
+
+    /// <summary>
+    /// With <see cref="OnlyStage"/> naming an attention_alignment stage: train only this shard's block of layers, as one
+    /// of several independent jobs, into RUN/NN-STAGE/shards/I-of-N. The run folder must have been set up
+    /// (<see cref="DistillationRun.Prepare"/>): shard jobs only read its inputs.
+    /// </summary>
+    public LayerShard? Shard { get; init; }
+
+    /// <summary>With <see cref="OnlyStage"/>: make the stage's result from its finished shards instead of training it.</summary>
+    public bool MergeShards { get; init; }
 }
 
 /// <summary>The run's outcome, also written as RUN/summary.json.</summary>
@@ -48,6 +59,7 @@ public sealed record RunSummary
 ///   RUN/student-init/          the converted student (recipes with student.convert)
 ///   RUN/data/*.tokens          the tokenized training and validation streams
 ///   RUN/NN-STAGE/              per stage: metrics.jsonl, loss.png, checkpoints/, student/ (the stage's result)
+///   RUN/NN-STAGE/shards/I-of-N/  an alignment stage run as shard jobs (<see cref="AlignmentShards"/>), merged into student/
 ///   RUN/tensorboard/STAGE/     TensorBoard event files
 ///   RUN/student/               the final student, a normal student folder
 ///   RUN/summary.json
@@ -71,14 +83,11 @@ public static class DistillationRun
         var clock = Stopwatch.StartNew();
         var device = options.Device ?? CPU;
         runFolder = Path.GetFullPath(runFolder);
-        PrepareFolder(recipe, runFolder, options);
+        CheckShardOptions(recipe, options);
+        PrepareFolder(recipe, runFolder, continuing: options.Resume || options.OnlyStage is not null);
         void Note(string text, bool warning = false) => progress?.Report(new DistillationProgress { Stage = "", StageCount = recipe.Stages.Count, Note = text, IsWarning = warning });
-
-        var teacherFolder = EnsureTeacher(recipe, runFolder, Note, cancellationToken);
-        var initialStudent = EnsureStudent(recipe, runFolder, teacherFolder, Note, cancellationToken);
-        if (recipe.Student.FromScratch) EnsureScratch(recipe, initialStudent, Note);
-        var tokenizer = TokenizerLoader.Load(teacherFolder);
-        var (trainTokens, validationTokens) = EnsureData(recipe, runFolder, tokenizer, Note, cancellationToken);
+        var (teacherFolder, initialStudent, trainTokens, validationTokens) = EnsureInputs(recipe, runFolder, Note, cancellationToken);
+        var recipeSha256 = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(Path.Combine(runFolder, RecipeCopy))));
 
         // The teacher never trains: bf16 on a GPU to halve its memory, float32 on the CPU where bf16 matmuls are slow.
         var teacherType = device.type == TorchSharp.DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
@@ -89,35 +98,46 @@ public static class DistillationRun
         var results = new List<StageResult>();
         for (var i = 0; i < recipe.Stages.Count; i++)
         {
+            if (!selected.Contains(i)) continue;
+            var stage = recipe.Stages[i];
             var folder = StageFolder(runFolder, recipe, i);
             var result = Path.Combine(folder, StageTrainer.ResultFolder);
-            if (!selected.Contains(i)) continue;
             if (options.Resume && options.OnlyStage is null && StudentFolder.IsComplete(result))
             {
-                Note($"stage '{recipe.Stages[i].Name}' already finished; keeping {result}");
-                results.Add(ReadStageResult(folder, recipe.Stages[i], result));
+                Note($"stage '{stage.Name}' already finished; keeping {result}");
+                results.Add(ReadStageResult(folder, stage, result));
                 continue;
             }
+            // A shard job works in its own folder under the stage's; a finished one is kept on --resume, as a finished stage is.
+            var workFolder = options.Shard is { } shard ? AlignmentShards.Folder(folder, shard) : folder;
+            if (options.Shard is not null && options.Resume && AlignmentShards.IsFinished(workFolder))
+            {
+                Note($"stage '{stage.Name}' shard {options.Shard} already finished; keeping {workFolder}");
+                results.Add(ReadStageResult(workFolder, stage, Path.Combine(workFolder, AlignmentShards.ResultFolder)));
+                continue;
+            }
+            var shards = Path.Combine(folder, AlignmentShards.ShardsFolder);
+            if (options.Shard is null && !options.MergeShards && Directory.Exists(shards))
+                throw new InvalidInputException(folder, $"holds shard jobs' results for stage '{stage.Name}'; merge them (--stage {stage.Name} --merge-shards), or delete {shards} to train the stage in one job");
             var input = i == 0 ? initialStudent : Path.Combine(StageFolder(runFolder, recipe, i - 1), StageTrainer.ResultFolder);
             if (!StudentFolder.IsComplete(input))
-                throw new InvalidInputException(input, $"stage '{recipe.Stages[i].Name}' cannot start: its predecessor '{recipe.Stages[i - 1].Name}' has no result here; run that stage first");
+                throw new InvalidInputException(input, $"stage '{stage.Name}' cannot start: its predecessor '{recipe.Stages[i - 1].Name}' has no result here; run that stage first");
             // A stage being (re)done replaces its old result, and the later stages' results, made from the old one, go too.
             for (var later = i; later < recipe.Stages.Count; later++)
-            {
-                var stale = Path.Combine(StageFolder(runFolder, recipe, later), StageTrainer.ResultFolder);
-                if (Directory.Exists(stale)) Directory.Delete(stale, recursive: true);
-            }
+                DeleteFolder(Path.Combine(StageFolder(runFolder, recipe, later), StageTrainer.ResultFolder));
 
             cancellationToken.ThrowIfCancellationRequested();
             using var student = CombaForCausalLM.FromPretrained(input, ScalarType.Float32, device);
+            var board = stage.Name + (options.Shard is { } s ? $"-shard-{s.FolderName}" : "");
             var trainer = new StageTrainer(new StageInputs
             {
-                Stage = recipe.Stages[i], StageIndex = i, StageCount = recipe.Stages.Count, Seed = recipe.Seed,
+                Stage = stage, StageIndex = i, StageCount = recipe.Stages.Count, Seed = recipe.Seed,
                 Teacher = teacher, Student = student, TrainTokens = trainTokens, ValidationTokens = validationTokens,
-                EvalTokens = recipe.Data.EvalTokens, Folder = folder, TokenizerFolder = input, Resume = options.Resume,
-                TensorBoardFolder = options.TensorBoard ? Path.Combine(runFolder, "tensorboard", recipe.Stages[i].Name) : null,
+                EvalTokens = recipe.Data.EvalTokens, Folder = workFolder, TokenizerFolder = input, Resume = options.Resume,
+                TensorBoardFolder = options.TensorBoard ? Path.Combine(runFolder, "tensorboard", board) : null,
+                Shard = options.Shard, RecipeSha256 = recipeSha256,
             }, progress);
-            results.Add(trainer.Run(cancellationToken));
+            results.Add(options.MergeShards ? trainer.MergeShards() : trainer.Run(cancellationToken));
         }
 
         var last = Path.Combine(StageFolder(runFolder, recipe, recipe.Stages.Count - 1), StageTrainer.ResultFolder);
@@ -125,7 +145,7 @@ public static class DistillationRun
         if (!StudentFolder.IsComplete(last))
         {
             // --stage ran an earlier stage: the final student is made again when the last stage is.
-            if (Directory.Exists(finalFolder)) Directory.Delete(finalFolder, recursive: true);
+            DeleteFolder(finalFolder);
             return Summarise(runFolder, recipe, results, null, teacher, validationTokens, clock.Elapsed.TotalSeconds, Note);
         }
         CopyFolder(last, finalFolder);
@@ -139,14 +159,51 @@ public static class DistillationRun
         throw new InvalidInputException(recipe.SourcePath, $"has no stage named '{name}'; its stages are {string.Join(", ", recipe.Stages.Select(s => s.Name))}");
     }
 
-    /// <summary>A new run needs an empty or missing folder; a resumed one the same recipe text it was started with.</summary>
-    static void PrepareFolder(Recipe recipe, string runFolder, DistillOptions options)
+    /// <summary>
+    /// Sets a run folder up without training: the recipe copy, the imported teacher, the converted student and the
+    /// tokenized data. Repeating it with the same recipe does nothing. Shard jobs need it done once beforehand: many
+    /// of them start at the same time and only read the run's inputs.
+    /// </summary>
+    public static void Prepare(Recipe recipe, string runFolder, IProgress<DistillationProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        runFolder = Path.GetFullPath(runFolder);
+        PrepareFolder(recipe, runFolder, continuing: File.Exists(Path.Combine(runFolder, RecipeCopy)));
+        EnsureInputs(recipe, runFolder, (text, warning) => progress?.Report(new DistillationProgress { Stage = "", StageCount = recipe.Stages.Count, Note = text, IsWarning = warning }),
+            cancellationToken);
+    }
+
+    static (string Teacher, string Student, int[] Train, int[] Validation) EnsureInputs(Recipe recipe, string runFolder, Action<string, bool> note, CancellationToken cancellationToken)
+    {
+        var teacherFolder = EnsureTeacher(recipe, runFolder, note, cancellationToken);
+        var initialStudent = EnsureStudent(recipe, runFolder, teacherFolder, note, cancellationToken);
+        if (recipe.Student.FromScratch) EnsureScratch(recipe, initialStudent, note);
+        var tokenizer = TokenizerLoader.Load(teacherFolder);
+        var (train, validation) = EnsureData(recipe, runFolder, tokenizer, note, cancellationToken);
+        return (teacherFolder, initialStudent, train, validation);
+    }
+
+    /// <summary>Shard jobs and their merge name one attention_alignment stage, and a job does one or the other.</summary>
+    static void CheckShardOptions(Recipe recipe, DistillOptions options)
+    {
+        if (options.Shard is null && !options.MergeShards) return;
+        if (options.Shard is not null && options.MergeShards)
+            throw new ArgumentException("a job either trains a shard (--shard) or merges the shards (--merge-shards), not both");
+        var what = options.MergeShards ? "merging shards" : $"shard {options.Shard}";
+        if (options.OnlyStage is null)
+            throw new ArgumentException($"{what} needs the stage it belongs to (--stage NAME, an attention_alignment stage)");
+        var stage = recipe.Stages[IndexOfStage(recipe, options.OnlyStage)];
+        if (stage.Objective != Objective.AttentionAlignment)
+            throw new InvalidInputException(recipe.SourcePath, $"stage '{stage.Name}' is {RecipeLoader.NameOf(stage.Objective)}: only attention_alignment stages train their layers independently and run as shards");
+    }
+
+    /// <summary>A new run needs an empty or missing folder; a continued one the same recipe text it was started with.</summary>
+    static void PrepareFolder(Recipe recipe, string runFolder, bool continuing)
     {
         var copy = Path.Combine(runFolder, RecipeCopy);
         var text = File.ReadAllText(recipe.SourcePath);
-        if (options.Resume || options.OnlyStage is not null)
+        if (continuing)
         {
-            if (!File.Exists(copy)) throw new InvalidInputException(runFolder, $"is not a run folder (no {RecipeCopy}); start the run without --resume");
+            if (!File.Exists(copy)) throw new InvalidInputException(runFolder, $"is not a run folder (no {RecipeCopy}); start the run without --resume or --stage, or set it up with --prepare");
             if (File.ReadAllText(copy) != text)
                 throw new InvalidInputException(recipe.SourcePath, $"differs from {copy}, the recipe this run was started with; resume with that recipe, or start a new run folder");
             return;
@@ -251,6 +308,18 @@ public static class DistillationRun
         };
         if (studentFolder is not null) AtomicFile.WriteAllText(Path.Combine(runFolder, SummaryFile), JsonSerializer.Serialize(summary, Json) + "\n");
         return summary;
+    }
+
+    /// <summary>Removes a folder if it is there; shard jobs starting together may race to remove the same stale result.</summary>
+    static void DeleteFolder(string folder)
+    {
+        try
+        {
+            if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+        }
+        catch (DirectoryNotFoundException)
+        {
+        }
     }
 
     static void CopyFolder(string from, string to)

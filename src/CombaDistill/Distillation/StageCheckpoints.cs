@@ -35,6 +35,7 @@ public static class StageCheckpoints
 {
     public const string WeightsFile = "weights.safetensors", OptimizerFile = "optimizer.bin", StateFile = "state.json", ChecksumFile = "checksums.sha256";
     const string Prefix = "step-";
+    static readonly string[] CheckpointFiles = [WeightsFile, OptimizerFile, StateFile];
 
     static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
@@ -50,8 +51,7 @@ public static class StageCheckpoints
             SafeTensorsWriter.Write(Path.Combine(folder.Path, WeightsFile), trainable.Select(p => KeyValuePair.Create(p.Name, (Tensor)p.Parameter)));
             optimizer.save_state_dict(Path.Combine(folder.Path, OptimizerFile));
             AtomicFile.WriteAllText(Path.Combine(folder.Path, StateFile), JsonSerializer.Serialize(state, Json) + "\n");
-            var sums = string.Concat(new[] { WeightsFile, OptimizerFile, StateFile }.Select(f => $"{Sha256(Path.Combine(folder.Path, f))}  {f}\n"));
-            AtomicFile.WriteAllText(Path.Combine(folder.Path, ChecksumFile), sums);
+            WriteChecksums(folder.Path, CheckpointFiles);
             folder.Commit();
         }
         foreach (var old in List(checkpointsFolder).SkipLast(keep))
@@ -72,9 +72,16 @@ public static class StageCheckpoints
     }
 
     /// <summary>Null when every file is present and matches checksums.sha256; else what is wrong.</summary>
-    public static string? Problem(string checkpoint)
+    public static string? Problem(string checkpoint) => ChecksumProblem(checkpoint, CheckpointFiles);
+
+    /// <summary>Writes <c>checksums.sha256</c> (sha256sum's format) over <paramref name="files"/> of <paramref name="folder"/>.</summary>
+    public static void WriteChecksums(string folder, IEnumerable<string> files) =>
+        AtomicFile.WriteAllText(Path.Combine(folder, ChecksumFile), string.Concat(files.Select(f => $"{Sha256(Path.Combine(folder, f))}  {f}\n")));
+
+    /// <summary>Null when each of <paramref name="files"/> is present and matches <c>checksums.sha256</c>; else what is wrong.</summary>
+    public static string? ChecksumProblem(string folder, IEnumerable<string> files)
     {
-        var sumsPath = Path.Combine(checkpoint, ChecksumFile);
+        var sumsPath = Path.Combine(folder, ChecksumFile);
         if (!File.Exists(sumsPath)) return $"{ChecksumFile} is missing";
         var expected = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var line in File.ReadAllLines(sumsPath).Where(l => l.Length > 0))
@@ -83,10 +90,10 @@ public static class StageCheckpoints
             if (parts.Length != 2 || parts[0].Length != 64) return $"{ChecksumFile} is malformed";
             expected[parts[1]] = parts[0];
         }
-        foreach (var file in new[] { WeightsFile, OptimizerFile, StateFile })
+        foreach (var file in files)
         {
             if (!expected.TryGetValue(file, out var sum)) return $"{ChecksumFile} does not list {file}";
-            var path = Path.Combine(checkpoint, file);
+            var path = Path.Combine(folder, file);
             if (!File.Exists(path)) return $"{file} is missing";
             if (!string.Equals(Sha256(path), sum, StringComparison.OrdinalIgnoreCase)) return $"{file} does not match its SHA-256 checksum";
         }

@@ -28,6 +28,15 @@ public sealed record StageInputs
     public required string TokenizerFolder { get; init; }
     /// <summary>Continue from the newest intact checkpoint in <see cref="Folder"/> if there is one.</summary>
     public bool Resume { get; init; }
+
+    /// <summary>
+    /// An alignment stage run as independent jobs: the block of layers this job trains (null: all in one job). A shard's
+    /// <see cref="Folder"/> is its own (<see cref="AlignmentShards.Folder"/>) and its result is <c>result/</c>, not a student.
+    /// </summary>
+    public LayerShard? Shard { get; init; }
+
+    /// <summary>SHA-256 of the run's recipe text, recorded in a shard's result so that a merge refuses another recipe's shards.</summary>
+    public string RecipeSha256 { get; init; } = "";
 }
 
 /// <summary>How a stage went: evaluations before the first and after the last step, and its cost.</summary>
@@ -38,6 +47,12 @@ public sealed record StageResult(string Name, Objective Objective, string Studen
 /// accumulation and clipping, metrics, evaluations, checkpoints, and at the end the result folder. One dispose scope
 /// per optimizer step; cancellation is honoured between steps by saving a checkpoint and throwing
 /// <see cref="OperationCanceledException"/>.
+/// <para>
+/// Alignment stages clip each layer's gradient on its own rather than the global norm: the layers' losses are
+/// independent, and nothing else couples them (AdamW and weight decay are per parameter), so a shard of layers trained
+/// alone takes the same steps, bit for bit, as those layers in a joint run, and <see cref="MergeShards"/> rebuilds the
+/// joint result.
+/// </para>
 /// </summary>
 public sealed class StageTrainer
 {
@@ -49,7 +64,7 @@ public sealed class StageTrainer
     readonly LlamaForCausalLM teacher;
     readonly CombaForCausalLM student;
     readonly Func<Tensor, Tensor> studentHead, teacherHead;
-    readonly IReadOnlyList<int> alignedLayers;
+    readonly IReadOnlyList<int> alignedLayers, trainedLayers;
     readonly PackedSequences validation;
     readonly int[] evalWindows;
     readonly bool teacherFitsContext;
@@ -65,6 +80,13 @@ public sealed class StageTrainer
         studentHead = LogitLoss.Head(student.lm_head, student.model.embed_tokens.weight);
         teacherHead = LogitLoss.Head(teacher.lm_head, teacher.model.embed_tokens.weight!);
         alignedLayers = AttentionAlignment.ConvertedLayers(student);
+        trainedLayers = alignedLayers;
+        if (inputs.Shard is { } shard)
+        {
+            if (stage.Objective != Objective.AttentionAlignment)
+                throw new IO.InvalidInputException(null, $"stage '{stage.Name}' is {RecipeLoader.NameOf(stage.Objective)}: only attention_alignment stages train their layers independently and run as shards");
+            trainedLayers = shard.Layers(alignedLayers);
+        }
         validation = new PackedSequences(inputs.ValidationTokens, stage.SequenceLength);
         if (validation.Count == 0)
             throw new IO.InvalidInputException(null, $"stage '{stage.Name}': the validation data holds fewer than {stage.SequenceLength + 1} tokens, not one sequence");
@@ -77,7 +99,7 @@ public sealed class StageTrainer
     public StageResult Run(CancellationToken cancellationToken = default)
     {
         Directory.CreateDirectory(inputs.Folder);
-        var trainable = TrainableParameters.Apply(student, stage.Trainable);
+        var trainable = SelectTrainable();
         foreach (var p in teacher.parameters()) p.requires_grad = false;
         using var optimizer = CreateOptimizer(trainable);
 
@@ -117,7 +139,7 @@ public sealed class StageTrainer
 
         if (step == 0) metrics.Add(Evaluate(0, 0));
         long lastSaved = step;
-        var parameters = trainable.Select(p => p.Parameter).ToArray();
+        var clipGroups = ClipGroups(trainable);
         while (step < totalSteps)
         {
             var lr = LearningRateSchedule.At(stage, step);
@@ -135,7 +157,7 @@ public sealed class StageTrainer
             {
                 optimizer.zero_grad();
                 (loss, layerLosses) = AccumulateGradients(data);
-                gradNorm = nn.utils.clip_grad_norm_(parameters, stage.GradClip ?? double.PositiveInfinity);
+                gradNorm = ClipGradients(clipGroups, stage.GradClip ?? double.PositiveInfinity);
                 optimizer.step();
             }
             step++;
@@ -161,12 +183,87 @@ public sealed class StageTrainer
         }
 
         student.eval();
-        var title = $"{inputs.StageIndex + 1:D2}-{stage.Name}: {RecipeLoader.NameOf(stage.Objective)}";
-        LossPlot.Write(Path.Combine(inputs.Folder, PlotFile), title, metrics.Train, metrics.Evals);
+        LossPlot.Write(Path.Combine(inputs.Folder, PlotFile), PlotTitle, metrics.Train, metrics.Evals);
+        var elapsed = secondsBefore + clock.Elapsed.TotalSeconds;
+        string result;
+        if (inputs.Shard is { } shard)
+        {
+            result = AlignmentShards.WriteResult(inputs.Folder, new ShardManifest
+            {
+                Stage = stage.Name, Shard = shard.Index, ShardCount = shard.Count, Layers = trainedLayers, AlignedLayers = alignedLayers,
+                Steps = step, Tokens = tokens, ElapsedSeconds = elapsed, RecipeSha256 = inputs.RecipeSha256, Parameters = trainable.Select(p => p.Name).ToArray(),
+            }, trainable);
+        }
+        else
+        {
+            result = Path.Combine(inputs.Folder, ResultFolder);
+            StudentFolder.Save(student, result, inputs.TokenizerFolder, force: true);
+        }
+        return new StageResult(stage.Name, stage.Objective, result, step, tokens, elapsed, metrics.Evals.FirstOrDefault(e => e.Step == 0), metrics.Evals.LastOrDefault());
+    }
+
+    /// <summary>
+    /// Builds the stage's result from its finished shards (under <see cref="StageInputs.Folder"/>/shards) instead of
+    /// training: the input student with each shard's layers put in, the shards' logged steps combined into
+    /// metrics.jsonl, and evaluations before and after as the joint run makes them. The student given in the inputs
+    /// must be the stage's input; it is changed in place.
+    /// </summary>
+    public StageResult MergeShards()
+    {
+        if (stage.Objective != Objective.AttentionAlignment)
+            throw new IO.InvalidInputException(null, $"stage '{stage.Name}' is {RecipeLoader.NameOf(stage.Objective)}: only attention_alignment stages run as shards");
+        var shards = AlignmentShards.ReadFinished(inputs.Folder, stage, alignedLayers, inputs.RecipeSha256);
+        Note($"stage '{stage.Name}': merging {shards.Count} shards");
+        File.Delete(Path.Combine(inputs.Folder, StageMetrics.FileName));
+        var metrics = new StageMetrics(inputs.Folder, stage.Name, inputs.TensorBoardFolder, keepUpToStep: -1);
+        student.eval();
+        metrics.Add(Evaluate(0, 0));
+        foreach (var m in AlignmentShards.MergeTrainMetrics(shards)) metrics.Add(m);
+        AlignmentShards.LoadWeights(shards, student);
+        var (steps, tokens) = (stage.TotalSteps, stage.TotalSteps * stage.TokensPerStep);
+        metrics.Add(Evaluate(steps, tokens));
+        LossPlot.Write(Path.Combine(inputs.Folder, PlotFile), PlotTitle, metrics.Train, metrics.Evals);
         var result = Path.Combine(inputs.Folder, ResultFolder);
         StudentFolder.Save(student, result, inputs.TokenizerFolder, force: true);
-        return new StageResult(stage.Name, stage.Objective, result, step, tokens, secondsBefore + clock.Elapsed.TotalSeconds,
-            metrics.Evals.FirstOrDefault(e => e.Step == 0), metrics.Evals.LastOrDefault());
+        return new StageResult(stage.Name, stage.Objective, result, steps, tokens, shards.Max(s => s.Manifest.ElapsedSeconds), metrics.Evals[0], metrics.Evals[^1]);
+    }
+
+    string PlotTitle => $"{inputs.StageIndex + 1:D2}-{stage.Name}: {RecipeLoader.NameOf(stage.Objective)}" + (inputs.Shard is { } s ? $", shard {s}" : "");
+
+    /// <summary>The recipe's selection; a shard keeps the part inside its layers (a joint run's others get no alignment gradient).</summary>
+    IReadOnlyList<(string Name, Parameter Parameter)> SelectTrainable()
+    {
+        var selected = TrainableParameters.Apply(student, stage.Trainable);
+        if (inputs.Shard is not { } shard) return selected;
+        var kept = new List<(string, Parameter)>();
+        foreach (var (name, parameter) in selected)
+        {
+            var inShard = AlignmentShards.LayerOf(name) is { } layer && trainedLayers.Contains(layer);
+            parameter.requires_grad = inShard;
+            if (inShard) kept.Add((name, parameter));
+        }
+        if (kept.Count == 0)
+            throw new IO.InvalidInputException(null, $"stage '{stage.Name}', shard {shard}: trainable '{stage.Trainable}' selects no parameter in layers [{string.Join(", ", trainedLayers)}]");
+        return kept;
+    }
+
+    /// <summary>Alignment stages clip per decoder layer (see the class comment); other stages clip the global norm.</summary>
+    Parameter[][] ClipGroups(IReadOnlyList<(string Name, Parameter Parameter)> trainable) =>
+        stage.Objective == Objective.AttentionAlignment
+            ? trainable.GroupBy(p => AlignmentShards.LayerOf(p.Name) ?? -1).Select(g => g.Select(p => p.Parameter).ToArray()).ToArray()
+            : [trainable.Select(p => p.Parameter).ToArray()];
+
+    /// <summary>Clips each group's gradient norm to <paramref name="maxNorm"/>; returns the norm of all gradients before clipping.</summary>
+    static double ClipGradients(Parameter[][] groups, double maxNorm)
+    {
+        if (groups.Length == 1) return nn.utils.clip_grad_norm_(groups[0], maxNorm);
+        var squares = 0.0;
+        foreach (var group in groups)
+        {
+            var norm = nn.utils.clip_grad_norm_(group, maxNorm);
+            squares += norm * norm;
+        }
+        return Math.Sqrt(squares);
     }
 
     long DataSeed => inputs.Seed * 1_000_003 + inputs.StageIndex;
@@ -185,7 +282,7 @@ public sealed class StageTrainer
             var targets = batch.narrow(1, 1, stage.SequenceLength);
             if (stage.Objective == Objective.AttentionAlignment)
             {
-                var (loss, perLayer) = AttentionAlignment.Compute(teacher, student, input, alignedLayers);
+                var (loss, perLayer) = AttentionAlignment.Compute(teacher, student, input, trainedLayers, alignedLayers.Count);
                 (loss * scale).backward();
                 total += loss.item<float>();
                 layers ??= new double[perLayer.Length];
@@ -227,7 +324,7 @@ public sealed class StageTrainer
             if (teacherFitsContext && teacherEvalCrossEntropy is null)
                 teacherCe += LogitLoss.Evaluate(teacherHidden!, teacherHead, null, null, targets, new LogitLossOptions(1.0, 0, 1.0, stage.LossChunk)).CrossEntropy * n;
             if (stage.Objective == Objective.AttentionAlignment)
-                alignment += AttentionAlignment.Compute(teacher, student, input, alignedLayers).Loss.item<float>();
+                alignment += AttentionAlignment.Compute(teacher, student, input, trainedLayers, alignedLayers.Count).Loss.item<float>();
             scored += n;
             batches++;
         }

@@ -1,17 +1,176 @@
+using CombaDistill.Runtime.Cuda;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace CombaDistill.Ops;
 
 /// <summary>
-/// PLACEHOLDER, to be replaced by the lead's fused CUDA kernels (issue 7): for now it only delegates to
-/// <see cref="ChunkwiseComba.Forward"/> so that `bench kernel` and its tests compile and run. The real file keeps
-/// exactly this signature and ChunkwiseComba's semantics, and falls back to ChunkwiseComba where
-/// <see cref="Runtime.Cuda.CudaKernels.UnavailableReason"/> says the kernels cannot run.
+/// Chunkwise Comba through the fused CUDA kernels of kernels/comba_chunk.cu: three launches forward (W and U of
+/// every chunk; the sequential state pass; the output) and three backward, wrapped in a custom autograd function so
+/// training uses them without knowing. Same signature and semantics as <see cref="ChunkwiseComba.Forward"/>, which
+/// it falls back to (with a one-line notice on CUDA) where the kernels cannot run: not CUDA, NVRTC or the driver
+/// missing, Dk ≠ Dv, a head dim other than 64/128/256, a chunk size other than 64, or float64.
+/// <para>
+/// The L2 normalisation and the output correction q̃ = q̂ − d k̂ stay ordinary ops (autograd differentiates them),
+/// so the kernels see q̃, k̂, v, g, β and κ = βλ, in float32, padded with zeros to whole chunks. Float32 inputs run
+/// the kernels' float32 arithmetic (≤ 1e-5 of the float64 reference); bf16 and f16 inputs run their tensor-core
+/// products (tf32 operands, float32 accumulation; ≤ 2e-3). The output comes back in q's dtype, the final state in
+/// float32.
+/// </para>
 /// </summary>
 public static class FusedComba
 {
+    public const string KernelFile = "kernels/comba_chunk.cu";
+    public const int ChunkSize = 64;
+    public static readonly int[] SupportedHeadDims = [64, 128, 256];
+    const int Threads = 256, StateSlice = 32;
+
+    /// <summary>Null when the fused kernels take this call; otherwise why not, in one line.</summary>
+    public static string? UnsupportedReason(Tensor q, Tensor k, Tensor v, int chunkSize = ChunkSize)
+    {
+        if (q.device.type != DeviceType.CUDA) return $"{q.device} is not a CUDA device";
+        if (q.dtype == ScalarType.Float64) return "float64 runs on the TorchSharp path";
+        if (k.shape[^1] != v.shape[^1]) return $"key dim {k.shape[^1]} ≠ value dim {v.shape[^1]}";
+        if (!SupportedHeadDims.Contains((int)k.shape[^1])) return $"head dim {k.shape[^1]} is not one of {string.Join("/", SupportedHeadDims)}";
+        if (chunkSize != ChunkSize) return $"chunk size {chunkSize} (the kernels use {ChunkSize})";
+        return CudaKernels.UnavailableReason(q.device);
+    }
+
     public static (Tensor Output, Tensor FinalState) Forward(
         Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor lambda, Tensor d, double scale,
-        Tensor? initialState = null, int chunkSize = 64) =>
-        ChunkwiseComba.Forward(q, k, v, g, beta, lambda, d, scale, initialState, chunkSize);
+        Tensor? initialState = null, int chunkSize = ChunkSize)
+    {
+        var shape = CombaShape.OfSequence(q, k, v, g, beta, lambda, d, initialState);
+        if (UnsupportedReason(q, k, v, chunkSize) is { } why)
+        {
+            if (q.device.type == DeviceType.CUDA) CudaKernels.ReportFallback("Comba", why);
+            return ChunkwiseComba.Forward(q, k, v, g, beta, lambda, d, scale, initialState, chunkSize);
+        }
+        using var scope = NewDisposeScope();
+        var (B, H, Hkv, G, T, D) = (shape.Batch, shape.Heads, shape.KvHeads, shape.Groups, shape.Length, shape.KeyDim);
+        var f32 = ScalarType.Float32;
+        var kHat = CombaMath.L2Normalize(k.to(f32));
+        var readout = (CombaMath.L2Normalize(q.to(f32)).view(B, Hkv, G, T, D)
+                       - d.to(f32).view(1, Hkv, G, 1, 1) * kHat.unsqueeze(2)).view(B, H, T, D);
+        var beta32 = beta.to(f32);
+        var kappa = beta32 * lambda.to(f32).view(1, H, 1);
+        // whole chunks: zeros (g = β = κ = 0) leave the state untouched
+        var padding = (ChunkSize - T % ChunkSize) % ChunkSize;
+        Tensor Padded(Tensor x, bool perToken = false) =>
+            (padding == 0 ? x : nn.functional.pad(x, perToken ? [0, padding] : [0, 0, 0, padding])).contiguous();
+        var arithmetic = q.dtype == ScalarType.Float32 ? "f32" : "tf32";
+        var outputs = ChunkFunction.apply(Padded(readout), Padded(kHat), Padded(v.to(f32)), Padded(g.to(f32), true),
+            Padded(beta32, true), Padded(kappa, true), initialState?.to(f32).contiguous(), scale, arithmetic);
+        var o = padding == 0 ? outputs[0] : outputs[0].narrow(2, 0, T);
+        return (o.to(q.dtype).MoveToOuterDisposeScope(), outputs[1].MoveToOuterDisposeScope());
+    }
+
+    // dynamic shared memory per stage, in floats, for head dim D (the kernels carve it in this order; rows of C×C
+    // matrices and of state slices are padded by 4 floats so that tensor-core fragment loads hit distinct banks)
+    const int Row = ChunkSize + 4, SliceRow = StateSlice + 4;
+    static readonly Dictionary<string, Func<int, int>> Stages = new()
+    {
+        ["fwd_prepare"] = D => 2 * ChunkSize * Row + 4 * ChunkSize,
+        ["fwd_state"] = D => D * SliceRow + ChunkSize * SliceRow + 4 * ChunkSize,
+        ["fwd_output"] = D => ChunkSize * Row + 5 * ChunkSize,
+        ["bwd_dupart"] = D => ChunkSize * Row + 4 * ChunkSize,
+        ["bwd_state"] = D => D * SliceRow + 2 * ChunkSize * SliceRow + 5 * ChunkSize,
+        ["bwd_local"] = D => 4 * ChunkSize * Row + 8 * ChunkSize + Threads,
+    };
+
+    // Stages whose "tf32s" variant (the chunk's q and k rows staged in shared memory first) measured faster on an H200
+    // (docs/kernels.md: prepare 0.86 → 0.75 ms, dupart 0.42 → 0.29 ms; output and local lose occupancy and slow down),
+    // with the q/k tiles each stage stages.
+    static readonly Dictionary<string, int> StagedTiles = new() { ["fwd_prepare"] = 1, ["bwd_dupart"] = 2 };
+
+    static readonly string[] KernelNames =
+    [
+        .. from dim in SupportedHeadDims from stage in Stages.Keys from arithmetic in new[] { "f32", "tf32" } select $"comba_{stage}_{dim}_{arithmetic}",
+        .. from dim in SupportedHeadDims where dim <= 128 from stage in StagedTiles.Keys select $"comba_{stage}_{dim}_tf32s",
+    ];
+
+    static CudaModule Module(Device device) =>
+        KernelCache.Default.Load(CudaDevice.For(device), KernelSource.FromResource(KernelFile), KernelNames);
+
+    static void Launch(Device device, string stage, int D, string arithmetic, (int, int) grid, params object[] args)
+    {
+        var staged = arithmetic == "tf32" && D <= 128 && StagedTiles.ContainsKey(stage);
+        var floats = Stages[stage](D) + (staged ? StagedTiles[stage] * ChunkSize * (D + 4) : 0);
+        Module(device).Kernel($"comba_{stage}_{D}_{(staged ? "tf32s" : arithmetic)}").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), 4 * floats, args);
+    }
+
+    /// <summary>
+    /// forward(q̃, k̂, v, g, β, κ, h0?, scale, arithmetic) → (o, h_T), T a whole number of chunks. Saves W, U, Ũ and
+    /// every chunk-start state for backward (recomputing them would cost a second forward; at training shapes they
+    /// are a few times the activations).
+    /// </summary>
+    sealed class ChunkFunction : autograd.MultiTensorFunction<ChunkFunction>
+    {
+        public override string Name => "FusedCombaChunk";
+
+        public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
+        {
+            var (q, k, v, g, beta, kappa) = ((Tensor)vars[0], (Tensor)vars[1], (Tensor)vars[2], (Tensor)vars[3], (Tensor)vars[4], (Tensor)vars[5]);
+            var h0 = vars[6] as Tensor;
+            var scale = (float)(double)vars[7];
+            var arithmetic = (string)vars[8];
+            var (B, H, T, D) = ((int)q.shape[0], (int)q.shape[1], (int)q.shape[2], (int)q.shape[3]);
+            int Hkv = (int)k.shape[1], N = (T + ChunkSize - 1) / ChunkSize, Tp = N * ChunkSize, BH = B * H;
+            var device = q.device;
+            var W = empty([BH, Tp, D], ScalarType.Float32, device);
+            var U = empty_like(W);
+            var Ut = empty_like(W);
+            var H0 = empty([BH, N, D, D], ScalarType.Float32, device);
+            var hT = empty([B, H, D, D], ScalarType.Float32, device);
+            var o = empty([B, H, T, D], ScalarType.Float32, device);
+            Launch(device, "fwd_prepare", D, arithmetic, (N, BH), k, v, g, beta, kappa, W, U, H, Hkv, T);
+            Launch(device, "fwd_state", D, arithmetic, (D / StateSlice, BH), k, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
+            Launch(device, "fwd_output", D, arithmetic, (N, BH), q, k, g, Ut, H0, o, scale, H, Hkv, T);
+            ctx.save_for_backward([q, k, v, g, beta, kappa, W, U, Ut, H0]);
+            ctx.save_data("scale", scale);
+            ctx.save_data("h0", h0 is not null);
+            ctx.save_data("arithmetic", arithmetic);
+            return [o, hT];
+        }
+
+        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> grads)
+        {
+            var saved = ctx.get_saved_variables();
+            var (q, k, v, g, beta, kappa, W, U, Ut, H0) = (saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6], saved[7], saved[8], saved[9]);
+            var scale = (float)ctx.get_data("scale");
+            var hasInitialState = (bool)ctx.get_data("h0");
+            var arithmetic = (string)ctx.get_data("arithmetic");
+            var (B, H, T, D) = ((int)q.shape[0], (int)q.shape[1], (int)q.shape[2], (int)q.shape[3]);
+            int Hkv = (int)k.shape[1], N = (T + ChunkSize - 1) / ChunkSize, BH = B * H;
+            var device = q.device;
+            Tensor dq, dk, dv, dg, dbeta, dkappa, dh0;
+            using (var scope = NewDisposeScope())
+            {
+                var dO = grads[0].to(ScalarType.Float32).contiguous();
+                var dhT = grads[1].to(ScalarType.Float32).contiguous();
+                var dUp = empty_like(W);
+                var dUt = empty_like(W);
+                var dVb = empty_like(W);
+                var dKw = empty_like(W);
+                var dH1 = empty_like(H0);
+                dh0 = empty([B, H, D, D], ScalarType.Float32, device);
+                dq = empty([B, H, T, D], ScalarType.Float32, device);
+                var dkPerHead = empty([B, H, T, D], ScalarType.Float32, device);
+                var dvPerHead = empty([B, H, T, D], ScalarType.Float32, device);
+                dg = empty([B, H, T], ScalarType.Float32, device);
+                dbeta = empty_like(dg);
+                dkappa = empty_like(dg);
+                Launch(device, "bwd_dupart", D, arithmetic, (N, BH), q, k, g, dO, dUp, scale, H, Hkv, T);
+                Launch(device, "bwd_state", D, arithmetic, (D / StateSlice, BH), q, k, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, T, N);
+                Launch(device, "bwd_local", D, arithmetic, (N, BH), q, k, v, g, beta, kappa, W, U, Ut, H0, dH1, dUt, dO, dVb, dKw,
+                    dq, dkPerHead, dvPerHead, dg, dbeta, dkappa, scale, H, Hkv, T);
+                // a KV head's gradient is the sum over the query heads of its group
+                dk = dkPerHead.view(B, Hkv, H / Hkv, T, D).sum(2);
+                dv = dvPerHead.view(B, Hkv, H / Hkv, T, D).sum(2);
+                foreach (var t in new[] { dq, dk, dv, dg, dbeta, dkappa, dh0 }) t.MoveToOuterDisposeScope();
+            }
+            if (!hasInitialState) dh0.Dispose();
+            return GradientHandoff.Return(dq, dk, dv, dg, dbeta, dkappa, hasInitialState ? dh0 : null, null, null);
+        }
+    }
 }

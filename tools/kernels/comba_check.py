@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Measuring instrument for kernels/comba_chunk.cu on the GPU host (not part of the product).
+
+Compiles the kernel source with NVRTC (through CuPy, which the host has), runs the same launch sequence that
+src/CombaDistill/Ops/FusedComba.cs runs, and compares outputs and every gradient with a float64 step-by-step
+recurrence (autograd for the gradients). Then times each kernel at the benchmark shapes beside causal SDPA.
+
+usage: python3 tools/kernels/comba_check.py [--check] [--time] [--small] [--out DIR]
+"""
+import argparse, json, math, os, sys, time
+import numpy as np
+import torch
+import torch.nn.functional as F
+import cupy as cp
+
+CH, NT, BV = 64, 256, 32
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SRC = open(os.path.join(ROOT, "kernels", "comba_chunk.cu")).read()
+_mod = None
+
+
+def module():
+    global _mod
+    if _mod is None:
+        t = time.time()
+        _mod = cp.RawModule(code=SRC, options=("-std=c++17", "-arch=sm_90"))
+        _mod.compile()
+        print(f"compiled in {time.time() - t:.1f} s", flush=True)
+    return _mod
+
+
+MS, US, HS = CH + 4, BV + 4, BV + 4
+
+
+def smem(stage, D, tag="tf32"):
+    staged = {"prepare": 1, "output": 2, "dupart": 2, "local": 2}.get(stage, 0) if tag == "tf32s" else 0
+    f = CH * (D + 4) * staged + {"prepare": 2 * CH * MS + 4 * CH,
+         "state": D * HS + CH * US + 4 * CH,
+         "output": CH * MS + 5 * CH,
+         "dupart": CH * MS + 4 * CH,
+         "bstate": D * HS + 2 * CH * US + 5 * CH,
+         "local": 4 * CH * MS + 8 * CH + NT}[stage]
+    return 4 * f
+
+
+NAMES = {"prepare": "fwd_prepare", "state": "fwd_state", "output": "fwd_output",
+         "dupart": "bwd_dupart", "bstate": "bwd_state", "local": "bwd_local"}
+
+
+def launch(stage, D, tag, grid, *args):
+    fn = module().get_function(f"comba_{NAMES[stage]}_{D}_{tag}")
+    sm = smem(stage, D, tag)
+    fn.max_dynamic_shared_size_bytes = sm
+    conv = []
+    for a in args:
+        if a is None: conv.append(np.uint64(0))
+        elif isinstance(a, torch.Tensor):
+            assert a.is_cuda and a.is_contiguous(), (stage, a.shape)
+            conv.append(np.uint64(a.data_ptr()))
+        elif isinstance(a, float): conv.append(np.float32(a))
+        else: conv.append(np.int32(a))
+    fn(grid, (NT,), tuple(conv), shared_mem=sm)
+
+
+def pad(x, Tp, dim=2):
+    if x is None or x.shape[dim] == Tp: return x
+    shape = list(x.shape); shape[dim] = Tp - x.shape[dim]
+    return torch.cat([x, x.new_zeros(shape)], dim).contiguous()
+
+
+def fused_forward(q, k, v, g, beta, kappa, h0, scale, tag):
+    """All inputs float32 (bf16 callers widen first); T is padded to whole chunks here, as FusedComba does."""
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    N = (T + CH - 1) // CH
+    Tp = N * CH
+    q, k, v, g, beta, kappa = pad(q, Tp), pad(k, Tp), pad(v, Tp), pad(g, Tp), pad(beta, Tp), pad(kappa, Tp)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    W = torch.empty(B * H, Tp, D, **f32); U = torch.empty_like(W); Ut = torch.empty_like(W)
+    H0 = torch.empty(B * H, N, D, D, **f32); hT = torch.full((B * H, D, D), float("nan"), **f32)
+    o = torch.full((B, H, Tp, D), float("nan"), **f32)
+    launch("prepare", D, tag, (N, B * H), k, v, g, beta, kappa, W, U, H, Hkv, Tp)
+    launch("state", D, tag, (D // BV, B * H), k, g, W, U, h0, Ut, H0, hT, H, Hkv, Tp, N)
+    launch("output", D, tag, (N, B * H), q, k, g, Ut, H0, o, scale, H, Hkv, Tp)
+    return o[:, :, :T], hT.view(B, H, D, D), (q, k, v, g, beta, kappa, W, U, Ut, H0)
+
+
+def fused_backward(saved, dO, dhT, scale, tag):
+    q, k, v, g, beta, kappa, W, U, Ut, H0 = saved
+    B, H, Tp, D = q.shape
+    T = dO.shape[2]
+    Hkv = k.shape[1]
+    N = Tp // CH
+    dO = pad(dO, Tp)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    dUp = torch.empty(B * H, Tp, D, **f32); dUt = torch.empty_like(dUp); dVb = torch.empty_like(dUp); dKw = torch.empty_like(dUp)
+    dH1 = torch.empty(B * H, N, D, D, **f32); dh0 = torch.full((B * H, D, D), float("nan"), **f32)
+    nan = lambda *s: torch.full(s, float("nan"), **f32)
+    dq, dk, dv = nan(B, H, Tp, D), nan(B, H, Tp, D), nan(B, H, Tp, D)
+    dg, db, dkap = nan(B, H, Tp), nan(B, H, Tp), nan(B, H, Tp)
+    launch("dupart", D, tag, (N, B * H), q, k, g, dO, dUp, scale, H, Hkv, Tp)
+    launch("bstate", D, tag, (D // BV, B * H), q, k, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, Tp, N)
+    launch("local", D, tag, (N, B * H), q, k, v, g, beta, kappa, W, U, Ut, H0, dH1, dUt, dO, dVb, dKw,
+           dq, dk, dv, dg, db, dkap, scale, H, Hkv, Tp)
+    G = H // Hkv
+    t = lambda x: x[:, :, :T]
+    return dict(q=t(dq), k=t(dk.view(B, Hkv, G, Tp, D).sum(2)), v=t(dv.view(B, Hkv, G, Tp, D).sum(2)),
+                g=t(dg), beta=t(db), kappa=t(dkap), h0=dh0.view(B, H, D, D))
+
+
+def reference(q, k, v, g, beta, kappa, h0, scale):
+    """float64 step by step: u_t = β v_t − κ S k_t, S_t = α S + u k_tᵀ, o_t = s S_t q_t (S = hᵀ)."""
+    B, H, T, D = q.shape
+    G = H // k.shape[1]
+    k_, v_ = k.repeat_interleave(G, 1), v.repeat_interleave(G, 1)
+    S = h0.transpose(-1, -2) if h0 is not None else torch.zeros(B, H, D, D, dtype=q.dtype, device=q.device)
+    outs = []
+    for t in range(T):
+        kt, vt = k_[:, :, t], v_[:, :, t]
+        u = beta[..., t, None] * vt - kappa[..., t, None] * (S @ kt[..., None])[..., 0]
+        S = torch.exp(g[..., t])[..., None, None] * S + u[..., None] * kt[..., None, :]
+        outs.append(scale * (S @ q[:, :, t, :, None])[..., 0])
+    return torch.stack(outs, 2), S.transpose(-1, -2)
+
+
+def inputs(B, H, Hkv, T, D, dtype, seed, with_h0=True):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=gen)
+    k = F.normalize(r(B, Hkv, T, D), dim=-1)
+    q = F.normalize(r(B, H, T, D), dim=-1) - 0.5 * k.repeat_interleave(H // Hkv, 1)   # q̂ − d k̂
+    v = r(B, Hkv, T, D)
+    g = F.logsigmoid(r(B, H, T) * 2 + 3)            # mostly mild decay, some strong
+    beta = torch.sigmoid(r(B, H, T))
+    kappa = beta * torch.rand(B, H, T, device="cuda", generator=gen).clamp_min(0.05)
+    h0 = r(B, H, D, D) * 0.1 if with_h0 else None
+    q, k, v = q.to(dtype).contiguous(), k.to(dtype).contiguous(), v.to(dtype).contiguous()
+    return q, k, v, g.contiguous(), beta.contiguous(), kappa.contiguous(), h0
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    if not torch.isfinite(a).all(): return float("nan")
+    # a reference that is exactly zero (dg with T = 1 and no initial state) is compared absolutely
+    return ((a - b).norm() / b.norm().clamp_min(1e-6)).item()
+
+
+def check(small, tiny=False):
+    cases = [(2, 4, 2, 150, 64), (1, 2, 1, 200, 128), (1, 2, 2, 70, 256), (1, 3, 3, 64, 128), (2, 2, 1, 1, 64)]
+    if small: cases = cases[:2]
+    if tiny: cases = [(1, 2, 1, 70, 64)]
+    rows, ok = [], True
+    for (B, H, Hkv, T, D) in cases:
+        for dtype, tag in ((torch.float32, "f32"), (torch.bfloat16, "tf32")) + (((torch.bfloat16, "tf32s"),) if D <= 128 else ()):
+            for with_h0 in (True, False):
+                seed = hash((B, H, T, D, str(dtype), with_h0)) % 10000
+                q, k, v, g, beta, kappa, h0 = inputs(B, H, Hkv, T, D, dtype, seed, with_h0)
+                scale = 1.0 / math.sqrt(D)
+                f = lambda x: x.float().contiguous()
+                o, hT, saved = fused_forward(f(q), f(k), f(v), g, beta, kappa, h0, scale, tag)
+                gen = torch.Generator(device="cuda").manual_seed(seed + 1)
+                dO = torch.randn(o.shape, device="cuda", generator=gen).to(dtype)
+                dhT = torch.randn(hT.shape, device="cuda", generator=gen) * 0.1
+                grads = fused_backward(saved, f(dO), dhT, scale, tag)
+                o_f32 = o
+                if dtype == torch.bfloat16: o = o.to(dtype)      # what FusedComba returns
+                torch.cuda.synchronize()
+                leaves = dict(q=q, k=k, v=v, g=g, beta=beta, kappa=kappa, h0=h0)
+                ref_in = {n: (x.double().requires_grad_() if x is not None else None) for n, x in leaves.items()}
+                ro, rh = reference(*[ref_in[n] for n in ("q", "k", "v", "g", "beta", "kappa", "h0")], scale)
+                loss = (ro * dO.double()).sum() + (rh * dhT.double()).sum()
+                names = [n for n in leaves if ref_in[n] is not None]
+                rg = torch.autograd.grad(loss, [ref_in[n] for n in names])
+                errs = {"o": rel(o, ro), "o_f32": rel(o_f32, ro), "hT": rel(hT, rh)}
+                for n, x in zip(names, rg): errs["d" + n] = rel(grads[n], x)
+                tol = 1e-5 if dtype == torch.float32 else 2e-3
+                worst = max(errs.values()) if all(math.isfinite(e) for e in errs.values()) else float("nan")
+                good = worst <= tol
+                ok &= good
+                rows.append(dict(B=B, H=H, Hkv=Hkv, T=T, D=D, mode=tag, h0=with_h0, worst=worst, ok=good, **errs))
+                print(f"{'ok ' if good else 'BAD'} B{B} H{H}/{Hkv} T{T} D{D} {tag:5s} h0={int(with_h0)} worst {worst:.2e}  " +
+                      " ".join(f"{n}={e:.1e}" for n, e in errs.items()), flush=True)
+    return ok, rows
+
+
+def time_ms(fn, reps=20, warm=3):
+    for _ in range(warm): fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b))
+    return float(np.median(ts))
+
+
+def timing(tag="tf32"):
+    out = []
+    for (B, T, H, D) in [(8, 2048, 16, 128), (1, 8192, 32, 128), (2, 16384, 16, 128)]:
+        q, k, v, g, beta, kappa, h0 = inputs(B, H, H, T, D, torch.bfloat16, 7, with_h0=False)
+        scale = 1.0 / math.sqrt(D)
+        N = T // CH
+        qf, kf, vf = q.float(), k.float(), v.float()
+        o, hT, saved = fused_forward(qf, kf, vf, g, beta, kappa, None, scale, tag)
+        _, _, _, _, _, _, W, U, Ut, H0 = saved
+        dO = torch.randn_like(qf)
+        of = torch.empty_like(qf)
+        dUp = torch.empty_like(W); dUt = torch.empty_like(W); dVb = torch.empty_like(W); dKw = torch.empty_like(W)
+        dH1 = torch.empty_like(H0); e = lambda: torch.empty_like(qf); e1 = lambda: torch.empty_like(g)
+        dq, dk, dv, dg, db, dkap = e(), e(), e(), e1(), e1(), e1()
+        row = dict(B=B, T=T, H=H, D=D)
+        row["prepare"] = time_ms(lambda: launch("prepare", D, tag, (N, B * H), kf, vf, g, beta, kappa, W, U, H, H, T))
+        row["state"] = time_ms(lambda: launch("state", D, tag, (D // BV, B * H), kf, g, W, U, None, Ut, H0, hT, H, H, T, N))
+        row["output"] = time_ms(lambda: launch("output", D, tag, (N, B * H), qf, kf, g, Ut, H0, of, scale, H, H, T))
+        row["dupart"] = time_ms(lambda: launch("dupart", D, tag, (N, B * H), qf, kf, g, dO, dUp, scale, H, H, T))
+        row["bstate"] = time_ms(lambda: launch("bstate", D, tag, (D // BV, B * H), qf, kf, g, W, dO, dUp, None, dUt, dH1, hT, scale, H, H, T, N))
+        row["local"] = time_ms(lambda: launch("local", D, tag, (N, B * H), qf, kf, vf, g, beta, kappa, W, U, Ut, H0, dH1, dUt, dO, dVb, dKw,
+                                              dq, dk, dv, dg, db, dkap, scale, H, H, T))
+        row["fwd"] = row["prepare"] + row["state"] + row["output"]
+        row["bwd"] = row["dupart"] + row["bstate"] + row["local"]
+        qs, ks, vs = q.detach().requires_grad_(), k.detach().requires_grad_(), v.detach().requires_grad_()
+        row["sdpa_fwd"] = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        dOb = dO.to(q.dtype)
+        def sdpa_fb():
+            F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).backward(dOb)
+        row["sdpa_fwdbwd"] = time_ms(sdpa_fb)
+        out.append(row)
+        print(tag, "  ".join(f"{k_}={v_:.3f}" if isinstance(v_, float) else f"{k_}={v_}" for k_, v_ in row.items()), flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true"); ap.add_argument("--time", action="store_true")
+    ap.add_argument("--small", action="store_true"); ap.add_argument("--tiny", action="store_true"); ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
+    a = ap.parse_args()
+    res = {}
+    ok = True
+    if a.check:
+        ok, res["check"] = check(a.small, a.tiny)
+        print("CHECK", "PASSED" if ok else "FAILED", flush=True)
+    if a.time:
+        res["time"] = {tag: timing(tag) for tag in ("tf32", "tf32s")}
+    with open(os.path.join(a.out, "comba_check.json"), "w") as f: json.dump(res, f, indent=1)
+    sys.exit(0 if ok else 1)
