@@ -67,7 +67,7 @@ static class BenchCombaCommand
         return command;
     }
 
-    static torch.ScalarType ParseDType(string name) => name.ToLowerInvariant() switch
+    internal static torch.ScalarType ParseDType(string name) => name.ToLowerInvariant() switch
     {
         "float32" or "f32" or "fp32" => torch.ScalarType.Float32,
         "bfloat16" or "bf16" => torch.ScalarType.BFloat16,

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using CombaDistill.IO;
 using CombaDistill.Runtime;
+using CombaDistill.Runtime.Cuda;
 using Spectre.Console;
 
 namespace CombaDistill.Cli;
@@ -36,6 +37,8 @@ static class CliCommon
     public static TorchSharp.torch.Device Start(ParseResult parse)
     {
         TorchRuntime.Initialize(parse.GetValue(LibTorchOption));
+        // an op that cannot use its fused CUDA kernels says so once, here, and carries on with TorchSharp ops
+        CudaKernels.Notices = new ImmediateProgress<string>(line => Err.MarkupLineInterpolated($"[yellow]note:[/] {line}"));
         return DeviceSpec.Resolve(parse.GetValue(DeviceOption));
     }
 

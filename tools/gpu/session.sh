@@ -2,7 +2,7 @@
 # On the GPU host, from the repository root, after tools/gpu-pack.sh here and a device call with carry [".gpu"]:
 # runs the test suite (GPU lane included), Hugging Face reference data, and the GPU benchmarks.
 # Everything lands under $OUT (at most 8 files come back: logs, JSON, one tarball).
-# usage: bash tools/gpu/session.sh [steps...]   steps: tests hfref bench (default: all)
+# usage: bash tools/gpu/session.sh [steps...]   steps: tests hfref bench kernel (default: tests hfref bench)
 set -uo pipefail
 export COMBADISTILL_SHARED=$PWD/.gpu/shared PYTHONUNBUFFERED=1
 steps=${*:-tests hfref bench}
@@ -31,6 +31,11 @@ if [[ $steps == *tests* ]]; then
   echo "== tests"
   bash .gpu/run.sh tests/CombaDistill.Tests.dll -noColor > "$OUT/tests.log" 2>&1
   grep -E "\[FAIL\]|\[SKIP\]|Total:" "$OUT/tests.log" | head -40
+fi
+
+if [[ $steps == *kernel* ]]; then
+  echo "== bench kernel"
+  cli bench kernel --device cuda --json "$OUT/bench-kernel.json" 2>&1 | tail -30
 fi
 
 if [[ $steps == *bench* ]]; then

@@ -45,6 +45,38 @@ public sealed record CombaBenchResult(
     double? ForwardTimeRatioToSdpa, double? ForwardBackwardTimeRatioToSdpa,
     string? Note = null);
 
+/// <summary>
+/// Random inputs of one benchmark shape, as CombaAttention makes them: q, k, v in the benchmark's dtype (the ones
+/// that get gradients when <c>requiresGrad</c>), gates in float32 with mostly mild decay, per-head λ and d, and a
+/// gradient for the output. Never zeros: all-zero inputs would flatter kernels that skip work.
+/// </summary>
+public sealed record CombaBenchInputs(Tensor Q, Tensor K, Tensor V, Tensor G, Tensor Beta, Tensor Lambda, Tensor D, Tensor GradOut) : IDisposable
+{
+    /// <param name="requiresGrad">q, k, v require gradients</param>
+    /// <param name="gatesRequireGrad">g, β, λ and d do too (a training step differentiates them all)</param>
+    public static CombaBenchInputs Random(BenchShape shape, ScalarType dtype, Device device, bool requiresGrad, bool gatesRequireGrad = false)
+    {
+        var (B, T, H, D) = ((long)shape.Batch, (long)shape.Length, (long)shape.Heads, (long)shape.HeadDim);
+        var gates = requiresGrad && gatesRequireGrad;
+        return new CombaBenchInputs(
+            randn([B, H, T, D], dtype: dtype, device: device).requires_grad_(requiresGrad),
+            randn([B, H, T, D], dtype: dtype, device: device).requires_grad_(requiresGrad),
+            randn([B, H, T, D], dtype: dtype, device: device).requires_grad_(requiresGrad),
+            (-nn.functional.softplus(randn([B, H, T], device: device) - 3)).requires_grad_(gates),
+            rand([B, H, T], device: device).requires_grad_(gates),
+            (0.25 + 0.5 * rand([H], device: device)).requires_grad_(gates),
+            (0.02 + 0.01 * randn([H], device: device)).requires_grad_(gates),
+            randn([B, H, T, D], dtype: dtype, device: device));
+    }
+
+    public IEnumerable<Tensor> All => [Q, K, V, G, Beta, Lambda, D, GradOut];
+
+    public void Dispose()
+    {
+        foreach (var t in All) t.Dispose();
+    }
+}
+
 /// <summary>Chunkwise and Naive Comba against the teacher's causal scaled_dot_product_attention.</summary>
 public static class CombaBenchmark
 {
@@ -97,16 +129,7 @@ public static class CombaBenchmark
     static double Time(string method, BenchShape shape, ScalarType dtype, Device device, CombaBenchOptions options, bool backward, CancellationToken cancellation)
     {
         using var scope = NewDisposeScope();
-        var (B, T, H, D) = ((long)shape.Batch, (long)shape.Length, (long)shape.Heads, (long)shape.HeadDim);
-        var q = randn([B, H, T, D], dtype: dtype, device: device).requires_grad_(backward);
-        var k = randn([B, H, T, D], dtype: dtype, device: device).requires_grad_(backward);
-        var v = randn([B, H, T, D], dtype: dtype, device: device).requires_grad_(backward);
-        // gates as CombaAttention makes them: float32, decay mostly mild
-        var g = -nn.functional.softplus(randn([B, H, T], device: device) - 3);
-        var beta = rand([B, H, T], device: device);
-        var lambda = full([H], 0.5, device: device);
-        var d = full([H], 0.02, device: device);
-        var gradOut = randn([B, H, T, D], dtype: dtype, device: device);
+        var (q, k, v, g, beta, lambda, d, gradOut) = CombaBenchInputs.Random(shape, dtype, device, requiresGrad: backward);
 
         Tensor Forward() => method switch
         {
@@ -145,7 +168,7 @@ public static class CombaBenchmark
         return samples[samples.Count / 2];
     }
 
-    static void Synchronize(Device device)
+    internal static void Synchronize(Device device)
     {
         if (device.type == DeviceType.CUDA) cuda.synchronize(device);
     }

@@ -42,6 +42,8 @@ public sealed class CudaDevice
     public static CudaDevice For(torch.Device device)
     {
         if (device.type != DeviceType.CUDA) throw new CudaUnavailableException($"{device} is not a CUDA device");
+        if (device.index >= 0 && Devices.TryGetValue(device.index, out var known) && known.IsValueCreated)
+            return known.Value;    // a tensor's device names its ordinal: nothing to ask libtorch
         if (!TorchRuntime.CudaAvailable)
             throw new CudaUnavailableException($"CUDA is not available to libtorch (set {TorchRuntime.LibTorchEnvironmentVariable} to a CUDA PyTorch's torch/lib)");
         // One TorchSharp CUDA call first: PyTorch creates (or re-selects) its context for this device, and the

@@ -69,7 +69,7 @@ public sealed unsafe class CudaKernel
         {
             slots[i] = 0;
             var slot = (byte*)&slots[i];
-            var width = Write(slot, args[i], i);
+            var width = args[i] is Tensor t ? KernelArgument.WritePointer(slot, DevicePointer(t, i)) : KernelArgument.Write(slot, args[i], Name, i);
             if (ParameterSizes is { } s && s[i] != width)
                 throw new ArgumentException($"{Name}: parameter {i} is {s[i]} bytes wide; argument {i} is a {Describe(args[i])} ({width} bytes)");
             pointers[i] = slot;
@@ -78,26 +78,6 @@ public sealed unsafe class CudaKernel
         using var context = Device.Enter();
         RaiseDynamicSharedLimit(dynamicSharedBytes);
         CudaDriver.LaunchKernel(Handle, grid, block, dynamicSharedBytes, pointers);
-    }
-
-    int Write(byte* slot, object arg, int index)
-    {
-        switch (arg)
-        {
-            case Tensor t: *(IntPtr*)slot = DevicePointer(t, index); return 8;
-            case IntPtr p: *(IntPtr*)slot = p; return 8;
-            case int v: *(int*)slot = v; return 4;
-            case uint v: *(uint*)slot = v; return 4;
-            case long v: *(long*)slot = v; return 8;
-            case ulong v: *(ulong*)slot = v; return 8;
-            case float v: *(float*)slot = v; return 4;
-            case double v: *(double*)slot = v; return 8;
-            case short v: *(short*)slot = v; return 2;
-            case ushort v: *(ushort*)slot = v; return 2;
-            case bool v: *slot = v ? (byte)1 : (byte)0; return 1;
-            default:
-                throw new ArgumentException($"{Name}: argument {index} is a {Describe(arg)}; expected a Tensor, IntPtr, int, uint, long, ulong, float, double, short, ushort or bool");
-        }
     }
 
     IntPtr DevicePointer(Tensor t, int index)
@@ -132,6 +112,44 @@ public sealed unsafe class CudaKernel
     }
 
     static string Describe(object? arg) => arg?.GetType().Name ?? "null";
+}
+
+/// <summary>How each launch argument is laid out: exactly its own width, at the start of an 8-byte slot.</summary>
+public static unsafe class KernelArgument
+{
+    /// <summary>Writes a non-tensor argument; returns its width in bytes.</summary>
+    public static int Write(byte* slot, object arg, string kernel, int index)
+    {
+        switch (arg)
+        {
+            case IntPtr p: return WritePointer(slot, p);
+            case int v: *(int*)slot = v; return 4;
+            case uint v: *(uint*)slot = v; return 4;
+            case long v: *(long*)slot = v; return 8;
+            case ulong v: *(ulong*)slot = v; return 8;
+            case float v: *(float*)slot = v; return 4;
+            case double v: *(double*)slot = v; return 8;
+            case short v: *(short*)slot = v; return 2;
+            case ushort v: *(ushort*)slot = v; return 2;
+            case bool v: *slot = v ? (byte)1 : (byte)0; return 1;
+            default:
+                throw new ArgumentException($"{kernel}: argument {index} is a {arg?.GetType().Name ?? "null"}; expected a Tensor, IntPtr, int, uint, long, ulong, float, double, short, ushort or bool");
+        }
+    }
+
+    public static int WritePointer(byte* slot, IntPtr pointer)
+    {
+        *(IntPtr*)slot = pointer;
+        return 8;
+    }
+
+    /// <summary>The bytes a non-tensor argument is passed as (for tests and diagnostics).</summary>
+    public static byte[] Bytes(object arg)
+    {
+        ulong slot = 0;
+        var width = Write((byte*)&slot, arg, "(kernel)", 0);
+        return new ReadOnlySpan<byte>(&slot, width).ToArray();
+    }
 }
 
 /// <summary>Raw data pointers of TorchSharp tensors, for kernel arguments.</summary>

@@ -92,6 +92,7 @@ public static class CudaLibraries
         if (location.Problem is not null) return (IntPtr.Zero, null, location.Problem);
         if (location.Path is not null)
         {
+            PreloadBuiltins(System.IO.Path.GetDirectoryName(location.Path)!);
             try { return (NativeLibrary.Load(location.Path), location.Path, null); }
             catch (DllNotFoundException e) { return (IntPtr.Zero, null, $"NVRTC at {location.Path} could not be loaded: {FirstLine(e.Message)}"); }
         }
@@ -100,6 +101,17 @@ public static class CudaLibraries
         return (IntPtr.Zero, null,
             $"NVRTC (libnvrtc) was not found; looked in {string.Join(", ", location.Searched)} and for {string.Join(", ", NvrtcSonames)} on the loader's path. " +
             $"Set {NvrtcSearch.EnvironmentVariable} to a libnvrtc.so file (pip: site-packages/nvidia/cu13/lib/libnvrtc.so.13)");
+    }
+
+    /// <summary>
+    /// NVRTC opens its companion libnvrtc-builtins by soname while compiling. A folder outside the loader's path
+    /// (a pip wheel's, found through the PyTorch in use) would leave that open to the library's own RUNPATH; loading
+    /// the companion first, by full path, makes the soname lookup find it already resident.
+    /// </summary>
+    static void PreloadBuiltins(string folder)
+    {
+        var builtins = Directory.Exists(folder) ? Directory.GetFiles(folder, "libnvrtc-builtins.so*").Order(StringComparer.Ordinal).FirstOrDefault() : null;
+        if (builtins is not null) TryLoad(builtins);
     }
 
     /// <summary>

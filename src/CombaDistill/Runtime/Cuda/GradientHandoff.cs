@@ -39,6 +39,29 @@ public static class GradientHandoff
         return gradients.Select(g => g!).ToList();   // TorchSharp types the list non-null, yet null is how "no gradient" is said
     }
 
+    /// <summary>
+    /// Runs a backward body. An exception escaping <c>backward</c> has to cross libtorch's native autograd engine,
+    /// which .NET cannot unwind: on the development machine the process hung (idle, forever) instead of failing. So
+    /// an exception here ends the process at once through <see cref="Environment.FailFast(string, Exception)"/>,
+    /// with the function's name and the message on standard error (exit code 134). Check everything that can be
+    /// checked in forward, where exceptions propagate normally.
+    /// </summary>
+    public static List<Tensor> Guard(string function, Func<List<Tensor>> backward)
+    {
+        try
+        {
+            return backward();
+        }
+        catch (Exception e)
+        {
+            Environment.FailFast($"{function}: backward failed and cannot report it through libtorch's autograd engine: {e.Message}", e);
+            throw;   // not reached
+        }
+    }
+
+    /// <summary>The wrappers this thread handed over last and has not released yet (a diagnostic; tests read it).</summary>
+    public static IReadOnlyList<Tensor> HeldOnThisThread => handedOver?.ToList() ?? [];
+
     /// <summary>Disposes the wrappers this thread handed over before (done by <see cref="Return"/>; public for tests and for the end of a run).</summary>
     public static void ReleasePrevious()
     {

@@ -1,0 +1,43 @@
+using System.Text.Json.Nodes;
+using CombaDistill.Tests.Support;
+
+namespace CombaDistill.Tests.Cli;
+
+/// <summary><c>bench kernel</c> run as a user runs it: the table on stdout, progress on stderr, JSON in the file.</summary>
+public class BenchKernelCommandTests
+{
+    [Fact]
+    public void Prints_a_table_and_writes_JSON_with_counts_and_floors()
+    {
+        using var temp = new TempDir();
+        var json = temp["kernel.json"];
+        var (code, stdout, stderr) = CliProcess.Run("bench", "kernel", "--device", "cpu", "--shape", "1,40,2,8",
+            "--repeats", "1", "--warmup", "0", "--input-sets", "1", "--chunk-size", "16", "--ops", "fused,sdpa", "--json", json);
+        Assert.True(code == 0, stderr);
+        foreach (var text in new[] { "(1,40,2,8)", "fused", "sdpa", "×floor", "fwd+bwd ms", "wall clock" })
+            Assert.Contains(text, stdout);
+        Assert.Contains("bench (1,40,2,8) fused", stderr);
+        var report = JsonNode.Parse(File.ReadAllText(json))!;
+        Assert.Equal("cpu", (string)report["device"]!);
+        Assert.Equal(790.0, (double)report["peakTflops"]!);
+        var results = report["results"]!.AsArray();
+        Assert.Equal(["fused", "sdpa"], results.Select(r => (string)r!["op"]!));
+        // SDPA forward: 2·B·H·T²·D FLOPs (causal), q, k, v, o of 4 bytes each
+        Assert.Equal(2.0 * 2 * 40 * 40 * 8, (double)results[1]!["forwardFlops"]!);
+        Assert.Equal(4.0 * 2 * 40 * 8 * 4, (double)results[1]!["forwardBytes"]!);
+        Assert.All(results, r => Assert.True((double)r!["forwardBackwardMs"]! > 0));
+        Assert.Equal(1.0, (double)results[1]!["forwardTimeRatioToSdpa"]!);
+    }
+
+    [Theory]
+    [InlineData("--ops", "fused,flash", "--ops fused,flash")]
+    [InlineData("--chunk-size", "48", "--chunk-size 48")]
+    [InlineData("--shape", "1,2,3", "B,T,H,D")]
+    public void Bad_options_exit_2_with_one_line(string option, string value, string expected)
+    {
+        var (code, stdout, stderr) = CliProcess.Run("bench", "kernel", "--device", "cpu", option, value);
+        Assert.Equal(2, code);
+        Assert.Contains(expected, stderr);
+        Assert.Equal("", stdout);
+    }
+}
