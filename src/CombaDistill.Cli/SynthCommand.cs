@@ -29,7 +29,7 @@ static class SynthCommand
         command.Hidden = true;
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
-            var device = CliCommon.Start(parse);
+            CliCommon.Start(parse);
             var config = new LlamaConfig
             {
                 ModelType = "llama", HiddenSize = parse.GetValue(hidden), NumHiddenLayers = parse.GetValue(layers), NumAttentionHeads = parse.GetValue(heads),
@@ -38,7 +38,7 @@ static class SynthCommand
                 RopeTheta = 500000, RmsNormEps = 1e-5, TorchDtype = "bfloat16",
             };
             var folder = parse.GetValue(output)!;
-            SyntheticLlama.Write(folder, config, parse.GetValue(seed), device, ct);
+            SyntheticLlama.Write(folder, config, parse.GetValue(seed), ct);
             CliCommon.Err.MarkupLineInterpolated($"[green]wrote[/] {folder}: {config.NumHiddenLayers} layers, hidden {config.HiddenSize}, vocabulary {config.VocabSize}, random weights");
             return 0;
         }));

@@ -130,10 +130,17 @@ public static class FusedComba
             ctx.save_data("scale", scale);
             ctx.save_data("h0", h0 is not null);
             ctx.save_data("arithmetic", arithmetic);
+            // an unused output (typically the final state) gets no gradient rather than zeros: autograd would build those
+            // zeros from the output's wrapper, which the caller may have disposed by then (seen in bench kernel)
+            ctx.set_materialize_grads(false);
             return [o, hT];
         }
 
-        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> grads)
+        // Guard: an exception must not cross libtorch's native frames (it would hang the process; docs/custom-autograd.md)
+        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> grads) =>
+            GradientHandoff.Guard(Name, () => Backward(ctx, grads));
+
+        static List<Tensor> Backward(autograd.AutogradContext ctx, List<Tensor> grads)
         {
             var saved = ctx.get_saved_variables();
             var (q, k, v, g, beta, kappa, W, U, Ut, H0) = (saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6], saved[7], saved[8], saved[9]);
@@ -146,8 +153,9 @@ public static class FusedComba
             Tensor dq, dk, dv, dg, dbeta, dkappa, dh0;
             using (var scope = NewDisposeScope())
             {
-                var dO = grads[0].to(ScalarType.Float32).contiguous();
-                var dhT = grads[1].to(ScalarType.Float32).contiguous();
+                static bool Defined(Tensor? t) => t is not null && !t.IsInvalid;
+                var dO = Defined(grads[0]) ? grads[0].to(ScalarType.Float32).contiguous() : zeros([B, H, T, D], ScalarType.Float32, device);
+                object dhT = Defined(grads[1]) ? grads[1].to(ScalarType.Float32).contiguous() : IntPtr.Zero;
                 var dUp = empty_like(W);
                 var dUt = empty_like(W);
                 var dVb = empty_like(W);
@@ -170,6 +178,7 @@ public static class FusedComba
                 foreach (var t in new[] { dq, dk, dv, dg, dbeta, dkappa, dh0 }) t.MoveToOuterDisposeScope();
             }
             if (!hasInitialState) dh0.Dispose();
+            foreach (var t in saved.Concat(grads)) t?.Dispose();   // fresh wrappers on every call, ours to release
             return GradientHandoff.Return(dq, dk, dv, dg, dbeta, dkappa, hasInitialState ? dh0 : null, null, null);
         }
     }

@@ -17,7 +17,7 @@ public static class SyntheticLlama
 {
     public const double InitStd = 0.02;
 
-    public static void Write(string folder, LlamaConfig config, long seed, Device? device = null, CancellationToken cancellationToken = default)
+    public static void Write(string folder, LlamaConfig config, long seed, CancellationToken cancellationToken = default)
     {
         var ranks = config.VocabSize - Llama3Tokenizer.SpecialTokenCount;
         if (ranks < 256) throw new ArgumentException($"a vocabulary of {config.VocabSize} leaves {ranks} BPE ranks; the synthetic tokenizer needs 256 bytes + {Llama3Tokenizer.SpecialTokenCount} special tokens at least");
@@ -25,15 +25,17 @@ public static class SyntheticLlama
         using var output = AtomicDirectory.Create(folder, force: false);
         var plan = ConversionPlan.Create(new Comba.CombaStudentConfig { Architecture = config }).TeacherTensors
             .Select(t => new PlannedTensor(t.Name, LlamaForCausalLM.ParseDtype(config.TorchDtype), t.Shape)).ToList();
-        var generator = new TorchSharp.torch.Generator((ulong)seed, device ?? CPU);
+        // drawn on the CPU: TorchSharp's Generator is a CPU generator (a CUDA tensor's normal_ refuses it, seen on the
+        // H200), and the same seed then gives the same weights on any machine
+        var generator = new TorchSharp.torch.Generator((ulong)seed, CPU);
         CheckpointWriter.WriteStreaming(output.Path, plan, name =>
         {
             cancellationToken.ThrowIfCancellationRequested();
             var planned = plan.First(t => t.Name == name);
             var value = name.EndsWith("norm.weight", StringComparison.Ordinal)
-                ? ones(planned.Shape, ScalarType.Float32, device)
-                : empty(planned.Shape, ScalarType.Float32, device).normal_(0, InitStd, generator);
-            return value.to(planned.DType).cpu();
+                ? ones(planned.Shape, ScalarType.Float32)
+                : empty(planned.Shape, ScalarType.Float32).normal_(0, InitStd, generator);
+            return value.to(planned.DType);
         }, maxShardBytes: 2_000_000_000);
         AtomicFile.WriteAllText(Path.Combine(output.Path, "config.json"), config.ToJson().ToJsonString() + "\n");
         File.WriteAllText(Path.Combine(output.Path, "tokenizer.model"), TiktokenRanks(ranks));
