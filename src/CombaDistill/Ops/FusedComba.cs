@@ -153,11 +153,11 @@ public static class FusedComba
             Tensor dq, dk, dv, dg, dbeta, dkappa, dh0;
             using (var scope = NewDisposeScope())
             {
-                // An unused output's gradient can come undefined, or (seen on the H200 for the unused final state) as a
-                // defined tensor on the CPU: take whatever arrives onto the kernels' device.
+                // an unused output's gradient comes undefined (materialize_grads is off)
                 static bool Defined(Tensor? t) => t is not null && !t.IsInvalid;
                 var dO = Defined(grads[0]) ? grads[0].to(ScalarType.Float32, device).contiguous() : zeros([B, H, T, D], ScalarType.Float32, device);
-                object dhT = Defined(grads[1]) ? grads[1].to(ScalarType.Float32, device).contiguous() : IntPtr.Zero;
+                // (object) first: TorchSharp converts IntPtr.Zero implicitly into a CPU scalar tensor otherwise
+                object dhT = Defined(grads[1]) ? (object)grads[1].to(ScalarType.Float32, device).contiguous() : IntPtr.Zero;
                 var dUp = empty_like(W);
                 var dUt = empty_like(W);
                 var dVb = empty_like(W);
