@@ -28,6 +28,8 @@ public class FusedCombaTests
 
     static (Tensor O, Tensor S) Naive(CombaInputs x) => NaiveComba.Forward(x.Q, x.K, x.V, x.G, x.Beta, x.Lambda, x.D, x.Scale, x.State);
     static (Tensor O, Tensor S) Fused(CombaInputs x) => FusedComba.Forward(x.Q, x.K, x.V, x.G, x.Beta, x.Lambda, x.D, x.Scale, x.State);
+    static Func<CombaInputs, (Tensor O, Tensor S)> Fused(FusedComba.Arithmetic arithmetic) =>
+        x => FusedComba.Forward(x.Q, x.K, x.V, x.G, x.Beta, x.Lambda, x.D, x.Scale, x.State, arithmetic: arithmetic);
 
     [Theory]
     [MemberData(nameof(Shapes))]
@@ -43,7 +45,14 @@ public class FusedCombaTests
         var weightS = randn([c.Batch, c.Heads, c.KeyDim, c.ValueDim], dtype: ScalarType.Float64);
         string[] names = ["q", "k", "v", "g", "beta", "lambda", "d", "initial state"];
 
-        foreach (var (dtype, tolerance) in new[] { (ScalarType.Float32, 1e-5), (ScalarType.BFloat16, 2e-3) })
+        // bf16 through float32 arithmetic meets the 2e-3 bar; through the tensor cores (the default for bf16) the
+        // operands' tf32 rounding adds about 1e-3 to the output's own 1.6e-3 of bf16 rounding (docs/kernels.md)
+        foreach (var (dtype, arithmetic, tolerance) in new[]
+                 {
+                     (ScalarType.Float32, FusedComba.Arithmetic.Auto, 1e-5),
+                     (ScalarType.BFloat16, FusedComba.Arithmetic.Float32, 2e-3),
+                     (ScalarType.BFloat16, FusedComba.Arithmetic.TensorCores, 5e-3),
+                 })
         {
             using var inputs = source.To(dtype, CUDA);
             if (dtype == ScalarType.BFloat16)
@@ -65,13 +74,14 @@ public class FusedCombaTests
                 return (o.detach(), s.detach(), leaves.All.Select(t => t.grad!.detach().to(ScalarType.Float64, CPU)).ToArray());
             }
             var expected = Run(reference, Naive);
-            var actual = Run(inputs, Fused);
+            var actual = Run(inputs, Fused(arithmetic));
             Assert.Equal(dtype, actual.O.dtype);
             Assert.Equal(ScalarType.Float32, actual.S.dtype);
-            Compare.Close(actual.O, expected.O, tolerance, $"{dtype} output [{c}]");
-            Compare.Close(actual.S, expected.S, tolerance, $"{dtype} final state [{c}]");
+            TestContext.Current.TestOutputHelper?.WriteLine($"{dtype} {arithmetic} [{c}]: output {Compare.RelativeError(actual.O, expected.O):E2}, state {Compare.RelativeError(actual.S, expected.S):E2}, gradients ≤ {expected.Grads.Select((e, i) => Compare.RelativeError(actual.Grads[i], e)).Max():E2}");
+            Compare.Close(actual.O, expected.O, tolerance, $"{dtype} {arithmetic} output [{c}]");
+            Compare.Close(actual.S, expected.S, tolerance, $"{dtype} {arithmetic} final state [{c}]");
             for (int i = 0; i < expected.Grads.Length; i++)
-                Compare.Close(actual.Grads[i], expected.Grads[i], tolerance, $"{dtype} gradient of {names[i]} [{c}]");
+                Compare.Close(actual.Grads[i], expected.Grads[i], tolerance, $"{dtype} {arithmetic} gradient of {names[i]} [{c}]");
         }
     }
 
