@@ -68,7 +68,13 @@ public class FusedCombaTests
             using var reference = inputs.To(ScalarType.Float64, CPU);   // the same (rounded) numbers
             (Tensor O, Tensor S, Tensor[] Grads) Run(CombaInputs x, Func<CombaInputs, (Tensor O, Tensor S)> op)
             {
-                var leaves = x.To(x.Q.dtype, x.Q.device).RequiringGrad();
+                // fresh leaves that keep each input's own dtype (bf16 activations beside float32 gates)
+                Tensor Leaf(Tensor t) => t.detach().clone();
+                var leaves = new CombaInputs
+                {
+                    Q = Leaf(x.Q), K = Leaf(x.K), V = Leaf(x.V), G = Leaf(x.G), Beta = Leaf(x.Beta), Lambda = Leaf(x.Lambda), D = Leaf(x.D),
+                    State = x.State is null ? null : Leaf(x.State), Scale = x.Scale,
+                }.RequiringGrad();
                 var (o, s) = op(leaves);
                 ((o.to(ScalarType.Float64, CPU) * weightO).sum() + (s.to(ScalarType.Float64, CPU) * weightS).sum()).backward();
                 return (o.detach(), s.detach(), leaves.All.Select(t => t.grad!.detach().to(ScalarType.Float64, CPU)).ToArray());
