@@ -77,7 +77,8 @@ public sealed class StageTrainer
     public StageResult Run(CancellationToken cancellationToken = default)
     {
         Directory.CreateDirectory(inputs.Folder);
-        var trainable = TrainableParameters.Apply(student, stage.Trainable);
+        using var lora = stage.Lora is { } loraRecipe ? LoraAdapters.Attach(student, loraRecipe, DataSeed) : null;
+        var trainable = TrainableParameters.Apply(student, stage.Trainable, lora);
         foreach (var p in teacher.parameters()) p.requires_grad = false;
         using var optimizer = CreateOptimizer(trainable);
 
@@ -118,6 +119,7 @@ public sealed class StageTrainer
         if (step == 0) metrics.Add(Evaluate(0, 0));
         long lastSaved = step;
         var parameters = trainable.Select(p => p.Parameter).ToArray();
+        student.train();
         while (step < totalSteps)
         {
             var lr = LearningRateSchedule.At(stage, step);
@@ -161,6 +163,7 @@ public sealed class StageTrainer
         }
 
         student.eval();
+        lora?.Merge();
         var title = $"{inputs.StageIndex + 1:D2}-{stage.Name}: {RecipeLoader.NameOf(stage.Objective)}";
         LossPlot.Write(Path.Combine(inputs.Folder, PlotFile), title, metrics.Train, metrics.Evals);
         var result = Path.Combine(inputs.Folder, ResultFolder);
@@ -207,6 +210,20 @@ public sealed class StageTrainer
     EvalMetrics Evaluate(long step, long tokens)
     {
         Note($"stage '{stage.Name}': evaluating on {evalWindows.Length * (long)stage.SequenceLength:N0} held-out tokens");
+        var wasTraining = student.training;
+        student.eval();
+        try
+        {
+            return EvaluateWindows(step, tokens);
+        }
+        finally
+        {
+            if (wasTraining) student.train();
+        }
+    }
+
+    EvalMetrics EvaluateWindows(long step, long tokens)
+    {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var (studentCe, kl, teacherCe, alignment) = (0.0, 0.0, 0.0, 0.0);

@@ -86,9 +86,10 @@ public sealed class CombaAttention : nn.Module
     {
         using var scope = NewDisposeScope();
         var (batch, length) = (x.shape[0], x.shape[1]);
-        var q = q_proj.forward(x);
-        var k = k_proj.forward(x);
-        var v = v_proj.forward(x);
+        // Projections run through call, not forward, so forward hooks apply (that is how LoRA adapters attach).
+        var q = q_proj.call(x);
+        var k = k_proj.call(x);
+        var v = v_proj.call(x);
         Tensor? qCache = null, kCache = null, vCache = null;
         if (q_conv is not null)
         {
@@ -108,8 +109,8 @@ public sealed class CombaAttention : nn.Module
 
         // gates in float32 (float64 for a float64 model): g is summed over whole chunks
         var compute = x.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
-        var g = -A_log.to(compute).exp() * nn.functional.softplus(a_proj.forward(x).to(compute) + dt_bias.to(compute));
-        var beta = b_proj.forward(x).to(compute).sigmoid();
+        var g = -A_log.to(compute).exp() * nn.functional.softplus(a_proj.call(x).to(compute) + dt_bias.to(compute));
+        var beta = b_proj.call(x).to(compute).sigmoid();
         g = g.transpose(1, 2);                                                   // (B, H, T)
         beta = beta.transpose(1, 2);
         var lambda = lambda_logit.to(compute).sigmoid();
@@ -126,7 +127,7 @@ public sealed class CombaAttention : nn.Module
             (o, recurrent) = ChunkwiseComba.Forward(q, k, v, g, beta, lambda, dCorrection, options.Scale, state?.Recurrent, options.ChunkSize);
         }
         if (o_norm is not null) o = o_norm.forward(o);
-        var y = o_proj.forward(o.transpose(1, 2).reshape(batch, length, heads * headDim));
+        var y = o_proj.call(o.transpose(1, 2).reshape(batch, length, heads * headDim));
         var next = new CombaState(recurrent.MoveToOuterDisposeScope(), qCache?.MoveToOuterDisposeScope(), kCache?.MoveToOuterDisposeScope(), vCache?.MoveToOuterDisposeScope());
         return (y.MoveToOuterDisposeScope(), next);
     }
