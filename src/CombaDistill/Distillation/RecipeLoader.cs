@@ -124,6 +124,9 @@ public static class RecipeLoader
                 InitialD = convert.Number("initial_d") ?? defaults.InitialD,
                 InitialLambda = convert.Number("initial_lambda") ?? defaults.InitialLambda,
                 NormEps = convert.Number("norm_eps") ?? defaults.NormEps,
+                FeatureMap = convert.String("feature_map") ?? defaults.FeatureMap,
+                NormalizeReadout = convert.Bool("normalize_readout") ?? defaults.NormalizeReadout,
+                ReadoutEps = convert.Number("readout_eps") ?? defaults.ReadoutEps,
             };
             var layers = convert.List("attention_layers")?.Select(n => n is YamlScalarNode s && int.TryParse(s.Value, out var i) && i >= 0 ? i
                 : throw convert.Error(n, convert.PathOf("attention_layers"), $"holds '{n}'; expected layer indices")).ToArray() ?? [];

@@ -15,7 +15,8 @@ namespace CombaDistill.Modeling.Comba;
 ///   β = σ(x W_b)                                      b_proj: hidden → heads
 ///   λ = σ(lambda_logit),  d                           one number each
 /// </code>
-/// then x → q, k, v → [short causal conv] → [rotary on q, k] → Comba recurrence → [per-head RMSNorm] → o_proj.
+/// then x → q, k, v → [short causal conv] → [rotary on q, k] → [Taylor features of q, k] → Comba recurrence
+/// → [normalised read-out] → [per-head RMSNorm] → o_proj.
 /// Field names are the Hugging Face keys under <c>self_attn.</c>.
 /// </summary>
 public sealed class CombaAttention : nn.Module
@@ -106,6 +107,9 @@ public sealed class CombaAttention : nn.Module
             q = RotaryEmbedding.Apply(q, cos.to(q.dtype), sin.to(q.dtype));
             k = RotaryEmbedding.Apply(k, cos.to(k.dtype), sin.to(k.dtype));
         }
+        if (options.FeatureMap == "taylor") (q, k) = (TaylorFeatureMap.Apply(q), TaylorFeatureMap.Apply(k));
+        // The normaliser z is what a value of constant one reads out; it rides along as one more value channel.
+        if (options.NormalizeReadout) v = cat([v, ones_like(v.narrow(-1, 0, 1))], -1);
 
         // gates in float32 (float64 for a float64 model): g is summed over whole chunks
         var compute = x.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
@@ -125,6 +129,11 @@ public sealed class CombaAttention : nn.Module
         else
         {
             (o, recurrent) = ChunkwiseComba.Forward(q, k, v, g, beta, lambda, dCorrection, options.Scale, state?.Recurrent, options.ChunkSize);
+        }
+        if (options.NormalizeReadout)
+        {
+            var z = o.narrow(-1, headDim, 1);
+            o = o.narrow(-1, 0, headDim) / (z.abs() + options.ReadoutEps);
         }
         if (o_norm is not null) o = o_norm.forward(o);
         var y = o_proj.call(o.transpose(1, 2).reshape(batch, length, heads * headDim));
