@@ -37,10 +37,15 @@ static class ConvertCommand
         var scale = new Option<double>("--scale") { Description = "output scale s", DefaultValueFactory = _ => defaults.Scale };
         var initialD = new Option<double>("--initial-d") { Description = "initial output correction d in o = s S (q - d k)", DefaultValueFactory = _ => defaults.InitialD };
         var initialLambda = new Option<double>("--initial-lambda") { Description = "initial lambda in (0, 1)", DefaultValueFactory = _ => defaults.InitialLambda };
+        var featureMap = new Option<string>("--feature-map") { Description = "identity, or taylor: expand q and k to the 2nd-order Taylor features of exp(q·k/√D)", DefaultValueFactory = _ => defaults.FeatureMap };
+        featureMap.AcceptOnlyFromAmong(CombaConfig.FeatureMaps);
+        var normalizeReadout = new Option<bool>("--normalize-readout") { Description = "divide each head's read-out by the sum of its weights (a weighted average, as softmax gives)" };
+        var readoutEps = new Option<double>("--readout-eps") { Description = "epsilon of the normalised read-out", DefaultValueFactory = _ => defaults.ReadoutEps };
 
         var command = new Command("convert", "Turn a Llama-family checkpoint into a Comba student (streaming; nothing is left behind on failure)")
         {
             from, output, config, keep, dtype, maxShard, force, rotary, shortConv, outputNorm, chunkSize, scale, initialD, initialLambda,
+            featureMap, normalizeReadout, readoutEps,
         };
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
@@ -60,6 +65,9 @@ static class ConvertCommand
                     Scale = parse.GetValue(scale),
                     InitialD = parse.GetValue(initialD),
                     InitialLambda = parse.GetValue(initialLambda),
+                    FeatureMap = parse.GetValue(featureMap)!,
+                    NormalizeReadout = parse.GetValue(normalizeReadout),
+                    ReadoutEps = parse.GetValue(readoutEps),
                 },
             };
             var outFolder = parse.GetValue(output)!;

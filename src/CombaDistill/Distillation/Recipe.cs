@@ -88,12 +88,13 @@ public enum Objective
 
 /// <summary>
 /// Which parameters a stage trains: <c>comba</c> the Comba layers' new tensors (gates, λ, d, convolutions, norms);
-/// <c>attention</c> everything under a converted layer's self_attn; <c>all</c> the whole student; or glob
-/// patterns over state_dict names (<c>*</c> any run of characters).
+/// <c>attention</c> everything under a converted layer's self_attn; <c>all</c> the whole student; <c>none</c> no
+/// weight of the student (a stage that trains only its LoRA adapters); or glob patterns over state_dict names
+/// (<c>*</c> any run of characters).
 /// </summary>
 public sealed record TrainableSelection(string Preset, IReadOnlyList<string> Patterns)
 {
-    public static readonly string[] Presets = ["comba", "attention", "all"];
+    public static readonly string[] Presets = ["comba", "attention", "all", "none"];
     public static TrainableSelection Of(string preset) => new(preset, []);
     public override string ToString() => Patterns.Count > 0 ? string.Join(", ", Patterns) : Preset;
 }
@@ -107,6 +108,30 @@ public sealed record OptimizerRecipe
     public double Epsilon { get; init; } = 1e-8;
     /// <summary>Explicit: TorchSharp's AdamW defaults to 0, PyTorch's to 0.01.</summary>
     public double WeightDecay { get; init; } = 0.0;
+}
+
+/// <summary>
+/// Low-rank adapters (LoRA, Hu et al. 2021) on the student's projections for one stage: each target
+/// <c>nn.Linear</c> W gains y = W x + (alpha / rank) · B A dropout(x), with A (rank × in) random and B (out × rank)
+/// zero, so the stage starts from exactly its input student. Only A and B train (plus whatever the stage's
+/// <c>trainable</c> selects besides the targets); at the stage's end B A is merged into W, so the result is a
+/// normal student folder.
+/// </summary>
+public sealed record LoraRecipe
+{
+    /// <summary>Projection names that may carry an adapter: attention (and Comba) q/k/v/o and the MLP's three.</summary>
+    public static readonly string[] Projections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    public static readonly string[] AttentionProjections = ["q_proj", "k_proj", "v_proj", "o_proj"];
+
+    public int Rank { get; init; } = 8;
+    /// <summary>The update is scaled by alpha / rank, so changing the rank does not change the learning rate that works.</summary>
+    public double Alpha { get; init; } = 16;
+    /// <summary>Dropout on the adapter's input while training (0 = none).</summary>
+    public double Dropout { get; init; }
+    /// <summary>Which projections get adapters, in every layer (names from <see cref="Projections"/>).</summary>
+    public IReadOnlyList<string> Targets { get; init; } = AttentionProjections;
+
+    public double Scale => Alpha / Rank;
 }
 
 public enum ScheduleKind { Cosine, Constant }
@@ -125,6 +150,8 @@ public sealed record StageRecipe
     public required string Name { get; init; }
     public required Objective Objective { get; init; }
     public required TrainableSelection Trainable { get; init; }
+    /// <summary>LoRA adapters trained in this stage and merged at its end; null for none.</summary>
+    public LoraRecipe? Lora { get; init; }
     public OptimizerRecipe Optimizer { get; init; } = new();
     public ScheduleRecipe Schedule { get; init; } = new();
 

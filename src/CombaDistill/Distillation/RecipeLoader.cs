@@ -124,6 +124,9 @@ public static class RecipeLoader
                 InitialD = convert.Number("initial_d") ?? defaults.InitialD,
                 InitialLambda = convert.Number("initial_lambda") ?? defaults.InitialLambda,
                 NormEps = convert.Number("norm_eps") ?? defaults.NormEps,
+                FeatureMap = convert.String("feature_map") ?? defaults.FeatureMap,
+                NormalizeReadout = convert.Bool("normalize_readout") ?? defaults.NormalizeReadout,
+                ReadoutEps = convert.Number("readout_eps") ?? defaults.ReadoutEps,
             };
             var layers = convert.List("attention_layers")?.Select(n => n is YamlScalarNode s && int.TryParse(s.Value, out var i) && i >= 0 ? i
                 : throw convert.Error(n, convert.PathOf("attention_layers"), $"holds '{n}'; expected layer indices")).ToArray() ?? [];
@@ -222,7 +225,8 @@ public static class RecipeLoader
             throw s.Error("name", $"is '{name}'; use letters, digits, '-' and '_' (it names the stage's folder)");
         var objective = s.Choice("objective", Objectives) ?? throw s.Error("objective", $"is missing; one of {string.Join(", ", Objectives.Keys)}");
 
-        var trainable = ReadTrainable(s, objective);
+        var lora = ReadLora(s, objective);
+        var trainable = ReadTrainable(s, objective, lora is not null);
         var optimizer = ReadOptimizer(s);
         var schedule = ReadSchedule(s, optimizer);
         var stage = new StageRecipe
@@ -230,6 +234,7 @@ public static class RecipeLoader
             Name = name,
             Objective = objective,
             Trainable = trainable,
+            Lora = lora,
             Optimizer = optimizer,
             Schedule = schedule,
             Tokens = s.Integer("tokens"),
@@ -278,9 +283,10 @@ public static class RecipeLoader
         return stage;
     }
 
-    static TrainableSelection ReadTrainable(YamlFields s, Objective objective)
+    static TrainableSelection ReadTrainable(YamlFields s, Objective objective, bool hasLora)
     {
-        var fallback = objective == Objective.AttentionAlignment ? "attention" : "all";
+        // With LoRA the adapters train; the student's own weights only where the stage says so.
+        var fallback = hasLora ? "none" : objective == Objective.AttentionAlignment ? "attention" : "all";
         if (!s.Has("trainable")) return TrainableSelection.Of(fallback);
         if (s.Raw("trainable") is YamlSequenceNode)
         {
@@ -296,7 +302,35 @@ public static class RecipeLoader
             throw s.Error("trainable", $"is '{preset}'; expected one of {string.Join(", ", TrainableSelection.Presets)} or a list of name patterns");
         if (objective == Objective.AttentionAlignment && preset == "all")
             throw s.Error("trainable", "is 'all', but attention_alignment trains only attention-side parameters (comba or attention)");
+        if (preset == "none" && !hasLora)
+            throw s.Error("trainable", "is 'none', which trains nothing without a 'lora' block");
         return TrainableSelection.Of(preset);
+    }
+
+    static LoraRecipe? ReadLora(YamlFields s, Objective objective)
+    {
+        if (!s.Has("lora")) return null;
+        if (s.Raw("lora") is not YamlMappingNode) throw s.Error("lora", "must be a mapping such as {rank: 8, alpha: 16, targets: [q_proj, k_proj, v_proj, o_proj]}");
+        var l = s.Mapping("lora")!;
+        var defaults = new LoraRecipe();
+        var targets = l.List("targets")?.Select(n => n is YamlScalarNode { Value: { } t } && LoraRecipe.Projections.Contains(t) ? t
+            : throw l.Error(n, l.PathOf("targets"), $"holds '{n}'; expected projection names from {string.Join(", ", LoraRecipe.Projections)}")).ToArray();
+        var lora = new LoraRecipe
+        {
+            Rank = l.Int32("rank") ?? defaults.Rank,
+            Alpha = l.Number("alpha") ?? defaults.Alpha,
+            Dropout = l.Number("dropout") ?? defaults.Dropout,
+            Targets = targets ?? defaults.Targets,
+        };
+        l.RejectUnknown();
+        if (lora.Rank <= 0) throw l.Error("rank", $"is {lora.Rank}; expected a positive number (typically 4 to 64)");
+        if (!(lora.Alpha > 0) || double.IsInfinity(lora.Alpha)) throw l.Error("alpha", $"is {lora.Alpha}; expected a positive number");
+        if (!(lora.Dropout >= 0 && lora.Dropout < 1)) throw l.Error("dropout", $"is {lora.Dropout}; expected a probability in [0, 1)");
+        if (lora.Targets.Count == 0) throw l.Error("targets", "is an empty list: no projection would get an adapter");
+        if (lora.Targets.Distinct().Count() != lora.Targets.Count) throw l.Error("targets", "names a projection twice");
+        if (objective == Objective.AttentionAlignment && lora.Targets.FirstOrDefault(t => !LoraRecipe.AttentionProjections.Contains(t)) is { } mlp)
+            throw l.Error("targets", $"names {mlp}, but attention_alignment trains only attention-side parameters ({string.Join(", ", LoraRecipe.AttentionProjections)})");
+        return lora;
     }
 
     static OptimizerRecipe ReadOptimizer(YamlFields s)

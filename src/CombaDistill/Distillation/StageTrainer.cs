@@ -109,7 +109,8 @@ public sealed class StageTrainer
     public StageResult Run(CancellationToken cancellationToken = default)
     {
         if (writes) Directory.CreateDirectory(inputs.Folder);
-        var trainable = SelectTrainable();
+        using var lora = stage.Lora is { } loraRecipe ? LoraAdapters.Attach(student, loraRecipe, DataSeed) : null;
+        var trainable = SelectTrainable(lora);
         foreach (var p in teacher.parameters()) p.requires_grad = false;
         using var optimizer = CreateOptimizer(trainable);
 
@@ -153,6 +154,7 @@ public sealed class StageTrainer
         if (step == 0) metrics.Add(Evaluate(0, 0));
         long lastSaved = step;
         var clipGroups = ClipGroups(trainable);
+        student.train();
         while (step < totalSteps)
         {
             var lr = LearningRateSchedule.At(stage, step);
@@ -199,6 +201,7 @@ public sealed class StageTrainer
         }
 
         student.eval();
+        lora?.Merge();   // the result is a plain student: adapters folded into their projections
         if (writes) LossPlot.Write(Path.Combine(inputs.Folder, PlotFile), PlotTitle, metrics.Train, metrics.Evals);
         var elapsed = secondsBefore + clock.Elapsed.TotalSeconds;
         string result;
@@ -249,9 +252,9 @@ public sealed class StageTrainer
     string PlotTitle => $"{inputs.StageIndex + 1:D2}-{stage.Name}: {RecipeLoader.NameOf(stage.Objective)}" + (inputs.Shard is { } s ? $", shard {s}" : "");
 
     /// <summary>The recipe's selection; a shard keeps the part inside its layers (a joint run's others get no alignment gradient).</summary>
-    IReadOnlyList<(string Name, Parameter Parameter)> SelectTrainable()
+    IReadOnlyList<(string Name, Parameter Parameter)> SelectTrainable(LoraAdapters? lora)
     {
-        var selected = TrainableParameters.Apply(student, stage.Trainable);
+        var selected = TrainableParameters.Apply(student, stage.Trainable, lora);
         if (inputs.Shard is not { } shard) return selected;
         var kept = new List<(string, Parameter)>();
         foreach (var (name, parameter) in selected)
@@ -331,6 +334,20 @@ public sealed class StageTrainer
     EvalMetrics Evaluate(long step, long tokens)
     {
         Note($"stage '{stage.Name}': evaluating on {evalWindows.Length * (long)stage.SequenceLength:N0} held-out tokens");
+        var wasTraining = student.training;
+        student.eval();
+        try
+        {
+            return EvaluateWindows(step, tokens);
+        }
+        finally
+        {
+            if (wasTraining) student.train();
+        }
+    }
+
+    EvalMetrics EvaluateWindows(long step, long tokens)
+    {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var (studentCe, kl, teacherCe, alignment) = (0.0, 0.0, 0.0, 0.0);

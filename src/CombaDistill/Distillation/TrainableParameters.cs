@@ -12,9 +12,10 @@ public static class TrainableParameters
 
     /// <summary>
     /// Sets requires_grad on the selected parameters of <paramref name="student"/> and clears it on all others;
-    /// returns the selected ones by state_dict name, in the model's order.
+    /// returns the selected ones by state_dict name, in the model's order, followed by the LoRA adapters' A and B
+    /// when <paramref name="lora"/> is given (a weight that carries an adapter must not also train directly).
     /// </summary>
-    public static IReadOnlyList<(string Name, Parameter Parameter)> Apply(CombaForCausalLM student, TrainableSelection selection)
+    public static IReadOnlyList<(string Name, Parameter Parameter)> Apply(CombaForCausalLM student, TrainableSelection selection, LoraAdapters? lora = null)
     {
         var combaLayers = Enumerable.Range(0, student.model.layers.Count).Where(i => !student.model.layers[i].IsAttention)
             .Select(i => $"model.layers.{i}.self_attn.").ToArray();
@@ -22,17 +23,26 @@ public static class TrainableParameters
         bool Selected(string name) => selection.Preset switch
         {
             "all" => true,
+            "none" => false,
             "attention" => combaLayers.Any(name.StartsWith),
             "comba" => combaLayers.FirstOrDefault(name.StartsWith) is { } prefix && !TeacherProjections.Any(p => name[prefix.Length..].StartsWith(p, StringComparison.Ordinal)),
             _ => patterns.Any(p => p.IsMatch(name)),
         };
 
+        var adapted = lora?.TargetWeights.ToHashSet() ?? [];
         var chosen = new List<(string, Parameter)>();
         foreach (var (name, parameter) in student.named_parameters())
         {
             var on = Selected(name);
+            if (on && adapted.Contains(name))
+                throw new InvalidInputException(null, $"trainable '{selection}' selects {name}, which also carries a LoRA adapter; train it one way (leave it out of trainable, or drop its projection from lora.targets)");
             parameter.requires_grad = on;
             if (on) chosen.Add((name, parameter));
+        }
+        foreach (var (name, parameter) in lora?.Parameters ?? [])
+        {
+            parameter.requires_grad = true;
+            chosen.Add((name, parameter));
         }
         if (chosen.Count == 0)
             throw new InvalidInputException(null, $"trainable '{selection}' selects no parameter of the student (names look like model.layers.0.self_attn.q_proj.weight)");

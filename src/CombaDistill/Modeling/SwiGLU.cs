@@ -19,6 +19,7 @@ public sealed class SwiGLU : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        return down_proj.forward(nn.functional.silu(gate_proj.forward(x)) * up_proj.forward(x));
+        // call, not forward: forward hooks (LoRA adapters) apply
+        return down_proj.call(nn.functional.silu(gate_proj.call(x)) * up_proj.call(x));
     }
 }

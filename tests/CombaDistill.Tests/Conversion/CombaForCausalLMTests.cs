@@ -36,6 +36,7 @@ public class CombaForCausalLMTests
         { "default", "none", false },
         { "all options, token-dependent gates", "all-on", true },
         { "hybrid with layer 1 kept", "hybrid", true },
+        { "Taylor features, normalised read-out", "taylor", true },
     };
 
     /// <summary>
@@ -51,6 +52,7 @@ public class CombaForCausalLMTests
         {
             "all-on" => new ConversionOptions { Comba = ConversionOptions.DefaultComba with { Rotary = "teacher", OutputNorm = true, ChunkSize = 16 } },
             "hybrid" => new ConversionOptions { KeepAttention = "1", Comba = ConversionOptions.DefaultComba with { ChunkSize = 16 } },
+            "taylor" => new ConversionOptions { Comba = ConversionOptions.DefaultComba with { Rotary = "teacher", ChunkSize = 16, FeatureMap = "taylor", NormalizeReadout = true } },
             _ => new ConversionOptions { Comba = ConversionOptions.DefaultComba with { ChunkSize = 16 } },
         };
         using var student = Student(temp, options, perturb);
@@ -113,6 +115,21 @@ public class CombaForCausalLMTests
         Assert.Null(hybridState.Layer(0).Recurrent);
         Assert.NotNull(hybridState.Layer(1).Recurrent);
         Assert.Throws<ArgumentException>(() => hybrid.forward(zeros([2, 1], ScalarType.Int64), hybridState));
+    }
+
+    /// <summary>With Taylor features and a normalised read-out each head's state is (1 + D + D(D+1)/2) × (D + 1), and inspect says so.</summary>
+    [Fact]
+    public void A_taylor_students_state_has_the_expanded_size_that_inspect_reports()
+    {
+        using var temp = new TempDir();
+        var options = new ConversionOptions { Comba = ConversionOptions.DefaultComba with { FeatureMap = "taylor", NormalizeReadout = true, ShortConv = 0 } };
+        using var student = Student(temp, options, perturb: false);
+        using var noGrad = no_grad();
+        using var state = student.NewDecodingState(1);
+        using (NewDisposeScope()) student.forward(zeros([1, 5], ScalarType.Int64), state);
+        // 3 Comba layers × 6 heads × 45 × 9 × float32
+        Assert.Equal(3 * 6 * 45 * 9 * 4, state.RecurrentBytes);
+        Assert.Equal(state.RecurrentBytes, StudentSummary.Inspect(temp["student"]).RecurrentStateBytes);
     }
 
     [Fact]

@@ -16,6 +16,17 @@ public class CombaAttentionTests
 
     static readonly CombaConfig AllOn = new() { Rotary = "teacher", ShortConv = 4, OutputNorm = true, ChunkSize = 16, Scale = 0.8 };
 
+    /// <summary>AllOn with the Taylor feature map and the normalised read-out (the stories260K recipe's layer).</summary>
+    static readonly CombaConfig TaylorNormalized = AllOn with { FeatureMap = "taylor", NormalizeReadout = true, ReadoutEps = 0.05 };
+
+    static CombaConfig Variant(string name) => name switch
+    {
+        "all options" => AllOn,
+        "taylor, normalised" => TaylorNormalized,
+        "plain" => new CombaConfig { Rotary = "none", ShortConv = 0, OutputNorm = false, ChunkSize = 32 },
+        _ => throw new ArgumentException(name),
+    };
+
     /// <summary>A module whose every parameter is random (not at its initial value), so the wiring test sees them all.</summary>
     static CombaAttention RandomModule(CombaConfig options, ScalarType dtype, long seed)
     {
@@ -71,34 +82,52 @@ public class CombaAttentionTests
         var q = Rope(Heads(Conv(m.q_conv, Project(m.q_proj, x)), H));
         var k = Rope(Heads(Conv(m.k_conv, Project(m.k_proj, x)), Hkv));
         var v = Heads(Conv(m.v_conv, Project(m.v_proj, x)), Hkv);
+        if (m.Options.FeatureMap == "taylor")
+        {
+            // every product x_i x_j (D² of them, not the symmetric half the module keeps): the recurrence's output
+            // depends on the features only through their inner products, which are the same
+            Tensor Features(Tensor t) => cat([ones_like(t.narrow(-1, 0, 1)), t / Math.Pow(D, 0.25),
+                (t.unsqueeze(-1) * t.unsqueeze(-2)).flatten(-2) / Math.Sqrt(2.0 * D)], -1);
+            (q, k) = (Features(q), Features(k));
+        }
         var g = (-m.A_log.exp() * nn.functional.softplus(Project(m.a_proj, x) + m.dt_bias)).transpose(1, 2);
         var beta = Project(m.b_proj, x).sigmoid().transpose(1, 2);
         var (o, _) = NaiveComba.Forward(q, k, v, g, beta, m.lambda_logit.sigmoid(), m.d, m.Options.Scale);
+        if (m.Options.NormalizeReadout)
+        {
+            // the weights' sum: the same recurrence reading out values that are all one
+            var (z, _) = NaiveComba.Forward(q, k, ones_like(v.narrow(-1, 0, 1)), g, beta, m.lambda_logit.sigmoid(), m.d, m.Options.Scale);
+            o = o / (z.abs() + m.Options.ReadoutEps);
+        }
         if (m.o_norm is not null) o = o * (o.pow(2).mean([-1], keepdim: true) + m.Options.NormEps).rsqrt() * m.o_norm.weight;
         return Project(m.o_proj, o.transpose(1, 2).reshape(B, T, H * D));
     }
 
     [Theory]
-    [InlineData(true)]
-    [InlineData(false)]
-    public void Forward_equals_the_layer_recomputed_by_hand_in_float64(bool allOptions)
+    [InlineData("all options", 6, 6)]
+    [InlineData("plain", 6, 6)]
+    [InlineData("taylor, normalised", 1 + 6 + 21, 6 + 1)]
+    public void Forward_equals_the_layer_recomputed_by_hand_in_float64(string variant, long keyDim, long valueDim)
     {
         using var scope = NewDisposeScope();
-        var options = allOptions ? AllOn : new CombaConfig { Rotary = "none", ShortConv = 0, OutputNorm = false, ChunkSize = 32 };
+        var options = Variant(variant);
         var m = RandomModule(options, ScalarType.Float64, 1);
         var x = randn([2, 45, Small.HiddenSize], dtype: ScalarType.Float64);
         var (cos, sin) = Rotary(45, Small.HeadDim, ScalarType.Float64);
         var (y, state) = m.forward(x, cos, sin);
         Compare.Close(y, Reference(m, x, cos, sin), 1e-10, "layer output");
-        Assert.Equal(new long[] { 2, 4, 6, 6 }, state.Recurrent.shape);
-        Assert.Equal(allOptions, state.QConv is not null);
+        Assert.Equal(new long[] { 2, 4, keyDim, valueDim }, state.Recurrent.shape);
+        Assert.Equal((keyDim, valueDim), (options.KeyDim(Small.HeadDim), options.ValueDim(Small.HeadDim)));
+        Assert.Equal(options.ShortConv > 0, state.QConv is not null);
     }
 
-    [Fact]
-    public void Gradients_of_every_parameter_and_the_input_equal_the_Naive_reference()
+    [Theory]
+    [InlineData("all options")]
+    [InlineData("taylor, normalised")]
+    public void Gradients_of_every_parameter_and_the_input_equal_the_Naive_reference(string variant)
     {
         using var scope = NewDisposeScope();
-        var m = RandomModule(AllOn, ScalarType.Float64, 2);
+        var m = RandomModule(Variant(variant), ScalarType.Float64, 2);
         var x = randn([2, 37, Small.HiddenSize], dtype: ScalarType.Float64).requires_grad_(true);
         var (cos, sin) = Rotary(37, Small.HeadDim, ScalarType.Float64);
         var weights = randn([2, 37, Small.HiddenSize], dtype: ScalarType.Float64);
@@ -119,12 +148,14 @@ public class CombaAttentionTests
     }
 
     [Theory]
-    [InlineData(ScalarType.Float64, 1e-10)]
-    [InlineData(ScalarType.Float32, 1e-5)]
-    public void Prefill_in_two_parts_then_decoding_token_by_token_equals_one_forward(ScalarType dtype, double tolerance)
+    [InlineData(ScalarType.Float64, 1e-10, "all options")]
+    [InlineData(ScalarType.Float32, 1e-5, "all options")]
+    [InlineData(ScalarType.Float64, 1e-10, "taylor, normalised")]
+    [InlineData(ScalarType.Float32, 1e-4, "taylor, normalised")]
+    public void Prefill_in_two_parts_then_decoding_token_by_token_equals_one_forward(ScalarType dtype, double tolerance, string variant)
     {
         using var scope = NewDisposeScope();
-        var m = RandomModule(AllOn, dtype, 3);
+        var m = RandomModule(Variant(variant), dtype, 3);
         const int length = 50;
         var x = randn([2, length, Small.HiddenSize], dtype: dtype);
         var (cos, sin) = Rotary(length, Small.HeadDim, dtype);
@@ -145,6 +176,32 @@ public class CombaAttentionTests
         Compare.Close(state.Recurrent, wholeState.Recurrent, tolerance, "recurrent state");
         Compare.Close(state.QConv!, wholeState.QConv!, tolerance, "q convolution cache");
         Compare.Close(state.VConv!, wholeState.VConv!, tolerance, "v convolution cache");
+    }
+
+    /// <summary>
+    /// The normalised read-out is a weighted average of the stored values: when every value is the same vector u, each
+    /// head returns u itself (times |z| / (|z| + ε), which tends to one as ε does), whatever the keys, gates and d.
+    /// </summary>
+    [Fact]
+    public void A_normalised_read_out_of_identical_values_returns_that_value()
+    {
+        using var scope = NewDisposeScope();
+        var m = RandomModule(TaylorNormalized with { ShortConv = 0, OutputNorm = false, ReadoutEps = 1e-9 }, ScalarType.Float64, 6);
+        var (H, D) = (Small.NumAttentionHeads, Small.HeadDim);
+        var u = randn([Small.NumKeyValueHeads * D], dtype: ScalarType.Float64);
+        using (no_grad())
+        {
+            m.v_proj.weight!.zero_();
+            m.v_proj.bias!.copy_(u);                                             // v_t = u for every token
+            m.o_proj.weight!.copy_(eye(Small.HiddenSize, H * D, dtype: ScalarType.Float64));   // y = the read-out itself
+            m.o_proj.bias!.zero_();
+        }
+        var x = randn([2, 30, Small.HiddenSize], dtype: ScalarType.Float64);
+        var (cos, sin) = Rotary(30, D, ScalarType.Float64);
+        var y = m.forward(x, cos, sin).Output;
+        // query head h reads KV head h / (H / Hkv)
+        var expected = u.view(Small.NumKeyValueHeads, 1, D).expand(-1, H / Small.NumKeyValueHeads, -1).reshape(1, 1, H * D);
+        Compare.Close(y.abs(), expected.abs().expand_as(y), 1e-6, "|read-out| of identical values");
     }
 
     [Fact]

@@ -9,14 +9,20 @@ public class CombaConfigTests
     [Fact]
     public void Json_round_trip_keeps_every_option_and_adds_only_comba_fields()
     {
-        var config = new CombaConfig { Rotary = "teacher", ShortConv = 0, OutputNorm = true, ChunkSize = 128, Scale = 0.125, InitialD = -0.3, InitialLambda = 0.9, NormEps = 1e-5 };
+        var config = new CombaConfig
+        {
+            Rotary = "teacher", ShortConv = 0, OutputNorm = true, ChunkSize = 128, Scale = 0.125, InitialD = -0.3, InitialLambda = 0.9, NormEps = 1e-5,
+            FeatureMap = "taylor", NormalizeReadout = true, ReadoutEps = 0.25,
+        };
         var existing = new JsonObject { ["model_type"] = "llama", ["hidden_size"] = 64 };
         var written = config.WriteTo(existing);
         Assert.Same(existing, written);
-        Assert.Equal(2 + 8, written.Count);
+        Assert.Equal(2 + 11, written.Count);
         Assert.All(written.Select(p => p.Key).Where(k => k is not ("model_type" or "hidden_size")), k => Assert.StartsWith("comba_", k));
         Assert.Equal("teacher", (string?)written["comba_rotary"]);
         Assert.Equal(128, (int?)written["comba_chunk_size"]);
+        Assert.Equal("taylor", (string?)written["comba_feature_map"]);
+        Assert.True((bool?)written["comba_normalize_readout"]);
 
         var text = written.ToJsonString();
         var back = CombaConfig.FromJson(JsonNode.Parse(text)!.AsObject(), "config.json");
@@ -29,6 +35,8 @@ public class CombaConfigTests
         var defaults = new CombaConfig();
         Assert.Equal(defaults, CombaConfig.FromJson(new JsonObject { ["model_type"] = "llama" }, "config.json"));
         Assert.Equal(("none", 4, false, 64, 1.0), (defaults.Rotary, defaults.ShortConv, defaults.OutputNorm, defaults.ChunkSize, defaults.Scale));
+        Assert.Equal(("identity", false), (defaults.FeatureMap, defaults.NormalizeReadout));
+        Assert.Equal((8, 8), (defaults.KeyDim(8), defaults.ValueDim(8)));
     }
 
     [Theory]
@@ -41,6 +49,9 @@ public class CombaConfigTests
     [InlineData("comba_scale", "\"big\"", "'comba_scale' must be a number")]
     [InlineData("comba_output_norm", "1", "'comba_output_norm' must be true or false")]
     [InlineData("comba_initial_lambda", "1", "'comba_initial_lambda' is 1")]
+    [InlineData("comba_feature_map", "\"elu\"", "'comba_feature_map' is 'elu'; expected one of identity, taylor")]
+    [InlineData("comba_normalize_readout", "\"yes\"", "'comba_normalize_readout' must be true or false")]
+    [InlineData("comba_readout_eps", "0", "'comba_readout_eps' is 0")]
     public void Bad_fields_name_the_file_and_the_field(string field, string json, string expected)
     {
         var j = JsonNode.Parse($"{{\"{field}\": {json}}}")!.AsObject();

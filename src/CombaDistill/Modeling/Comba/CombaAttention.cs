@@ -15,7 +15,8 @@ namespace CombaDistill.Modeling.Comba;
 ///   β = σ(x W_b)                                      b_proj: hidden → heads
 ///   λ = σ(lambda_logit),  d                           one number each
 /// </code>
-/// then x → q, k, v → [short causal conv] → [rotary on q, k] → Comba recurrence → [per-head RMSNorm] → o_proj.
+/// then x → q, k, v → [short causal conv] → [rotary on q, k] → [Taylor features of q, k] → Comba recurrence
+/// → [normalised read-out] → [per-head RMSNorm] → o_proj.
 /// Field names are the Hugging Face keys under <c>self_attn.</c>.
 /// </summary>
 public sealed class CombaAttention : nn.Module
@@ -86,9 +87,10 @@ public sealed class CombaAttention : nn.Module
     {
         using var scope = NewDisposeScope();
         var (batch, length) = (x.shape[0], x.shape[1]);
-        var q = q_proj.forward(x);
-        var k = k_proj.forward(x);
-        var v = v_proj.forward(x);
+        // Projections run through call, not forward, so forward hooks apply (that is how LoRA adapters attach).
+        var q = q_proj.call(x);
+        var k = k_proj.call(x);
+        var v = v_proj.call(x);
         Tensor? qCache = null, kCache = null, vCache = null;
         if (q_conv is not null)
         {
@@ -105,11 +107,14 @@ public sealed class CombaAttention : nn.Module
             q = RotaryEmbedding.Apply(q, cos.to(q.dtype), sin.to(q.dtype));
             k = RotaryEmbedding.Apply(k, cos.to(k.dtype), sin.to(k.dtype));
         }
+        if (options.FeatureMap == "taylor") (q, k) = (TaylorFeatureMap.Apply(q), TaylorFeatureMap.Apply(k));
+        // The normaliser z is what a value of constant one reads out; it rides along as one more value channel.
+        if (options.NormalizeReadout) v = cat([v, ones_like(v.narrow(-1, 0, 1))], -1);
 
         // gates in float32 (float64 for a float64 model): g is summed over whole chunks
         var compute = x.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
-        var g = -A_log.to(compute).exp() * nn.functional.softplus(a_proj.forward(x).to(compute) + dt_bias.to(compute));
-        var beta = b_proj.forward(x).to(compute).sigmoid();
+        var g = -A_log.to(compute).exp() * nn.functional.softplus(a_proj.call(x).to(compute) + dt_bias.to(compute));
+        var beta = b_proj.call(x).to(compute).sigmoid();
         g = g.transpose(1, 2);                                                   // (B, H, T)
         beta = beta.transpose(1, 2);
         var lambda = lambda_logit.to(compute).sigmoid();
@@ -126,8 +131,13 @@ public sealed class CombaAttention : nn.Module
             // the fused CUDA kernels where they apply (4–14× faster forward+backward on an H200); the chunkwise ops otherwise
             (o, recurrent) = FusedComba.Forward(q, k, v, g, beta, lambda, dCorrection, options.Scale, state?.Recurrent, options.ChunkSize);
         }
+        if (options.NormalizeReadout)
+        {
+            var z = o.narrow(-1, headDim, 1);
+            o = o.narrow(-1, 0, headDim) / (z.abs() + options.ReadoutEps);
+        }
         if (o_norm is not null) o = o_norm.forward(o);
-        var y = o_proj.forward(o.transpose(1, 2).reshape(batch, length, heads * headDim));
+        var y = o_proj.call(o.transpose(1, 2).reshape(batch, length, heads * headDim));
         var next = new CombaState(recurrent.MoveToOuterDisposeScope(), qCache?.MoveToOuterDisposeScope(), kCache?.MoveToOuterDisposeScope(), vCache?.MoveToOuterDisposeScope());
         return (y.MoveToOuterDisposeScope(), next);
     }

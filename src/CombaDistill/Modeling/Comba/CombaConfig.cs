@@ -13,6 +13,7 @@ public sealed record CombaConfig
     public const string Prefix = "comba_";
     public static readonly string[] RotaryModes = ["none", "teacher"];
     public static readonly int[] ShortConvKernels = [0, 4];
+    public static readonly string[] FeatureMaps = ["identity", "taylor"];
 
     /// <summary>"none", or "teacher": apply the teacher's rotary embedding to q and k before the recurrence.</summary>
     public string Rotary { get; init; } = "none";
@@ -40,6 +41,29 @@ public sealed record CombaConfig
 
     public double NormEps { get; init; } = 1e-6;
 
+    /// <summary>
+    /// What q and k become (after rotary) before the recurrence: "identity" keeps their head_dim features; "taylor"
+    /// (<see cref="TaylorFeatureMap"/>) expands them to 1 + D + D(D+1)/2, so each head's state holds that many keys and
+    /// its read-out is quadratic in q.
+    /// </summary>
+    public string FeatureMap { get; init; } = "identity";
+
+    /// <summary>
+    /// Divide each head's read-out by the read-out of a constant-one value channel, o ← o / (|z| + <see cref="ReadoutEps"/>):
+    /// the state is linear in the values, so z is the sum of the weights the read-out gives the stored values, and
+    /// the output becomes their weighted average, as softmax attention's is. Adds one value channel to the state.
+    /// </summary>
+    public bool NormalizeReadout { get; init; }
+
+    /// <summary>ε of the normalised read-out: keeps it finite where the weights sum to about zero.</summary>
+    public double ReadoutEps { get; init; } = 0.1;
+
+    /// <summary>Features per head that q and k have in the recurrence (Dk).</summary>
+    public int KeyDim(int headDim) => FeatureMap == "taylor" ? TaylorFeatureMap.Dimension(headDim) : headDim;
+
+    /// <summary>Value channels per head in the recurrence (Dv): head_dim, plus the normaliser's.</summary>
+    public int ValueDim(int headDim) => headDim + (NormalizeReadout ? 1 : 0);
+
     /// <summary>Throws <see cref="InvalidInputException"/> naming <paramref name="path"/> and the field.</summary>
     public CombaConfig Validated(string? path = null)
     {
@@ -50,6 +74,8 @@ public sealed record CombaConfig
         if (!double.IsFinite(InitialD)) Bad(path, "initial_d", $"is {InitialD}; expected a finite number");
         if (!(InitialLambda > 0 && InitialLambda < 1)) Bad(path, "initial_lambda", $"is {InitialLambda}; expected a number in (0, 1)");
         if (!(NormEps > 0)) Bad(path, "norm_eps", $"is {NormEps}; expected a positive number");
+        if (!FeatureMaps.Contains(FeatureMap)) Bad(path, "feature_map", $"is '{FeatureMap}'; expected one of {string.Join(", ", FeatureMaps)}");
+        if (!(ReadoutEps > 0) || double.IsInfinity(ReadoutEps)) Bad(path, "readout_eps", $"is {ReadoutEps}; expected a positive number");
         return this;
     }
 
@@ -67,6 +93,9 @@ public sealed record CombaConfig
         config[Prefix + "initial_d"] = InitialD;
         config[Prefix + "initial_lambda"] = InitialLambda;
         config[Prefix + "norm_eps"] = NormEps;
+        config[Prefix + "feature_map"] = FeatureMap;
+        config[Prefix + "normalize_readout"] = NormalizeReadout;
+        config[Prefix + "readout_eps"] = ReadoutEps;
         return config;
     }
 
@@ -86,6 +115,9 @@ public sealed record CombaConfig
             InitialD = Num(j, path, "initial_d") ?? defaults.InitialD,
             InitialLambda = Num(j, path, "initial_lambda") ?? defaults.InitialLambda,
             NormEps = Num(j, path, "norm_eps") ?? defaults.NormEps,
+            FeatureMap = Str(j, path, "feature_map") ?? defaults.FeatureMap,
+            NormalizeReadout = Bool(j, path, "normalize_readout") ?? defaults.NormalizeReadout,
+            ReadoutEps = Num(j, path, "readout_eps") ?? defaults.ReadoutEps,
         }.Validated(path);
     }
 

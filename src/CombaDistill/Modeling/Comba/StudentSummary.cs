@@ -35,11 +35,11 @@ public sealed record StudentSummary(ModelSummary Model, CombaStudentConfig Stude
         var tokens = context ?? config.MaxPositionEmbeddings;
         var kvBytes = 2L * student.AttentionLayers.Count * config.NumKeyValueHeads * config.HeadDim * tokens * itemSize;
 
-        // per Comba layer: the state (heads, head_dim, head_dim) in float32 (float64 for a float64 model), and the
-        // short convolution's last kernel − 1 inputs of q, k and v in the model's dtype
+        // per Comba layer: the state (heads, Dk, Dv) in float32 (float64 for a float64 model), and the short
+        // convolution's last kernel − 1 inputs of q, k and v in the model's dtype
         var stateItem = itemSize == 8 ? 8 : 4;
         var convChannels = (config.NumAttentionHeads + 2L * config.NumKeyValueHeads) * config.HeadDim;
-        var perLayer = (long)config.NumAttentionHeads * config.HeadDim * config.HeadDim * stateItem
+        var perLayer = (long)config.NumAttentionHeads * student.Comba.KeyDim(config.HeadDim) * student.Comba.ValueDim(config.HeadDim) * stateItem
             + (student.Comba.ShortConv > 0 ? convChannels * (student.Comba.ShortConv - 1) * itemSize : 0);
 
         var summary = new ModelSummary(

@@ -30,9 +30,10 @@ public sealed class LlamaAttention : nn.Module
     public Tensor forward(Tensor x, Tensor cos, Tensor sin, KvCache.LayerCache? cache = null)
     {
         var (batch, length) = (x.shape[0], x.shape[1]);
-        var q = q_proj.forward(x).view(batch, length, numHeads, headDim).transpose(1, 2);
-        var k = k_proj.forward(x).view(batch, length, numKeyValueHeads, headDim).transpose(1, 2);
-        var v = v_proj.forward(x).view(batch, length, numKeyValueHeads, headDim).transpose(1, 2);
+        // Projections run through call, not forward, so forward hooks apply (that is how LoRA adapters attach).
+        var q = q_proj.call(x).view(batch, length, numHeads, headDim).transpose(1, 2);
+        var k = k_proj.call(x).view(batch, length, numKeyValueHeads, headDim).transpose(1, 2);
+        var v = v_proj.call(x).view(batch, length, numKeyValueHeads, headDim).transpose(1, 2);
         q = RotaryEmbedding.Apply(q, cos, sin);
         k = RotaryEmbedding.Apply(k, cos, sin);
         if (cache is not null) (k, v) = cache.Append(k, v);
@@ -46,7 +47,7 @@ public sealed class LlamaAttention : nn.Module
             length == keyLength ? nn.functional.scaled_dot_product_attention(q, k, v, is_casual: true)
             : length == 1 ? nn.functional.scaled_dot_product_attention(q, k, v)
             : nn.functional.scaled_dot_product_attention(q, k, v, attn_mask: CausalMask(length, keyLength, x.device));
-        return o_proj.forward(attended.transpose(1, 2).reshape(batch, length, numHeads * headDim));
+        return o_proj.call(attended.transpose(1, 2).reshape(batch, length, numHeads * headDim));
     }
 
     /// <summary>The last <paramref name="queries"/> of <paramref name="keys"/> positions each see themselves and everything before.</summary>
