@@ -36,4 +36,34 @@ public sealed class DistillationGpuTests : IDisposable
         }
         Assert.Equal(onCpu.StudentPerplexity, onCuda.StudentPerplexity, onCpu.StudentPerplexity * 0.05);
     }
+
+    /// <summary>The stories260K recipe's layer (Taylor features, normalised read-out) and a LoRA stage on CUDA, against the CPU.</summary>
+    [Fact]
+    public void TaylorFeaturesANormalisedReadOutAndALoraStageRunOnCudaLikeOnTheCpu()
+    {
+        Gpu.Require();
+        var path = dir["recipe.yaml"];
+        const string lora = """
+              - name: lora
+                objective: fine_tuning
+                lora: { rank: 4, alpha: 8, targets: [q_proj, v_proj, o_proj, up_proj] }
+                optimizer: { lr: 3e-3 }
+                steps: 4
+                sequence_length: 32
+                micro_batch: 2
+            """;
+        var text = DistillationRunTests.RecipeText(lora)
+            .Replace("convert: { chunk_size: 16 }", "convert: { chunk_size: 16, rotary: teacher, feature_map: taylor, normalize_readout: true }");
+        File.WriteAllText(path, text);
+        var recipe = RecipeLoader.Load(path);
+        Assert.Equal("taylor", recipe.Student.Comba.FeatureMap);
+        var ct = TestContext.Current.CancellationToken;
+        var onCpu = DistillationRun.Run(recipe, dir["cpu"], new DistillOptions { TensorBoard = false }, cancellationToken: ct);
+        var onCuda = DistillationRun.Run(recipe, dir["cuda"], new DistillOptions { TensorBoard = false, Device = CUDA }, cancellationToken: ct);
+        Assert.Equal(3, onCuda.Stages.Count);
+        var (cpuAlign, cudaAlign) = (onCpu.Stages[0], onCuda.Stages[0]);
+        Assert.Equal(cpuAlign.First!.Alignment!.Value, cudaAlign.First!.Alignment!.Value, cpuAlign.First.Alignment.Value * 0.05);
+        Assert.True(cudaAlign.Last!.Alignment < cudaAlign.First.Alignment);
+        Assert.Equal(onCpu.StudentPerplexity, onCuda.StudentPerplexity, onCpu.StudentPerplexity * 0.05);
+    }
 }
