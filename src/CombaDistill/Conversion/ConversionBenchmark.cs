@@ -77,7 +77,9 @@ public static class ConversionBenchmark
             var before = ResidentBytes("VmRSS");
             ConversionReport? report = null;
             var convertSeconds = Time(() => report = CombaConverter.Convert(teacher, student, new ConversionOptions(), progress: progress, cancellationToken: cancellationToken));
-            var peak = ResidentBytes("VmHWM");
+            // The kernel refreshes its high-water mark only at certain events (an unmap, for one), and other threads may free
+            // memory between the reset and the first sample, so VmHWM can read below the resident size sampled before.
+            var peak = Math.Max(ResidentBytes("VmHWM"), before);
             return new ConversionBenchmarkResult(config.NumHiddenLayers, config.HiddenSize, checkpointBytes, report!.BytesWritten,
                 copySeconds, convertSeconds, before, peak, peakReset, largest);
         }

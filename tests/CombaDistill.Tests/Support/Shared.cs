@@ -54,3 +54,14 @@ public static class Gpu
 {
     public static void Require() => Assert.SkipUnless(TorchRuntime.CudaAvailable, "CUDA is not available on this machine (GPU lane)");
 }
+
+/// <summary>
+/// Tests whose results depend on libtorch's process-wide random generator (dropout during training, a resumed run that
+/// must redraw the same masks). Any test running beside them that draws from the same generator would shift their draws,
+/// so this collection runs alone, after the parallel ones.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class GlobalRandomState
+{
+    public const string Name = "libtorch's global random generator";
+}
