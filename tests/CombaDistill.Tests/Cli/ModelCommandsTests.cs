@@ -24,7 +24,7 @@ public class ModelCommandsTests
     {
         using var temp = new TempDir();
         var folder = Import(temp);
-        var (code, stdout, stderr) = CliProcess.Run("generate", "--model", folder, "--prompt", "", "--max-tokens", "200", "--temperature", "0", "--device", "cpu");
+        var (code, stdout, stderr) = CliProcess.Run("generate", "--model", folder, "--prompt", "", "--max-tokens", "200", "--temperature", "0", "--device", "cpu", "--threads", "1");
         Assert.True(code == 0, stderr);
         Assert.Equal(Modeling.Stories260KTests.GreedyReference, stdout);
         Assert.Contains("200 tokens", stderr);
@@ -78,5 +78,13 @@ public class ModelCommandsTests
         Assert.Equal(2, missing.Code);
         Assert.Contains(temp["nowhere"], missing.Stderr.ReplaceLineEndings(""));
         Assert.Equal("", missing.Stdout);
+
+        foreach (var command in new[] { "generate", "eval" })
+        {
+            var threads = CliProcess.Run(command, "--model", temp["nowhere"], "--threads", "0", "--device", "cpu");
+            Assert.Equal(2, threads.Code);
+            Assert.Contains("--threads is 0", threads.Stderr);
+            Assert.Equal("", threads.Stdout);
+        }
     }
 }

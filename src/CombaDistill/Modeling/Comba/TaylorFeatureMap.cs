@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace CombaDistill.Modeling.Comba;
@@ -24,20 +25,34 @@ public static class TaylorFeatureMap
     {
         using var scope = NewDisposeScope();
         var d = (int)x.shape[^1];
-        var (rows, cols, weights) = (new List<long>(), new List<long>(), new List<double>());
-        for (var i = 0; i < d; i++)
-        {
-            for (var j = i; j < d; j++)
-            {
-                rows.Add(i);
-                cols.Add(j);
-                weights.Add(i == j ? 1.0 : Math.Sqrt(2));
-            }
-        }
-        var first = x.index_select(-1, tensor(rows.ToArray(), device: x.device));
-        var second = x.index_select(-1, tensor(cols.ToArray(), device: x.device));
-        var quadratic = first * second * (tensor(weights.ToArray(), dtype: x.dtype, device: x.device) / Math.Sqrt(2.0 * d));
+        var (rows, cols, weights) = Pairs(d, x.device, x.dtype);
+        var quadratic = x.index_select(-1, rows) * x.index_select(-1, cols) * weights;
         var one = ones_like(x.narrow(-1, 0, 1));
         return cat([one, x / Math.Pow(d, 0.25), quadratic], -1).MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// The pairs i ≤ j and their weights w_ij / √(2D), built once per (D, device, dtype) rather than on every call,
+    /// which on a GPU was three host-to-device copies per layer and call.
+    /// </summary>
+    static (Tensor Rows, Tensor Cols, Tensor Weights) Pairs(int d, Device device, ScalarType dtype) =>
+        pairs.GetOrAdd((d, device.type, device.index, dtype), key =>
+        {
+            var (rows, cols, weights) = (new List<long>(), new List<long>(), new List<double>());
+            for (var i = 0; i < d; i++)
+            {
+                for (var j = i; j < d; j++)
+                {
+                    rows.Add(i);
+                    cols.Add(j);
+                    weights.Add((i == j ? 1.0 : Math.Sqrt(2)) / Math.Sqrt(2.0 * d));
+                }
+            }
+            var at = new Device(key.Type, key.Index);
+            // cached for the process's lifetime, so no dispose scope may own them
+            return (tensor(rows.ToArray(), device: at).DetachFromDisposeScope(), tensor(cols.ToArray(), device: at).DetachFromDisposeScope(),
+                tensor(weights.ToArray(), dtype: ScalarType.Float64).to(key.DType, at).DetachFromDisposeScope());
+        });
+
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<(int D, DeviceType Type, int Index, ScalarType DType), (Tensor Rows, Tensor Cols, Tensor Weights)> pairs = new();
 }
