@@ -9,7 +9,7 @@ namespace CombaDistill.Cli;
 static class BenchCommand
 {
     // A new benchmark is one more entry here and one more Create method below.
-    static readonly Func<Command>[] Subcommands = [CreateLoad, BenchCombaCommand.Create, BenchConvertCommand.Create, BenchKernelCommand.Create];
+    static readonly Func<Command>[] Subcommands = [CreateLoad, BenchCombaCommand.Create, BenchConvertCommand.Create, BenchKernelCommand.Create, BenchDistillCommand.Create];
 
     public static readonly Option<string?> JsonOption = new("--json") { Description = "also write the result to this JSON file", Recursive = true };
 

@@ -2,7 +2,9 @@
 # On the GPU host, from the repository root, after tools/gpu-pack.sh here and a device call with carry [".gpu"]:
 # runs the test suite (GPU lane included), Hugging Face reference data, and the GPU benchmarks.
 # Everything lands under $OUT (at most 8 files come back: logs, JSON, one tarball).
-# usage: bash tools/gpu/session.sh [steps...]   steps: tests hfref bench kernel (default: tests hfref bench)
+# usage: bash tools/gpu/session.sh [steps...]   steps: tests hfref bench kernel distill (default: tests hfref bench)
+#   distill: `bench distill` on a Llama-3.2-1B-shaped synthetic teacher (SEQ=2048 MICRO=4 STEPS=10 by default):
+#   stage-1 (alignment) and stage-2 (KL) tokens/s, peak GPU memory, and the shares of the teacher and the Comba op
 set -uo pipefail
 export COMBADISTILL_SHARED=$PWD/.gpu/shared PYTHONUNBUFFERED=1
 steps=${*:-tests hfref bench}
@@ -41,4 +43,25 @@ fi
 if [[ $steps == *bench* ]]; then
   echo "== bench comba"
   cli bench comba --device cuda --json "$OUT/bench-comba-cuda.json" 2>&1 | tail -30
+fi
+
+if [[ $steps == *distill* ]]; then
+  echo "== bench distill (Llama-3.2-1B-shaped synthetic teacher)"
+  SEQ=${SEQ:-2048} MICRO=${MICRO:-4} STEPS=${STEPS:-10}
+  work=/tmp/bench-distill; rm -rf "$work"; mkdir -p "$work"
+  cli synth --out "$work/teacher" --device cuda:0 > "$work/log" 2>&1 || { tail -5 "$work/log"; exit 1; }
+  cli convert --from "$work/teacher" --out "$work/student" --device cpu >> "$work/log" 2>&1 || { tail -5 "$work/log"; exit 1; }
+  cat > "$work/recipe.yaml" <<EOF
+seed: 7
+teacher: { path: $work/teacher }
+student: { path: $work/student }
+data:
+  train: { path: $COMBADISTILL_SHARED/data/tinyshakespeare/input.txt }
+  validation: { path: $COMBADISTILL_SHARED/data/tinystories-valid-head/tinystories_val.txt, max_tokens: $(( 2 * SEQ + 1 )) }
+  eval_tokens: $SEQ
+stages:
+  - { name: align, objective: attention_alignment, trainable: comba, optimizer: { lr: 1e-3 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO }
+  - { name: kd, objective: distillation, trainable: all, optimizer: { lr: 1e-5 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO, kl_weight: 1.0, loss_chunk: 128 }
+EOF
+  cli bench distill --recipe "$work/recipe.yaml" --device cuda --steps "$STEPS" --warmup 2 --json "$OUT/bench-distill.json" 2>&1 | tail -30
 fi

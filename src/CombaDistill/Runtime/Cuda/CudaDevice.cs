@@ -75,6 +75,14 @@ public sealed class CudaDevice
         return new ContextScope(true);
     }
 
+    /// <summary>Bytes in use on the device (total − free, as nvidia-smi counts them: every process, PyTorch's cache included).</summary>
+    public long MemoryInUse()
+    {
+        using var _ = Enter();
+        var (free, total) = CudaDriver.MemoryInfo();
+        return total - free;
+    }
+
     public override string ToString() => $"cuda:{Ordinal} ({Architecture}, {MultiprocessorCount} SMs)";
 
     public readonly struct ContextScope(bool pushed) : IDisposable

@@ -82,6 +82,13 @@ public static unsafe class CudaDriver
 
     public static void SynchronizeContext() => Check(cuCtxSynchronize(), "cuCtxSynchronize");
 
+    /// <summary>Free and total bytes of the current context's device (every process's allocations count).</summary>
+    public static (long Free, long Total) MemoryInfo()
+    {
+        Check(cuMemGetInfo_v2(out var free, out var total), "cuMemGetInfo");
+        return ((long)free, (long)total);
+    }
+
     public static IntPtr LoadModule(ReadOnlySpan<byte> image)
     {
         fixed (byte* p = image)
@@ -192,6 +199,7 @@ public static unsafe class CudaDriver
     [DllImport(Lib)] static extern int cuCtxPushCurrent_v2(IntPtr context);
     [DllImport(Lib)] static extern int cuCtxPopCurrent_v2(out IntPtr context);
     [DllImport(Lib)] static extern int cuCtxSynchronize();
+    [DllImport(Lib)] static extern int cuMemGetInfo_v2(out nuint free, out nuint total);
     [DllImport(Lib)] static extern int cuDeviceGet(out int device, int ordinal);
     [DllImport(Lib)] static extern int cuDeviceGetAttribute(out int value, int attribute, int device);
     [DllImport(Lib)] static extern int cuDevicePrimaryCtxRetain(out IntPtr context, int device);

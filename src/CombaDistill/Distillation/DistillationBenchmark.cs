@@ -1,0 +1,275 @@
+using System.Diagnostics;
+using CombaDistill.Evaluation;
+using CombaDistill.IO;
+using CombaDistill.Modeling.Comba;
+using CombaDistill.Modeling.Llama;
+using CombaDistill.Ops;
+using CombaDistill.Runtime.Cuda;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace CombaDistill.Distillation;
+
+/// <summary>What <see cref="DistillationBenchmark.Run"/> measures.</summary>
+public sealed record DistillBenchOptions
+{
+    /// <summary>Optimizer steps timed per measured stage, after <see cref="Warmup"/> untimed ones.</summary>
+    public int Steps { get; init; } = 20;
+    public int Warmup { get; init; } = 3;   // at least 1: the clock starts at the end of a step
+
+    /// <summary>Stages to measure, by name; null: all. Earlier stages still run, for one step each, to give the later ones their input.</summary>
+    public IReadOnlyList<string>? Stages { get; init; }
+
+    /// <summary>Where the student trains and the teacher runs; the CPU by default.</summary>
+    public Device? Device { get; init; }
+
+    /// <summary>Timed repetitions of each probe (teacher forward, Comba op forward+backward); the median is kept.</summary>
+    public int ProbeRepeats { get; init; } = 5;
+
+    public void Validate()
+    {
+        if (Steps < 1) throw new ArgumentException($"--steps is {Steps}; expected at least 1");
+        if (Warmup < 1) throw new ArgumentException($"--warmup is {Warmup}; expected at least 1 (the clock starts when a step ends)");
+        if (ProbeRepeats < 1) throw new ArgumentException($"probe repeats is {ProbeRepeats}; expected at least 1");
+    }
+}
+
+/// <summary>
+/// One stage's speed. Step time and tokens/s are measured over the timed steps of a real run of the stage (the
+/// recipe's batch, sequence length, objective and trainable set). The teacher's and the Comba op's shares are
+/// estimates: each is timed alone at the stage's shapes and multiplied by how often a step calls it.
+/// </summary>
+/// <param name="PeakResidentBytes">the process's peak resident memory over the timed steps (VmHWM; null where it cannot be read)</param>
+/// <param name="PeakDeviceBytes">the most GPU memory in use after any timed step (total − free, so PyTorch's cache and other processes count); null off CUDA</param>
+/// <param name="CombaShape">the recurrence's (B, H, T, Dk, Dv) per call</param>
+/// <param name="CombaPath">"fused" (the CUDA kernels) or why the op took the TorchSharp chunkwise path</param>
+/// <param name="CombaCallsPerStep">forward+backward calls of the op per optimizer step (Comba layers × micro-batches)</param>
+public sealed record StageSpeed(
+    string Stage, string Objective, long TokensPerStep, int TimedSteps, double StepMs, double TokensPerSecond,
+    long? PeakResidentBytes, long? PeakDeviceBytes,
+    double TeacherForwardMs, int TeacherCallsPerStep, double TeacherShare,
+    string CombaShape, string CombaPath, double CombaMs, int CombaCallsPerStep, double CombaShare);
+
+public sealed record DistillBenchReport(string Device, string Recipe, int Warmup, int Steps, IReadOnlyList<StageSpeed> Stages, double Seconds);
+
+/// <summary>
+/// <c>combadistill bench distill</c>: runs a recipe's stages for a few steps each in a throwaway run folder and
+/// reports tokens/s, peak memory, and the shares of a step spent in the teacher and in the Comba op.
+/// </summary>
+public static class DistillationBenchmark
+{
+    /// <param name="workFolder">an empty or missing folder for the throwaway run; deleted afterwards unless <paramref name="keep"/></param>
+    public static DistillBenchReport Run(Recipe recipe, string workFolder, DistillBenchOptions options, bool keep = false,
+        IProgress<DistillationProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        options.Validate();
+        var device = options.Device ?? CPU;
+        var measured = (options.Stages ?? recipe.Stages.Select(s => s.Name).ToArray()).Distinct().ToArray();
+        foreach (var name in measured)
+            if (recipe.Stages.All(s => s.Name != name))
+                throw new InvalidInputException(recipe.SourcePath, $"has no stage named '{name}'; its stages are {string.Join(", ", recipe.Stages.Select(s => s.Name))}");
+        if (Directory.Exists(workFolder) && Directory.EnumerateFileSystemEntries(workFolder).Any())
+            throw new InvalidInputException(workFolder, "is not empty; the benchmark needs an empty work folder");
+
+        var bench = BenchRecipe(recipe, measured, options);
+        var clock = Stopwatch.StartNew();
+        var timing = new StepClock(measured, options.Warmup, device, progress);
+        var created = !Directory.Exists(workFolder);
+        try
+        {
+            DistillationRun.Run(bench, workFolder, new DistillOptions { Device = device, TensorBoard = false }, timing, cancellationToken);
+            var teacherFolder = recipe.Teacher.Folder ?? Path.Combine(workFolder, "teacher");
+            var teacherType = device.type == DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
+            using var teacher = LlamaForCausalLM.FromPretrained(teacherFolder, teacherType, device);
+            var stages = new List<StageSpeed>();
+            for (var i = 0; i < bench.Stages.Count; i++)
+            {
+                var stage = bench.Stages[i];
+                if (!measured.Contains(stage.Name)) continue;
+                cancellationToken.ThrowIfCancellationRequested();
+                var studentFolder = Path.Combine(DistillationRun.StageFolder(workFolder, bench, i), StageTrainer.ResultFolder);
+                using var student = CombaForCausalLM.FromPretrained(studentFolder, ScalarType.Float32, device);
+                stages.Add(Measure(stage, timing.Stages[stage.Name], teacher, student, options, device, cancellationToken));
+            }
+            return new DistillBenchReport(Describe(device), recipe.SourcePath, options.Warmup, options.Steps, stages, clock.Elapsed.TotalSeconds);
+        }
+        finally
+        {
+            if (!keep)
+            {
+                if (created) DeleteQuietly(workFolder);
+                else foreach (var entry in Directory.EnumerateFileSystemEntries(workFolder)) DeleteQuietly(entry);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The recipe cut down to a benchmark: measured stages run warm-up + timed steps, the stages before them one step
+    /// each, later ones not at all; no checkpoints, one evaluation window, a small validation set.
+    /// </summary>
+    static Recipe BenchRecipe(Recipe recipe, string[] measured, DistillBenchOptions options)
+    {
+        var last = recipe.Stages.Select((s, i) => (s, i)).Where(x => measured.Contains(x.s.Name)).Max(x => x.i);
+        var stages = recipe.Stages.Take(last + 1).Select(s =>
+        {
+            var steps = measured.Contains(s.Name) ? options.Warmup + options.Steps : 1;
+            return s with
+            {
+                Steps = steps, Tokens = null, LogEvery = 1, EvalEvery = int.MaxValue, CheckpointEvery = int.MaxValue,
+                Schedule = s.Schedule with { WarmupSteps = Math.Min(s.Schedule.WarmupSteps, steps) },
+            };
+        }).ToArray();
+        var longest = stages.Max(s => s.SequenceLength);
+        var validation = recipe.Data.Validation is { } v ? v with { MaxTokens = Math.Min(v.MaxTokens ?? long.MaxValue, 2L * longest + 1) } : null;
+        return recipe with { Stages = stages, Data = recipe.Data with { Validation = validation, EvalTokens = longest } };
+    }
+
+    static StageSpeed Measure(StageRecipe stage, StepClock.StageTimes times, LlamaForCausalLM teacher, CombaForCausalLM student,
+        DistillBenchOptions options, Device device, CancellationToken cancellationToken)
+    {
+        if (times.TimedSteps == 0 || times.Seconds <= 0)
+            throw new InvalidOperationException($"stage '{stage.Name}' reported no timed steps");
+        var stepMs = times.Seconds * 1000 / times.TimedSteps;
+        var config = student.StudentConfig;
+        var arch = config.Architecture;
+
+        var teacherMs = Median(options.ProbeRepeats, device, cancellationToken, () =>
+        {
+            var ids = randint(arch.VocabSize, [stage.MicroBatch, stage.SequenceLength], dtype: ScalarType.Int64, device: device);
+            return () =>
+            {
+                using var _ = no_grad();
+                teacher.model.forward(ids);
+            };
+        });
+
+        var (heads, kvHeads, headDim) = (arch.NumAttentionHeads, arch.NumKeyValueHeads, arch.HeadDim);
+        var (keyDim, valueDim) = (config.Comba.KeyDim(headDim), config.Comba.ValueDim(headDim));
+        var (b, t) = (stage.MicroBatch, stage.SequenceLength);
+        string path = "none: no Comba layers";
+        var combaMs = 0.0;
+        if (config.CombaLayerCount > 0)
+        {
+            combaMs = Median(options.ProbeRepeats, device, cancellationToken, () =>
+            {
+                Tensor Leaf(Tensor x) => x.requires_grad_(true);
+                var f32 = ScalarType.Float32;
+                var q = Leaf(randn([b, heads, t, keyDim], dtype: f32, device: device));
+                var k = Leaf(randn([b, kvHeads, t, keyDim], dtype: f32, device: device));
+                var v = Leaf(randn([b, kvHeads, t, valueDim], dtype: f32, device: device));
+                var g = Leaf(rand([b, heads, t], dtype: f32, device: device).mul_(-0.1));
+                var beta = Leaf(rand([b, heads, t], dtype: f32, device: device));
+                var lambda = Leaf(rand([heads], dtype: f32, device: device));
+                var d = Leaf(full([heads], config.Comba.InitialD, dtype: f32, device: device));
+                var gradient = randn([b, heads, t, valueDim], dtype: f32, device: device);
+                path = FusedComba.UnsupportedReason(q, k, v, config.Comba.ChunkSize) is { } why ? $"chunkwise ({why})" : "fused";
+                return () =>
+                {
+                    FusedComba.Forward(q, k, v, g, beta, lambda, d, config.Comba.Scale, chunkSize: config.Comba.ChunkSize).Output.backward([gradient]);
+                    foreach (var leaf in new[] { q, k, v, g, beta, lambda, d }) leaf.grad = null;
+                };
+            });
+        }
+        var teacherCalls = stage.Accumulation;
+        var combaCalls = config.CombaLayerCount * stage.Accumulation;
+        return new StageSpeed(stage.Name, RecipeLoader.NameOf(stage.Objective), stage.TokensPerStep, times.TimedSteps, stepMs, stage.TokensPerStep / (stepMs / 1000),
+            times.PeakResidentBytes, times.PeakDeviceBytes,
+            teacherMs, teacherCalls, teacherMs * teacherCalls / stepMs,
+            $"({b}, {heads}, {t}, {keyDim}, {valueDim})", path, combaMs, combaCalls, combaMs * combaCalls / stepMs);
+    }
+
+    /// <summary>The median wall time of a prepared action (prepared once, outside the timing), one untimed run first.</summary>
+    static double Median(int repeats, Device device, CancellationToken cancellationToken, Func<Action> prepare)
+    {
+        using var scope = NewDisposeScope();
+        var action = prepare();
+        void Once()
+        {
+            using var inner = NewDisposeScope();
+            action();
+        }
+        Once();
+        var samples = new List<double>();
+        for (var i = 0; i < repeats; i++)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            CombaBenchmark.Synchronize(device);
+            var watch = Stopwatch.StartNew();
+            Once();
+            CombaBenchmark.Synchronize(device);
+            samples.Add(watch.Elapsed.TotalMilliseconds);
+        }
+        samples.Sort();
+        return samples.Count % 2 == 1 ? samples[samples.Count / 2] : (samples[samples.Count / 2 - 1] + samples[samples.Count / 2]) / 2;
+    }
+
+    static string Describe(Device device)
+    {
+        if (device.type != DeviceType.CUDA) return device.ToString();
+        try { return CudaDevice.For(device).ToString(); }
+        catch (Exception e) when (e is CudaUnavailableException or CudaException) { return device.ToString(); }
+    }
+
+    static void DeleteQuietly(string path)
+    {
+        try
+        {
+            if (Directory.Exists(path)) Directory.Delete(path, recursive: true);
+            else if (File.Exists(path)) File.Delete(path);
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+    }
+
+    /// <summary>
+    /// Listens to the run's step reports (made right after each optimizer step, once its loss has been read back, so
+    /// the device is idle): the clock starts at the last warm-up step of a measured stage and stops at its last step.
+    /// </summary>
+    sealed class StepClock(string[] measured, int warmup, Device device, IProgress<DistillationProgress>? inner)
+        : IProgress<DistillationProgress>
+    {
+        public sealed class StageTimes
+        {
+            public int TimedSteps;
+            public double Seconds;
+            public long? PeakResidentBytes;
+            public long? PeakDeviceBytes;
+            internal long StartTicks;
+        }
+
+        public Dictionary<string, StageTimes> Stages { get; } = measured.ToDictionary(n => n, _ => new StageTimes());
+        readonly CudaDevice? cuda = OpenCuda(device);
+
+        static CudaDevice? OpenCuda(Device device)
+        {
+            if (device.type != DeviceType.CUDA) return null;
+            try { return CudaDevice.For(device); }
+            catch (Exception e) when (e is CudaUnavailableException or CudaException) { return null; }
+        }
+
+        public void Report(DistillationProgress p)
+        {
+            inner?.Report(p);
+            if (p.Note is not null || !Stages.TryGetValue(p.Stage, out var times)) return;
+            if (p.Step == warmup)
+            {
+                ProcessMemory.ResetPeak();
+                times.StartTicks = Stopwatch.GetTimestamp();
+                times.PeakDeviceBytes = DeviceInUse();
+                return;
+            }
+            if (p.Step <= warmup || times.StartTicks == 0) return;
+            if (DeviceInUse() is { } used) times.PeakDeviceBytes = Math.Max(times.PeakDeviceBytes ?? 0, used);
+            times.TimedSteps++;
+            times.Seconds = Stopwatch.GetElapsedTime(times.StartTicks).TotalSeconds;
+            if (p.Step == p.TotalSteps && ProcessMemory.Read() is { RssBytes: > 0 } memory) times.PeakResidentBytes = memory.PeakRssBytes;
+        }
+
+        long? DeviceInUse()
+        {
+            if (cuda is null) return null;
+            try { return cuda.MemoryInUse(); }
+            catch (CudaException) { return null; }
+        }
+    }
+}
