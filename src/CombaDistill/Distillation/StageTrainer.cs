@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using CombaDistill.Modeling.Comba;
 using CombaDistill.Modeling.Llama;
+using CombaDistill.Runtime;
 using CombaDistill.Runtime.Parallel;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -170,6 +171,8 @@ public sealed class StageTrainer
 
             double loss, gradNorm;
             double[]? layerLosses;
+            // no collection inside a step: see CollectionPause for the TorchSharp race it keeps out
+            using (CollectionPause.Begin())
             using (NewDisposeScope())
             {
                 optimizer.zero_grad();
@@ -358,6 +361,7 @@ public sealed class StageTrainer
         for (var c = group.Rank; c < chunks.Length; c += group.WorldSize)
         {
             var chunk = chunks[c];
+            using var pause = CollectionPause.Begin();
             using var batchScope = NewDisposeScope();
             var batch = validation.Batch(chunk).to(student.Device);
             var input = batch.narrow(1, 0, stage.SequenceLength);

@@ -9,7 +9,7 @@ using static TorchSharp.torch;
 namespace CombaDistill.Tests.Distillation;
 
 /// <summary>LoRA adapters on a student's projections: exact at attachment, only A and B train, merging is exact, recipes, a short stage.</summary>
-[Collection(GlobalRandomState.Name)]
+[Collection(ProcessWideState.Name)]
 public sealed class LoraTests : IDisposable
 {
     readonly TempDir dir = new();

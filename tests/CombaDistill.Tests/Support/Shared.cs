@@ -56,12 +56,12 @@ public static class Gpu
 }
 
 /// <summary>
-/// Tests whose results depend on libtorch's process-wide random generator (dropout during training, a resumed run that
-/// must redraw the same masks). Any test running beside them that draws from the same generator would shift their draws,
-/// so this collection runs alone, after the parallel ones.
+/// Tests that depend on process-wide state that a test running beside them would disturb: libtorch's global random
+/// generator (dropout during training, a resumed run that must redraw the same masks) and the garbage collector's
+/// latency mode (<see cref="CombaDistill.Runtime.CollectionPause"/>). This collection runs alone, after the parallel ones.
 /// </summary>
 [CollectionDefinition(Name, DisableParallelization = true)]
-public sealed class GlobalRandomState
+public sealed class ProcessWideState
 {
-    public const string Name = "libtorch's global random generator";
+    public const string Name = "process-wide state (libtorch's generator, the GC's latency mode)";
 }
