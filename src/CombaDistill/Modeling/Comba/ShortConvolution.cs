@@ -33,7 +33,9 @@ public sealed class ShortConvolution : nn.Module
         var (batch, channels) = (x.shape[0], x.shape[2]);
         var past = cache?.to(x.dtype) ?? zeros([batch, channels, Kernel - 1], dtype: x.dtype, device: x.device);
         var window = cat([past, x.transpose(1, 2)], dim: 2);                   // (B, channels, kernel − 1 + T)
-        var y = nn.functional.conv1d(window, weight.to(x.dtype), groups: channels).transpose(1, 2);
+        var y = x.shape[1] == 1
+            ? (window * weight.to(x.dtype).squeeze(1)).sum(-1, keepdim: true).transpose(1, 2)     // one decoding step
+            : nn.functional.conv1d(window, weight.to(x.dtype), groups: channels).transpose(1, 2);
         var nextCache = window.narrow(2, window.shape[2] - (Kernel - 1), Kernel - 1).contiguous();
         return (y.MoveToOuterDisposeScope(), nextCache.MoveToOuterDisposeScope());
     }
