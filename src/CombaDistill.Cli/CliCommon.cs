@@ -51,6 +51,11 @@ static class CliCommon
             Err.MarkupLineInterpolated($"[red]error:[/] {e.Message}");
             return 2;
         }
+        catch (Distillation.TrainingDivergedException e)
+        {
+            Err.MarkupLineInterpolated($"[red]error:[/] {e.Message}");
+            return 1;
+        }
         catch (Runtime.Parallel.ProcessGroupException e)
         {
             Err.MarkupLineInterpolated($"[red]error:[/] {e.Message}");

@@ -180,6 +180,12 @@ public sealed record StageRecipe
     /// <summary>Checkpoints kept per stage (the newest ones); older ones are deleted.</summary>
     public int KeepCheckpoints { get; init; } = 3;
 
+    /// <summary>
+    /// Optimizer steps in a row whose loss or gradient norm is not finite that are skipped (no update) before the stage
+    /// stops with an error; 0 stops at the first.
+    /// </summary>
+    public int MaxNonFiniteSteps { get; init; } = 5;
+
     public long TokensPerStep => (long)SequenceLength * MicroBatch * Accumulation;
 
     /// <summary>Optimizer steps this stage runs.</summary>

@@ -251,6 +251,7 @@ public static class RecipeLoader
             EvalEvery = s.Int32("eval_every") ?? 100,
             CheckpointEvery = s.Int32("checkpoint_every") ?? 100,
             KeepCheckpoints = s.Int32("keep_checkpoints") ?? 3,
+            MaxNonFiniteSteps = s.Int32("max_nonfinite_steps") ?? 5,
         };
         s.RejectUnknown();
 
@@ -265,6 +266,7 @@ public static class RecipeLoader
         Positive(s, "eval_every", stage.EvalEvery);
         Positive(s, "checkpoint_every", stage.CheckpointEvery);
         Positive(s, "keep_checkpoints", stage.KeepCheckpoints);
+        if (stage.MaxNonFiniteSteps < 0) throw s.Error("max_nonfinite_steps", $"is {stage.MaxNonFiniteSteps}; expected ≥ 0");
         if (stage.GradClip is <= 0) throw s.Error("grad_clip", $"is {stage.GradClip}; expected a positive number, or none for no clipping");
         if (!(stage.Temperature > 0)) throw s.Error("temperature", $"is {stage.Temperature}; expected a positive number");
         if (stage.KlWeight < 0) throw s.Error("kl_weight", $"is {stage.KlWeight}; expected ≥ 0");

@@ -28,7 +28,12 @@ public sealed class StageMetrics
 {
     public const string FileName = "metrics.jsonl";
 
-    static readonly JsonSerializerOptions Json = new() { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull };
+    // A diverged step's loss is NaN: written as "NaN" (and read back), not refused by the serializer mid-run.
+    static readonly JsonSerializerOptions Json = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
 
     readonly string path;
     readonly string stage;

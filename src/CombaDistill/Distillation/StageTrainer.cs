@@ -155,6 +155,7 @@ public sealed class StageTrainer
         if (step == 0) metrics.Add(Evaluate(0, 0));
         long lastSaved = step;
         var clipGroups = ClipGroups(trainable);
+        var nonFinite = new NonFiniteSteps(stage.Name, stage.MaxNonFiniteSteps);
         student.train();
         while (step < totalSteps)
         {
@@ -179,9 +180,12 @@ public sealed class StageTrainer
                 (loss, layerLosses) = AccumulateGradients(data);
                 gradients.Average();
                 gradNorm = ClipGradients(clipGroups, stage.GradClip ?? double.PositiveInfinity);
-                optimizer.step();
+                if (nonFinite.Observe(step + 1, loss, gradNorm)) optimizer.step();
             }
             step++;
+            if (nonFinite.InARow > 0)
+                Note($"stage '{stage.Name}' step {step}: the loss ({loss}) or the gradient norm ({gradNorm}) is not finite; the update was skipped " +
+                    $"({nonFinite.InARow} in a row, {stage.MaxNonFiniteSteps} tolerated)", isWarning: true);
             tokens += stage.TokensPerStep;
             sessionTokens += stage.TokensPerStep;
 
