@@ -67,6 +67,10 @@ public sealed class ShippedRecipesTests : IDisposable
             Assert.Equal(recipe.Student.Comba.KeyDim(64), recipe.Student.Comba.ValueDim(64));
             foreach (var gpus in new[] { 1, 2, 4, 8 }) DataParallel.Check(recipe, gpus);
             Assert.Throws<InvalidInputException>(() => DataParallel.Check(recipe, 3));
+
+            // and with its variables set, every recipe in recipes/ loads (a new one is checked without a new test)
+            foreach (var file in Directory.GetFiles(Path.Combine(Shared.RepoRoot, "recipes"), "*.yaml"))
+                Assert.NotEmpty(RecipeLoader.Load(file).Stages);
         }
         finally
         {
