@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace CombaDistill.Ops;
@@ -68,22 +69,43 @@ public static class ChunkwiseComba
         var U = M.matmul(b * V);                                         // M diag(β) V            (B, Hkv, G, N, C, Dv)
         var W = M.matmul(b * gamma0.exp() * lam * K);                    // M diag(β e^{γ⁰}) λ K̂   (B, Hkv, G, N, C, Dk)
 
-        // The only sequential part, the state at each chunk start: h ← P h + X with P = e^{γ_C} I − K̃ᵀW and X = K̃ᵀU
-        // (K̃ = K̂ ⊙ e^{γ_C − γ}) built for all chunks at once, so each step is one batched matmul and an add.
+        // The only sequential part, the state at each chunk start. K̃ = K̂ ⊙ e^{γ_C − γ}.
         var keysToEnd = (K * (gammaEnd - gamma).exp()).transpose(-1, -2);  // (B, Hkv, G, N, Dk, C)
-        var P = gammaEnd.exp() * eye(Dk, dtype: dtype, device: device) - keysToEnd.matmul(W);
-        var X = keysToEnd.matmul(U);
         Tensor ChunkMajor(Tensor t) => t.reshape(B * H, N, t.shape[^2], t.shape[^1]).transpose(0, 1).contiguous();   // (N, B·H, ·, ·)
-        var (steps, inputs) = (ChunkMajor(P), ChunkMajor(X));
         var h = initialState is null ? zeros([B * H, Dk, Dv], dtype: dtype, device: device) : initialState.to(dtype).reshape(B * H, Dk, Dv);
         var starts = new Tensor[N];
-        for (long n = 0; n < N; n++)
+        Tensor H0, Ut;
+        if (device.type == DeviceType.CUDA)
         {
-            starts[n] = h;
-            h = inputs[n] + steps[n].bmm(h);    // not baddbmm: TorchSharp 0.107 hands its operands to libtorch in the wrong order
+            // h ← P h + X with P = e^{γ_C} I − K̃ᵀW and X = K̃ᵀU built for all chunks at once: each step is one batched
+            // matmul and an add, which is what a GPU wants from a loop of small launches.
+            var P = gammaEnd.exp() * eye(Dk, dtype: dtype, device: device) - keysToEnd.matmul(W);
+            var X = keysToEnd.matmul(U);
+            var (steps, inputs) = (ChunkMajor(P), ChunkMajor(X));
+            for (long n = 0; n < N; n++)
+            {
+                starts[n] = h;
+                h = inputs[n] + steps[n].bmm(h);    // not baddbmm: TorchSharp 0.107 hands its operands to libtorch in the wrong order
+            }
+            H0 = stack(starts, dim: 1).view(B, Hkv, G, N, Dk, Dv);
+            Ut = U - W.matmul(H0);                                        // Ũ for all chunks at once
         }
-        var H0 = stack(starts, dim: 1).view(B, Hkv, G, N, Dk, Dv);
-        var Ut = U - W.matmul(H0);                                        // Ũ for all chunks at once
+        else
+        {
+            // Ũ = U − W h and h ← e^{γ_C} h + K̃ᵀŨ chunk by chunk: the Dk × Dk transition P is never formed. On a CPU,
+            // forming it cost more than the rest of the forward (Taylor features make Dk large and Dv small).
+            var (keys, ws, us) = (ChunkMajor(keysToEnd), ChunkMajor(W), ChunkMajor(U));
+            var decays = ChunkMajor(gammaEnd.exp());                      // (N, B·H, 1, 1)
+            var corrected = new Tensor[N];
+            for (long n = 0; n < N; n++)
+            {
+                starts[n] = h;
+                corrected[n] = us[n] - ws[n].bmm(h);
+                h = decays[n] * h + keys[n].bmm(corrected[n]);
+            }
+            H0 = stack(starts, dim: 1).view(B, Hkv, G, N, Dk, Dv);
+            Ut = stack(corrected, dim: 1).view(B, Hkv, G, N, C, Dv);
+        }
 
         var readout = Q - dCorr * K;                                      // Q̃
         var inter = gamma.exp() * readout.matmul(H0);
