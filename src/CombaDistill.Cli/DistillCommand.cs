@@ -97,14 +97,17 @@ static class DistillCommand
         AppDomain.CurrentDomain.ProcessExit += waitForSave;
         try
         {
+            // No refresh thread: the bars are redrawn from the training thread (Reporter), so that no other thread
+            // allocates while libtorch runs and starts a collection inside one of its calls (Runtime/CollectionPause).
             CliCommon.Err.Progress()
+                .AutoRefresh(false)
                 .AutoClear(false)
                 .HideCompleted(false)
                 .Columns(new TaskDescriptionColumn { Alignment = Justify.Left }, new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
                 .Start(context =>
                 {
                     var bars = recipe.Stages.Select((s, i) => context.AddTask($"{i + 1:D2}-{s.Name}", autoStart: false, maxValue: s.TotalSteps * s.TokensPerStep)).ToArray();
-                    var progress = new Reporter(recipe, bars);
+                    var progress = new Reporter(recipe, bars, context);
                     run = Task.Run(() => summary = DistillationRun.Run(recipe, runDir, options, progress, ct), CancellationToken.None);
                     run.GetAwaiter().GetResult();
                 });
@@ -117,14 +120,17 @@ static class DistillCommand
     }
 
     /// <summary>Reports on the training thread: updates the stage's bar, prints notes and warnings above the bars.</summary>
-    sealed class Reporter(Recipe recipe, ProgressTask[] bars) : IProgress<DistillationProgress>
+    sealed class Reporter(Recipe recipe, ProgressTask[] bars, ProgressContext? context = null) : IProgress<DistillationProgress>
     {
+        readonly System.Diagnostics.Stopwatch sinceRedraw = System.Diagnostics.Stopwatch.StartNew();
+
         public void Report(DistillationProgress p)
         {
             if (p.Note is not null)
             {
                 if (p.IsWarning) CliCommon.Err.MarkupLineInterpolated($"[yellow]warning:[/] {p.Note}");
                 else CliCommon.Err.MarkupLineInterpolated($"[grey]{p.Note}[/]");
+                Redraw(force: true);
                 return;
             }
             var bar = bars[p.StageIndex];
@@ -134,6 +140,15 @@ static class DistillCommand
             bar.Description = $"{p.StageIndex + 1:D2}-{Markup.Escape(stage.Name)} step {p.Step}/{p.TotalSteps} {p.Tokens:N0} tok " +
                 $"{p.TokensPerSecond:N0} tok/s loss {p.Loss:G4} lr {p.LearningRate:0.0e0}" + (p.Eta is { } eta ? $" eta {eta:hh\\:mm\\:ss}" : "");
             if (p.Step == p.TotalSteps) bar.StopTask();
+            Redraw(force: p.Step == p.TotalSteps);
+        }
+
+        /// <summary>At most ten redraws a second, on this (the training) thread.</summary>
+        void Redraw(bool force)
+        {
+            if (context is null || (!force && sinceRedraw.ElapsedMilliseconds < 100)) return;
+            context.Refresh();
+            sinceRedraw.Restart();
         }
     }
 

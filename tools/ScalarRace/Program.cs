@@ -29,7 +29,7 @@ long ops = 0, failures = 0;
 var clock = System.Diagnostics.Stopwatch.StartNew();
 while (clock.Elapsed.TotalSeconds < seconds)
 {
-    using var region = pause ? CollectionPause.Begin() : default;
+    using var region = pause ? CollectionPause.Start() : default;
     try
     {
         for (var i = 0; i < 1000; i++)

@@ -172,7 +172,7 @@ public sealed class StageTrainer
 
             double loss, gradNorm;
             double[]? layerLosses;
-            // no collection inside a step: see CollectionPause for the TorchSharp race it keeps out
+            // with COMBADISTILL_GC_PAUSE=1, no collection inside a step (CollectionPause: a TorchSharp race it keeps out)
             using (CollectionPause.Begin())
             using (NewDisposeScope())
             {

@@ -16,8 +16,14 @@ namespace CombaDistill.Runtime;
 /// <para>
 /// A no-GC region makes the runtime collect once at its start, on this thread, between libtorch calls, and not again
 /// until it ends, on any thread, unless the stretch allocates more managed memory than the budget. Objects that die
-/// inside the stretch are finalized only after it. Starting one costs one blocking collection of the managed heap,
-/// which holds little more than tensor wrappers and token arrays here.
+/// inside the stretch are finalized only after it.
+/// </para>
+/// <para>
+/// It is off unless COMBADISTILL_GC_PAUSE=1, because it has a price: on stories260K's alignment stage over 150 steps
+/// the peak resident memory rose from 613–630 MB to 827–900 MB, and with a 128 MB budget the throughput fell 17 %
+/// (docs/runtime.md). The distill command removes the race's usual trigger instead: its progress bars are redrawn
+/// from the training thread, so no other thread allocates while training runs. A collection that the training thread
+/// starts itself happens at one of its own allocations, never inside one of its libtorch calls.
 /// </para>
 /// </summary>
 public static class CollectionPause
@@ -25,15 +31,22 @@ public static class CollectionPause
     /// <summary>Managed bytes the stretch may allocate before the runtime collects anyway (and the pause ends early).</summary>
     public const long Budget = 128L << 20;
 
-    /// <summary>COMBADISTILL_GC_PAUSE=0 turns pauses off (to compare, or should a runtime misbehave with them).</summary>
+    /// <summary>COMBADISTILL_GC_PAUSE=1 turns pauses on (for hosts that embed the library beside threads of their own).</summary>
     public const string EnvironmentVariable = "COMBADISTILL_GC_PAUSE";
 
-    static readonly bool Disabled = Environment.GetEnvironmentVariable(EnvironmentVariable) == "0";
+    /// <summary>Whether <see cref="Begin"/> pauses at all (read once, from <see cref="EnvironmentVariable"/>).</summary>
+    public static bool Enabled { get; } = Environment.GetEnvironmentVariable(EnvironmentVariable) == "1";
 
-    /// <summary>Pauses collections until the returned scope is disposed; a no-op inside another pause or where the runtime refuses.</summary>
-    public static Scope Begin()
+    /// <summary>
+    /// Where <see cref="Enabled"/>, pauses collections until the returned scope is disposed; a no-op otherwise, inside
+    /// another pause, or where the runtime refuses.
+    /// </summary>
+    public static Scope Begin() => Enabled ? Start() : default;
+
+    /// <summary>Pauses collections until the returned scope is disposed, whatever <see cref="Enabled"/> says.</summary>
+    public static Scope Start()
     {
-        if (Disabled || GCSettings.LatencyMode == GCLatencyMode.NoGCRegion) return default;     // nested: the outer pause covers it
+        if (GCSettings.LatencyMode == GCLatencyMode.NoGCRegion) return default;     // nested: the outer pause covers it
         try
         {
             return new Scope(GC.TryStartNoGCRegion(Budget));
