@@ -35,10 +35,12 @@ static class CorpusCommand
             DistillCommand.SetThreads(parse.GetValue(threads));
             var model = CausalLMLoader.Load(parse.GetValue(teacher)!, device: device);
             long written = 0;
-            CliCommon.Err.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn()).Start(context =>
+            // redrawn from the sampling thread only, as distill's bars are (docs/runtime.md: no other thread allocates)
+            CliCommon.Err.Progress().AutoRefresh(false)
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn()).Start(context =>
             {
                 var bar = context.AddTask("sampling", maxValue: options.Tokens);
-                written = TeacherCorpus.Write(model, parse.GetValue(output)!, options, new Bar(bar), ct);
+                written = TeacherCorpus.Write(model, parse.GetValue(output)!, options, new Bar(bar, context), ct);
             });
             CliCommon.Err.WriteLine($"wrote {written:N0} tokens to {parse.GetValue(output)}");
             return 0;
@@ -46,8 +48,13 @@ static class CorpusCommand
         return command;
     }
 
-    sealed class Bar(ProgressTask task) : IProgress<long>
+    /// <summary>Reported once per batch of sampled sequences.</summary>
+    sealed class Bar(ProgressTask task, ProgressContext context) : IProgress<long>
     {
-        public void Report(long value) => task.Value = value;
+        public void Report(long value)
+        {
+            task.Value = value;
+            context.Refresh();
+        }
     }
 }

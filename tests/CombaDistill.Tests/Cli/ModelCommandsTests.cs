@@ -65,6 +65,22 @@ public class ModelCommandsTests
     }
 
     [Fact]
+    public void Corpus_samples_the_teacher_into_a_token_file_with_its_progress_on_stderr()
+    {
+        using var temp = new TempDir();
+        var folder = Import(temp);
+        var output = temp["corpus.tokens"];
+        var (code, stdout, stderr) = CliProcess.Run("corpus", "--teacher", folder, "--tokens", "1500", "--out", output, "--batch", "4",
+            "--length", "100", "--seed", "3", "--device", "cpu", "--threads", "1");
+        Assert.True(code == 0, stderr);
+        Assert.Equal("", stdout);
+        Assert.Contains("wrote 1,500 tokens", stderr);
+        var tokens = CombaDistill.Distillation.TokenFile.Read(output, 512);
+        Assert.Equal(1500, tokens.Length);
+        Assert.Equal(1, tokens[0]);                 // every sequence starts with BOS
+    }
+
+    [Fact]
     public void User_errors_exit_2_with_one_line_on_stderr_and_nothing_on_stdout()
     {
         using var temp = new TempDir();
