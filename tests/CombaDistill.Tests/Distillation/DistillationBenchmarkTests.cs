@@ -1,6 +1,7 @@
 using System.Text.Json;
 using CombaDistill.Distillation;
 using CombaDistill.IO;
+using CombaDistill.Runtime.Cuda;
 using CombaDistill.Tests.Support;
 
 namespace CombaDistill.Tests.Distillation;
@@ -27,7 +28,7 @@ public sealed class DistillationBenchmarkTests : IDisposable
         var work = dir["work"];
         var steps = new List<(string Stage, long Step, long Total)>();
         var report = DistillationBenchmark.Run(recipe, work, new DistillBenchOptions { Steps = 3, Warmup = 2, ProbeRepeats = 2 },
-            progress: new Recorder(p => { if (p.Note is null) steps.Add((p.Stage, p.Step, p.TotalSteps)); }),
+            progress: new ImmediateProgress<DistillationProgress>(p => { if (p.Note is null) steps.Add((p.Stage, p.Step, p.TotalSteps)); }),
             cancellationToken: TestContext.Current.CancellationToken);
 
         Assert.Equal(["align", "kd"], report.Stages.Select(s => s.Stage));
@@ -62,7 +63,7 @@ public sealed class DistillationBenchmarkTests : IDisposable
         var recipe = Load();
         var steps = new List<(string Stage, long Step)>();
         var report = DistillationBenchmark.Run(recipe, dir["work"], new DistillBenchOptions { Steps = 2, Warmup = 1, ProbeRepeats = 1, Stages = ["kd"] },
-            progress: new Recorder(p => { if (p.Note is null) steps.Add((p.Stage, p.Step)); }),
+            progress: new ImmediateProgress<DistillationProgress>(p => { if (p.Note is null) steps.Add((p.Stage, p.Step)); }),
             cancellationToken: TestContext.Current.CancellationToken);
         Assert.Equal(["kd"], report.Stages.Select(s => s.Stage));
         Assert.Equal([("align", 1L), ("kd", 1L), ("kd", 2L), ("kd", 3L)], steps);
@@ -92,10 +93,5 @@ public sealed class DistillationBenchmarkTests : IDisposable
             Assert.StartsWith("chunkwise (head dim 8", s.CombaPath);
         });
         Assert.StartsWith("cuda:0", report.Device);
-    }
-
-    sealed class Recorder(Action<DistillationProgress> action) : IProgress<DistillationProgress>
-    {
-        public void Report(DistillationProgress value) => action(value);
     }
 }

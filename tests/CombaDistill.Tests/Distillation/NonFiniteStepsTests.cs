@@ -1,6 +1,7 @@
 using CombaDistill.Distillation;
 using CombaDistill.IO;
 using CombaDistill.Modeling.Comba;
+using CombaDistill.Runtime.Cuda;
 using CombaDistill.Tests.Support;
 using static TorchSharp.torch;
 
@@ -57,7 +58,7 @@ public sealed class NonFiniteStepsTests : IDisposable
 
         var notes = new List<string>();
         var e = Assert.Throws<TrainingDivergedException>(() => DistillationRun.Run(recipe, run, new DistillOptions { TensorBoard = false, Resume = true },
-            new Recorder(p => { if (p.IsWarning) notes.Add(p.Note!); }), TestContext.Current.CancellationToken));
+            new ImmediateProgress<DistillationProgress>(p => { if (p.IsWarning) notes.Add(p.Note!); }), TestContext.Current.CancellationToken));
         Assert.Equal(("align", 3L), (e.Stage, e.Step));
         Assert.Equal(2, notes.Count(n => n.Contains("update was skipped")));
 
@@ -71,10 +72,5 @@ public sealed class NonFiniteStepsTests : IDisposable
         Assert.Contains(reloaded.Names, n => n.Contains("layers.1.self_attn.q_proj.weight"));
         using var saved = reloaded.Read(reloaded.Names.First(n => n.Contains("layers.1.self_attn.q_proj.weight")));
         Assert.True(saved.equal(before).all().item<bool>(), "a skipped step changed a weight");
-    }
-
-    sealed class Recorder(Action<DistillationProgress> action) : IProgress<DistillationProgress>
-    {
-        public void Report(DistillationProgress value) => action(value);
     }
 }
