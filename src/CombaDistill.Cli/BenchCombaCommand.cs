@@ -26,7 +26,7 @@ static class BenchCombaCommand
             Description = "skip Naive's forward+backward where its per-step matrices would exceed this many GiB",
             DefaultValueFactory = _ => new CombaBenchOptions().NaiveBackwardMaxBytes / (double)(1L << 30),
         };
-        var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: libtorch's choice); 1 avoids oversubscription on a busy machine" };
+        var threads = CliCommon.ThreadsOption();
 
         var command = new Command("comba", "Time Chunkwise and Naive Comba against scaled_dot_product_attention (forward, forward+backward)")
         {
@@ -35,11 +35,7 @@ static class BenchCombaCommand
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
             var device = CliCommon.Start(parse);
-            if (parse.GetValue(threads) is { } n)
-            {
-                if (n < 1) throw new ArgumentException($"--threads {n}: expected a positive number");
-                torch.set_num_threads(n);
-            }
+            CliCommon.SetThreads(parse.GetValue(threads));
             var onGpu = device.type == DeviceType.CUDA;
             var shapeList = parse.GetValue(shapes) is { Length: > 0 } given ? given.Select(BenchShape.Parse).ToArray()
                 : onGpu ? CombaBenchmark.GpuShapes : CombaBenchmark.CpuShapes;

@@ -16,7 +16,7 @@ static class BenchDistillCommand
         var stages = new Option<string?>("--stages") { Description = "comma-separated stage names to measure (default: all); earlier stages run one step each" };
         var work = new Option<string?>("--work") { Description = "folder for the throwaway run (default: a new temporary folder)" };
         var keep = new Option<bool>("--keep") { Description = "keep the throwaway run afterwards" };
-        var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: one per core)" };
+        var threads = CliCommon.ThreadsOption();
         var command = new Command("distill", "Distillation speed on this machine: each stage's tokens/s and peak memory, and the shares of a step spent in the teacher and in the Comba op")
         {
             recipe, steps, warmup, stages, work, keep, threads,
@@ -31,7 +31,7 @@ static class BenchDistillCommand
             options.Validate();
             var loaded = RecipeLoader.Load(parse.GetValue(recipe)!);     // a bad recipe fails before anything starts
             var device = CliCommon.Start(parse);
-            DistillCommand.SetThreads(parse.GetValue(threads));
+            CliCommon.SetThreads(parse.GetValue(threads));
             var folder = parse.GetValue(work) ?? Path.Combine(Path.GetTempPath(), $"combadistill-bench-distill-{Guid.NewGuid():N}");
             var report = DistillationBenchmark.Run(loaded, folder, options with { Device = device }, parse.GetValue(keep), new Lines(), ct);
 

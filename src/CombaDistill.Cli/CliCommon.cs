@@ -23,6 +23,18 @@ static class CliCommon
     };
 
     /// <summary>Diagnostics and progress go to standard error, so standard output carries only results.</summary>
+    /// <summary>--threads, for every command that runs a model; apply it with <see cref="SetThreads"/>.</summary>
+    public static Option<int?> ThreadsOption() =>
+        new("--threads") { Description = "CPU threads for libtorch (default: one per core); 1 is often fastest for a small model or on a busy machine" };
+
+    /// <summary>libtorch's intra-op threads; on a busy machine, threads that spin waiting for each other cost more than they give.</summary>
+    public static void SetThreads(int? threads)
+    {
+        if (threads is not { } n) return;
+        if (n <= 0) throw new ArgumentException($"--threads is {n}; expected a positive number");
+        TorchSharp.torch.set_num_threads(n);
+    }
+
     public static readonly IAnsiConsole Err = CreateErr();
 
     static IAnsiConsole CreateErr()

@@ -18,7 +18,7 @@ static class CorpusCommand
         var temperature = new Option<double>("--temperature") { Description = "sampling temperature (0 is greedy)", DefaultValueFactory = _ => 1.0 };
         var topP = new Option<double>("--top-p") { Description = "nucleus sampling threshold", DefaultValueFactory = _ => 1.0 };
         var seed = new Option<long>("--seed") { Description = "seed: the same seed writes the same file", DefaultValueFactory = _ => 1234 };
-        var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: one per core)" };
+        var threads = CliCommon.ThreadsOption();
         var command = new Command("corpus", "Write a corpus sampled from a teacher, for distillation without data")
         {
             teacher, tokens, output, batch, length, temperature, topP, seed, threads,
@@ -32,7 +32,7 @@ static class CorpusCommand
             };
             options.Validate();
             var device = CliCommon.Start(parse);
-            DistillCommand.SetThreads(parse.GetValue(threads));
+            CliCommon.SetThreads(parse.GetValue(threads));
             var model = CausalLMLoader.Load(parse.GetValue(teacher)!, device: device);
             long written = 0;
             // redrawn from the sampling thread only, as distill's bars are (docs/runtime.md: no other thread allocates)

@@ -23,7 +23,7 @@ static class DistillCommand
         var stage = new Option<string?>("--stage") { Description = "run only this stage (its predecessor's result must be in --run-dir)" };
         var noTensorBoard = new Option<bool>("--no-tensorboard") { Description = "do not write TensorBoard event files" };
         var validateOnly = new Option<bool>("--validate") { Description = "check the recipe and exit" };
-        var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: one per core); 1 is often fastest for tiny models or on a busy machine" };
+        var threads = CliCommon.ThreadsOption();
         var prepare = new Option<bool>("--prepare") { Description = "set --run-dir up (recipe copy, teacher import, conversion, tokenized data) and exit; run it once before shard jobs" };
         var shard = new Option<string?>("--shard")
         {
@@ -59,7 +59,7 @@ static class DistillCommand
             TorchRuntime.Initialize(parse.GetValue(CliCommon.LibTorchOption));
             var rank = worker?.Rank ?? 0;
             var device = layout.StudentDevice(rank);
-            SetThreads(parse.GetValue(threads) ?? layout.DefaultThreads);
+            CliCommon.SetThreads(parse.GetValue(threads) ?? layout.DefaultThreads);
             if (parse.GetValue(prepare))
             {
                 DistillationRun.Prepare(loaded, parse.GetValue(runDir)!, new Reporter(loaded, []), ct);
@@ -79,13 +79,6 @@ static class DistillCommand
         return command;
     }
 
-    /// <summary>libtorch's intra-op threads; on a busy machine, threads that spin waiting for each other cost more than they give.</summary>
-    public static void SetThreads(int? threads)
-    {
-        if (threads is not { } n) return;
-        if (n <= 0) throw new ArgumentException($"--threads is {n}; expected a positive number");
-        TorchSharp.torch.set_num_threads(n);
-    }
 
     public static RunSummary RunWithProgress(Recipe recipe, string runDir, DistillOptions options, CancellationToken ct)
     {

@@ -37,7 +37,7 @@ static class EvalCommand
         var seed = new Option<int>("--seed") { Description = "seed of the synthetic tasks", DefaultValueFactory = _ => 1234 };
         var dtype = new Option<string?>("--dtype") { Description = "float32 | bfloat16 (default: each checkpoint's torch_dtype)" };
         dtype.AcceptOnlyFromAmong("float32", "bfloat16");
-        var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: one per core); 1 is often fastest for decoding a small model" };
+        var threads = CliCommon.ThreadsOption();
         var command = new Command("eval", "Evaluate a model, side by side with its teacher")
         {
             model, teacher, tasks, data, output, json, maxTokens, window, stride, mqarPairs, mqarLengths, mqarSamples,
@@ -62,7 +62,7 @@ static class EvalCommand
                 throw new InvalidInputException(j, $"folder {parent} does not exist");
 
             var device = CliCommon.Start(parse);
-            DistillCommand.SetThreads(parse.GetValue(threads));
+            CliCommon.SetThreads(parse.GetValue(threads));
             var clock = Stopwatch.StartNew();
             var dtypeName = parse.GetValue(dtype);
             using var evaluated = Load(parse.GetValue(model)!, dtypeName, device);

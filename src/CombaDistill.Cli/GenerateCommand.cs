@@ -21,7 +21,7 @@ static class GenerateCommand
         var seed = new Option<long?>("--seed") { Description = "seed for sampling (reproducible output)" };
         var dtype = new Option<string?>("--dtype") { Description = "float32 | bfloat16 (default: the checkpoint's torch_dtype)" };
         dtype.AcceptOnlyFromAmong("float32", "bfloat16");
-        var threads = new Option<int?>("--threads") { Description = "CPU threads for libtorch (default: one per core); 1 is often fastest for decoding a small model" };
+        var threads = CliCommon.ThreadsOption();
         var command = new Command("generate", "Generate text with a model")
         {
             model, prompt, maxTokens, temperature, topP, seed, dtype, threads,
@@ -29,7 +29,7 @@ static class GenerateCommand
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
             var device = CliCommon.Start(parse);
-            DistillCommand.SetThreads(parse.GetValue(threads));
+            CliCommon.SetThreads(parse.GetValue(threads));
             var folder = parse.GetValue(model)!;
             var options = new GenerationOptions(parse.GetValue(maxTokens), parse.GetValue(temperature), parse.GetValue(topP), parse.GetValue(seed));
             options.Validate();
