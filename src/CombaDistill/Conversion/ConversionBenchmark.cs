@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using CombaDistill.IO;
 using CombaDistill.Modeling.Llama;
+using CombaDistill.Runtime;
 using static TorchSharp.torch;
 
 namespace CombaDistill.Conversion;
@@ -73,13 +74,13 @@ public static class ConversionBenchmark
 
             stage?.Report("converting");
             GC.Collect();
-            var peakReset = ResetPeakResident();
-            var before = ResidentBytes("VmRSS");
+            var peakReset = ProcessMemory.ResetPeak();
+            var before = ProcessMemory.Read().RssBytes;
             ConversionReport? report = null;
             var convertSeconds = Time(() => report = CombaConverter.Convert(teacher, student, new ConversionOptions(), progress: progress, cancellationToken: cancellationToken));
             // The kernel refreshes its high-water mark only at certain events (an unmap, for one), and other threads may free
             // memory between the reset and the first sample, so VmHWM can read below the resident size sampled before.
-            var peak = Math.Max(ResidentBytes("VmHWM"), before);
+            var peak = Math.Max(ProcessMemory.Read().PeakRssBytes, before);
             return new ConversionBenchmarkResult(config.NumHiddenLayers, config.HiddenSize, checkpointBytes, report!.BytesWritten,
                 copySeconds, convertSeconds, before, peak, peakReset, largest);
         }
@@ -130,30 +131,5 @@ public static class ConversionBenchmark
         var clock = Stopwatch.StartNew();
         action();
         return clock.Elapsed.TotalSeconds;
-    }
-
-    /// <summary>Writing 5 to /proc/self/clear_refs resets VmHWM to the current resident size (Linux ≥ 4.0).</summary>
-    static bool ResetPeakResident()
-    {
-        try
-        {
-            File.WriteAllText("/proc/self/clear_refs", "5");
-            return true;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return false; }
-    }
-
-    /// <summary>A /proc/self/status field in bytes (VmRSS, VmHWM); 0 where there is no /proc.</summary>
-    public static long ResidentBytes(string field)
-    {
-        const string status = "/proc/self/status";
-        if (!File.Exists(status)) return 0;
-        foreach (var line in File.ReadLines(status))
-        {
-            if (!line.StartsWith(field + ":", StringComparison.Ordinal)) continue;
-            var parts = line[(field.Length + 1)..].Trim().Split(' ', StringSplitOptions.RemoveEmptyEntries);
-            return long.Parse(parts[0]) * 1024;     // reported in kB
-        }
-        return 0;
     }
 }

@@ -1,9 +1,9 @@
 using System.Diagnostics;
-using CombaDistill.Evaluation;
 using CombaDistill.IO;
 using CombaDistill.Modeling.Comba;
 using CombaDistill.Modeling.Llama;
 using CombaDistill.Ops;
+using CombaDistill.Runtime;
 using CombaDistill.Runtime.Cuda;
 using TorchSharp;
 using static TorchSharp.torch;

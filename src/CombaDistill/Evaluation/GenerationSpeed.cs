@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using CombaDistill.Modeling;
+using CombaDistill.Runtime;
 using static TorchSharp.torch;
 
 namespace CombaDistill.Evaluation;
