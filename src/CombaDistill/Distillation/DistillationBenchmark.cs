@@ -91,7 +91,7 @@ public static class DistillationBenchmark
                 using var student = CombaForCausalLM.FromPretrained(studentFolder, ScalarType.Float32, device);
                 stages.Add(Measure(stage, timing.Stages[stage.Name], teacher, student, options, device, cancellationToken));
             }
-            return new DistillBenchReport(Describe(device), recipe.SourcePath, options.Warmup, options.Steps, stages, clock.Elapsed.TotalSeconds);
+            return new DistillBenchReport(CudaDevice.Describe(device), recipe.SourcePath, options.Warmup, options.Steps, stages, clock.Elapsed.TotalSeconds);
         }
         finally
         {
@@ -199,15 +199,7 @@ public static class DistillationBenchmark
             CombaBenchmark.Synchronize(device);
             samples.Add(watch.Elapsed.TotalMilliseconds);
         }
-        samples.Sort();
-        return samples.Count % 2 == 1 ? samples[samples.Count / 2] : (samples[samples.Count / 2 - 1] + samples[samples.Count / 2]) / 2;
-    }
-
-    static string Describe(Device device)
-    {
-        if (device.type != DeviceType.CUDA) return device.ToString();
-        try { return CudaDevice.For(device).ToString(); }
-        catch (Exception e) when (e is CudaUnavailableException or CudaException) { return device.ToString(); }
+        return Statistics.Median(samples);
     }
 
     static void DeleteQuietly(string path)

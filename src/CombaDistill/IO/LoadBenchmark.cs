@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using CombaDistill.Runtime;
 
 namespace CombaDistill.IO;
 
@@ -39,8 +40,8 @@ public static class LoadBenchmark
             checkpointTimes.Add(Time(() => ReadAllTensors(checkpoint)));
             sequentialTimes.Add(Time(() => ReadFilesSequentially(files)));
         }
-        var checkpointSeconds = Median(checkpointTimes);
-        var sequentialSeconds = Median(sequentialTimes);
+        var checkpointSeconds = Statistics.Median(checkpointTimes);
+        var sequentialSeconds = Statistics.Median(sequentialTimes);
         return new LoadBenchmarkResult(
             checkpoint.TotalBytes, GBps(checkpoint.TotalBytes, checkpointSeconds), GBps(fileBytes, sequentialSeconds),
             fileBytes, checkpoint.Names.Count, files.Count, repeats, checkpointSeconds, sequentialSeconds);
@@ -69,13 +70,6 @@ public static class LoadBenchmark
         var clock = Stopwatch.StartNew();
         action();
         return clock.Elapsed.TotalSeconds;
-    }
-
-    static double Median(List<double> values)
-    {
-        var sorted = values.Order().ToList();
-        var mid = sorted.Count / 2;
-        return sorted.Count % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
     }
 
     static double GBps(long bytes, double seconds) => seconds > 0 ? bytes / seconds / 1e9 : 0;

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using CombaDistill.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -164,8 +165,7 @@ public static class CombaBenchmark
             Once();
             samples.Add(watch.Elapsed.TotalMilliseconds);
         }
-        samples.Sort();
-        return samples[samples.Count / 2];
+        return Statistics.Median(samples);
     }
 
     internal static void Synchronize(Device device)

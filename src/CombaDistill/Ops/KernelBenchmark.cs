@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using CombaDistill.Runtime;
 using CombaDistill.Runtime.Cuda;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -161,7 +162,7 @@ public static class KernelBenchmark
                     forward / sdpa.Forward, both / sdpa.Both, note));
             }
         }
-        return new KernelBenchReport(Describe(device), dtype.ToString(), timing, options.PeakTflops, options.PeakTBps,
+        return new KernelBenchReport(CudaDevice.Describe(device), dtype.ToString(), timing, options.PeakTflops, options.PeakTBps,
             options.Warmup, options.Repeats, options.InputSets, options.ChunkSize, fused, results);
     }
 
@@ -225,15 +226,7 @@ public static class KernelBenchmark
             cancellation.ThrowIfCancellationRequested();
             samples.Add(Once(sets[(options.Warmup + i) % sets.Length]));
         }
-        samples.Sort();
-        return samples.Count % 2 == 1 ? samples[samples.Count / 2] : (samples[samples.Count / 2 - 1] + samples[samples.Count / 2]) / 2;
-    }
-
-    static string Describe(Device device)
-    {
-        if (device.type != DeviceType.CUDA) return device.ToString();
-        try { return CudaDevice.For(device).ToString(); }
-        catch (CudaUnavailableException) { return device.ToString(); }
+        return Statistics.Median(samples);
     }
 
     /// <summary>Times the device work a callback queues: CUDA events where the driver is usable, else a synchronised wall clock.</summary>

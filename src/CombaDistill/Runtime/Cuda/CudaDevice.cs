@@ -83,6 +83,14 @@ public sealed class CudaDevice
         return total - free;
     }
 
+    /// <summary>A device for a report: a CUDA device with its architecture and SM count where the driver answers, else its name.</summary>
+    public static string Describe(torch.Device device)
+    {
+        if (device.type != DeviceType.CUDA) return device.ToString();
+        try { return For(device).ToString(); }
+        catch (Exception e) when (e is CudaUnavailableException or CudaException) { return device.ToString(); }
+    }
+
     public override string ToString() => $"cuda:{Ordinal} ({Architecture}, {MultiprocessorCount} SMs)";
 
     public readonly struct ContextScope(bool pushed) : IDisposable
