@@ -74,7 +74,7 @@ public static class ChunkwiseComba
         Tensor ChunkMajor(Tensor t) => t.reshape(B * H, N, t.shape[^2], t.shape[^1]).transpose(0, 1).contiguous();   // (N, B·H, ·, ·)
         var h = initialState is null ? zeros([B * H, Dk, Dv], dtype: dtype, device: device) : initialState.to(dtype).reshape(B * H, Dk, Dv);
         var starts = new Tensor[N];
-        Tensor H0, Ut;
+        Tensor? Ut = null;                                                // Ũ, where the loop makes it
         if (device.type == DeviceType.CUDA)
         {
             // h ← P h + X with P = e^{γ_C} I − K̃ᵀW and X = K̃ᵀU built for all chunks at once: each step is one batched
@@ -87,8 +87,6 @@ public static class ChunkwiseComba
                 starts[n] = h;
                 h = inputs[n] + steps[n].bmm(h);    // not baddbmm: TorchSharp 0.107 hands its operands to libtorch in the wrong order
             }
-            H0 = stack(starts, dim: 1).view(B, Hkv, G, N, Dk, Dv);
-            Ut = U - W.matmul(H0);                                        // Ũ for all chunks at once
         }
         else
         {
@@ -103,9 +101,10 @@ public static class ChunkwiseComba
                 corrected[n] = us[n] - ws[n].bmm(h);
                 h = decays[n] * h + keys[n].bmm(corrected[n]);
             }
-            H0 = stack(starts, dim: 1).view(B, Hkv, G, N, Dk, Dv);
             Ut = stack(corrected, dim: 1).view(B, Hkv, G, N, C, Dv);
         }
+        var H0 = stack(starts, dim: 1).view(B, Hkv, G, N, Dk, Dv);
+        Ut ??= U - W.matmul(H0);                                          // the GPU form: Ũ for all chunks at once
 
         var readout = Q - dCorr * K;                                      // Q̃
         var inter = gamma.exp() * readout.matmul(H0);
