@@ -48,7 +48,7 @@ public sealed record StageSpeed(
     string Stage, string Objective, long TokensPerStep, int TimedSteps, double StepMs, double TokensPerSecond,
     long? PeakResidentBytes, long? PeakDeviceBytes,
     double TeacherForwardMs, int TeacherCallsPerStep, double TeacherShare,
-    string CombaShape, string CombaPath, double CombaMs, int CombaCallsPerStep, double CombaShare);
+    string CombaShape, string CombaPath, double CombaMs, int CombaCallsPerStep, double CombaShare, string Precision = "float32");
 
 public sealed record DistillBenchReport(string Device, string Recipe, int Warmup, int Steps, IReadOnlyList<StageSpeed> Stages, double Seconds);
 
@@ -89,7 +89,7 @@ public static class DistillationBenchmark
                 cancellationToken.ThrowIfCancellationRequested();
                 var studentFolder = Path.Combine(DistillationRun.StageFolder(workFolder, bench, i), StageTrainer.ResultFolder);
                 using var student = CombaForCausalLM.FromPretrained(studentFolder, ScalarType.Float32, device);
-                stages.Add(Measure(stage, timing.Stages[stage.Name], teacher, student, options, device, cancellationToken));
+                stages.Add(Measure(stage, timing.Stages[stage.Name], teacher, student, PrecisionChoice.Resolve(recipe.Precision, device), options, device, cancellationToken));
             }
             return new DistillBenchReport(CudaDevice.Describe(device), recipe.SourcePath, options.Warmup, options.Steps, stages, clock.Elapsed.TotalSeconds);
         }
@@ -125,7 +125,7 @@ public static class DistillationBenchmark
     }
 
     static StageSpeed Measure(StageRecipe stage, StepClock.StageTimes times, LlamaForCausalLM teacher, CombaForCausalLM student,
-        DistillBenchOptions options, Device device, CancellationToken cancellationToken)
+        Precision precision, DistillBenchOptions options, Device device, CancellationToken cancellationToken)
     {
         if (times.TimedSteps == 0 || times.Seconds <= 0)
             throw new InvalidOperationException($"stage '{stage.Name}' reported no timed steps");
@@ -153,15 +153,17 @@ public static class DistillationBenchmark
             combaMs = Median(options.ProbeRepeats, device, cancellationToken, () =>
             {
                 Tensor Leaf(Tensor x) => x.requires_grad_(true);
+                // q, k, v in the student's compute type; the gates are float32 in either precision (CombaAttention)
                 var f32 = ScalarType.Float32;
-                var q = Leaf(randn([b, heads, t, keyDim], dtype: f32, device: device));
-                var k = Leaf(randn([b, kvHeads, t, keyDim], dtype: f32, device: device));
-                var v = Leaf(randn([b, kvHeads, t, valueDim], dtype: f32, device: device));
+                var activations = precision == Precision.BFloat16 ? ScalarType.BFloat16 : f32;
+                var q = Leaf(randn([b, heads, t, keyDim], dtype: activations, device: device));
+                var k = Leaf(randn([b, kvHeads, t, keyDim], dtype: activations, device: device));
+                var v = Leaf(randn([b, kvHeads, t, valueDim], dtype: activations, device: device));
                 var g = Leaf(rand([b, heads, t], dtype: f32, device: device).mul_(-0.1));
                 var beta = Leaf(rand([b, heads, t], dtype: f32, device: device));
                 var lambda = Leaf(rand([heads], dtype: f32, device: device));
                 var d = Leaf(full([heads], config.Comba.InitialD, dtype: f32, device: device));
-                var gradient = randn([b, heads, t, valueDim], dtype: f32, device: device);
+                var gradient = randn([b, heads, t, valueDim], dtype: activations, device: device);
                 path = FusedComba.UnsupportedReason(q, k, v, config.Comba.ChunkSize) is { } why ? $"chunkwise ({why})" : "fused";
                 return () =>
                 {
@@ -175,7 +177,7 @@ public static class DistillationBenchmark
         return new StageSpeed(stage.Name, RecipeLoader.NameOf(stage.Objective), stage.TokensPerStep, times.TimedSteps, stepMs, stage.TokensPerStep / (stepMs / 1000),
             times.PeakResidentBytes, times.PeakDeviceBytes,
             teacherMs, teacherCalls, teacherMs * teacherCalls / stepMs,
-            $"({b}, {heads}, {t}, {keyDim}, {valueDim})", path, combaMs, combaCalls, combaMs * combaCalls / stepMs);
+            $"({b}, {heads}, {t}, {keyDim}, {valueDim})", path, combaMs, combaCalls, combaMs * combaCalls / stepMs, PrecisionChoice.NameOf(precision));
     }
 
     /// <summary>The median wall time of a prepared action (prepared once, outside the timing), one untimed run first.</summary>

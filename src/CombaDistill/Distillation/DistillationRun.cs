@@ -120,6 +120,9 @@ public static class DistillationRun
         if (placement.IsSplit) Note($"teacher split by layer: {placement.Describe()}");
         using var teacher = LlamaForCausalLM.FromPretrained(teacherFolder, teacherType, placement);
 
+        var precision = PrecisionChoice.Resolve(recipe.Precision, device);
+        PrecisionChoice.ApplyMatmulMode(precision, device);
+        if (precision == Precision.BFloat16) Note("the student trains in bf16 with float32 master weights (precision: bf16)");
         var selected = options.OnlyStage is null ? Enumerable.Range(0, recipe.Stages.Count).ToArray()
             : [IndexOfStage(recipe, options.OnlyStage)];
         var results = new List<StageResult>();
@@ -162,7 +165,7 @@ public static class DistillationRun
                 Teacher = teacher, Student = student, TrainTokens = trainTokens, ValidationTokens = validationTokens,
                 EvalTokens = recipe.Data.EvalTokens, Folder = workFolder, TokenizerFolder = input, Resume = options.Resume,
                 TensorBoardFolder = options.TensorBoard ? Path.Combine(runFolder, "tensorboard", board) : null,
-                Shard = options.Shard, RecipeSha256 = recipeSha256, Group = group,
+                Shard = options.Shard, RecipeSha256 = recipeSha256, Group = group, Precision = precision,
             }, progress);
             results.Add(options.MergeShards ? trainer.MergeShards() : trainer.Run(cancellationToken));
         }

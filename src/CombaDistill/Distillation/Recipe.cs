@@ -19,6 +19,8 @@ public sealed record Recipe
     public required StudentSource Student { get; init; }
     public required DataRecipe Data { get; init; }
     public required IReadOnlyList<StageRecipe> Stages { get; init; }
+    /// <summary>The student's arithmetic while it trains (<see cref="Distillation.Precision"/>); auto: bf16 on CUDA, float32 on the CPU.</summary>
+    public Precision Precision { get; init; } = Precision.Auto;
 }
 
 /// <summary>
@@ -185,6 +187,11 @@ public sealed record StageRecipe
     /// stops with an error; 0 stops at the first.
     /// </summary>
     public int MaxNonFiniteSteps { get; init; } = 5;
+    /// <summary>
+    /// Recompute each student layer's activations in the backward pass instead of keeping them (<see cref="ActivationCheckpoint"/>):
+    /// less memory, about one more forward of the student per step.
+    /// </summary>
+    public bool ActivationCheckpointing { get; init; }
 
     public long TokensPerStep => (long)SequenceLength * MicroBatch * Accumulation;
 

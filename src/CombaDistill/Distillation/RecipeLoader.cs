@@ -14,6 +14,13 @@ namespace CombaDistill.Distillation;
 /// </summary>
 public static class RecipeLoader
 {
+    static readonly Dictionary<string, Precision> Precisions = new()
+    {
+        ["auto"] = Precision.Auto,
+        ["bf16"] = Precision.BFloat16,
+        ["float32"] = Precision.Float32,
+    };
+
     static readonly Dictionary<string, Objective> Objectives = new()
     {
         ["attention_alignment"] = Objective.AttentionAlignment,
@@ -66,6 +73,7 @@ public static class RecipeLoader
             Student = ReadStudent(fields),
             Data = ReadData(fields),
             Stages = ReadStages(fields),
+            Precision = fields.Choice("precision", Precisions) ?? Precision.Auto,
         };
         fields.RejectUnknown();
         CheckAgainstTeacher(recipe, fields);
@@ -252,6 +260,7 @@ public static class RecipeLoader
             CheckpointEvery = s.Int32("checkpoint_every") ?? 100,
             KeepCheckpoints = s.Int32("keep_checkpoints") ?? 3,
             MaxNonFiniteSteps = s.Int32("max_nonfinite_steps") ?? 5,
+            ActivationCheckpointing = s.Bool("activation_checkpointing") ?? false,
         };
         s.RejectUnknown();
 

@@ -42,6 +42,12 @@ public sealed record StageInputs
 
     /// <summary>The data-parallel job this process is a rank of (see <see cref="DataParallel"/>); only rank 0 writes files.</summary>
     public ProcessGroup Group { get; init; } = ProcessGroup.Single;
+
+    /// <summary>
+    /// The student's arithmetic, resolved (never <see cref="Precision.Auto"/>): bf16 trains bf16 working copies
+    /// against float32 masters (<see cref="MixedPrecision"/>). The student comes in, and leaves, in float32.
+    /// </summary>
+    public Precision Precision { get; init; } = Precision.Float32;
 }
 
 /// <summary>How a stage went: evaluations before the first and after the last step, and its cost.</summary>
@@ -88,7 +94,8 @@ public sealed class StageTrainer
         this.progress = progress;
         teacher = inputs.Teacher;
         student = inputs.Student;
-        studentHead = LogitLoss.Head(student.lm_head, student.model.embed_tokens.weight);
+        // looked up at each call: under bf16 training the student's parameters are replaced by working copies
+        studentHead = h => LogitLoss.Head(student.lm_head, student.model.embed_tokens.weight!)(h);
         teacherHead = LogitLoss.Head(teacher.lm_head, teacher.model.embed_tokens.weight!);
         alignedLayers = AttentionAlignment.ConvertedLayers(student);
         trainedLayers = alignedLayers;
@@ -111,8 +118,11 @@ public sealed class StageTrainer
     {
         if (writes) Directory.CreateDirectory(inputs.Folder);
         using var lora = stage.Lora is { } loraRecipe ? LoraAdapters.Attach(student, loraRecipe, DataSeed) : null;
-        var trainable = SelectTrainable(lora);
+        var selected = SelectTrainable(lora);
         foreach (var p in teacher.parameters()) p.requires_grad = false;
+        // bf16: the optimizer, clipping, averaging and checkpoints see float32 masters; the student computes in bf16
+        using var mixed = inputs.Precision == Precision.BFloat16 ? MixedPrecision.Begin(student, selected) : null;
+        var trainable = mixed?.Masters ?? selected;
         using var optimizer = CreateOptimizer(trainable);
 
         TrainingState? resumed = null;
@@ -132,6 +142,7 @@ public sealed class StageTrainer
         var parameters = trainable.Select(p => p.Parameter).ToArray();
         var gradients = new GradientAverager(group, parameters);
         gradients.BroadcastParameters();
+        mixed?.Publish();
 
         var train = new PackedSequences(inputs.TrainTokens, stage.SequenceLength);
         if (train.Count < stage.MicroBatch)
@@ -177,10 +188,14 @@ public sealed class StageTrainer
             using (NewDisposeScope())
             {
                 optimizer.zero_grad();
-                (loss, layerLosses) = AccumulateGradients(data);
+                (loss, layerLosses) = AccumulateGradients(data, mixed);
                 gradients.Average();
                 gradNorm = ClipGradients(clipGroups, stage.GradClip ?? double.PositiveInfinity);
-                if (nonFinite.Observe(step + 1, loss, gradNorm)) optimizer.step();
+                if (nonFinite.Observe(step + 1, loss, gradNorm))
+                {
+                    optimizer.step();
+                    mixed?.Publish();
+                }
             }
             step++;
             if (nonFinite.InARow > 0)
@@ -208,6 +223,7 @@ public sealed class StageTrainer
         }
 
         student.eval();
+        mixed?.End();    // float32 again, with the masters' values
         lora?.Merge();   // the result is a plain student: adapters folded into their projections
         if (writes) LossPlot.Write(Path.Combine(inputs.Folder, PlotFile), PlotTitle, metrics.Train, metrics.Evals);
         var elapsed = secondsBefore + clock.Elapsed.TotalSeconds;
@@ -300,7 +316,7 @@ public sealed class StageTrainer
     /// Draws the step's global batch, runs this rank's share of it in micro-batches, each back-propagated at its share
     /// of the rank's sequences; returns the loss (and per-layer alignment losses) averaged over all ranks.
     /// </summary>
-    (double Loss, double[]? LayerLosses) AccumulateGradients(ShuffledBatches data)
+    (double Loss, double[]? LayerLosses) AccumulateGradients(ShuffledBatches data, MixedPrecision? mixed)
     {
         var global = data.NextIndices(stage.MicroBatch * stage.Accumulation);
         var share = global[DataParallel.Share(global.Length, group.Rank, group.WorldSize)];
@@ -319,6 +335,7 @@ public sealed class StageTrainer
             {
                 var (loss, perLayer) = AttentionAlignment.Compute(teacher, student, input, trainedLayers, alignedLayers.Count);
                 (loss * scale).backward();
+                mixed?.AccumulateGradients();
                 total += loss.item<float>() * scale;
                 layers ??= new double[perLayer.Length];
                 for (var i = 0; i < perLayer.Length; i++) layers[i] += perLayer[i] * scale;
@@ -330,6 +347,7 @@ public sealed class StageTrainer
                     using (no_grad()) teacherHidden = teacher.model.forward(input);
                 var studentHidden = student.model.forward(input);
                 total += LogitLoss.Backward(studentHidden, studentHead, teacherHidden, teacherHead, targets, LogitLossOptions.From(stage), scale).Loss * scale;
+                mixed?.AccumulateGradients();
             }
         }
         if (group.IsSingle) return (total, layers);

@@ -84,6 +84,13 @@ public sealed class RecipeTests : IDisposable
         Assert.Null(kd.GradClip);
         Assert.Equal(50, kd.TotalSteps);
         Assert.Equal(0.0, kd.Optimizer.WeightDecay);    // explicit default, not PyTorch's 0.01
+        Assert.Equal(Precision.Auto, r.Precision);      // bf16 on CUDA, float32 on the CPU
+        Assert.False(kd.ActivationCheckpointing);
+
+        var chosen = Parse(Valid.Replace("seed: 7", "seed: 7\nprecision: bf16").Replace("    steps: 50\n", "    steps: 50\n    activation_checkpointing: true\n"));
+        Assert.Equal(Precision.BFloat16, chosen.Precision);
+        Assert.True(chosen.Stages[1].ActivationCheckpointing);
+        Assert.False(chosen.Stages[0].ActivationCheckpointing);
     }
 
     [Fact]
@@ -153,6 +160,8 @@ public sealed class RecipeTests : IDisposable
     [InlineData("chunk_size: 16", "chunk_size: 17", "chunk_size")]
     [InlineData("tokens: 100k", "tokens: lots", "expected a whole number")]
     [InlineData("seed: 7", "seed: 7\nseed: 8", "not valid YAML")]
+    [InlineData("seed: 7", "seed: 7\nprecision: fp16", "'precision' is 'fp16'; expected one of auto, bf16, float32")]
+    [InlineData("    micro_batch: 4\n", "    micro_batch: 4\n    activation_checkpointing: sometimes\n", "'stages[0].activation_checkpointing'")]
     public void BadFieldsAreNamed(string find, string replace, string expected)
     {
         Assert.Contains(find, Valid);
