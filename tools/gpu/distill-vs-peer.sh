@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# On the GPU host (after tools/gpu-pack.sh here; device call with carry [".gpu", ".peerpack"], where .peerpack holds
+# fla.tar.xz (the folder fla of flash-linear-attention, packed) and the peer scripts):
+#   speed    the peer (.peers/peer_distill.py: PyTorch + transformers + fla, bf16 autocast) and `bench distill`
+#            (recipe precision bf16), back to back on this GPU at the Llama-3.2-1B shape, SEQ × MICRO (2048 × 4)
+#   quality  KD_STEPS (200) KL steps at the 1B shape (sequence 1024 × micro-batch 2) in bf16 and in float32 from the
+#            same converted student: the two loss curves, $OUT/kd-bf16.jsonl and $OUT/kd-float32.jsonl
+#   stories  recipes/stories260k.yaml on this GPU (precision auto = bf16): $OUT/stories260k-summary.json
+#   lane     the C# GPU test lane (the classes that need CUDA)
+# usage: bash tools/gpu/distill-vs-peer.sh [speed] [quality] [stories] [lane]
+set -uo pipefail
+export COMBADISTILL_SHARED=$PWD/.gpu/shared PYTHONUNBUFFERED=1
+steps=${*:-speed}
+cli() { bash .gpu/run.sh tests/CombaDistill.Cli.dll "$@"; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
+SEQ=${SEQ:-2048} MICRO=${MICRO:-4}
+work=/tmp/distill-1b; mkdir -p "$work"
+
+teacher_and_student() {
+  [[ -f $work/student/config.json ]] && return 0
+  cli synth --out "$work/teacher" --device cuda:0 > "$work/log" 2>&1 || { tail -5 "$work/log"; exit 1; }
+  cli convert --from "$work/teacher" --out "$work/student" --device cpu >> "$work/log" 2>&1 || { tail -5 "$work/log"; exit 1; }
+}
+
+recipe() {  # precision seq micro stages...
+  local precision=$1 seq=$2 micro=$3; shift 3
+  cat <<EOF
+seed: 7
+precision: $precision
+teacher: { path: $work/teacher }
+student: { path: $work/student }
+data:
+  train: { path: $COMBADISTILL_SHARED/data/tinyshakespeare/input.txt }
+  validation: { path: $COMBADISTILL_SHARED/data/tinystories-valid-head/tinystories_val.txt, max_tokens: $(( 2 * seq + 1 )) }
+  eval_tokens: $seq
+stages:
+EOF
+  for s in "$@"; do echo "  - $s"; done
+}
+
+if [[ $steps == *speed* ]]; then
+  echo "== peer_distill.py (SEQ=$SEQ MICRO=$MICRO)"
+  peers=/tmp/peers; mkdir -p $peers && tar -xJf .peerpack/fla.tar.xz -C $peers && cp .peerpack/*.py $peers/
+  (cd $peers && FLA_PATH=$PWD SEQ=$SEQ MICRO=$MICRO OUT=$OUT timeout 300 python3 peer_distill.py) 2>&1 | tee "$OUT/peer-distill.log" | grep -E '^\{|Error|error' | tail -5
+  echo "== bench distill, bf16"
+  teacher_and_student
+  recipe bf16 "$SEQ" "$MICRO" \
+    "{ name: align, objective: attention_alignment, trainable: attention, optimizer: { lr: 1e-3 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO }" \
+    "{ name: kd, objective: distillation, trainable: all, optimizer: { lr: 1e-5 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO, kl_weight: 1.0, loss_chunk: 128 }" \
+    > "$work/speed.yaml"
+  cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill.json" 2>&1 | tail -25
+fi
+
+if [[ $steps == *quality* ]]; then
+  teacher_and_student
+  for p in bf16 float32; do
+    echo "== ${KD_STEPS:-200} KL steps, $p"
+    recipe $p 1024 2 "{ name: kd, objective: distillation, trainable: all, optimizer: { lr: 1e-4 }, schedule: { warmup_steps: 10 }, steps: ${KD_STEPS:-200}, sequence_length: 1024, micro_batch: 2, kl_weight: 1.0, loss_chunk: 256, log_every: 1, eval_every: 100000, checkpoint_every: 100000 }" > "$work/kd-$p.yaml"
+    rm -rf "$work/kd-$p"
+    /usr/bin/time -f "%e s" cli distill --recipe "$work/kd-$p.yaml" --run-dir "$work/kd-$p" --device cuda 2>&1 | tail -4
+    cp "$work/kd-$p/01-kd/metrics.jsonl" "$OUT/kd-$p.jsonl"
+  done
+fi
+
+if [[ $steps == *stories* ]]; then
+  echo "== stories260K recipe on the GPU (precision auto: bf16)"
+  rm -rf /tmp/s260run
+  /usr/bin/time -f "%e s" cli distill --recipe recipes/stories260k.yaml --run-dir /tmp/s260run --device cuda 2>&1 | tail -6
+  cp /tmp/s260run/summary.json "$OUT/stories260k-summary.json"
+fi
+
+if [[ $steps == *lane* ]]; then
+  echo "== GPU test lane"
+  bash .gpu/run.sh tests/CombaDistill.Tests.dll -noColor -parallel none \
+    -class CombaDistill.Tests.Ops.FusedCombaTests -class CombaDistill.Tests.Distillation.DistillationGpuTests > "$OUT/lane.log" 2>&1
+  grep -E "\[FAIL\]|Total:|measured|error" "$OUT/lane.log" | head -30
+fi
