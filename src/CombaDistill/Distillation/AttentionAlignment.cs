@@ -30,7 +30,7 @@ public static class AttentionAlignment
     /// <param name="layers">the layers to compute, ascending</param>
     /// <param name="alignedLayerCount">the divisor: all aligned layers of the student when <paramref name="layers"/> is a shard of them; default <paramref name="layers"/>.Count</param>
     public static (Tensor Loss, double[] PerLayer) Compute(LlamaForCausalLM teacher, CombaForCausalLM student, Tensor inputIds, IReadOnlyList<int> layers,
-        int? alignedLayerCount = null)
+        int? alignedLayerCount = null, bool checkpointed = false)
     {
         if (layers.Count == 0) throw new ArgumentException("no layer to align");
         using var scope = NewDisposeScope();
@@ -65,7 +65,9 @@ public static class AttentionAlignment
             {
                 var studentLayer = student.model.layers[i];
                 var x = studentLayer.input_layernorm.forward(h.to(studentDevice).to(studentType));
-                var studentOutput = StudentMixer(studentLayer, x, studentCos, studentSin);
+                var studentOutput = checkpointed
+                    ? Ops.ActivationCheckpoint.Run(input => StudentMixer(studentLayer, input, studentCos, studentSin), x)
+                    : StudentMixer(studentLayer, x, studentCos, studentSin);
                 losses.Add((studentOutput.to(ScalarType.Float32) - teacherOutput.to(studentDevice).to(ScalarType.Float32)).square().mean());
             }
             if (i == last) break;

@@ -276,6 +276,8 @@ public static class RecipeLoader
         Positive(s, "checkpoint_every", stage.CheckpointEvery);
         Positive(s, "keep_checkpoints", stage.KeepCheckpoints);
         if (stage.MaxNonFiniteSteps < 0) throw s.Error("max_nonfinite_steps", $"is {stage.MaxNonFiniteSteps}; expected ≥ 0");
+        if (stage.ActivationCheckpointing && stage.Lora is { Dropout: > 0 })
+            throw s.Error("activation_checkpointing", "cannot be combined with LoRA dropout: the recomputed forward would draw other dropout masks than the first one; set lora.dropout to 0");
         if (stage.GradClip is <= 0) throw s.Error("grad_clip", $"is {stage.GradClip}; expected a positive number, or none for no clipping");
         if (!(stage.Temperature > 0)) throw s.Error("temperature", $"is {stage.Temperature}; expected a positive number");
         if (stage.KlWeight < 0) throw s.Error("kl_weight", $"is {stage.KlWeight}; expected ≥ 0");

@@ -168,6 +168,7 @@ public sealed class StageTrainer
         var clipGroups = ClipGroups(trainable);
         var nonFinite = new NonFiniteSteps(stage.Name, stage.MaxNonFiniteSteps);
         student.train();
+        student.model.ActivationCheckpointing = stage.ActivationCheckpointing;
         while (step < totalSteps)
         {
             var lr = LearningRateSchedule.At(stage, step);
@@ -223,6 +224,7 @@ public sealed class StageTrainer
         }
 
         student.eval();
+        student.model.ActivationCheckpointing = false;
         mixed?.End();    // float32 again, with the masters' values
         lora?.Merge();   // the result is a plain student: adapters folded into their projections
         if (writes) LossPlot.Write(Path.Combine(inputs.Folder, PlotFile), PlotTitle, metrics.Train, metrics.Evals);
@@ -333,7 +335,7 @@ public sealed class StageTrainer
             var targets = batch.narrow(1, 1, stage.SequenceLength);
             if (stage.Objective == Objective.AttentionAlignment)
             {
-                var (loss, perLayer) = AttentionAlignment.Compute(teacher, student, input, trainedLayers, alignedLayers.Count);
+                var (loss, perLayer) = AttentionAlignment.Compute(teacher, student, input, trainedLayers, alignedLayers.Count, stage.ActivationCheckpointing);
                 (loss * scale).backward();
                 mixed?.AccumulateGradients();
                 total += loss.item<float>() * scale;

@@ -25,6 +25,12 @@ public sealed class CombaModel : nn.Module
     /// Final-normed hidden states (B, T, hidden) for ids (B, T). <paramref name="layerInputs"/>, when given, receives
     /// the residual stream entering each layer (embeddings first), for distillation.
     /// </summary>
+    /// <summary>
+    /// Under autograd, recompute each layer's activations in the backward pass instead of keeping them
+    /// (<see cref="Ops.ActivationCheckpoint"/>); only the residual stream between layers is kept. Training only.
+    /// </summary>
+    public bool ActivationCheckpointing { get; set; }
+
     public Tensor forward(Tensor inputIds, CombaDecodingState? state = null, IList<Tensor>? layerInputs = null)
     {
         if (state is not null && state.Batch != inputIds.shape[0])
@@ -35,7 +41,10 @@ public sealed class CombaModel : nn.Module
         for (var i = 0; i < layers.Count; i++)
         {
             layerInputs?.Add(h);
-            h = layers[i].forward(h, cos, sin, state?.Layer(i));
+            var layer = layers[i];
+            h = ActivationCheckpointing && state is null
+                ? Ops.ActivationCheckpoint.Run(x => layer.forward(x, cos, sin), h)
+                : layer.forward(h, cos, sin, state?.Layer(i));
         }
         state?.Advance(inputIds.shape[1]);
         return norm.forward(h);
