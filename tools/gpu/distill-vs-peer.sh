@@ -3,7 +3,7 @@
 # fla.tar.xz (the folder fla of flash-linear-attention, packed) and the peer scripts):
 #   speed    the peer (.peers/peer_distill.py: PyTorch + transformers + fla, bf16 autocast) and `bench distill`
 #            (recipe precision bf16), back to back on this GPU at the Llama-3.2-1B shape, SEQ × MICRO (2048 × 4)
-#   quality  KD_STEPS (200) KL steps at the 1B shape (sequence 1024 × micro-batch 2) in bf16 and in float32 from the
+#   quality  KD_STEPS (200) KL steps at the 1B shape (sequence 512 × micro-batch 2) in bf16 and in float32 from the
 #            same converted student: the two loss curves, $OUT/kd-bf16.jsonl and $OUT/kd-float32.jsonl
 #   stories  recipes/stories260k.yaml on this GPU (precision auto = bf16): $OUT/stories260k-summary.json
 #   lane     the C# GPU test lane (the classes that need CUDA)
@@ -55,7 +55,7 @@ if [[ $steps == *quality* ]]; then
   teacher_and_student
   for p in bf16 float32; do
     echo "== ${KD_STEPS:-200} KL steps, $p"
-    recipe $p 1024 2 "{ name: kd, objective: distillation, trainable: all, optimizer: { lr: 1e-4 }, schedule: { warmup_steps: 10 }, steps: ${KD_STEPS:-200}, sequence_length: 1024, micro_batch: 2, kl_weight: 1.0, loss_chunk: 256, log_every: 1, eval_every: 100000, checkpoint_every: 100000 }" > "$work/kd-$p.yaml"
+    recipe $p 512 2 "{ name: kd, objective: distillation, trainable: all, optimizer: { lr: 1e-4 }, schedule: { warmup_steps: 10 }, steps: ${KD_STEPS:-200}, sequence_length: 512, micro_batch: 2, kl_weight: 1.0, loss_chunk: 256, log_every: 1, eval_every: 100000, checkpoint_every: 100000 }" > "$work/kd-$p.yaml"
     rm -rf "$work/kd-$p"
     /usr/bin/time -f "%e s" cli distill --recipe "$work/kd-$p.yaml" --run-dir "$work/kd-$p" --device cuda 2>&1 | tail -4
     cp "$work/kd-$p/01-kd/metrics.jsonl" "$OUT/kd-$p.jsonl"
