@@ -40,7 +40,7 @@ static class BenchDistillCommand
             foreach (var s in report.Stages)
             {
                 var memory = s.PeakDeviceBytes is { } gpu ? $"{ByteSize.Format(gpu)} GPU" : s.PeakResidentBytes is { } rss ? $"{ByteSize.Format(rss)} RSS" : "—";
-                table.AddRow($"{Markup.Escape(s.Stage)}\n[grey]{s.Objective}[/]", $"[bold]{s.TokensPerSecond:N0}[/]", $"{s.StepMs:F1}", memory,
+                table.AddRow($"{Markup.Escape(s.Stage)}\n[grey]{s.Objective}, {s.Precision}[/]", $"[bold]{s.TokensPerSecond:N0}[/]", $"{s.StepMs:F1}", memory,
                     $"{s.TeacherShare:P0}\n[grey]{s.TeacherForwardMs:F2} ms × {s.TeacherCallsPerStep}[/]",
                     $"{s.CombaShare:P0}\n[grey]{s.CombaMs:F2} ms × {s.CombaCallsPerStep}[/]");
             }
