@@ -1,5 +1,5 @@
 using System.CommandLine;
-using CombaDistill.IO;
+using CombaDistill.Conversion;
 using Spectre.Console;
 
 namespace CombaDistill.Cli;

@@ -96,7 +96,7 @@ public static class ConversionBenchmark
     static void WriteSyntheticTeacher(string folder, LlamaConfig config, CancellationToken cancellationToken)
     {
         Directory.CreateDirectory(folder);
-        var plan = ConversionPlan.Create(new Modeling.Comba.CombaStudentConfig { Architecture = config }).TeacherTensors
+        var plan = config.Tensors()
             .Select(t => new PlannedTensor(t.Name, ScalarType.BFloat16, t.Shape)).ToList();
         CheckpointWriter.WriteStreaming(folder, plan, name =>
         {

@@ -46,10 +46,7 @@ public sealed class ConversionPlan
     public static ConversionPlan Create(CombaStudentConfig student)
     {
         var teacher = student.Architecture;
-        List<(string Name, long[] Shape)> teacherTensors;
-        var allAttention = student with { AttentionLayers = Enumerable.Range(0, teacher.NumHiddenLayers).ToArray() };
-        using (var meta = new CombaForCausalLM(allAttention, ScalarType.Float32, META))
-            teacherTensors = meta.state_dict().Select(e => (e.Key, e.Value.shape)).ToList();
+        var teacherTensors = teacher.Tensors().ToList();
         var teacherNames = teacherTensors.Select(t => t.Name).ToHashSet(StringComparer.Ordinal);
 
         List<StudentTensor> studentTensors;

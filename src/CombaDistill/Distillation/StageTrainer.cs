@@ -102,12 +102,12 @@ public sealed class StageTrainer
         if (inputs.Shard is { } shard)
         {
             if (stage.Objective != Objective.AttentionAlignment)
-                throw new IO.InvalidInputException(null, $"stage '{stage.Name}' is {RecipeLoader.NameOf(stage.Objective)}: only attention_alignment stages train their layers independently and run as shards");
+                throw new InvalidInputException(null, $"stage '{stage.Name}' is {RecipeLoader.NameOf(stage.Objective)}: only attention_alignment stages train their layers independently and run as shards");
             trainedLayers = shard.Layers(alignedLayers);
         }
         validation = new PackedSequences(inputs.ValidationTokens, stage.SequenceLength);
         if (validation.Count == 0)
-            throw new IO.InvalidInputException(null, $"stage '{stage.Name}': the validation data holds fewer than {stage.SequenceLength + 1} tokens, not one sequence");
+            throw new InvalidInputException(null, $"stage '{stage.Name}': the validation data holds fewer than {stage.SequenceLength + 1} tokens, not one sequence");
         evalWindows = Enumerable.Range(0, (int)Math.Min(validation.Count, (inputs.EvalTokens + stage.SequenceLength - 1) / stage.SequenceLength)).ToArray();
         teacherFitsContext = stage.SequenceLength <= teacher.Config.MaxPositionEmbeddings;
     }
@@ -146,7 +146,7 @@ public sealed class StageTrainer
 
         var train = new PackedSequences(inputs.TrainTokens, stage.SequenceLength);
         if (train.Count < stage.MicroBatch)
-            throw new IO.InvalidInputException(null, $"stage '{stage.Name}': the training data makes {train.Count} sequences of {stage.SequenceLength} tokens, fewer than one micro-batch of {stage.MicroBatch}");
+            throw new InvalidInputException(null, $"stage '{stage.Name}': the training data makes {train.Count} sequences of {stage.SequenceLength} tokens, fewer than one micro-batch of {stage.MicroBatch}");
         var data = new ShuffledBatches(train, DataSeed, resumed?.Data ?? default);
         var metrics = new StageMetrics(inputs.Folder, stage.Name, inputs.TensorBoardFolder, keepUpToStep: resumed?.Step ?? -1, readOnly: !writes);
 
@@ -257,7 +257,7 @@ public sealed class StageTrainer
     public StageResult MergeShards()
     {
         if (stage.Objective != Objective.AttentionAlignment)
-            throw new IO.InvalidInputException(null, $"stage '{stage.Name}' is {RecipeLoader.NameOf(stage.Objective)}: only attention_alignment stages run as shards");
+            throw new InvalidInputException(null, $"stage '{stage.Name}' is {RecipeLoader.NameOf(stage.Objective)}: only attention_alignment stages run as shards");
         var shards = AlignmentShards.ReadFinished(inputs.Folder, stage, alignedLayers, inputs.RecipeSha256);
         Note($"stage '{stage.Name}': merging {shards.Count} shards");
         File.Delete(Path.Combine(inputs.Folder, StageMetrics.FileName));
@@ -289,7 +289,7 @@ public sealed class StageTrainer
             if (inShard) kept.Add((name, parameter));
         }
         if (kept.Count == 0)
-            throw new IO.InvalidInputException(null, $"stage '{stage.Name}', shard {shard}: trainable '{stage.Trainable}' selects no parameter in layers [{string.Join(", ", trainedLayers)}]");
+            throw new InvalidInputException(null, $"stage '{stage.Name}', shard {shard}: trainable '{stage.Trainable}' selects no parameter in layers [{string.Join(", ", trainedLayers)}]");
         return kept;
     }
 

@@ -92,7 +92,7 @@ public static class Evaluator
         {
             TokenizerCompatibility.Check(model.Tokenizer, model.Info.Path, teacher.Tokenizer, teacher.Info.Path, plan.DataPath);
             if (model.Model.Config.VocabSize != teacher.Model.Config.VocabSize)
-                throw new IO.InvalidInputException(Path.Combine(model.Info.Path, "config.json"),
+                throw new InvalidInputException(Path.Combine(model.Info.Path, "config.json"),
                     $"vocab_size {model.Model.Config.VocabSize} differs from the teacher's {teacher.Model.Config.VocabSize}");
         }
         // Task files are read before any model runs, so a malformed one fails in a second, not after an hour.

@@ -1,4 +1,3 @@
-using CombaDistill.Modeling.Llama;
 using static TorchSharp.torch;
 
 namespace CombaDistill.Modeling;
@@ -13,11 +12,25 @@ public interface IDecodingState : IDisposable
     long Length { get; }
 }
 
+/// <summary>
+/// What the generator and the evaluators read off a model's architecture, whatever the family: the vocabulary, the
+/// special ids and the context length.
+/// </summary>
+public interface ICausalLMConfig
+{
+    /// <summary>The family as config.json names it (llama, mistral, qwen2).</summary>
+    string ModelType { get; }
+    int VocabSize { get; }
+    int BosTokenId { get; }
+    int[] EosTokenIds { get; }
+    int MaxPositionEmbeddings { get; }
+}
+
 /// <summary>A causal language model the generator and the evaluators can drive: the Llama teacher or a Comba student.</summary>
 public interface ICausalLM
 {
     /// <summary>The architecture (vocabulary size, special ids, context length).</summary>
-    LlamaConfig Config { get; }
+    ICausalLMConfig Config { get; }
 
     /// <summary>Where the weights are; input ids must be on this device.</summary>
     Device Device { get; }

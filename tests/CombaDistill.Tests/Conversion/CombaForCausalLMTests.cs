@@ -150,11 +150,11 @@ public class CombaForCausalLMTests
         Assert.Equal(config.Architecture.ToJson().ToJsonString(), back.Architecture.ToJson().ToJsonString());
 
         json["attention_layers"] = new System.Text.Json.Nodes.JsonArray(5);
-        var e = Assert.Throws<CombaDistill.IO.InvalidInputException>(() => CombaStudentConfig.FromJson(json, "student/config.json"));
+        var e = Assert.Throws<InvalidInputException>(() => CombaStudentConfig.FromJson(json, "student/config.json"));
         Assert.Contains("student/config.json", e.Message);
         Assert.Contains("attention_layers", e.Message);
         json["attention_layers"] = new System.Text.Json.Nodes.JsonArray();
         json["model_type"] = "llama";
-        Assert.Contains("'comba'", Assert.Throws<CombaDistill.IO.InvalidInputException>(() => CombaStudentConfig.FromJson(json, "c.json")).Message);
+        Assert.Contains("'comba'", Assert.Throws<InvalidInputException>(() => CombaStudentConfig.FromJson(json, "c.json")).Message);
     }
 }

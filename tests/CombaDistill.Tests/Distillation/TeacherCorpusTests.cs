@@ -1,3 +1,4 @@
+using CombaDistill.Conversion;
 using CombaDistill.Distillation;
 using CombaDistill.IO;
 using CombaDistill.Modeling;

@@ -12,7 +12,7 @@ namespace CombaDistill.Tests.Evaluation;
 /// </summary>
 sealed class SuffixCopyModel(int vocabSize, int? lookback = null) : ICausalLM
 {
-    public LlamaConfig Config { get; } = new() { VocabSize = vocabSize, MaxPositionEmbeddings = 1 << 16, BosTokenId = 1, EosTokenIds = [2] };
+    public ICausalLMConfig Config { get; } = new LlamaConfig { VocabSize = vocabSize, MaxPositionEmbeddings = 1 << 16, BosTokenId = 1, EosTokenIds = [2] };
     public Device Device => CPU;
 
     public Tensor Forward(Tensor inputIds, IDecodingState? state = null)
@@ -49,7 +49,7 @@ sealed class SuffixCopyModel(int vocabSize, int? lookback = null) : ICausalLM
 /// <summary>The same logits at every position whatever the input: log-likelihoods are sums of one fixed log-softmax.</summary>
 sealed class FixedLogitsModel(float[] logits) : ICausalLM
 {
-    public LlamaConfig Config { get; } = new() { VocabSize = logits.Length, MaxPositionEmbeddings = 4096, BosTokenId = 1, EosTokenIds = [2] };
+    public ICausalLMConfig Config { get; } = new LlamaConfig { VocabSize = logits.Length, MaxPositionEmbeddings = 4096, BosTokenId = 1, EosTokenIds = [2] };
     public Device Device => CPU;
 
     public Tensor Forward(Tensor inputIds, IDecodingState? state = null) =>
@@ -76,7 +76,7 @@ sealed class TinyRecurrentModel : ICausalLM
         Config = new LlamaConfig { VocabSize = vocabSize, MaxPositionEmbeddings = 1 << 16, BosTokenId = 1, EosTokenIds = [2] };
     }
 
-    public LlamaConfig Config { get; }
+    public ICausalLMConfig Config { get; }
     public Device Device => CPU;
 
     public Tensor Forward(Tensor inputIds, IDecodingState? state = null)

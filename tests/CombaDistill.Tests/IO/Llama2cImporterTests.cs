@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text.Json.Nodes;
+using CombaDistill.Conversion;
 using CombaDistill.IO;
 using CombaDistill.Modeling.Llama;
 using CombaDistill.Tests.Support;

@@ -1,3 +1,4 @@
+using CombaDistill.Conversion;
 using CombaDistill.IO;
 using CombaDistill.Modeling;
 using CombaDistill.Modeling.Llama;

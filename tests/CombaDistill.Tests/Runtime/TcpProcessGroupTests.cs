@@ -191,7 +191,7 @@ public sealed class TcpProcessGroupTests : IDisposable
         File.WriteAllText(path, Distillation.DistillationRunTests.RecipeText().Replace("    accumulation: 2\n", "    accumulation: 3\n"));
         var recipe = RecipeLoader.Load(path);
         DataParallel.Check(recipe, 2);     // align: 2 × 1; kd: 2 × 3
-        var e = Assert.Throws<CombaDistill.IO.InvalidInputException>(() => DataParallel.Check(recipe, 4));
+        var e = Assert.Throws<InvalidInputException>(() => DataParallel.Check(recipe, 4));
         Assert.Contains(path, e.Message);
         Assert.Contains("stage 'align': micro_batch × accumulation = 2 sequences per step do not split evenly over 4 workers", e.Message);
     }

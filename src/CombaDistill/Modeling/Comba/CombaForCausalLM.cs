@@ -31,6 +31,8 @@ public sealed class CombaForCausalLM : nn.Module<Tensor, Tensor>, ICausalLM
     /// <summary>The teacher's architecture (vocabulary, special ids, context length), as generation and evaluation need it.</summary>
     public LlamaConfig Config => StudentConfig.Architecture;
 
+    ICausalLMConfig ICausalLM.Config => Config;
+
     public Device Device => model.embed_tokens.weight!.device;
 
     public override Tensor forward(Tensor inputIds) => forward(inputIds, null);

@@ -16,7 +16,7 @@ public sealed record RopeScaling(
 /// A Llama-family architecture (llama, mistral, qwen2) as read from a Hugging Face config.json.
 /// Defaults are Hugging Face's LlamaConfig defaults.
 /// </summary>
-public sealed record LlamaConfig
+public sealed record LlamaConfig : ICausalLMConfig
 {
     public static readonly string[] SupportedModelTypes = ["llama", "mistral", "qwen2"];
 
@@ -128,6 +128,16 @@ public sealed record LlamaConfig
                 Int(o, path, "original_max_position_embeddings") ?? throw new InvalidInputException(path, $"field '{field}.original_max_position_embeddings' is missing"));
         }
         return new RopeScaling(type, factor);
+    }
+
+    /// <summary>
+    /// The checkpoint's tensors, names and shapes in state_dict order, read off the model built on the meta device
+    /// (shapes without storage, so a 70B config costs nothing).
+    /// </summary>
+    public IReadOnlyList<(string Name, long[] Shape)> Tensors()
+    {
+        using var meta = new LlamaForCausalLM(this, TorchSharp.torch.ScalarType.Float32, TorchSharp.torch.META);
+        return meta.state_dict().Select(e => (e.Key, e.Value.shape)).ToList();
     }
 
     /// <summary>The Hugging Face config.json for this architecture (fields other code may add to).</summary>

@@ -30,6 +30,8 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausalLM
     }
 
     public LlamaConfig Config { get; }
+
+    ICausalLMConfig ICausalLM.Config => Config;
     public Device Device => model.embed_tokens.weight!.device;
 
     public override Tensor forward(Tensor inputIds) => forward(inputIds, null);

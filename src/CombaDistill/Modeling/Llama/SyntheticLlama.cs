@@ -1,5 +1,4 @@
 using System.Text;
-using CombaDistill.Conversion;
 using CombaDistill.IO;
 using CombaDistill.Tokenization;
 using static TorchSharp.torch;
@@ -23,7 +22,7 @@ public static class SyntheticLlama
         if (ranks < 256) throw new ArgumentException($"a vocabulary of {config.VocabSize} leaves {ranks} BPE ranks; the synthetic tokenizer needs 256 bytes + {Llama3Tokenizer.SpecialTokenCount} special tokens at least");
         config = config with { BosTokenId = ranks, EosTokenIds = [ranks + 1] };
         using var output = AtomicDirectory.Create(folder, force: false);
-        var plan = ConversionPlan.Create(new Comba.CombaStudentConfig { Architecture = config }).TeacherTensors
+        var plan = config.Tensors()
             .Select(t => new PlannedTensor(t.Name, LlamaForCausalLM.ParseDtype(config.TorchDtype), t.Shape)).ToList();
         // drawn on the CPU: TorchSharp's Generator is a CPU generator (a CUDA tensor's normal_ refuses it, seen on the
         // H200), and the same seed then gives the same weights on any machine

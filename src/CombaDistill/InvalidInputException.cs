@@ -1,4 +1,4 @@
-namespace CombaDistill.IO;
+namespace CombaDistill;
 
 /// <summary>
 /// Bad user input: a file or field that cannot be used. The message always names the file (and the

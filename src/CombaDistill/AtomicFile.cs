@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace CombaDistill.IO;
+namespace CombaDistill;
 
 /// <summary>
 /// Whole-file writes that never leave a half-written file: the bytes go to a hidden temporary

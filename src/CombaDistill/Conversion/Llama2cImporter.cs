@@ -1,10 +1,11 @@
 using System.Buffers.Binary;
+using CombaDistill.IO;
 using CombaDistill.Modeling.Llama;
 using CombaDistill.Tokenization;
 using Microsoft.Win32.SafeHandles;
 using static TorchSharp.torch;
 
-namespace CombaDistill.IO;
+namespace CombaDistill.Conversion;
 
 /// <summary>The 7 int32 at the start of a llama2.c legacy (version 0) checkpoint.</summary>
 public sealed record Llama2cHeader(int Dim, int HiddenDim, int NumLayers, int NumHeads, int NumKeyValueHeads, int VocabSize, int SeqLen, bool SharedClassifier)
