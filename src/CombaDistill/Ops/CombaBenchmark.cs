@@ -168,7 +168,7 @@ public static class CombaBenchmark
         return Statistics.Median(samples);
     }
 
-    internal static void Synchronize(Device device)
+    public static void Synchronize(Device device)
     {
         if (device.type == DeviceType.CUDA) cuda.synchronize(device);
     }
