@@ -1,4 +1,4 @@
-// Fused chunkwise Comba, forward and backward (DESIGN.md, "Comba in one paragraph"). docs/kernels.md explains the
+// Fused chunkwise Comba, forward and backward (docs/architecture.md, "Comba in chunkwise form"). docs/kernels.md explains the
 // kernels, their checks and their speed; tools/kernels/comba_check.py is the measuring instrument.
 //
 // Header-free on purpose: NVRTC from a pip PyTorch install has no CUDA headers. Compiled at first use by

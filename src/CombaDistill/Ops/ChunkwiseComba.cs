@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 namespace CombaDistill.Ops;
 
 /// <summary>
-/// The chunkwise-parallel Comba form (DESIGN.md) as a handful of large batched ops over
+/// The chunkwise-parallel Comba form (docs/architecture.md) as a handful of large batched ops over
 /// (batch, KV head, query group, chunk). Within a chunk of C tokens, γ is the inclusive cumulative sum of g,
 /// γ⁰ the exclusive one, and h = Sᵀ the state at the chunk start:
 /// <code>

@@ -5,7 +5,7 @@ using static TorchSharp.torch;
 
 namespace CombaDistill.Ops;
 
-/// <summary>One benchmark problem, named as the issue names it: (B, T, H, D), all heads full width (no GQA).</summary>
+/// <summary>One benchmark problem, (B, T, H, D), all heads full width (no GQA).</summary>
 public sealed record BenchShape(int Batch, int Length, int Heads, int HeadDim)
 {
     public long Tokens => (long)Batch * Length;

@@ -15,7 +15,7 @@ public readonly record struct Work(double Flops, double Bytes)
 
 /// <summary>
 /// The counts behind <c>bench kernel</c>'s roofline (docs/benchmarks.md explains each). Per head and chunk of C tokens
-/// (N = ⌈T/C⌉ chunks, the padded tail included, as a chunked kernel computes it), the chunkwise form of DESIGN.md has
+/// (N = ⌈T/C⌉ chunks, the padded tail included, as a chunked kernel computes it), the chunkwise form of docs/architecture.md has
 /// five C-by-C-sized products, three against the D-by-D state, and one triangular inverse:
 /// <code>
 ///   K̂K̂ᵀ, Q̃K̂ᵀ               2·C²·Dk each
