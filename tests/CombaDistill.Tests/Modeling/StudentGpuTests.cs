@@ -5,7 +5,7 @@ using CombaDistill.Tests.Support;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace CombaDistill.Tests.Conversion;
+namespace CombaDistill.Tests.Modeling;
 
 /// <summary>The GPU lane: a converted student on CUDA computes what it computes on the CPU, read at once or token by token.</summary>
 public class StudentGpuTests

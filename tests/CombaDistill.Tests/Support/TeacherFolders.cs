@@ -5,7 +5,7 @@ using CombaDistill.Tests.Modeling;
 using CombaDistill.Tests.Support;
 using static TorchSharp.torch;
 
-namespace CombaDistill.Tests.Conversion;
+namespace CombaDistill.Tests.Support;
 
 /// <summary>Hugging Face-style teacher folders written by the tests: config.json plus weights, single-file or sharded.</summary>
 static class TeacherFolders

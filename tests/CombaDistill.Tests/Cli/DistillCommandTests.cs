@@ -2,9 +2,10 @@ using System.Diagnostics;
 using System.Text;
 using CombaDistill.Distillation;
 using CombaDistill.IO;
+using CombaDistill.Tests.Distillation;
 using CombaDistill.Tests.Support;
 
-namespace CombaDistill.Tests.Distillation;
+namespace CombaDistill.Tests.Cli;
 
 /// <summary>The distill command as users run it: the built CLI in its own process, killed with SIGKILL and resumed.</summary>
 public sealed class DistillCommandTests : IDisposable

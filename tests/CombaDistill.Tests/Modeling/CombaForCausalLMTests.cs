@@ -6,7 +6,7 @@ using CombaDistill.Tests.Support;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace CombaDistill.Tests.Conversion;
+namespace CombaDistill.Tests.Modeling;
 
 /// <summary>The student model: one sequence read chunkwise equals the same tokens decoded one at a time, and decoding memory.</summary>
 public class CombaForCausalLMTests

@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 
-namespace CombaDistill.Tests.IO;
+namespace CombaDistill.Tests.Conversion;
 
 /// <summary>
 /// llama2.c's run.c forward, re-written in plain double arithmetic from SOURCE.md's description and

@@ -1,7 +1,7 @@
 using CombaDistill.IO;
 using CombaDistill.Tests.Support;
 
-namespace CombaDistill.Tests.IO;
+namespace CombaDistill.Tests;
 
 public class AtomicTests
 {

@@ -4,7 +4,7 @@ using System.Text.Json.Nodes;
 using CombaDistill.Conversion;
 using CombaDistill.Tests.Support;
 
-namespace CombaDistill.Tests.Conversion;
+namespace CombaDistill.Tests.Cli;
 
 /// <summary>convert, and inspect and generate on its output, run as the user runs them: the built CLI in its own process.</summary>
 public class ConvertCommandTests

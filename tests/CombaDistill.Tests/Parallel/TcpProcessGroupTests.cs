@@ -4,7 +4,7 @@ using CombaDistill.Tests.Support;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace CombaDistill.Tests.Runtime;
+namespace CombaDistill.Tests.Parallel;
 
 /// <summary>
 /// The CPU process group, its ranks as threads of this process (the sockets between them are real): reductions

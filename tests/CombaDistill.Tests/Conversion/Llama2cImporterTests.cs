@@ -7,7 +7,7 @@ using CombaDistill.Tests.Support;
 using CombaDistill.Tokenization;
 using static TorchSharp.torch;
 
-namespace CombaDistill.Tests.IO;
+namespace CombaDistill.Tests.Conversion;
 
 public class Llama2cImporterTests
 {

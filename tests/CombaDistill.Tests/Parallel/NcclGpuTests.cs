@@ -6,7 +6,7 @@ using CombaDistill.Tests.Support;
 using CombaDistill.Tokenization;
 using static TorchSharp.torch;
 
-namespace CombaDistill.Tests.Runtime;
+namespace CombaDistill.Tests.Parallel;
 
 /// <summary>
 /// The GPU lane for several GPUs: the NCCL binding (ranks as threads of this process, one GPU each, as NCCL allows)
