@@ -100,7 +100,7 @@ public sealed class DataTests : IDisposable
         File.AppendAllText(path, "{\"body\": \"x\"}\n");
         var e = Assert.Throws<InvalidInputException>(() => Read(source, Tok512, Options(source)));
         Assert.Contains("line 4", e.Message);
-        Assert.Contains("'text'", e.Message);
+        Assert.Contains("field \"text\" is missing", e.Message);
         File.WriteAllText(path, "{\"text\": \"a\"}\n{oops\n");
         Assert.Contains("line 2: not valid JSON", Assert.Throws<InvalidInputException>(() => Read(source, Tok512, Options(source))).Message);
     }
