@@ -1,3 +1,5 @@
+using CombaDistill.Modeling;
+
 namespace CombaDistill.Evaluation;
 
 /// <summary>What was evaluated: the folder, its architecture, its size and its tokenizer.</summary>

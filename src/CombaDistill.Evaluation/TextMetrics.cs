@@ -3,12 +3,6 @@ using static TorchSharp.torch;
 
 namespace CombaDistill.Evaluation;
 
-/// <summary>Mean negative log-likelihood (nats per predicted token) over <see cref="Tokens"/> predicted tokens, and its exponential.</summary>
-public sealed record PerplexityResult(long Tokens, double Nll)
-{
-    public double Perplexity => Math.Exp(Nll);
-}
-
 /// <summary>
 /// How closely a model follows its teacher on the same positions: the share of positions whose
 /// argmax is the teacher's, and the mean KL(teacher ‖ model) in nats per token (the direction
@@ -20,7 +14,7 @@ public sealed record TextMetricsResult(Windowing Windowing, PerplexityResult Mod
 
 /// <summary>
 /// Perplexity, and with a teacher its perplexity and the agreement between the two, in one pass
-/// over the token stream: each window is read once by each model.
+/// over the token stream: each window is read once by each model, scored as <see cref="Perplexity"/> scores it.
 /// </summary>
 public static class TextMetrics
 {
@@ -38,16 +32,14 @@ public static class TextMetrics
             cancellationToken.ThrowIfCancellationRequested();
             var window = windows[w];
             using var scope = NewDisposeScope();
-            var ids = tokens.Skip(window.Start).Take(window.Length).Select(id => (long)id).ToArray();
-            var targets = ids[window.FirstScored..];
-            // The logits at position i predict token i + 1.
-            var modelLogProbs = ScoredLogProbs(model, ids, window);
-            modelNll += Nll(modelLogProbs, targets);
+            var (ids, targets) = Perplexity.Read(tokens, window);
+            var modelLogProbs = Perplexity.ScoredLogProbs(model, ids, window);
+            modelNll += Perplexity.Nll(modelLogProbs, targets);
             scored += targets.Length;
             if (teacher is not null)
             {
-                var teacherLogProbs = ScoredLogProbs(teacher, ids, window);
-                teacherNll += Nll(teacherLogProbs, targets);
+                var teacherLogProbs = Perplexity.ScoredLogProbs(teacher, ids, window);
+                teacherNll += Perplexity.Nll(teacherLogProbs, targets);
                 var student = modelLogProbs.to(teacherLogProbs.device);
                 agreed += student.argmax(-1).eq(teacherLogProbs.argmax(-1)).sum().item<long>();
                 // Σ p_t (log p_t − log p_s); identical rows give exactly 0.
@@ -60,19 +52,5 @@ public static class TextMetrics
             new PerplexityResult(scored, modelNll / scored),
             teacher is null ? null : new PerplexityResult(scored, teacherNll / scored),
             teacher is null ? null : new AgreementResult(scored, (double)agreed / scored, kl / scored));
-    }
-
-    /// <summary>Log-probabilities (n, V) at the positions that predict the window's scored tokens.</summary>
-    static Tensor ScoredLogProbs(ICausalLM model, long[] ids, TokenWindow window)
-    {
-        var input = tensor(ids, [1, ids.Length], device: model.Device);
-        var logits = model.Forward(input)[0];
-        return logits.narrow(0, window.FirstScored - 1, window.Length - window.FirstScored).log_softmax(-1);
-    }
-
-    static double Nll(Tensor logProbs, long[] targets)
-    {
-        var index = tensor(targets, device: logProbs.device).unsqueeze(1);
-        return -logProbs.gather(1, index).sum(ScalarType.Float64).item<double>();
     }
 }

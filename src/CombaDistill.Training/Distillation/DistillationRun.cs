@@ -4,6 +4,7 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using CombaDistill.Conversion;
 using CombaDistill.IO;
+using CombaDistill.Modeling;
 using CombaDistill.Modeling.Comba;
 using CombaDistill.Modeling.Llama;
 using CombaDistill.Runtime.Parallel;

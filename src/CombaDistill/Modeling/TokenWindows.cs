@@ -1,4 +1,4 @@
-namespace CombaDistill.Evaluation;
+namespace CombaDistill.Modeling;
 
 /// <summary>A stretch of the token stream read in one forward: tokens [Start, Start + Length), of which those from index FirstScored on (within the window) are predicted and scored.</summary>
 public readonly record struct TokenWindow(int Start, int Length, int FirstScored);
@@ -15,6 +15,12 @@ public readonly record struct TokenWindow(int Start, int Length, int FirstScored
 public sealed record Windowing(int Length, int? Stride = null)
 {
     public string Mode => Stride is null ? "packed" : "sliding";
+
+    /// <summary>
+    /// Windows of <paramref name="length"/> + 1 tokens starting every <paramref name="length"/> tokens: neighbours share
+    /// one token, so every token after the first is scored once with the same context a training window gives it.
+    /// </summary>
+    public static Windowing Chained(int length) => new(length + 1, length);
 
     public void Validate()
     {

@@ -1,5 +1,6 @@
 using CombaDistill.Distillation;
 using CombaDistill.IO;
+using CombaDistill.Modeling;
 using CombaDistill.Tests.Support;
 
 namespace CombaDistill.Tests.Distillation;
