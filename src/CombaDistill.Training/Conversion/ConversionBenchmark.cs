@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using CombaDistill.IO;
 using CombaDistill.Modeling.Llama;
 using CombaDistill.Runtime;
@@ -126,10 +125,5 @@ public static class ConversionBenchmark
         }
     }
 
-    static double Time(Action action)
-    {
-        var clock = Stopwatch.StartNew();
-        action();
-        return clock.Elapsed.TotalSeconds;
-    }
+    static double Time(Action action) => DeviceTimer.Wall.Measure(action) / 1000;
 }

@@ -180,7 +180,7 @@ public static class DistillationBenchmark
             $"({b}, {heads}, {t}, {keyDim}, {valueDim})", path, combaMs, combaCalls, combaMs * combaCalls / stepMs, PrecisionChoice.NameOf(precision));
     }
 
-    /// <summary>The median wall time of a prepared action (prepared once, outside the timing), one untimed run first.</summary>
+    /// <summary>The median time of a prepared action (prepared once, outside the timing) on the benchmarks' DeviceTimer, one untimed run first.</summary>
     static double Median(int repeats, Device device, CancellationToken cancellationToken, Func<Action> prepare)
     {
         using var scope = NewDisposeScope();
@@ -190,18 +190,7 @@ public static class DistillationBenchmark
             using var inner = NewDisposeScope();
             action();
         }
-        Once();
-        var samples = new List<double>();
-        for (var i = 0; i < repeats; i++)
-        {
-            cancellationToken.ThrowIfCancellationRequested();
-            CombaBenchmark.Synchronize(device);
-            var watch = Stopwatch.StartNew();
-            Once();
-            CombaBenchmark.Synchronize(device);
-            samples.Add(watch.Elapsed.TotalMilliseconds);
-        }
-        return Statistics.Median(samples);
+        return DeviceTimer.For(device).Median(Once, warmup: 1, repeats, cancellationToken);
     }
 
     static void DeleteQuietly(string path)

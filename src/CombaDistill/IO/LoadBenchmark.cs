@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using CombaDistill.Runtime;
 
 namespace CombaDistill.IO;
@@ -65,12 +64,7 @@ public static class LoadBenchmark
         }
     }
 
-    static double Time(Action action)
-    {
-        var clock = Stopwatch.StartNew();
-        action();
-        return clock.Elapsed.TotalSeconds;
-    }
+    static double Time(Action action) => DeviceTimer.Wall.Measure(action) / 1000;
 
     static double GBps(long bytes, double seconds) => seconds > 0 ? bytes / seconds / 1e9 : 0;
 }

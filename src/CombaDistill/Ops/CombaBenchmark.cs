@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using CombaDistill.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -153,23 +152,8 @@ public static class CombaBenchmark
                 using var _ = no_grad();
                 Forward();
             }
-            Synchronize(device);
         }
 
-        for (int i = 0; i < options.Warmup; i++) Once();
-        var samples = new List<double>();
-        for (int i = 0; i < Math.Max(1, options.Repeats); i++)
-        {
-            cancellation.ThrowIfCancellationRequested();
-            var watch = Stopwatch.StartNew();
-            Once();
-            samples.Add(watch.Elapsed.TotalMilliseconds);
-        }
-        return Statistics.Median(samples);
-    }
-
-    public static void Synchronize(Device device)
-    {
-        if (device.type == DeviceType.CUDA) cuda.synchronize(device);
+        return DeviceTimer.For(device).Median(Once, options.Warmup, options.Repeats, cancellation);
     }
 }

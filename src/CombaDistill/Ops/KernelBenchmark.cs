@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using CombaDistill.Runtime;
 using CombaDistill.Runtime.Cuda;
 using TorchSharp;
@@ -134,7 +133,8 @@ public static class KernelBenchmark
         if (!(options.PeakTflops > 0) || !(options.PeakTBps > 0))
             throw new ArgumentException($"peak rates must be positive (got {options.PeakTflops} TFLOP/s, {options.PeakTBps} TB/s)");
 
-        var (timer, timing) = Timer.For(device);
+        var timer = DeviceTimer.For(device);
+        var timing = timer.Description;
         var fused = CudaKernels.UnavailableReason(device) is { } reason ? $"unavailable ({reason}); FusedComba falls back" : "available";
         var elementBytes = (int)empty(0, dtype: dtype).element_size();
         var results = new List<KernelBenchResult>();
@@ -170,7 +170,7 @@ public static class KernelBenchmark
     static double? Rate(double amount, double? ms) => ms is { } t ? amount / (t / 1000) / 1e12 : null;
 
     static (double? Forward, double? Both, string? Note) Measure(string op, BenchShape shape, ScalarType dtype, Device device,
-        KernelBenchOptions options, Timer timer, CancellationToken cancellation)
+        KernelBenchOptions options, DeviceTimer timer, CancellationToken cancellation)
     {
         double? forward = null, both = null;
         try
@@ -185,7 +185,7 @@ public static class KernelBenchmark
         }
     }
 
-    static double Time(string op, BenchShape shape, ScalarType dtype, Device device, KernelBenchOptions options, Timer timer,
+    static double Time(string op, BenchShape shape, ScalarType dtype, Device device, KernelBenchOptions options, DeviceTimer timer,
         bool backward, CancellationToken cancellation)
     {
         using var scope = NewDisposeScope();
@@ -227,43 +227,5 @@ public static class KernelBenchmark
             samples.Add(Once(sets[(options.Warmup + i) % sets.Length]));
         }
         return Statistics.Median(samples);
-    }
-
-    /// <summary>Times the device work a callback queues: CUDA events where the driver is usable, else a synchronised wall clock.</summary>
-    sealed class Timer
-    {
-        readonly CudaDevice? cuda;
-        readonly Device device;
-
-        Timer(Device device, CudaDevice? cuda) => (this.device, this.cuda) = (device, cuda);
-
-        public static (Timer Timer, string Description) For(Device device)
-        {
-            if (device.type != DeviceType.CUDA) return (new Timer(device, null), "wall clock");
-            try { return (new Timer(device, CudaDevice.For(device)), "CUDA events on the default stream"); }
-            catch (Exception e) when (e is CudaUnavailableException or CudaException)
-            {
-                return (new Timer(device, null), $"wall clock after cuda.synchronize (CUDA events unavailable: {e.Message.Split('\n')[0]})");
-            }
-        }
-
-        public double Measure(Action work)
-        {
-            if (cuda is null)
-            {
-                CombaBenchmark.Synchronize(device);
-                var watch = Stopwatch.StartNew();
-                work();
-                CombaBenchmark.Synchronize(device);
-                return watch.Elapsed.TotalMilliseconds;
-            }
-            using var start = new CudaEvent(cuda);
-            using var end = new CudaEvent(cuda);
-            start.Record();
-            work();
-            end.Record();
-            end.Synchronize();
-            return end.MillisecondsSince(start);
-        }
     }
 }

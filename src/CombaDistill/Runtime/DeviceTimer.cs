@@ -1,0 +1,78 @@
+using System.Diagnostics;
+using CombaDistill.Runtime.Cuda;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace CombaDistill.Runtime;
+
+/// <summary>
+/// The benchmarks' one clock. It times the device work a callback queues: on a CUDA device, between two CUDA events
+/// on the default stream (where TorchSharp's ops and our kernels run) where the driver is usable; elsewhere, and where
+/// it is not, the wall clock between two synchronisations. On the CPU the wall clock is all there is.
+/// </summary>
+public sealed class DeviceTimer
+{
+    readonly Device device;
+    readonly CudaDevice? events;
+
+    DeviceTimer(Device device, CudaDevice? events, string description) => (this.device, this.events, Description) = (device, events, description);
+
+    /// <summary>How it measures, for the report: "CUDA events on the default stream" or "wall clock …".</summary>
+    public string Description { get; }
+
+    /// <summary>A wall clock for host-side work (reads, writes, conversions).</summary>
+    public static DeviceTimer Wall { get; } = new(CPU, null, "wall clock");
+
+    public static DeviceTimer For(Device device)
+    {
+        if (device.type != DeviceType.CUDA) return new DeviceTimer(device, null, "wall clock");
+        try { return new DeviceTimer(device, CudaDevice.For(device), "CUDA events on the default stream"); }
+        catch (Exception e) when (e is CudaUnavailableException or CudaException)
+        {
+            return new DeviceTimer(device, null, $"wall clock after cuda.synchronize (CUDA events unavailable: {e.Message.Split('\n')[0]})");
+        }
+    }
+
+    /// <summary>Milliseconds the work took, from a synchronised start to the end of everything it queued.</summary>
+    public double Measure(Action work)
+    {
+        if (events is null)
+        {
+            Synchronize(device);
+            var watch = Stopwatch.StartNew();
+            work();
+            Synchronize(device);
+            return watch.Elapsed.TotalMilliseconds;
+        }
+        using var start = new CudaEvent(events);
+        using var end = new CudaEvent(events);
+        start.Record();
+        work();
+        end.Record();
+        end.Synchronize();
+        return end.MillisecondsSince(start);
+    }
+
+    /// <summary>The median of <paramref name="repeats"/> measurements (at least one), after <paramref name="warmup"/> untimed runs.</summary>
+    public double Median(Action work, int warmup, int repeats, CancellationToken cancellationToken = default)
+    {
+        for (var i = 0; i < warmup; i++)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            work();
+        }
+        var samples = new List<double>();
+        for (var i = 0; i < Math.Max(1, repeats); i++)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            samples.Add(Measure(work));
+        }
+        return Statistics.Median(samples);
+    }
+
+    /// <summary>Waits for the device's queued work (a no-op off CUDA).</summary>
+    public static void Synchronize(Device device)
+    {
+        if (device.type == DeviceType.CUDA) cuda.synchronize(device);
+    }
+}
