@@ -14,6 +14,15 @@ namespace CombaDistill.Distillation;
 /// </summary>
 public static class RecipeLoader
 {
+    // The defaults live on the records (Recipe.cs); a field the YAML leaves out takes the record's own default.
+    static readonly Recipe Defaults = new()
+    {
+        SourcePath = "", Teacher = new(), Student = new(), Stages = [],
+        Data = new DataRecipe { Train = new DataSource("", DataFormat.Text) },
+    };
+    static readonly StageRecipe StageDefaults = new() { Name = "", Objective = Objective.AttentionAlignment, Trainable = TrainableSelection.Of("comba") };
+    static readonly ScheduleRecipe ScheduleDefaults = new();
+
     static readonly Dictionary<string, Precision> Precisions = new()
     {
         ["auto"] = Precision.Auto,
@@ -68,12 +77,12 @@ public static class RecipeLoader
         var recipe = new Recipe
         {
             SourcePath = Path.GetFullPath(path),
-            Seed = fields.Integer("seed") ?? 1234,
+            Seed = fields.Integer("seed") ?? Defaults.Seed,
             Teacher = ReadTeacher(fields),
             Student = ReadStudent(fields),
             Data = ReadData(fields),
             Stages = ReadStages(fields),
-            Precision = fields.Choice("precision", Precisions) ?? Precision.Auto,
+            Precision = fields.Choice("precision", Precisions) ?? Defaults.Precision,
         };
         fields.RejectUnknown();
         CheckAgainstTeacher(recipe, fields);
@@ -163,11 +172,11 @@ public static class RecipeLoader
         {
             Train = train,
             Validation = ReadSource(data, "validation"),
-            HoldoutFraction = data.Number("holdout_fraction") ?? 0.05,
-            AddBos = data.Bool("add_bos") ?? true,
-            AddEos = data.Bool("add_eos") ?? true,
-            DocumentSeparator = data.String("document_separator") is { } separator ? Unescape(separator) : "\n\n",
-            EvalTokens = data.Integer("eval_tokens") ?? 8192,
+            HoldoutFraction = data.Number("holdout_fraction") ?? Defaults.Data.HoldoutFraction,
+            AddBos = data.Bool("add_bos") ?? Defaults.Data.AddBos,
+            AddEos = data.Bool("add_eos") ?? Defaults.Data.AddEos,
+            DocumentSeparator = data.String("document_separator") is { } separator ? Unescape(separator) : Defaults.Data.DocumentSeparator,
+            EvalTokens = data.Integer("eval_tokens") ?? Defaults.Data.EvalTokens,
         };
         data.RejectUnknown();
         if (recipe.Validation is null && !(recipe.HoldoutFraction > 0 && recipe.HoldoutFraction < 0.5))
@@ -247,20 +256,20 @@ public static class RecipeLoader
             Schedule = schedule,
             Tokens = s.Integer("tokens"),
             Steps = s.Integer("steps"),
-            SequenceLength = s.Int32("sequence_length") ?? 256,
-            MicroBatch = s.Int32("micro_batch") ?? 8,
-            Accumulation = s.Int32("accumulation") ?? 1,
-            GradClip = s.String("grad_clip") == "none" ? null : s.Number("grad_clip") ?? 1.0,
-            Temperature = s.Number("temperature") ?? 1.0,
+            SequenceLength = s.Int32("sequence_length") ?? StageDefaults.SequenceLength,
+            MicroBatch = s.Int32("micro_batch") ?? StageDefaults.MicroBatch,
+            Accumulation = s.Int32("accumulation") ?? StageDefaults.Accumulation,
+            GradClip = s.String("grad_clip") == "none" ? null : s.Number("grad_clip") ?? StageDefaults.GradClip,
+            Temperature = s.Number("temperature") ?? StageDefaults.Temperature,
             KlWeight = s.Number("kl_weight") ?? (objective == Objective.Distillation ? 1.0 : 0.0),
             CeWeight = s.Number("ce_weight") ?? (objective == Objective.FineTuning ? 1.0 : 0.0),
-            LossChunk = s.Int32("loss_chunk") ?? 64,
-            LogEvery = s.Int32("log_every") ?? 10,
-            EvalEvery = s.Int32("eval_every") ?? 100,
-            CheckpointEvery = s.Int32("checkpoint_every") ?? 100,
-            KeepCheckpoints = s.Int32("keep_checkpoints") ?? 3,
-            MaxNonFiniteSteps = s.Int32("max_nonfinite_steps") ?? 5,
-            ActivationCheckpointing = s.Bool("activation_checkpointing") ?? false,
+            LossChunk = s.Int32("loss_chunk") ?? StageDefaults.LossChunk,
+            LogEvery = s.Int32("log_every") ?? StageDefaults.LogEvery,
+            EvalEvery = s.Int32("eval_every") ?? StageDefaults.EvalEvery,
+            CheckpointEvery = s.Int32("checkpoint_every") ?? StageDefaults.CheckpointEvery,
+            KeepCheckpoints = s.Int32("keep_checkpoints") ?? StageDefaults.KeepCheckpoints,
+            MaxNonFiniteSteps = s.Int32("max_nonfinite_steps") ?? StageDefaults.MaxNonFiniteSteps,
+            ActivationCheckpointing = s.Bool("activation_checkpointing") ?? StageDefaults.ActivationCheckpointing,
         };
         s.RejectUnknown();
 
@@ -385,9 +394,9 @@ public static class RecipeLoader
         if (schedule is null) return new ScheduleRecipe();
         var recipe = new ScheduleRecipe
         {
-            Kind = schedule.Choice("kind", Schedules) ?? ScheduleKind.Cosine,
-            WarmupSteps = schedule.Integer("warmup_steps") ?? 0,
-            MinLearningRate = schedule.Number("min_lr") ?? 0,
+            Kind = schedule.Choice("kind", Schedules) ?? ScheduleDefaults.Kind,
+            WarmupSteps = schedule.Integer("warmup_steps") ?? ScheduleDefaults.WarmupSteps,
+            MinLearningRate = schedule.Number("min_lr") ?? ScheduleDefaults.MinLearningRate,
         };
         schedule.RejectUnknown();
         if (recipe.WarmupSteps < 0) throw schedule.Error("warmup_steps", $"is {recipe.WarmupSteps}; expected ≥ 0");
