@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using CombaDistill.IO;
 using CombaDistill.Modeling.Llama;
 
@@ -17,5 +18,24 @@ public class LlamaConfigTests
         var saved = checkpoint.Names.Order(StringComparer.Ordinal).Select(n => (n, checkpoint.Info(n).Shape));
         var listed = config.Tensors().OrderBy(t => t.Name, StringComparer.Ordinal).Select(t => (t.Name, t.Shape));
         Assert.Equal(saved, listed);
+    }
+
+    [Theory]
+    [InlineData("hidden_size", "64.5", "field 'hidden_size' must be an integer")]
+    [InlineData("hidden_size", null, "field 'hidden_size' is missing")]
+    [InlineData("rms_norm_eps", "\"small\"", "field 'rms_norm_eps' must be a number")]
+    [InlineData("attention_bias", "1", "field 'attention_bias' must be true or false")]
+    [InlineData("model_type", "7", "field 'model_type' must be a string")]
+    public void A_malformed_field_is_named_with_the_file(string field, string? json, string problem)
+    {
+        var j = new JsonObject { ["model_type"] = "llama", ["hidden_size"] = 64, ["num_attention_heads"] = 4, ["intermediate_size"] = 128,
+            ["num_hidden_layers"] = 2, ["vocab_size"] = 256 };
+        j[field] = json is null ? null : JsonNode.Parse(json);
+        if (json is null) j.Remove(field);
+        var error = Assert.Throws<InvalidInputException>(() => LlamaConfig.FromJson(j, "m/config.json"));
+        Assert.Equal($"m/config.json: {problem}", error.Message);
+        // as read from a file: an integer is a number, and a whole number written with a point is an integer
+        Assert.Equal(64.0, JsonFields.Number(JsonNode.Parse("{\"x\": 64}")!.AsObject(), "f", "x"));
+        Assert.Equal(4096, JsonFields.Int32(JsonNode.Parse("{\"x\": 4096.0}")!.AsObject(), "f", "x"));
     }
 }

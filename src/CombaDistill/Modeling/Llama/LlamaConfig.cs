@@ -174,33 +174,8 @@ public sealed record LlamaConfig : ICausalLMConfig
         return j;
     }
 
-    static string? Str(JsonObject j, string path, string field) => j[field] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<string>(out var s) => s,
-        _ => throw new InvalidInputException(path, $"field '{field}' must be a string"),
-    };
-
-    static int? Int(JsonObject j, string path, string field, bool required = false) => j[field] switch
-    {
-        null when required => throw new InvalidInputException(path, $"field '{field}' is missing"),
-        null => null,
-        JsonValue v when v.TryGetValue<int>(out var i) => i,
-        JsonValue v when v.TryGetValue<double>(out var d) && d == Math.Floor(d) && Math.Abs(d) < int.MaxValue => (int)d,
-        _ => throw new InvalidInputException(path, $"field '{field}' must be an integer"),
-    };
-
-    static double? Num(JsonObject j, string path, string field) => j[field] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<double>(out var d) => d,
-        _ => throw new InvalidInputException(path, $"field '{field}' must be a number"),
-    };
-
-    static bool? Bool(JsonObject j, string path, string field) => j[field] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<bool>(out var b) => b,
-        _ => throw new InvalidInputException(path, $"field '{field}' must be true or false"),
-    };
+    static string? Str(JsonObject j, string path, string field) => JsonFields.String(j, path, field);
+    static int? Int(JsonObject j, string path, string field, bool required = false) => JsonFields.Int32(j, path, field, required);
+    static double? Num(JsonObject j, string path, string field) => JsonFields.Number(j, path, field);
+    static bool? Bool(JsonObject j, string path, string field) => JsonFields.Bool(j, path, field);
 }
