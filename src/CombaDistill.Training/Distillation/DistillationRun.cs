@@ -90,7 +90,7 @@ public static class DistillationRun
         Converters = { new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
     };
 
-    public static string StageFolder(string runFolder, Recipe recipe, int index) => Path.Combine(runFolder, $"{index + 1:D2}-{recipe.Stages[index].Name}");
+    public static string StageFolder(string runFolder, Recipe recipe, int index) => StagePlan.StageFolder(runFolder, recipe, index);
 
     public static RunSummary Run(Recipe recipe, string runFolder, DistillOptions options, IProgress<DistillationProgress>? progress = null, CancellationToken cancellationToken = default)
     {
@@ -100,7 +100,7 @@ public static class DistillationRun
         var writes = group.Rank == 0;
         runFolder = Path.GetFullPath(runFolder);
         DataParallel.Check(recipe, group.WorldSize);
-        CheckShardOptions(recipe, options);
+        StagePlan.CheckShardOptions(recipe, options);
         if (!group.IsSingle && (options.Shard is not null || options.MergeShards))
             throw new ArgumentException("shard jobs and their merge run as single processes; give each shard job its own GPU instead");
         void Note(string text, bool warning = false) => progress?.Report(new DistillationProgress { Stage = "", StageCount = recipe.Stages.Count, Note = text, IsWarning = warning });
@@ -111,6 +111,7 @@ public static class DistillationRun
         var (teacherFolder, initialStudent, trainTokens, validationTokens) = EnsureInputs(recipe, runFolder, Note, cancellationToken);
         if (writes) group.Barrier();
         var recipeSha256 = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(Path.Combine(runFolder, RecipeCopy))));
+        var plan = StagePlan.Decide(recipe, runFolder, initialStudent, options);
 
         // The teacher never trains: bf16 on a GPU to halve its memory, float32 on the CPU where bf16 matmuls are slow.
         var teacherType = device.type == TorchSharp.DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
@@ -124,38 +125,26 @@ public static class DistillationRun
         var precision = PrecisionChoice.Resolve(recipe.Precision, device);
         PrecisionChoice.ApplyMatmulMode(precision, device);
         if (precision == Precision.BFloat16) Note("the student trains in bf16 with float32 master weights (precision: bf16)");
-        var selected = options.OnlyStage is null ? Enumerable.Range(0, recipe.Stages.Count).ToArray()
-            : [IndexOfStage(recipe, options.OnlyStage)];
         var results = new List<StageResult>();
-        for (var i = 0; i < recipe.Stages.Count; i++)
+        foreach (var planned in plan)
         {
-            if (!selected.Contains(i)) continue;
-            var stage = recipe.Stages[i];
-            var folder = StageFolder(runFolder, recipe, i);
-            var result = Path.Combine(folder, StageTrainer.ResultFolder);
-            if (options.Resume && options.OnlyStage is null && StudentFolder.IsComplete(result))
+            var (i, stage, folder) = (planned.Index, recipe.Stages[planned.Index], planned.Folder);
+            if (planned.Action == StageAction.Keep)
             {
-                Note($"stage '{stage.Name}' already finished; keeping {result}");
-                results.Add(ReadStageResult(folder, stage, result));
+                Note($"stage '{stage.Name}' already finished; keeping {StagePlan.ResultOf(folder)}");
+                results.Add(ReadStageResult(folder, stage, StagePlan.ResultOf(folder)));
                 continue;
             }
-            // A shard job works in its own folder under the stage's; a finished one is kept on --resume, as a finished stage is.
-            var workFolder = options.Shard is { } shard ? AlignmentShards.Folder(folder, shard) : folder;
-            if (options.Shard is not null && options.Resume && AlignmentShards.IsFinished(workFolder))
+            if (planned.Action == StageAction.KeepShard)
             {
-                Note($"stage '{stage.Name}' shard {options.Shard} already finished; keeping {workFolder}");
-                results.Add(ReadStageResult(workFolder, stage, Path.Combine(workFolder, AlignmentShards.ResultFolder)));
+                Note($"stage '{stage.Name}' shard {options.Shard} already finished; keeping {planned.WorkFolder}");
+                results.Add(ReadStageResult(planned.WorkFolder, stage, Path.Combine(planned.WorkFolder, AlignmentShards.ResultFolder)));
                 continue;
             }
-            var shards = Path.Combine(folder, AlignmentShards.ShardsFolder);
-            if (options.Shard is null && !options.MergeShards && Directory.Exists(shards))
-                throw new InvalidInputException(folder, $"holds shard jobs' results for stage '{stage.Name}'; merge them (--stage {stage.Name} --merge-shards), or delete {shards} to train the stage in one job");
-            var input = i == 0 ? initialStudent : Path.Combine(StageFolder(runFolder, recipe, i - 1), StageTrainer.ResultFolder);
-            if (!StudentFolder.IsComplete(input))
-                throw new InvalidInputException(input, $"stage '{stage.Name}' cannot start: its predecessor '{recipe.Stages[i - 1].Name}' has no result here; run that stage first");
+            var (workFolder, input) = (planned.WorkFolder, planned.Input);
             // A stage being (re)done replaces its old result, and the later stages' results, made from the old one, go too.
             for (var later = i; writes && later < recipe.Stages.Count; later++)
-                DeleteFolder(Path.Combine(StageFolder(runFolder, recipe, later), StageTrainer.ResultFolder));
+                DeleteFolder(StagePlan.ResultOf(StageFolder(runFolder, recipe, later)));
 
             if (group.Any(cancellationToken.IsCancellationRequested)) throw new OperationCanceledException(cancellationToken);
             using var student = CombaForCausalLM.FromPretrained(input, ScalarType.Float32, device);
@@ -168,7 +157,7 @@ public static class DistillationRun
                 TensorBoardFolder = options.TensorBoard ? Path.Combine(runFolder, "tensorboard", board) : null,
                 Shard = options.Shard, RecipeSha256 = recipeSha256, Group = group, Precision = precision,
             }, progress);
-            results.Add(options.MergeShards ? trainer.MergeShards() : trainer.Run(cancellationToken));
+            results.Add(planned.Action == StageAction.Merge ? trainer.MergeShards() : trainer.Run(cancellationToken));
         }
 
         var last = Path.Combine(StageFolder(runFolder, recipe, recipe.Stages.Count - 1), StageTrainer.ResultFolder);
@@ -183,13 +172,6 @@ public static class DistillationRun
         }
         CopyFolder(last, finalFolder);
         return Summarise(runFolder, recipe, results, finalFolder, teacher, validationTokens, clock.Elapsed.TotalSeconds, Note);
-    }
-
-    static int IndexOfStage(Recipe recipe, string name)
-    {
-        for (var i = 0; i < recipe.Stages.Count; i++)
-            if (recipe.Stages[i].Name == name) return i;
-        throw new InvalidInputException(recipe.SourcePath, $"has no stage named '{name}'; its stages are {string.Join(", ", recipe.Stages.Select(s => s.Name))}");
     }
 
     /// <summary>
@@ -213,20 +195,6 @@ public static class DistillationRun
         var tokenizer = TokenizerLoader.Load(teacherFolder);
         var (train, validation) = EnsureData(recipe, runFolder, tokenizer, note, cancellationToken);
         return (teacherFolder, initialStudent, train, validation);
-    }
-
-    /// <summary>Shard jobs and their merge name one attention_alignment stage, and a job does one or the other.</summary>
-    static void CheckShardOptions(Recipe recipe, DistillOptions options)
-    {
-        if (options.Shard is null && !options.MergeShards) return;
-        if (options.Shard is not null && options.MergeShards)
-            throw new ArgumentException("a job either trains a shard (--shard) or merges the shards (--merge-shards), not both");
-        var what = options.MergeShards ? "merging shards" : $"shard {options.Shard}";
-        if (options.OnlyStage is null)
-            throw new ArgumentException($"{what} needs the stage it belongs to (--stage NAME, an attention_alignment stage)");
-        var stage = recipe.Stages[IndexOfStage(recipe, options.OnlyStage)];
-        if (stage.Objective != Objective.AttentionAlignment)
-            throw new InvalidInputException(recipe.SourcePath, $"stage '{stage.Name}' is {RecipeLoader.NameOf(stage.Objective)}: only attention_alignment stages train their layers independently and run as shards");
     }
 
     /// <summary>A new run needs an empty or missing folder; a continued one the same recipe text it was started with.</summary>
