@@ -15,7 +15,7 @@ public sealed class DistillCommandTests : IDisposable
     public void Dispose() => dir.Dispose();
 
     [Fact]
-    public void ARunKilledWithSigkillAndResumedFollowsTheUninterruptedTrajectory()
+    public void A_run_killed_with_SIGKILL_and_resumed_follows_the_uninterrupted_trajectory()
     {
         // the shared toy recipe with a longer second stage, so the kill lands mid-stage
         var recipePath = dir["recipe.yaml"];
@@ -67,7 +67,7 @@ public sealed class DistillCommandTests : IDisposable
     }
 
     [Fact]
-    public void ABadRecipeFailsBeforeAnyWorkWithOneLine()
+    public void A_bad_recipe_fails_before_any_work_with_one_line()
     {
         var recipePath = dir["bad.yaml"];
         File.WriteAllText(recipePath, DistillationRunTests.RecipeText().Replace("lr: 3e-3", "lr: -3e-3"));

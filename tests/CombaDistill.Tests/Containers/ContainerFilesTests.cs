@@ -38,7 +38,7 @@ public sealed class ContainerFilesTests : IDisposable
     }
 
     [Fact]
-    public void DockerComposeValidatesTheComposeFile()
+    public void Docker_compose_validates_the_compose_file()
     {
         var tool = DockerCompose();
         Assert.SkipWhen(tool is null, "docker-compose is not installed (Debian: apt-get install docker-compose; .ci/run installs it)");
@@ -62,7 +62,7 @@ public sealed class ContainerFilesTests : IDisposable
     }
 
     [Fact]
-    public void TheComposeFileDefinesGpuJobsOnSharedFoldersAndTensorBoard()
+    public void The_compose_file_defines_GPU_jobs_on_shared_folders_and_TensorBoard()
     {
         var root = Load(File.ReadAllText(ComposeFile));
         CheckServices(root);
@@ -120,7 +120,7 @@ public sealed class ContainerFilesTests : IDisposable
     }
 
     [Fact]
-    public void TheDockerfilePublishesTheCliAndEntersIt()
+    public void The_Dockerfile_publishes_the_CLI_and_enters_it()
     {
         var instructions = DockerInstructions(File.ReadAllText(Dockerfile));
         string[] All(string keyword) => instructions.Where(i => i.Keyword == keyword).Select(i => i.Arguments).ToArray();
@@ -181,7 +181,7 @@ public sealed class ContainerFilesTests : IDisposable
     }
 
     [Fact]
-    public void TheEntryPointsDefaultCommandPrintsTheCliHelp()
+    public void The_entry_points_default_command_prints_the_CLI_help()
     {
         // CMD ["--help"] after ENTRYPOINT ["combadistill"]: the published CLI's help, which needs no native library
         var (code, stdout, stderr) = CliProcess.Run("--help");

@@ -100,7 +100,7 @@ public sealed class DataParallelDistillTests(DataParallelDistillTests.Reference 
     }
 
     [Fact]
-    public void TwoWorkersFollowTheOneProcessTrajectory()
+    public void Two_workers_follow_the_one_process_trajectory()
     {
         var run = dir["run"];
         var (code, stdout, stderr) = CliProcess.Run(Distill(reference.RecipePath, run));
@@ -113,7 +113,7 @@ public sealed class DataParallelDistillTests(DataParallelDistillTests.Reference 
     }
 
     [Fact]
-    public async Task AStopSignalStopsEveryWorkerAfterTheSameStepAndTheRunResumes()
+    public async Task A_stop_signal_stops_every_worker_after_the_same_step_and_the_run_resumes()
     {
         var run = dir["run"];
         var metrics = Path.Combine(run, "01-kd", StageMetrics.FileName);
@@ -143,7 +143,7 @@ public sealed class DataParallelDistillTests(DataParallelDistillTests.Reference 
     }
 
     [Fact]
-    public async Task AWorkerThatDiesStopsTheOthersWithAClearError()
+    public async Task A_worker_that_dies_stops_the_others_with_a_clear_error()
     {
         var recipe = dir["long.yaml"];
         File.WriteAllText(recipe, RecipeText(steps: 5000));

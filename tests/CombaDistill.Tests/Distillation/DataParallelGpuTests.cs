@@ -47,7 +47,7 @@ public sealed class DataParallelGpuTests : IDisposable
     }
 
     [Fact]
-    public void TwoGpusFollowTheOneGpuTrajectory()
+    public void Two_GPUs_follow_the_one_GPU_trajectory()
     {
         RequireTwoGpus();
         var (one, two) = (dir["one"], dir["two"]);
@@ -61,7 +61,7 @@ public sealed class DataParallelGpuTests : IDisposable
     }
 
     [Fact]
-    public void ATeacherSplitOverTwoGpusDistillsLikeOneOnOneGpu()
+    public void A_teacher_split_over_two_GPUs_distills_like_one_on_one_GPU()
     {
         RequireTwoGpus();
         var (whole, split) = (dir["whole"], dir["split"]);

@@ -21,7 +21,7 @@ public sealed class DataTests : IDisposable
         new() { Train = train, AddBos = bos, AddEos = eos, DocumentSeparator = separator };
 
     [Fact]
-    public void TokenFileHasTheDocumentedLayout()
+    public void Token_file_has_the_documented_layout()
     {
         var path = dir["a.tokens"];
         TokenFile.Write(path, [1, 513, 0, 65535], vocabSize: 65536);
@@ -38,7 +38,7 @@ public sealed class DataTests : IDisposable
     }
 
     [Fact]
-    public void LargeVocabulariesUseFourBytesPerToken()
+    public void Large_vocabularies_use_four_bytes_per_token()
     {
         var path = dir["b.tokens"];
         int[] ids = [128000, 5, 128255];
@@ -48,7 +48,7 @@ public sealed class DataTests : IDisposable
     }
 
     [Fact]
-    public void DamagedOrForeignTokenFilesAreRefused()
+    public void Damaged_or_foreign_token_files_are_refused()
     {
         var path = dir["c.tokens"];
         TokenFile.Write(path, [1, 2, 3, 4], vocabSize: 512);
@@ -69,7 +69,7 @@ public sealed class DataTests : IDisposable
     }
 
     [Fact]
-    public void TextDocumentsArePackedWithBosAndEos()
+    public void Text_documents_are_packed_with_BOS_and_EOS()
     {
         var path = dir["t.txt"];
         File.WriteAllText(path, "Once upon a time.\nThe end.\n\n\n\nLily ran.\r\n\r\nTom sat.\n");
@@ -89,7 +89,7 @@ public sealed class DataTests : IDisposable
     }
 
     [Fact]
-    public void JsonlRecordsAreDocumentsAndBadLinesAreNamed()
+    public void JSONL_records_are_documents_and_bad_lines_are_named()
     {
         var path = dir["d.jsonl"];
         File.WriteAllText(path, "{\"text\": \"Lily ran.\", \"id\": 1}\n\n{\"text\": \"Tom sat.\"}\n");
@@ -106,7 +106,7 @@ public sealed class DataTests : IDisposable
     }
 
     [Fact]
-    public void WindowsOverlapByOneTokenAndCoverTheStream()
+    public void Windows_overlap_by_one_token_and_cover_the_stream()
     {
         var stream = Enumerable.Range(100, 23).ToArray();
         var packed = new PackedSequences(stream, 5);
@@ -119,7 +119,7 @@ public sealed class DataTests : IDisposable
     }
 
     [Fact]
-    public void ShufflingIsAPermutationPerEpochFixedBySeed()
+    public void Shuffling_is_a_permutation_per_epoch_fixed_by_seed()
     {
         var a = ShuffledBatches.Permutation(1000, seed: 5, epoch: 0);
         Assert.Equal(Enumerable.Range(0, 1000), a.Order());
@@ -130,7 +130,7 @@ public sealed class DataTests : IDisposable
     }
 
     [Fact]
-    public void EveryWindowIsVisitedOncePerEpoch()
+    public void Every_window_is_visited_once_per_epoch()
     {
         var packed = new PackedSequences(Enumerable.Range(0, 7 * 4 + 1).ToArray(), 4);   // 7 windows
         var batches = new ShuffledBatches(packed, seed: 3);
@@ -149,7 +149,7 @@ public sealed class DataTests : IDisposable
     }
 
     [Fact]
-    public void APositionRestoresTheExactBatchSequence()
+    public void A_position_restores_the_exact_batch_sequence()
     {
         var packed = new PackedSequences(Enumerable.Range(0, 50 * 8 + 1).Select(i => i % 512).ToArray(), 8);
         var continuous = new ShuffledBatches(packed, seed: 11);
@@ -167,7 +167,7 @@ public sealed class DataTests : IDisposable
     }
 
     [Fact]
-    public void HeldOutSplitIsTheTail()
+    public void Held_out_split_is_the_tail()
     {
         var stream = Enumerable.Range(0, 1000).ToArray();
         var (train, heldOut) = TokenStreams.SplitTail(stream, 0.1);

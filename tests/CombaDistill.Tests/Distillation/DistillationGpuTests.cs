@@ -12,7 +12,7 @@ public sealed class DistillationGpuTests : IDisposable
     public void Dispose() => dir.Dispose();
 
     [Fact]
-    public void TheToyRecipeRunsOnCudaLikeOnTheCpu()
+    public void The_toy_recipe_runs_on_CUDA_like_on_the_CPU()
     {
         Gpu.Require();
         var path = dir["recipe.yaml"];
@@ -39,7 +39,7 @@ public sealed class DistillationGpuTests : IDisposable
 
     /// <summary>The stories260K recipe's layer (Taylor features, normalised read-out) and a LoRA stage on CUDA, against the CPU.</summary>
     [Fact]
-    public void TaylorFeaturesANormalisedReadOutAndALoraStageRunOnCudaLikeOnTheCpu()
+    public void Taylor_features_a_normalised_read_out_and_a_LoRA_stage_run_on_CUDA_like_on_the_CPU()
     {
         Gpu.Require();
         var path = dir["recipe.yaml"];

@@ -126,7 +126,7 @@ public sealed class DistillationRunTests(DistillationRunTests.Reference referenc
     }
 
     [Fact]
-    public void ARunWritesStageResultsMetricsPlotsAndAFinalStudent()
+    public void A_run_writes_stage_results_metrics_plots_and_a_final_student()
     {
         var run = reference.RunFolder;
         var summary = reference.Summary;
@@ -161,7 +161,7 @@ public sealed class DistillationRunTests(DistillationRunTests.Reference referenc
     }
 
     [Fact]
-    public void ARunKilledMidStageAndResumedFollowsTheSameTrajectory()
+    public void A_run_killed_mid_stage_and_resumed_follows_the_same_trajectory()
     {
         var recipe = RecipeLoader.Load(WriteRecipe(RecipeText()));
         var run = dir["run"];
@@ -177,7 +177,7 @@ public sealed class DistillationRunTests(DistillationRunTests.Reference referenc
     }
 
     [Fact]
-    public void ACorruptedNewestCheckpointIsSkippedWithAWarning()
+    public void A_corrupted_newest_checkpoint_is_skipped_with_a_warning()
     {
         var recipe = RecipeLoader.Load(WriteRecipe(RecipeText()));
         var run = dir["run"];
@@ -198,7 +198,7 @@ public sealed class DistillationRunTests(DistillationRunTests.Reference referenc
     }
 
     [Fact]
-    public void CancellationSavesACheckpointAndResumesExactly()
+    public void Cancellation_saves_a_checkpoint_and_resumes_exactly()
     {
         var recipe = RecipeLoader.Load(WriteRecipe(RecipeText()));
         var run = dir["run"];
@@ -229,7 +229,7 @@ public sealed class DistillationRunTests(DistillationRunTests.Reference referenc
     }
 
     [Fact]
-    public void AStageRefusesToStartWithoutItsPredecessorsResult()
+    public void A_stage_refuses_to_start_without_its_predecessors_result()
     {
         var recipe = RecipeLoader.Load(WriteRecipe(RecipeText()));
         var run = dir["run"];
@@ -250,7 +250,7 @@ public sealed class DistillationRunTests(DistillationRunTests.Reference referenc
     }
 
     [Fact]
-    public void ARunFolderIsNotReusedSilently()
+    public void A_run_folder_is_not_reused_silently()
     {
         var path = WriteRecipe(RecipeText());
         var recipe = RecipeLoader.Load(path);
@@ -265,7 +265,7 @@ public sealed class DistillationRunTests(DistillationRunTests.Reference referenc
     }
 
     [Fact]
-    public void AFromScratchBaselineSharesNoWeightWithTheTeacher()
+    public void A_from_scratch_baseline_shares_no_weight_with_the_teacher()
     {
         var text = RecipeText().Replace("convert: { chunk_size: 16 }", "convert: { chunk_size: 16 }\n  from_scratch: true");
         var stages = text.IndexOf("stages:", StringComparison.Ordinal);

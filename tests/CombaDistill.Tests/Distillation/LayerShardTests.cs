@@ -87,7 +87,7 @@ public sealed class LayerShardTests(LayerShardTests.Joint joint) : IClassFixture
     }
 
     [Fact]
-    public void ShardsSplitTheAlignedLayersIntoContiguousBlocksCoveringEachOnce()
+    public void Shards_split_the_aligned_layers_into_contiguous_blocks_covering_each_once()
     {
         for (var layers = 1; layers <= 12; layers++)
         {
@@ -111,7 +111,7 @@ public sealed class LayerShardTests(LayerShardTests.Joint joint) : IClassFixture
     }
 
     [Fact]
-    public void TwoShardJobsThenTheMergeGiveTheSameStudentAsOneJob()
+    public void Two_shard_jobs_then_the_merge_give_the_same_student_as_one_job()
     {
         var recipe = RecipeLoader.Load(joint.RecipePath);
         var run = dir["sharded"];
@@ -171,7 +171,7 @@ public sealed class LayerShardTests(LayerShardTests.Joint joint) : IClassFixture
     }
 
     [Fact]
-    public void TheMergeRefusesMissingUnfinishedDamagedOrForeignShards()
+    public void The_merge_refuses_missing_unfinished_damaged_or_foreign_shards()
     {
         var recipe = RecipeLoader.Load(joint.RecipePath);
         var run = dir["sharded"];
@@ -222,7 +222,7 @@ public sealed class LayerShardTests(LayerShardTests.Joint joint) : IClassFixture
     }
 
     [Fact]
-    public async Task TheCliRunsShardJobsAsSeparateProcessesAtTheSameTimeAndMergesThem()
+    public async Task The_CLI_runs_shard_jobs_as_separate_processes_at_the_same_time_and_merges_them()
     {
         var run = dir["cli"];
         string[] Args(params string[] extra) => ["distill", "--recipe", joint.RecipePath, "--run-dir", run, "--device", "cpu", "--threads", "1", "--no-tensorboard", .. extra];

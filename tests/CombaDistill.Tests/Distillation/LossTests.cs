@@ -24,7 +24,7 @@ public sealed class LossTests
     }
 
     [Fact]
-    public void KlDivergenceIsTeacherToStudentPerTokenMean()
+    public void KL_divergence_is_teacher_to_student_per_token_mean()
     {
         double[][] teacher = [[1.0, 2.0, -0.5], [0.3, 0.3, 4.0]];
         double[][] student = [[0.5, 2.5, 0.0], [-1.0, 0.7, 3.0]];
@@ -115,7 +115,7 @@ public sealed class LossTests
         tensor(Enumerable.Range(0, batch).SelectMany(b => TinyModels.RandomIds(TinyModels.Llama3Gqa, length, seed + b)).ToArray(), [batch, length]);
 
     [Fact]
-    public void AlignmentLossIsZeroWhenTheStudentsAttentionIsTheTeachers()
+    public void Alignment_loss_is_zero_when_the_students_attention_is_the_teachers()
     {
         var (teacher, student) = Pair(keptAttention: [0, 1]);
         using var ids = Ids(2, 20, 9);
@@ -126,7 +126,7 @@ public sealed class LossTests
     }
 
     [Fact]
-    public void AlignmentComparesEachLayerOnTheTeachersHiddenStates()
+    public void Alignment_compares_each_layer_on_the_teachers_hidden_states()
     {
         var (teacher, student) = Pair(keptAttention: []);
         using var ids = Ids(2, 20, 4);
@@ -163,7 +163,7 @@ public sealed class LossTests
     }
 
     [Fact]
-    public void ALayersLossDoesNotDependOnTheStudentsOtherLayers()
+    public void A_layers_loss_does_not_depend_on_the_students_other_layers()
     {
         var (teacher, student) = Pair(keptAttention: []);
         using var ids = Ids(1, 24, 2);

@@ -49,7 +49,7 @@ public sealed class MixedPrecisionTests : IClassFixture<MixedPrecisionTests.Runs
         StageMetrics.Read(Path.Combine(run, stage, StageMetrics.FileName)).Train;
 
     [Fact]
-    public void Bf16FollowsTheFloat32TrajectoryWithinBf16Precision()
+    public void Bf16_follows_the_float32_trajectory_within_bf16_precision()
     {
         foreach (var stage in new[] { "01-align", "02-kd" })
         {
@@ -64,7 +64,7 @@ public sealed class MixedPrecisionTests : IClassFixture<MixedPrecisionTests.Runs
     }
 
     [Fact]
-    public void Bf16SavesFloat32StudentsWhoseTrainedWeightsMovedLikeFloat32s()
+    public void Bf16_saves_float32_students_whose_trained_weights_moved_like_float32s()
     {
         using var start = Checkpoint.Open(Path.Combine(runs.Bf16Run, "student-init"));
         using var f32 = Checkpoint.Open(Path.Combine(runs.Float32Run, "student"));
@@ -85,7 +85,7 @@ public sealed class MixedPrecisionTests : IClassFixture<MixedPrecisionTests.Runs
     }
 
     [Fact]
-    public void WhatAStageDoesNotTrainComesBackBitForBit()
+    public void What_a_stage_does_not_train_comes_back_bit_for_bit()
     {
         // alignment trains the attention side; the MLPs, norms and embeddings pass through bf16 working copies and must
         // come out of the stage exactly as they went in
@@ -109,7 +109,7 @@ public sealed class MixedPrecisionTests : IClassFixture<MixedPrecisionTests.Runs
     }
 
     [Fact]
-    public void ABf16RunKilledMidStageAndResumedFollowsTheSameTrajectory()
+    public void A_bf16_run_killed_mid_stage_and_resumed_follows_the_same_trajectory()
     {
         var recipe = RecipeLoader.Load(runs.Bf16Recipe);
         var run = dir["run"];

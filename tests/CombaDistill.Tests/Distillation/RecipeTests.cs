@@ -53,7 +53,7 @@ public sealed class RecipeTests : IDisposable
     InvalidInputException Fails(string yaml) => Assert.Throws<InvalidInputException>(() => Parse(yaml));
 
     [Fact]
-    public void ValidRecipeReadsEveryField()
+    public void Valid_recipe_reads_every_field()
     {
         var r = Parse(Valid);
         Assert.Equal(7, r.Seed);
@@ -94,7 +94,7 @@ public sealed class RecipeTests : IDisposable
     }
 
     [Fact]
-    public void UnknownFieldIsNamedWithItsPathAndLine()
+    public void Unknown_field_is_named_with_its_path_and_line()
     {
         var e = Fails(Valid.Replace("    temperature: 2", "    temprature: 2"));
         Assert.Contains("'stages[1].temprature'", e.Message);
@@ -107,7 +107,7 @@ public sealed class RecipeTests : IDisposable
     }
 
     [Fact]
-    public void NegativeLearningRateIsRefused()
+    public void Negative_learning_rate_is_refused()
     {
         var e = Fails(Valid.Replace("lr: 1e-3", "lr: -1e-3"));
         Assert.Contains("'stages[0].optimizer.lr'", e.Message);
@@ -115,7 +115,7 @@ public sealed class RecipeTests : IDisposable
     }
 
     [Fact]
-    public void MissingTeacherIsRefused()
+    public void Missing_teacher_is_refused()
     {
         var noTeacher = string.Join('\n', Valid.Split('\n').Where(l => !l.StartsWith("teacher") && !l.StartsWith("  llama2c") && !l.StartsWith("  tokenizer")));
         Assert.Contains("field 'teacher' is missing", Fails(noTeacher).Message);
@@ -126,7 +126,7 @@ public sealed class RecipeTests : IDisposable
     }
 
     [Fact]
-    public void StageOutOfOrderIsRefused()
+    public void Stage_out_of_order_is_refused()
     {
         var swapped = Valid.Replace("objective: attention_alignment", "objective: XX").Replace("objective: distillation", "objective: attention_alignment")
             .Replace("objective: XX", "objective: distillation").Replace("    trainable: comba\n", "").Replace("    temperature: 2\n    ce_weight: 0.1\n", "");
@@ -136,7 +136,7 @@ public sealed class RecipeTests : IDisposable
     }
 
     [Fact]
-    public void MissingDataFileIsRefused()
+    public void Missing_data_file_is_refused()
     {
         var e = Fails(Valid.Replace(Shared.TinyStoriesTrain, dir["missing.txt"]));
         Assert.Contains("'data.train'", e.Message);
@@ -169,7 +169,7 @@ public sealed class RecipeTests : IDisposable
     }
 
     [Fact]
-    public void PathsAreRelativeToTheRecipeAndMayUseEnvironmentVariables()
+    public void Paths_are_relative_to_the_recipe_and_may_use_environment_variables()
     {
         File.WriteAllText(dir["train.jsonl"], "{\"text\": \"a\"}\n");
         var yaml = Valid.Replace(Shared.TinyStoriesTrain, "${COMBADISTILL_TEST_UNSET_VARIABLE:-.}/train.jsonl");
@@ -180,7 +180,7 @@ public sealed class RecipeTests : IDisposable
     }
 
     [Fact]
-    public void FromScratchNeedsAConvertedStudent()
+    public void From_scratch_needs_a_converted_student()
     {
         Assert.True(Parse(Valid.Replace("    chunk_size: 16\n", "    chunk_size: 16\n  from_scratch: true\n")).Student.FromScratch);
         Assert.False(Parse(Valid).Student.FromScratch);
@@ -190,7 +190,7 @@ public sealed class RecipeTests : IDisposable
     }
 
     [Fact]
-    public void TrainablePatternsAreAList()
+    public void Trainable_patterns_are_a_list()
     {
         var r = Parse(Valid.Replace("    trainable: comba\n", "    trainable: [\"model.layers.*.self_attn.a_proj.*\", \"model.layers.*.self_attn.d\"]\n"));
         Assert.Equal(["model.layers.*.self_attn.a_proj.*", "model.layers.*.self_attn.d"], r.Stages[0].Trainable.Patterns);

@@ -21,7 +21,7 @@ public sealed class TeacherCorpusTests : IDisposable
     }
 
     [Fact]
-    public void ASeedWritesTheSameCorpusOfBosLedSequences()
+    public void A_seed_writes_the_same_corpus_of_BOS_led_sequences()
     {
         using var teacher = Teacher();
         var options = new CorpusOptions { Tokens = 70, Batch = 3, Length = 15, Seed = 9 };
@@ -44,7 +44,7 @@ public sealed class TeacherCorpusTests : IDisposable
     }
 
     [Fact]
-    public void TooLongSequencesAndMissingFoldersAreRefused()
+    public void Too_long_sequences_and_missing_folders_are_refused()
     {
         using var teacher = Teacher();
         var ct = TestContext.Current.CancellationToken;

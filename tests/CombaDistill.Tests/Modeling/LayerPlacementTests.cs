@@ -18,7 +18,7 @@ public sealed class LayerPlacementTests
     static Device[] Cpus(int n) => Enumerable.Repeat(CPU, n).ToArray();
 
     [Fact]
-    public void LayersAreSplitIntoContiguousRunsWithTheLaterDevicesTakingTheRemainder()
+    public void Layers_are_split_into_contiguous_runs_with_the_later_devices_taking_the_remainder()
     {
         Assert.Equal([0, 0, 1, 1, 1], LayerPlacement.Balanced(5, CPU, Cpus(2)).LayerSlots);
         Assert.Equal(Enumerable.Repeat(0, 8).Concat(Enumerable.Repeat(1, 8)), LayerPlacement.Balanced(16, CPU, Cpus(2)).LayerSlots);
@@ -35,7 +35,7 @@ public sealed class LayerPlacementTests
     }
 
     [Fact]
-    public void ASplitModelComputesWhatTheWholeOneDoesWithAndWithoutACache()
+    public void A_split_model_computes_what_the_whole_one_does_with_and_without_a_cache()
     {
         var config = TinyModels.Llama3Gqa with { NumHiddenLayers = 3 };
         var weights = TinyModels.RandomWeights(config, 7);
@@ -54,7 +54,7 @@ public sealed class LayerPlacementTests
     }
 
     [Fact]
-    public void AlignmentAndDistillationLossesAreTheSameWithASplitTeacher()
+    public void Alignment_and_distillation_losses_are_the_same_with_a_split_teacher()
     {
         using var dir = new TempDir();
         var ct = TestContext.Current.CancellationToken;

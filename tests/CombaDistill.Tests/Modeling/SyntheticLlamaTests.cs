@@ -10,7 +10,7 @@ namespace CombaDistill.Tests.Modeling;
 public sealed class SyntheticLlamaTests
 {
     [Fact]
-    public void ASyntheticFolderLoadsWithATokenizerOfExactlyItsVocabulary()
+    public void A_synthetic_folder_loads_with_a_tokenizer_of_exactly_its_vocabulary()
     {
         using var dir = new TempDir();
         var config = new LlamaConfig
@@ -41,7 +41,7 @@ public sealed class SyntheticLlamaTests
     }
 
     [Fact]
-    public void TheRanksArePairsThenTriplesEachMergeableFromEarlierOnes()
+    public void The_ranks_are_pairs_then_triples_each_mergeable_from_earlier_ones()
     {
         var lines = SyntheticLlama.TiktokenRanks(256 + 65536 + 2).Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(256 + 65536 + 2, lines.Length);

@@ -43,7 +43,7 @@ public sealed class ActivationCheckpointTests : IDisposable
     }
 
     [Fact]
-    public void TheFunctionRunsAgainInTheBackwardAndItsParametersGetGradientsThoughTheInputNeedsNone()
+    public void The_function_runs_again_in_the_backward_and_its_parameters_get_gradients_though_the_input_needs_none()
     {
         var w = randn([4, 4], dtype: ScalarType.Float64).requires_grad_(true);
         var x = randn([3, 4], dtype: ScalarType.Float64);   // no gradient wanted, like a teacher's hidden state
@@ -68,7 +68,7 @@ public sealed class ActivationCheckpointTests : IDisposable
     }
 
     [Fact]
-    public void AStudentsGradientsAreTheSameWithCheckpointedLayers()
+    public void A_students_gradients_are_the_same_with_checkpointed_layers()
     {
         using var student = Student();
         var ids = tensor(TinyModels.RandomIds(TinyModels.Llama3Gqa, 40, 3).Concat(TinyModels.RandomIds(TinyModels.Llama3Gqa, 40, 4)).ToArray(), [2, 40]);
@@ -86,7 +86,7 @@ public sealed class ActivationCheckpointTests : IDisposable
     }
 
     [Fact]
-    public void TheAlignmentObjectivesGradientsAreTheSameWhenCheckpointed()
+    public void The_alignment_objectives_gradients_are_the_same_when_checkpointed()
     {
         var c = TinyModels.Llama3Gqa;
         var teacherWeights = TinyModels.RandomWeights(c, 8);
@@ -108,7 +108,7 @@ public sealed class ActivationCheckpointTests : IDisposable
     }
 
     [Fact]
-    public void ACheckpointedToyRunFollowsThePlainRunsTrajectory()
+    public void A_checkpointed_toy_run_follows_the_plain_runs_trajectory()
     {
         set_num_threads(1);
         var plainRecipe = dir["plain.yaml"];

@@ -35,7 +35,7 @@ public sealed class NcclGpuTests : IDisposable
     }
 
     [Fact]
-    public void NcclLoadsFromPyTorchAndOneRankReducesToItself()
+    public void NCCL_loads_from_PyTorch_and_one_rank_reduces_to_itself()
     {
         RequireGpus(1);
         Assert.InRange(NcclLibrary.Version, 21200, 99999);
@@ -65,7 +65,7 @@ public sealed class NcclGpuTests : IDisposable
     }
 
     [Fact]
-    public void TwoGpusSumAverageAndBroadcastThroughNccl()
+    public void Two_GPUs_sum_average_and_broadcast_through_NCCL()
     {
         RequireGpus(2);
         var groups = NcclProcessGroup.CreateInThreads([Cuda(0), Cuda(1)], dir["rendezvous"], TimeSpan.FromMinutes(2));
@@ -106,7 +106,7 @@ public sealed class NcclGpuTests : IDisposable
     }
 
     [Fact]
-    public void ATeacherSplitOverTwoGpusGivesTheLogitsOfTheWholeOne()
+    public void A_teacher_split_over_two_GPUs_gives_the_logits_of_the_whole_one()
     {
         RequireGpus(2);
         var ct = TestContext.Current.CancellationToken;

@@ -34,7 +34,7 @@ public sealed class TcpProcessGroupTests : IDisposable
     }
 
     [Fact]
-    public void SumsAveragesAndBroadcastsReachEveryRank()
+    public void Sums_averages_and_broadcasts_reach_every_rank()
     {
         var groups = Connect(3);
         try
@@ -69,7 +69,7 @@ public sealed class TcpProcessGroupTests : IDisposable
     }
 
     [Fact]
-    public void RanksThatDisagreeOnTheCollectiveFailWithAMessage()
+    public void Ranks_that_disagree_on_the_collective_fail_with_a_message()
     {
         var groups = Connect(2);
         var ct = TestContext.Current.CancellationToken;
@@ -94,7 +94,7 @@ public sealed class TcpProcessGroupTests : IDisposable
     }
 
     [Fact]
-    public void ARankThatStopsFailsTheOthersAtOnceAndOneThatHangsAfterTheTimeout()
+    public void A_rank_that_stops_fails_the_others_at_once_and_one_that_hangs_after_the_timeout()
     {
         var groups = Connect(3);
         try
@@ -135,7 +135,7 @@ public sealed class TcpProcessGroupTests : IDisposable
     }
 
     [Fact]
-    public void ARankWaitingForAPeerThatNeverStartsGivesUp()
+    public void A_rank_waiting_for_a_peer_that_never_starts_gives_up()
     {
         var rendezvous = new Rendezvous(dir["empty"], TimeSpan.FromSeconds(0.5));
         Assert.Contains("did rank 0 start?", Assert.Throws<ProcessGroupException>(() => TcpProcessGroup.Connect(1, 2, rendezvous)).Message);
@@ -143,7 +143,7 @@ public sealed class TcpProcessGroupTests : IDisposable
     }
 
     [Fact]
-    public void GradientsAreAveragedInBucketsAndParametersBroadcast()
+    public void Gradients_are_averaged_in_buckets_and_parameters_broadcast()
     {
         var groups = Connect(2);
         try
@@ -178,7 +178,7 @@ public sealed class TcpProcessGroupTests : IDisposable
     }
 
     [Fact]
-    public void TheGlobalBatchSplitsIntoEqualSharesOrTheRecipeIsRejected()
+    public void The_global_batch_splits_into_equal_shares_or_the_recipe_is_rejected()
     {
         Assert.Equal(new Range(0, 4), DataParallel.Share(8, 0, 2));
         Assert.Equal(new Range(4, 8), DataParallel.Share(8, 1, 2));
