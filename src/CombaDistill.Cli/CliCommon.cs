@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Reflection;
 using CombaDistill.IO;
 using CombaDistill.Runtime;
 using CombaDistill.Runtime.Cuda;
@@ -54,31 +55,67 @@ static class CliCommon
         return DeviceSpec.Resolve(parse.GetValue(DeviceOption));
     }
 
-    /// <summary>Runs a command body; user errors print one line and exit 2, a failed data-parallel job 3, cancellation exits 130.</summary>
+    /// <summary>--verbose: a failure prints its stack trace after the one-line error.</summary>
+    public static readonly Option<bool> VerboseOption = new("--verbose")
+    {
+        Description = "on failure, also print the stack trace",
+        Recursive = true,
+    };
+
+    /// <summary>The most characters an error line has; the middle of a longer message is elided.</summary>
+    public const int MaxErrorLength = 300;
+
+    /// <summary>Exit codes: 2 bad input, 1 a failure at run time, 3 a failed data-parallel peer, 130 cancelled.</summary>
+    public const int BadInput = 2, RunFailure = 1, Cancelled = 130;
+
+    /// <summary>
+    /// Runs a command body. Every failure is one line on standard error (at most <see cref="MaxErrorLength"/>
+    /// characters) and an exit code: 2 for bad input (the file or field is named), 1 for a failure at run time (disk
+    /// full, a native error, a bug), 3 for a failed data-parallel peer, 130 for cancellation. --verbose adds the trace.
+    /// </summary>
     public static Func<ParseResult, CancellationToken, Task<int>> Run(Func<ParseResult, CancellationToken, Task<int>> body) => async (parse, ct) =>
     {
         try { return await body(parse, ct); }
-        catch (Exception e) when (e is InvalidInputException or NativeRuntimeException or ArgumentException)
+        catch (Exception e)
         {
-            Err.MarkupLineInterpolated($"[red]error:[/] {e.Message}");
-            return 2;
-        }
-        catch (Distillation.TrainingDivergedException e)
-        {
-            Err.MarkupLineInterpolated($"[red]error:[/] {e.Message}");
-            return 1;
-        }
-        catch (Runtime.Parallel.ProcessGroupException e)
-        {
-            Err.MarkupLineInterpolated($"[red]error:[/] {e.Message}");
-            return Runtime.Parallel.LaunchResult.PeerFailureExitCode;
-        }
-        catch (OperationCanceledException)
-        {
-            Err.MarkupLine("[yellow]cancelled[/]");
-            return 130;
+            var (code, line) = Describe(e);
+            if (code == Cancelled) Err.MarkupLine("[yellow]cancelled[/]");
+            else Err.MarkupLineInterpolated($"[red]error:[/] {line}");
+            if (parse.GetValue(VerboseOption)) Console.Error.WriteLine(e.ToString());
+            return code;
         }
     };
+
+    /// <summary>A command line that does not parse: its first error as one line, exit 2.</summary>
+    public static int ParseError(ParseResult parse)
+    {
+        var more = parse.Errors.Count > 1 ? $" (and {parse.Errors.Count - 1} more)" : "";
+        Err.MarkupLineInterpolated($"[red]error:[/] {Bounded.Line(parse.Errors[0].Message + more + "; see --help", MaxErrorLength)}");
+        return BadInput;
+    }
+
+    /// <summary>The exit code and the one-line message for a failure.</summary>
+    public static (int Code, string Line) Describe(Exception e)
+    {
+        while (e is AggregateException { InnerExceptions.Count: 1 } a) e = a.InnerExceptions[0];
+        if (e is TargetInvocationException { InnerException: { } inner }) e = inner;
+        var (code, text) = e switch
+        {
+            OperationCanceledException => (Cancelled, "cancelled"),
+            InvalidInputException or NativeRuntimeException or ArgumentException => (BadInput, e.Message),
+            UnauthorizedAccessException => (BadInput, $"permission denied: {e.Message}"),
+            Runtime.Parallel.ProcessGroupException => (Runtime.Parallel.LaunchResult.PeerFailureExitCode, e.Message),
+            Distillation.TrainingDivergedException => (RunFailure, e.Message),
+            IOException io when IsOutOfSpace(io) => (RunFailure, $"no space left on device ({io.Message}); nothing was replaced, free space and run again"),
+            IOException => (RunFailure, $"I/O error: {e.Message}"),
+            OutOfMemoryException => (RunFailure, "out of memory"),
+            _ => (RunFailure, $"{e.GetType().Name}: {e.Message} (an internal error; --verbose prints where)"),
+        };
+        return (code, Bounded.Line(text, MaxErrorLength));
+    }
+
+    /// <summary>ENOSPC or EDQUOT: .NET puts the errno in HResult on Unix.</summary>
+    public static bool IsOutOfSpace(IOException e) => e.HResult is 28 or 122 || e.Message.Contains("No space left on device", StringComparison.OrdinalIgnoreCase);
 
     /// <summary>
     /// A synchronous body runs on the thread pool: System.CommandLine installs its Ctrl-C handler only once the action

@@ -84,7 +84,7 @@ static class DistillCommand
     {
         RunSummary? summary = null;
         var run = Task.CompletedTask;
-        // System.CommandLine gives a cancelled command 2 s before the process ends; a checkpoint of a large model can
+        // A cancelled command has CliSignals.Grace before the process ends; a checkpoint of a large model can
         // take longer, so the process waits at exit until the run has saved.
         EventHandler waitForSave = (_, _) => run.Wait();
         AppDomain.CurrentDomain.ProcessExit += waitForSave;

@@ -127,7 +127,7 @@ static class EvalCommand
         var lm = CausalLMLoader.Load(folder, dtype is null ? null : LlamaForCausalLM.ParseDtype(dtype), device);
         try
         {
-            var tokenizer = TokenizerLoader.Load(folder, lm.Config.BosTokenId, lm.Config.EosTokenIds[0]);
+            var tokenizer = TokenizerLoader.ForModel(folder, lm.Config.VocabSize, lm.Config.BosTokenId, lm.Config.EosTokenIds[0]);
             var info = new ModelInfo(folder, CausalLMLoader.ModelTypeOf(folder), EvaluatedModel.ParameterCount(lm), tokenizer.Description);
             return new LoadedModel(new EvaluatedModel(lm, tokenizer, info));
         }

@@ -36,7 +36,7 @@ static class GenerateCommand
             var clock = Stopwatch.StartNew();
             var lm = CausalLMLoader.Load(folder, parse.GetValue(dtype) is { } d ? LlamaForCausalLM.ParseDtype(d) : null, device);
             using var loaded = (IDisposable)lm;   // a teacher or a student, both modules
-            var tokenizer = TokenizerLoader.Load(folder, lm.Config.BosTokenId, lm.Config.EosTokenIds[0]);
+            var tokenizer = TokenizerLoader.ForModel(folder, lm.Config.VocabSize, lm.Config.BosTokenId, lm.Config.EosTokenIds[0]);
             CliCommon.Err.WriteLine($"loaded {folder} ({(lm is CombaDistill.Modeling.Comba.CombaForCausalLM ? $"comba student of a {lm.Config.ModelType}" : lm.Config.ModelType)}, {tokenizer.Description}) on {device.type} in {clock.Elapsed.TotalSeconds:F1}s");
 
             var ids = tokenizer.Encode(parse.GetValue(prompt) ?? "", addBos: true);

@@ -4,8 +4,13 @@ using CombaDistill.Cli;
 var root = new RootCommand("CombaDistill: turn a pretrained Llama-family Transformer into a Comba (bilinear RNN) student and distill it.");
 root.Options.Add(CliCommon.DeviceOption);
 root.Options.Add(CliCommon.LibTorchOption);
+root.Options.Add(CliCommon.VerboseOption);
 foreach (var command in CliCommands.All()) root.Subcommands.Add(command);
-// Ctrl-C and SIGTERM cancel the command's token only where asked for: without a ProcessTerminationTimeout,
-// System.CommandLine 2.0.0 installs no handler and the signal kills the process on the spot. A command then has 2 s
-// to return; a distillation keeps the process alive until it has saved its checkpoint (DistillCommand).
-return await root.Parse(args).InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = TimeSpan.FromSeconds(2) });
+var parse = root.Parse(args);
+// A command line that does not parse is bad input like any other: one line and exit 2, not the help text.
+if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAction)
+    return CliCommon.ParseError(parse);
+// Ctrl-C and SIGTERM are handled here rather than by System.CommandLine, whose handler throws on a second signal
+// (CliSignals): the first cancels the command's token, a second is only acknowledged.
+using var signals = new CliSignals();
+return await parse.InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null, EnableDefaultExceptionHandler = false }, signals.Token);

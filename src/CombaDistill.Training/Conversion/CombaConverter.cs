@@ -126,13 +126,8 @@ public static class CombaConverter
     /// <summary>The teacher's config.json, refusing a student and anything outside the Llama family by name.</summary>
     static LlamaConfig LoadTeacherConfig(string path)
     {
-        string? modelType = null;
-        try
-        {
-            if (JsonNode.Parse(File.ReadAllText(path)) is JsonObject j && j["model_type"] is JsonValue v)
-                v.TryGetValue(out modelType);
-        }
-        catch (JsonException) { }   // LlamaConfig.Load names the JSON error below
+        // LlamaConfig.Load names any JSON error; this only looks for a model_type to refuse by name
+        var modelType = InputFile.ReadJsonObject(path, "config.json", j => j["model_type"] is JsonValue v && v.TryGetValue<string>(out var t) ? t : null);
         if (modelType == CombaStudentConfig.ModelType)
             throw new InvalidInputException(path, "field 'model_type' is 'comba': this is already a Comba student; convert its teacher instead");
         if (modelType is not null && !LlamaConfig.SupportedModelTypes.Contains(modelType))

@@ -38,7 +38,7 @@ public sealed record TeacherSource(string ConfigPath, string CheckpointPath, IRe
     static TeacherSource Make(string configPath, string checkpointPath, string checkpointFolder)
     {
         var config = Path.GetFullPath(configPath);
-        if (!File.Exists(config)) throw new InvalidInputException(config, "config.json not found");
+        InputFile.RequireRegular(config, "config.json");
         var configFolder = Path.GetDirectoryName(config)!;
         return new TeacherSource(config, checkpointPath, new[] { configFolder, checkpointFolder }.Distinct().ToList());
     }

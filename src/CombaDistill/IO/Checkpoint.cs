@@ -43,13 +43,13 @@ public sealed class Checkpoint : IDisposable
     public bool Contains(string name) => fileOf.ContainsKey(name);
 
     public TensorInfo Info(string name) =>
-        fileOf.TryGetValue(name, out var file) ? file.Tensors[name] : throw new InvalidInputException(Path, $"no tensor named '{name}'");
+        fileOf.TryGetValue(name, out var file) ? file.Tensors[name] : throw new InvalidInputException(Path, $"no tensor named '{Bounded.Text(name, 100)}'");
 
     /// <summary>The file that holds <paramref name="name"/>.</summary>
-    public string FileOf(string name) => fileOf.TryGetValue(name, out var file) ? file.Path : throw new InvalidInputException(Path, $"no tensor named '{name}'");
+    public string FileOf(string name) => fileOf.TryGetValue(name, out var file) ? file.Path : throw new InvalidInputException(Path, $"no tensor named '{Bounded.Text(name, 100)}'");
 
     public Tensor Read(string name, ScalarType? dtype = null, Device? device = null) =>
-        fileOf.TryGetValue(name, out var file) ? file.Read(name, dtype, device) : throw new InvalidInputException(Path, $"no tensor named '{name}'");
+        fileOf.TryGetValue(name, out var file) ? file.Read(name, dtype, device) : throw new InvalidInputException(Path, $"no tensor named '{Bounded.Text(name, 100)}'");
 
     public void Dispose()
     {
@@ -73,7 +73,7 @@ public sealed class Checkpoint : IDisposable
             {
                 var shardPath = System.IO.Path.Combine(folder, shard);
                 if (!File.Exists(shardPath))
-                    throw new InvalidInputException(indexPath, $"shard '{shard}' named in weight_map is missing ({shardPath})");
+                    throw new InvalidInputException(indexPath, $"shard '{Bounded.Text(shard, 100)}' named in weight_map is missing ({Bounded.Text(shardPath, 200)})");
                 opened[shard] = SafeTensorsFile.Open(shardPath);
             }
             var fileOf = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
@@ -81,7 +81,7 @@ public sealed class Checkpoint : IDisposable
             {
                 var file = opened[shard];
                 if (!file.Contains(name))
-                    throw new InvalidInputException(indexPath, $"weight_map puts tensor '{name}' in shard '{shard}', which does not hold it");
+                    throw new InvalidInputException(indexPath, $"weight_map puts tensor '{Bounded.Text(name, 100)}' in shard '{Bounded.Text(shard, 100)}', which does not hold it");
                 fileOf[name] = file;
             }
             return new Checkpoint(indexPath, opened.Values.ToList(), fileOf);
@@ -98,13 +98,14 @@ public sealed class Checkpoint : IDisposable
         JsonDocument doc;
         try
         {
-            doc = JsonDocument.Parse(IoRetry.Execute(() => File.ReadAllBytes(indexPath)));
+            doc = JsonDocument.Parse(InputFile.ReadAllBytes(indexPath, "safetensors index", maxBytes: 256L << 20));
         }
         catch (JsonException e)
         {
             throw new InvalidInputException(indexPath, $"not valid JSON ({e.Message})", e);
         }
         using (doc)
+        try
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object
                 || !doc.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
@@ -113,15 +114,19 @@ public sealed class Checkpoint : IDisposable
             foreach (var entry in map.EnumerateObject())
             {
                 if (entry.Value.ValueKind != JsonValueKind.String)
-                    throw new InvalidInputException(indexPath, $"weight_map entry '{entry.Name}' is not a file name");
+                    throw new InvalidInputException(indexPath, $"weight_map entry '{Bounded.Text(entry.Name, 100)}' is not a file name");
                 var shard = entry.Value.GetString()!;
                 // Shards live beside the index; a path here could point anywhere.
                 if (shard.Length == 0 || shard != System.IO.Path.GetFileName(shard) || shard is "." or "..")
-                    throw new InvalidInputException(indexPath, $"weight_map entry '{entry.Name}' names '{shard}', which is not a file name in the same folder");
+                    throw new InvalidInputException(indexPath, $"weight_map entry '{Bounded.Text(entry.Name, 100)}' names '{Bounded.Text(shard, 100)}', which is not a file name in the same folder");
                 if (!result.TryAdd(entry.Name, shard))
-                    throw new InvalidInputException(indexPath, $"weight_map names tensor '{entry.Name}' twice");
+                    throw new InvalidInputException(indexPath, $"weight_map names tensor '{Bounded.Text(entry.Name, 100)}' twice");
             }
             return result;
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new InvalidInputException(indexPath, "holds a string that is not valid Unicode (a lone surrogate escape)", e);
         }
     }
 }

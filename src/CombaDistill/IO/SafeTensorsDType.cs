@@ -50,5 +50,5 @@ public sealed record TensorInfo(string Name, string DType, long[] Shape, long Be
     public ScalarType ScalarType => SafeTensorsDType.ToScalarType(DType);
     public long ByteSize => End - Begin;
     public long NumberOfElements => Shape.Aggregate(1L, (a, b) => a * b);
-    public string ShapeText => $"[{string.Join(", ", Shape)}]";
+    public string ShapeText => Bounded.Shape(Shape);
 }

@@ -29,6 +29,12 @@ public sealed class SafeTensorsFile : IDisposable
     /// <summary>Python safetensors refuses larger headers; so do we, rather than allocate whatever a corrupt file says.</summary>
     public const long MaxHeaderBytes = 100_000_000;
 
+    /// <summary>libtorch's limit on a tensor's dimensions.</summary>
+    public const int MaxDimensions = 64;
+
+    /// <summary>Names in error messages are cut to this many characters.</summary>
+    const int MaxNameInMessage = 100;
+
     readonly SafeFileHandle handle;
 
     public string Path { get; }
@@ -51,7 +57,7 @@ public sealed class SafeTensorsFile : IDisposable
 
     public static SafeTensorsFile Open(string path)
     {
-        if (Directory.Exists(path)) throw new InvalidInputException(path, "is a folder; expected a .safetensors file");
+        InputFile.RequireRegular(path, ".safetensors file");
         SafeFileHandle handle;
         try
         {
@@ -88,7 +94,7 @@ public sealed class SafeTensorsFile : IDisposable
     {
         ObjectDisposedException.ThrowIf(handle.IsClosed, this);
         if (!Tensors.TryGetValue(name, out var info))
-            throw new InvalidInputException(Path, $"no tensor named '{name}'");
+            throw new InvalidInputException(Path, $"no tensor named '{Bounded.Text(name, MaxNameInMessage)}'");
         var tensor = empty(info.Shape, dtype: info.ScalarType);
         try
         {
@@ -123,6 +129,9 @@ public sealed class SafeTensorsFile : IDisposable
         var dataOffset = 8 + (long)headerLength;
         var dataLength = length - dataOffset;
 
+        // System.Text.Json checks UTF-8 only in the strings it is asked for, and then throws InvalidOperationException.
+        if (!System.Text.Unicode.Utf8.IsValid(headerBytes))
+            throw new InvalidInputException(path, "header is not valid UTF-8");
         JsonDocument doc;
         try
         {
@@ -130,9 +139,10 @@ public sealed class SafeTensorsFile : IDisposable
         }
         catch (JsonException e)
         {
-            throw new InvalidInputException(path, $"header is not valid JSON ({e.Message})", e);
+            throw new InvalidInputException(path, $"header is not valid JSON ({Bounded.Text(e.Message, 160)})", e);
         }
         using (doc)
+        try
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
                 throw new InvalidInputException(path, $"header is not a JSON object (it is {doc.RootElement.ValueKind})");
@@ -149,11 +159,16 @@ public sealed class SafeTensorsFile : IDisposable
                     continue;
                 }
                 if (tensors.ContainsKey(property.Name))
-                    throw new InvalidInputException(path, $"tensor '{property.Name}' appears twice in the header");
+                    throw new InvalidInputException(path, $"tensor '{Bounded.Text(property.Name, MaxNameInMessage)}' appears twice in the header");
                 tensors[property.Name] = ReadEntry(path, property.Name, property.Value, dataOffset, dataLength);
             }
             CheckNoOverlap(path, tensors.Values, dataOffset);
             return (dataOffset, tensors, metadata);
+        }
+        catch (InvalidOperationException e)
+        {
+            // an escaped lone surrogate ("\ud800") is valid JSON but no valid string
+            throw new InvalidInputException(path, "header holds a string that is not valid Unicode (a lone surrogate escape)", e);
         }
     }
 
@@ -164,21 +179,21 @@ public sealed class SafeTensorsFile : IDisposable
         foreach (var entry in element.EnumerateObject())
         {
             if (entry.Value.ValueKind != JsonValueKind.String)
-                throw new InvalidInputException(path, $"__metadata__ entry '{entry.Name}' is not a string");
+                throw new InvalidInputException(path, $"__metadata__ entry '{Bounded.Text(entry.Name, MaxNameInMessage)}' is not a string");
             metadata[entry.Name] = entry.Value.GetString()!;
         }
     }
 
     static TensorInfo ReadEntry(string path, string name, JsonElement entry, long dataOffset, long dataLength)
     {
-        InvalidInputException Bad(string problem) => new(path, $"tensor '{name}': {problem}");
+        InvalidInputException Bad(string problem) => new(path, $"tensor '{Bounded.Text(name, MaxNameInMessage)}': {problem}");
         if (entry.ValueKind != JsonValueKind.Object) throw Bad("entry is not a JSON object");
 
         if (!entry.TryGetProperty("dtype", out var dtypeElement)) throw Bad("entry has no dtype");
         if (dtypeElement.ValueKind != JsonValueKind.String) throw Bad("dtype is not a string");
         var dtype = dtypeElement.GetString()!;
         if (!SafeTensorsDType.IsSupported(dtype))
-            throw Bad($"unsupported dtype '{dtype}' (supported: {string.Join(", ", SafeTensorsDType.Names)})");
+            throw Bad($"unsupported dtype '{Bounded.Text(dtype, 40)}' (supported: {string.Join(", ", SafeTensorsDType.Names)})");
 
         if (!entry.TryGetProperty("shape", out var shapeElement)) throw Bad("entry has no shape");
         var shape = ReadLongs(shapeElement) ?? throw Bad("shape is not an array of non-negative integers");
@@ -190,17 +205,21 @@ public sealed class SafeTensorsFile : IDisposable
         if (end < begin) throw Bad($"data_offsets [{begin}, {end}] are out of order");
         if (end > dataLength) throw Bad($"data_offsets [{begin}, {end}] run past the end of the file (the data region is {dataLength} bytes)");
 
+        if (shape.Length > MaxDimensions) throw Bad($"shape has {shape.Length:N0} dimensions; at most {MaxDimensions} are supported");
         long expected;
         try
         {
             expected = checked(shape.Aggregate(1L, (a, b) => checked(a * b)) * SafeTensorsDType.ItemSize(dtype));
+            // libtorch computes strides as products of the sizes (a 0 counting as 1), so a zero-size tensor whose
+            // other dimensions multiply past 2^63 is refused here rather than overflow inside libtorch
+            _ = checked(shape.Aggregate(1L, (a, b) => checked(a * Math.Max(b, 1))) * SafeTensorsDType.ItemSize(dtype));
         }
         catch (OverflowException)
         {
-            throw Bad($"shape [{string.Join(", ", shape)}] is too large");
+            throw Bad($"shape {Bounded.Shape(shape)} is too large (its size overflows 64 bits)");
         }
         if (end - begin != expected)
-            throw Bad($"byte size {end - begin} (data_offsets [{begin}, {end}]) does not match shape [{string.Join(", ", shape)}] of {dtype}, which needs {expected} bytes");
+            throw Bad($"byte size {end - begin} (data_offsets [{begin}, {end}]) does not match shape {Bounded.Shape(shape)} of {dtype}, which needs {expected} bytes");
         return new TensorInfo(name, dtype, shape, dataOffset + begin, dataOffset + end);
     }
 
@@ -224,7 +243,7 @@ public sealed class SafeTensorsFile : IDisposable
         {
             if (previous is not null && t.Begin < previous.End)
                 throw new InvalidInputException(path,
-                    $"tensors '{previous.Name}' and '{t.Name}' overlap (data_offsets [{previous.Begin - dataOffset}, {previous.End - dataOffset}] and [{t.Begin - dataOffset}, {t.End - dataOffset}])");
+                    $"tensors '{Bounded.Text(previous.Name, MaxNameInMessage)}' and '{Bounded.Text(t.Name, MaxNameInMessage)}' overlap (data_offsets [{previous.Begin - dataOffset}, {previous.End - dataOffset}] and [{t.Begin - dataOffset}, {t.End - dataOffset}])");
             previous = t;
         }
     }

@@ -15,14 +15,9 @@ public static class CausalLMLoader
     {
         var path = Path.Combine(folder, "config.json");
         if (!Directory.Exists(folder)) throw new InvalidInputException(folder, "model folder does not exist");
-        if (!File.Exists(path)) throw new InvalidInputException(path, "config.json not found");
-        try
-        {
-            return JsonNode.Parse(File.ReadAllText(path)) is JsonObject j && j["model_type"] is JsonValue v && v.TryGetValue<string>(out var type)
-                ? type
-                : throw new InvalidInputException(path, "field 'model_type' is missing or not a string");
-        }
-        catch (JsonException e) { throw new InvalidInputException(path, $"not valid JSON ({e.Message})", e); }
+        return InputFile.ReadJsonObject(path, "config.json", j => j["model_type"] is JsonValue v && v.TryGetValue<string>(out var type)
+            ? type
+            : throw new InvalidInputException(path, "field 'model_type' is missing or not a string"));
     }
 
     /// <summary>

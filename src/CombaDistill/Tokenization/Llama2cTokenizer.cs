@@ -53,11 +53,7 @@ public sealed class Llama2cTokenizer : IByteTokenizer
     public static Llama2cTokenizer Load(string path, int? expectedVocabSize = null)
     {
         byte[] data;
-        try { data = File.ReadAllBytes(path); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new InvalidInputException(path, $"cannot read llama2.c tokenizer: {e.Message}", e);
-        }
+        data = InputFile.ReadAllBytes(path, "llama2.c tokenizer");
         if (data.Length < 4) throw new InvalidInputException(path, "llama2.c tokenizer is truncated: no max_token_length header");
         int maxTokenLength = BinaryPrimitives.ReadInt32LittleEndian(data);
         if (maxTokenLength <= 0 || maxTokenLength > 1 << 16)

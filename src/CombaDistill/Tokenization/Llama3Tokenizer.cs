@@ -68,11 +68,7 @@ public sealed class Llama3Tokenizer : IByteTokenizer
     public static Llama3Tokenizer Load(string path, IReadOnlyDictionary<string, int>? specialTokens = null, int? bosId = null, int? eosId = null)
     {
         byte[] file;
-        try { file = File.ReadAllBytes(path); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new InvalidInputException(path, $"cannot read tiktoken model: {e.Message}", e);
-        }
+        file = InputFile.ReadAllBytes(path, "tiktoken model");
 
         var tokenBytes = new Dictionary<int, byte[]>();
         string[] lines = Encoding.UTF8.GetString(file).Split('\n');

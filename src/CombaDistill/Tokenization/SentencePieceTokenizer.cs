@@ -39,11 +39,7 @@ public sealed class SentencePieceTokenizer : IByteTokenizer
     public static SentencePieceTokenizer Load(string path, int? bosId = null, int? eosId = null)
     {
         byte[] model;
-        try { model = File.ReadAllBytes(path); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new InvalidInputException(path, $"cannot read SentencePiece model: {e.Message}", e);
-        }
+        model = InputFile.ReadAllBytes(path, "SentencePiece model");
 
         List<(string Text, int Type)> pieces;
         try { pieces = ReadPieces(model); }

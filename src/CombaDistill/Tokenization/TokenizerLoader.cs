@@ -36,6 +36,25 @@ public static class TokenizerLoader
     }
 
     /// <summary>
+    /// The tokenizer of a model folder, with the model's BOS/EOS ids, checked against the model's vocabulary at load:
+    /// a tokenizer with more tokens than the model would feed it ids it has no embedding for, and one with fewer would
+    /// fail on the first id it cannot decode, halfway through a generation. Models whose vocabulary is padded beyond
+    /// their tokenizer (Qwen2 pads by a few hundred) are accepted while the gap is at most 1% of the vocabulary.
+    /// </summary>
+    public static ITokenizer ForModel(string folder, int modelVocabSize, int bosId, int eosId)
+    {
+        var tokenizer = Load(folder, bosId, eosId);
+        if (tokenizer.VocabSize > modelVocabSize)
+            throw new InvalidInputException(folder, $"tokenizer ({tokenizer.Description}) has {tokenizer.VocabSize} tokens, more than config.json's vocab_size {modelVocabSize}");
+        if (modelVocabSize - tokenizer.VocabSize > modelVocabSize / 100)
+            throw new InvalidInputException(folder, $"tokenizer ({tokenizer.Description}) has {tokenizer.VocabSize} tokens, far fewer than config.json's vocab_size {modelVocabSize}; is it this model's tokenizer?");
+        foreach (var (field, id) in new[] { ("bos_token_id", bosId), ("eos_token_id", eosId) })
+            if (id >= tokenizer.VocabSize)
+                throw new InvalidInputException(folder, $"config.json's {field} {id} is outside the tokenizer's {tokenizer.VocabSize} tokens");
+        return tokenizer;
+    }
+
+    /// <summary>
     /// The special tokens of <c>tokenizer_config.json</c>'s <c>added_tokens_decoder</c>
     /// ({"128000": {"content": "&lt;|begin_of_text|&gt;", ...}, ...}); null when the file or the
     /// field is absent.
@@ -45,7 +64,7 @@ public static class TokenizerLoader
         if (!File.Exists(path)) return null;
         try
         {
-            using var config = JsonDocument.Parse(File.ReadAllBytes(path));
+            using var config = JsonDocument.Parse(InputFile.ReadAllBytes(path, "tokenizer_config.json"));
             if (!config.RootElement.TryGetProperty("added_tokens_decoder", out var added) || added.ValueKind != JsonValueKind.Object)
                 return null;
             var tokens = new Dictionary<string, int>(StringComparer.Ordinal);
@@ -73,7 +92,7 @@ public static class TokenizerLoader
     {
         Span<byte> head = stackalloc byte[256];
         int n;
-        using (var stream = File.OpenRead(path)) n = stream.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
+        using (var stream = InputFile.OpenRead(path, "tokenizer model")) n = stream.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
         int newline = head[..n].IndexOf((byte)'\n');
         var line = newline >= 0 ? head[..newline] : head[..n];
         int space = line.IndexOf((byte)' ');

@@ -67,6 +67,7 @@ public sealed class CombaForCausalLM : nn.Module<Tensor, Tensor>, ICausalLM
         var configPath = Path.Combine(folder, "config.json");
         var config = CombaStudentConfig.Load(configPath);
         using var checkpoint = Checkpoint.Open(folder);
+        LlamaWeightShapes.Check(checkpoint, config.Architecture, configPath, attention: false);   // the mixers' tensors are checked as the model loads
         var model = new CombaForCausalLM(config, dtype ?? LlamaForCausalLM.ParseDtype(config.Architecture.TorchDtype, configPath), device);
         try
         {

@@ -83,16 +83,5 @@ public sealed record CombaStudentConfig
         }.Validated(path);
     }
 
-    public static CombaStudentConfig Load(string path)
-    {
-        JsonObject root;
-        try
-        {
-            root = JsonNode.Parse(File.ReadAllText(path)) as JsonObject
-                ?? throw new InvalidInputException(path, "config is not a JSON object");
-        }
-        catch (JsonException e) { throw new InvalidInputException(path, $"not valid JSON ({e.Message})", e); }
-        catch (FileNotFoundException e) { throw new InvalidInputException(path, "config.json not found", e); }
-        return FromJson(root, path);
-    }
+    public static CombaStudentConfig Load(string path) => InputFile.ReadJsonObject(path, "config.json", root => FromJson(root, path));
 }

@@ -43,18 +43,7 @@ public sealed record LlamaConfig : ICausalLMConfig
     public int KvGroups => NumAttentionHeads / NumKeyValueHeads;
 
     /// <summary>Reads and validates config.json; every error names the file and the field.</summary>
-    public static LlamaConfig Load(string path)
-    {
-        JsonObject root;
-        try
-        {
-            root = JsonNode.Parse(File.ReadAllText(path)) as JsonObject
-                ?? throw new InvalidInputException(path, "config is not a JSON object");
-        }
-        catch (JsonException e) { throw new InvalidInputException(path, $"not valid JSON ({e.Message})", e); }
-        catch (FileNotFoundException e) { throw new InvalidInputException(path, "config.json not found", e); }
-        return FromJson(root, path);
-    }
+    public static LlamaConfig Load(string path) => InputFile.ReadJsonObject(path, "config.json", root => FromJson(root, path));
 
     public static LlamaConfig FromJson(JsonObject j, string path)
     {
@@ -73,7 +62,9 @@ public sealed record LlamaConfig : ICausalLMConfig
             throw new InvalidInputException(path, $"field 'hidden_act' is '{act}'; only 'silu' (SwiGLU) is supported");
         if (modelType == "qwen2" && Bool(j, path, "use_sliding_window") == true)
             throw new InvalidInputException(path, "field 'use_sliding_window' is true; sliding-window attention is not supported");
-        if (j["layer_types"] is JsonArray layerTypes && layerTypes.Any(t => t?.GetValue<string>() != "full_attention"))
+        if (j["layer_types"] is { } layerTypesNode && layerTypesNode is not JsonArray)
+            throw new InvalidInputException(path, "field 'layer_types' must be an array of strings");
+        if (j["layer_types"] is JsonArray layerTypes && layerTypes.Any(t => !(t is JsonValue v && v.TryGetValue<string>(out var s) && s == "full_attention")))
             throw new InvalidInputException(path, "field 'layer_types' names layers other than 'full_attention'; sliding-window attention is not supported");
         var attentionBias = Bool(j, path, "attention_bias") ?? false;
         // transformers ≥ 5 writes rope_theta and the scaling together as 'rope_parameters'; earlier versions
@@ -101,12 +92,61 @@ public sealed record LlamaConfig : ICausalLMConfig
             OutputBias = modelType != "qwen2" && attentionBias,
             TorchDtype = Str(j, path, "torch_dtype") ?? Str(j, path, "dtype") ?? "float32",
             BosTokenId = Int(j, path, "bos_token_id") ?? 1,
-            EosTokenIds = j["eos_token_id"] switch
+            EosTokenIds = EosIds(j, path),
+        }.Validated(path);
+    }
+
+    /// <summary>Upper bounds well above any released model, so a corrupt config.json is refused before anything is allocated.</summary>
+    public const int MaxVocabSize = 1 << 24, MaxHiddenSize = 1 << 17, MaxIntermediateSize = 1 << 20, MaxLayers = 1024, MaxHeads = 1024,
+        MaxHeadDim = 4096, MaxPositions = 1 << 24;
+
+    /// <summary>Range checks of a config read from a file: sizes positive and bounded, rope and eps meaningful, token ids in the vocabulary.</summary>
+    public LlamaConfig Validated(string path)
+    {
+        void Range(string field, long value, long max)
+        {
+            if (value < 1 || value > max) throw new InvalidInputException(path, $"field '{field}' is {value}; expected 1 to {max:N0}");
+        }
+        Range("vocab_size", VocabSize, MaxVocabSize);
+        Range("hidden_size", HiddenSize, MaxHiddenSize);
+        Range("intermediate_size", IntermediateSize, MaxIntermediateSize);
+        Range("num_hidden_layers", NumHiddenLayers, MaxLayers);
+        Range("num_attention_heads", NumAttentionHeads, MaxHeads);
+        Range("num_key_value_heads", NumKeyValueHeads, MaxHeads);
+        Range("head_dim", HeadDim, MaxHeadDim);
+        if (HeadDim % 2 != 0) throw new InvalidInputException(path, $"field 'head_dim' is {HeadDim}; rotary embeddings need an even head dimension");
+        Range("max_position_embeddings", MaxPositionEmbeddings, MaxPositions);
+        if (!(RmsNormEps > 0 && RmsNormEps < 1)) throw new InvalidInputException(path, $"field 'rms_norm_eps' is {RmsNormEps}; expected a number above 0 and below 1");
+        if (!(RopeTheta > 0 && double.IsFinite(RopeTheta))) throw new InvalidInputException(path, $"field 'rope_theta' is {RopeTheta}; expected a positive number");
+        if (RopeScaling is { } r)
+        {
+            if (!(r.Factor > 0 && double.IsFinite(r.Factor))) throw new InvalidInputException(path, $"field 'rope_scaling.factor' is {r.Factor}; expected a positive number");
+            if (r.Type == "llama3")
             {
-                null => [2],
-                JsonArray a => a.Select(n => n!.GetValue<int>()).ToArray(),
-                var n => [n.GetValue<int>()],
-            },
+                if (!(r.LowFreqFactor > 0 && r.HighFreqFactor > r.LowFreqFactor && double.IsFinite(r.HighFreqFactor)))
+                    throw new InvalidInputException(path, $"fields 'rope_scaling.low_freq_factor' ({r.LowFreqFactor}) and 'high_freq_factor' ({r.HighFreqFactor}) must be positive, the second above the first");
+                Range("rope_scaling.original_max_position_embeddings", r.OriginalMaxPositionEmbeddings, MaxPositions);
+            }
+        }
+        if (BosTokenId < 0 || BosTokenId >= VocabSize)
+            throw new InvalidInputException(path, $"field 'bos_token_id' is {BosTokenId}; expected a token id from 0 to {VocabSize - 1} (vocab_size {VocabSize})");
+        if (EosTokenIds.Length == 0) throw new InvalidInputException(path, "field 'eos_token_id' is an empty list");
+        foreach (var eos in EosTokenIds)
+            if (eos < 0 || eos >= VocabSize)
+                throw new InvalidInputException(path, $"field 'eos_token_id' holds {eos}; expected token ids from 0 to {VocabSize - 1} (vocab_size {VocabSize})");
+        return this;
+    }
+
+    static int[] EosIds(JsonObject j, string path)
+    {
+        const string Problem = "field 'eos_token_id' must be a token id or a non-empty list of token ids";
+        static int? Id(JsonNode? n) => n is JsonValue v && v.TryGetValue<int>(out var i) ? i
+            : n is JsonValue d && d.TryGetValue<double>(out var x) && x == Math.Floor(x) && Math.Abs(x) < int.MaxValue ? (int)x : null;
+        return j["eos_token_id"] switch
+        {
+            null => [2],
+            JsonArray { Count: > 0 } a => a.Select(n => Id(n) ?? throw new InvalidInputException(path, Problem)).ToArray(),
+            var n => Id(n) is { } id ? [id] : throw new InvalidInputException(path, Problem),
         };
     }
 

@@ -71,6 +71,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausalLM
         var configPath = Path.Combine(folder, "config.json");
         var config = LlamaConfig.Load(configPath);
         using var checkpoint = Checkpoint.Open(folder);
+        LlamaWeightShapes.Check(checkpoint, config, configPath);
         var model = new LlamaForCausalLM(config, dtype ?? ParseDtype(config.TorchDtype, configPath), placement(config));
         try
         {

@@ -61,7 +61,7 @@ public sealed record ModelSummary(
 
     internal static string DescribeTokenizer(string folder, LlamaConfig config)
     {
-        try { return TokenizerLoader.Load(folder, config.BosTokenId, config.EosTokenIds[0]).Description; }
+        try { return TokenizerLoader.ForModel(folder, config.VocabSize, config.BosTokenId, config.EosTokenIds[0]).Description; }
         catch (InvalidInputException e) { return $"none usable ({e.Message})"; }
     }
 }
