@@ -57,11 +57,21 @@ public static class AtomicFile
 }
 
 /// <summary>
-/// A folder built in a hidden temporary sibling (<c>.NAME.tmp-XXXXXXXX</c>) and renamed into place
-/// by <see cref="Commit"/>, so readers see either the old folder or the complete new one.
-/// An existing target is replaced only when <c>force</c> was given (checked at Create so a long job
-/// does not fail at the end); disposing without Commit deletes the temporary folder.
+/// A folder built in a hidden temporary sibling (<c>.NAME.tmp-XXXXXXXX</c>) and moved into place by <see cref="Commit"/>,
+/// so readers see either the old folder or the complete new one. An existing target is replaced only when <c>force</c>
+/// was given (checked at Create so a long job does not fail at the end); disposing without Commit deletes the
+/// temporary folder.
 /// </summary>
+/// <remarks>
+/// <para>Replacing: on Linux the new folder and the old one trade places in one step (renameat2 with
+/// RENAME_EXCHANGE), and the old one, now under the temporary name, is deleted. Where that is not available, the old
+/// folder first steps aside as <c>.NAME.old-XXXXXXXX</c>; a process killed between the two renames leaves no NAME,
+/// and the next AtomicDirectory for NAME puts the old folder back.</para>
+/// <para>Leftovers: each temporary folder has a lock file beside it (<c>.NAME.tmp-XXXXXXXX.lock</c>, holding the
+/// process id) that its process keeps locked while it lives; the kernel drops the lock when the process dies however
+/// it dies. Creating an AtomicDirectory removes the temporary and stepped-aside folders of NAME whose lock nobody
+/// holds, so kills leave nothing that lasts beyond the next run, and a live job's folder is never touched.</para>
+/// </remarks>
 public sealed class AtomicDirectory : IDisposable
 {
     public string FinalPath { get; }
@@ -70,17 +80,118 @@ public sealed class AtomicDirectory : IDisposable
     public bool Force { get; }
     public bool Committed { get; private set; }
 
-    AtomicDirectory(string finalPath, string tempPath, bool force) => (FinalPath, Path, Force) = (finalPath, tempPath, force);
+    readonly FileStream lockStream;
+    readonly string lockPath;
+
+    AtomicDirectory(string finalPath, string tempPath, bool force, FileStream lockStream, string lockPath) =>
+        (FinalPath, Path, Force, this.lockStream, this.lockPath) = (finalPath, tempPath, force, lockStream, lockPath);
 
     public static AtomicDirectory Create(string finalPath, bool force)
     {
         var full = System.IO.Path.GetFullPath(finalPath.TrimEnd('/', '\\'));
-        RefuseUnlessForced(full, force);
         var parent = System.IO.Path.GetDirectoryName(full)!;
+        if (Directory.Exists(parent)) Recover(full);
+        RefuseUnlessForced(full, force);
         Directory.CreateDirectory(parent);
         var temp = AtomicFile.TempSibling(full, "tmp");
-        Directory.CreateDirectory(temp);
-        return new AtomicDirectory(full, temp, force);
+        // the lock first: a temporary folder without a lock file is always an orphan
+        var lockPath = temp + LockSuffix;
+        var lockStream = new FileStream(lockPath, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None);
+        try
+        {
+            lockStream.Write(System.Text.Encoding.ASCII.GetBytes($"{Environment.ProcessId}\n"));
+            lockStream.Flush();
+            Directory.CreateDirectory(temp);
+        }
+        catch
+        {
+            lockStream.Dispose();
+            AtomicFile.TryDelete(lockPath);
+            throw;
+        }
+        return new AtomicDirectory(full, temp, force, lockStream, lockPath);
+    }
+
+    const string LockSuffix = ".lock";
+
+    /// <summary>
+    /// Puts back a folder a killed replace left stepped aside (NAME missing, <c>.NAME.old-X</c> present), and deletes
+    /// the temporary and stepped-aside folders of NAME whose process is gone (their lock is free or missing).
+    /// </summary>
+    public static void Recover(string finalPath)
+    {
+        var full = System.IO.Path.GetFullPath(finalPath.TrimEnd('/', '\\'));
+        var parent = System.IO.Path.GetDirectoryName(full)!;
+        var name = System.IO.Path.GetFileName(full);
+        string[] entries;
+        try { entries = Directory.GetFileSystemEntries(parent, $".{name}.*"); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return; }
+        var tmpPrefix = $".{name}.tmp-";
+        var oldPrefix = $".{name}.old-";
+        foreach (var entry in entries.Order(StringComparer.Ordinal))
+        {
+            var entryName = System.IO.Path.GetFileName(entry);
+            var isTmp = entryName.StartsWith(tmpPrefix, StringComparison.Ordinal);
+            var isOld = entryName.StartsWith(oldPrefix, StringComparison.Ordinal);
+            if (!(isTmp || isOld) || entryName.EndsWith(LockSuffix, StringComparison.Ordinal)) continue;
+            var id = entryName[(isTmp ? tmpPrefix : oldPrefix).Length..];
+            var lockFile = System.IO.Path.Combine(parent, tmpPrefix + id + LockSuffix);
+            if (!TryTakeAbandonedLock(lockFile, out var abandoned)) continue;   // its process is alive
+            using (abandoned)
+            {
+                if (isOld && !Directory.Exists(full) && !File.Exists(full))
+                {
+                    try { Move(entry, full); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+                }
+                else
+                {
+                    DeleteEntry(entry);
+                }
+                if (abandoned is not null && !Exists(System.IO.Path.Combine(parent, tmpPrefix + id)) && !Exists(System.IO.Path.Combine(parent, oldPrefix + id)))
+                    AtomicFile.TryDelete(lockFile);
+            }
+        }
+        // a lock file whose folders are both gone (killed between deleting the folder and the lock)
+        foreach (var lockFile in entries.Where(e => e.EndsWith(LockSuffix, StringComparison.Ordinal) && System.IO.Path.GetFileName(e).StartsWith(tmpPrefix, StringComparison.Ordinal)))
+        {
+            var folder = lockFile[..^LockSuffix.Length];
+            var old = System.IO.Path.Combine(parent, oldPrefix + System.IO.Path.GetFileName(folder)[tmpPrefix.Length..]);
+            if (Exists(folder) || Exists(old)) continue;
+            if (TryTakeAbandonedLock(lockFile, out var abandoned) && abandoned is not null)
+                using (abandoned) AtomicFile.TryDelete(lockFile);
+        }
+    }
+
+    /// <summary>True when no live process holds <paramref name="lockFile"/> (it is then held by <paramref name="held"/>, or is missing and <paramref name="held"/> is null).</summary>
+    static bool TryTakeAbandonedLock(string lockFile, out FileStream? held)
+    {
+        held = null;
+        try
+        {
+            held = new FileStream(lockFile, FileMode.Open, FileAccess.ReadWrite, FileShare.None);
+            return true;
+        }
+        catch (FileNotFoundException) { return true; }
+        catch (DirectoryNotFoundException) { return true; }
+        catch (IOException) { return false; }                     // locked: the process is alive
+        catch (UnauthorizedAccessException) { return false; }      // not ours to judge
+    }
+
+    static bool Exists(string path) => Directory.Exists(path) || File.Exists(path);
+
+    static void Move(string from, string to)
+    {
+        if (Directory.Exists(from)) Directory.Move(from, to); else File.Move(from, to);
+    }
+
+    static void DeleteEntry(string path)
+    {
+        try
+        {
+            if (Directory.Exists(path)) Directory.Delete(path, recursive: true);
+            else File.Delete(path);
+        }
+        catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 
     public void Commit()
@@ -88,12 +199,22 @@ public sealed class AtomicDirectory : IDisposable
         ObjectDisposedException.ThrowIf(disposed, this);
         if (Committed) throw new InvalidOperationException($"{FinalPath} was already committed");
         RefuseUnlessForced(FinalPath, Force);
-        string? old = null;
-        if (Directory.Exists(FinalPath) || File.Exists(FinalPath))
+        if (Exists(FinalPath) && AtomicRename.TryExchange(Path, FinalPath))
         {
-            // No rename replaces a folder in one step, so the old one steps aside first and comes back if the swap fails.
-            old = AtomicFile.TempSibling(FinalPath, "old");
-            if (Directory.Exists(FinalPath)) Directory.Move(FinalPath, old); else File.Move(FinalPath, old);
+            // the new folder is in place; the old one is now at the temporary path
+            Committed = true;
+            DeleteEntry(Path);
+            ReleaseLock();
+            return;
+        }
+        string? old = null;
+        if (Exists(FinalPath))
+        {
+            // No exchange here: the old folder steps aside (under this replace's id, so Recover can tell whose it is)
+            // and comes back if the swap fails.
+            old = System.IO.Path.Combine(System.IO.Path.GetDirectoryName(FinalPath)!,
+                $".{System.IO.Path.GetFileName(FinalPath)}.old-{System.IO.Path.GetFileName(Path)[$".{System.IO.Path.GetFileName(FinalPath)}.tmp-".Length..]}");
+            Move(FinalPath, old);
         }
         try
         {
@@ -101,21 +222,12 @@ public sealed class AtomicDirectory : IDisposable
         }
         catch
         {
-            if (old is not null)
-            {
-                if (Directory.Exists(old)) Directory.Move(old, FinalPath); else File.Move(old, FinalPath);
-            }
+            if (old is not null) Move(old, FinalPath);
             throw;
         }
         Committed = true;
-        if (old is not null)
-        {
-            try
-            {
-                if (Directory.Exists(old)) Directory.Delete(old, recursive: true); else File.Delete(old);
-            }
-            catch (IOException) { } catch (UnauthorizedAccessException) { }
-        }
+        if (old is not null) DeleteEntry(old);
+        ReleaseLock();
     }
 
     bool disposed;
@@ -124,16 +236,47 @@ public sealed class AtomicDirectory : IDisposable
     {
         if (disposed) return;
         disposed = true;
-        if (Committed) return;
-        try { Directory.Delete(Path, recursive: true); }
-        catch (DirectoryNotFoundException) { }
-        catch (IOException) { }
-        catch (UnauthorizedAccessException) { }
+        if (!Committed) DeleteEntry(Path);
+        ReleaseLock();
+    }
+
+    void ReleaseLock()
+    {
+        // delete before unlocking, so no other process can take the lock of a name about to vanish
+        AtomicFile.TryDelete(lockPath);
+        lockStream.Dispose();
     }
 
     static void RefuseUnlessForced(string full, bool force)
     {
-        if (!force && (Directory.Exists(full) || File.Exists(full)))
+        if (!force && Exists(full))
             throw new InvalidInputException(full, "exists; use --force to replace it");
     }
+}
+
+/// <summary>renameat2(2) with RENAME_EXCHANGE: two paths trade places atomically (Linux 3.15+, most local filesystems).</summary>
+static class AtomicRename
+{
+    const uint RenameExchange = 2;
+    const int AtFdcwd = -100;
+    static bool unavailable;
+
+    /// <summary>True when the exchange happened; false where the system or filesystem cannot do it (nothing moved then).</summary>
+    public static bool TryExchange(string a, string b)
+    {
+        if (unavailable || !OperatingSystem.IsLinux()) return false;
+        try
+        {
+            return renameat2(AtFdcwd, a, AtFdcwd, b, RenameExchange) == 0;
+        }
+        catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException)
+        {
+            unavailable = true;   // a C library without renameat2 (glibc before 2.28)
+            return false;
+        }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    static extern int renameat2(int olddirfd, [System.Runtime.InteropServices.MarshalAs(System.Runtime.InteropServices.UnmanagedType.LPUTF8Str)] string oldpath,
+        int newdirfd, [System.Runtime.InteropServices.MarshalAs(System.Runtime.InteropServices.UnmanagedType.LPUTF8Str)] string newpath, uint flags);
 }

@@ -102,4 +102,92 @@ public class AtomicTests
         Assert.Equal(["fresh.txt"], Directory.GetFiles(final).Select(f => Path.GetFileName(f)!).ToArray());
         Assert.Equal([final], Directory.GetFileSystemEntries(dir.Path));
     }
+
+    /// <summary>What a process killed while building NAME leaves: the temporary folder and its lock file, no longer locked.</summary>
+    static string LeftoverOfAKilledProcess(string final, string tag = "tmp", string id = "deadbeef")
+    {
+        var parent = Path.GetDirectoryName(final)!;
+        var name = Path.GetFileName(final);
+        var folder = Path.Combine(parent, $".{name}.{tag}-{id}");
+        Directory.CreateDirectory(folder);
+        File.WriteAllText(Path.Combine(folder, "model.safetensors"), "half");
+        File.WriteAllText(Path.Combine(parent, $".{name}.tmp-{id}.lock"), "12345\n");
+        return folder;
+    }
+
+    [Fact]
+    public void AtomicDirectory_removes_the_leftovers_of_a_dead_process_but_not_of_a_live_one()
+    {
+        using var dir = new TempDir();
+        var final = dir["student"];
+        var dead = LeftoverOfAKilledProcess(final);
+        var orphan = dir[".student.tmp-0badf00d"];                   // a temporary folder with no lock at all
+        Directory.CreateDirectory(orphan);
+        var other = LeftoverOfAKilledProcess(dir["teacher"]);        // another target's leftovers are not this one's to judge
+
+        using var live = AtomicDirectory.Create(final, force: false);   // holds its lock
+        Assert.False(Directory.Exists(dead));
+        Assert.False(File.Exists(dead + ".lock"));
+        Assert.False(Directory.Exists(orphan));
+        Assert.True(Directory.Exists(other));
+
+        // a second job for the same target while the first runs leaves the first one's folder alone
+        using (var second = AtomicDirectory.Create(final, force: false))
+        {
+            Assert.True(Directory.Exists(live.Path));
+            Assert.True(File.Exists(live.Path + ".lock"));
+        }
+        Assert.True(Directory.Exists(live.Path));
+        live.Commit();
+        Assert.Equal(new[] { final, other, Path.Combine(dir.Path, ".teacher.tmp-deadbeef.lock") }.Order(StringComparer.Ordinal), Directory.GetFileSystemEntries(dir.Path).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public void A_replace_killed_between_its_two_renames_is_put_back_by_the_next_one()
+    {
+        using var dir = new TempDir();
+        var final = dir["out"];
+        // killed after the old folder stepped aside and before the new one moved in: no "out" at all
+        var old = LeftoverOfAKilledProcess(final, tag: "old", id: "cafe0001");
+        File.WriteAllText(Path.Combine(old, "config.json"), "the old model");
+        var half = LeftoverOfAKilledProcess(final, tag: "tmp", id: "cafe0001");
+
+        AtomicDirectory.Recover(final);
+        Assert.Equal("the old model", File.ReadAllText(Path.Combine(final, "config.json")));
+        Assert.Equal([final], Directory.GetFileSystemEntries(dir.Path));
+        Assert.False(Directory.Exists(half));
+
+        // without --force the restored folder is refused again, as the old one would have been
+        Assert.Throws<InvalidInputException>(() => AtomicDirectory.Create(final, force: false));
+    }
+
+    [Fact]
+    public void A_stepped_aside_folder_is_dropped_once_the_new_one_is_in_place()
+    {
+        using var dir = new TempDir();
+        var final = dir["out"];
+        Directory.CreateDirectory(final);
+        File.WriteAllText(Path.Combine(final, "config.json"), "the new model");
+        LeftoverOfAKilledProcess(final, tag: "old", id: "cafe0002");   // killed after the second rename, before the clean-up
+        AtomicDirectory.Recover(final);
+        Assert.Equal("the new model", File.ReadAllText(Path.Combine(final, "config.json")));
+        Assert.Equal([final], Directory.GetFileSystemEntries(dir.Path));
+    }
+
+    [Fact]
+    public void A_forced_replace_swaps_in_one_step_and_leaves_no_sibling()
+    {
+        using var dir = new TempDir();
+        var final = dir["out"];
+        Directory.CreateDirectory(final);
+        File.WriteAllText(Path.Combine(final, "v.txt"), "1");
+        for (var version = 2; version <= 4; version++)
+        {
+            using var staging = AtomicDirectory.Create(final, force: true);
+            File.WriteAllText(Path.Combine(staging.Path, "v.txt"), $"{version}");
+            staging.Commit();
+            Assert.Equal($"{version}", File.ReadAllText(Path.Combine(final, "v.txt")));
+            Assert.Equal([final], Directory.GetFileSystemEntries(dir.Path));
+        }
+    }
 }
