@@ -105,6 +105,8 @@ public static class DistillationRun
             throw new ArgumentException("shard jobs and their merge run as single processes; give each shard job its own GPU instead");
         void Note(string text, bool warning = false) => progress?.Report(new DistillationProgress { Stage = "", StageCount = recipe.Stages.Count, Note = text, IsWarning = warning });
 
+        // Data that cannot be read is refused before the run folder is made, so the corrected recipe can start afresh.
+        if (writes && !DataTokenized(runFolder)) TokenStreams.Check(recipe.Data);
         // Rank 0 sets the folder up (imports, converts, tokenizes); the others then find everything in place and only read it.
         if (writes) PrepareFolder(recipe, runFolder, continuing: options.Resume || options.OnlyStage is not null);
         if (!writes) group.Barrier();
@@ -182,6 +184,7 @@ public static class DistillationRun
     public static void Prepare(Recipe recipe, string runFolder, IProgress<DistillationProgress>? progress = null, CancellationToken cancellationToken = default)
     {
         runFolder = Path.GetFullPath(runFolder);
+        if (!DataTokenized(runFolder)) TokenStreams.Check(recipe.Data);
         PrepareFolder(recipe, runFolder, continuing: File.Exists(Path.Combine(runFolder, RecipeCopy)));
         EnsureInputs(recipe, runFolder, (text, warning) => progress?.Report(new DistillationProgress { Stage = "", StageCount = recipe.Stages.Count, Note = text, IsWarning = warning }),
             cancellationToken);
@@ -252,6 +255,9 @@ public static class DistillationRun
         StudentFolder.Save(fresh, studentFolder, tokenizerFolder: studentFolder, force: true);   // the tokenizer files are copied before the swap
         AtomicFile.WriteAllText(marker, "weights initialised from the recipe's seed, not converted from the teacher\n");
     }
+
+    static bool DataTokenized(string runFolder) =>
+        File.Exists(Path.Combine(runFolder, "data", "train.tokens")) && File.Exists(Path.Combine(runFolder, "data", "validation.tokens"));
 
     /// <summary>Tokenizes once per run into RUN/data; a resumed run reads the same ids back.</summary>
     static (int[] Train, int[] Validation) EnsureData(Recipe recipe, string runFolder, ITokenizer tokenizer, Action<string, bool> note, CancellationToken cancellationToken)

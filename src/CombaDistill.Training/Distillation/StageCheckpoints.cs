@@ -100,39 +100,82 @@ public static class StageCheckpoints
         return null;
     }
 
-    /// <summary>The newest checkpoint that passes its checksums; each newer one that fails is reported to <paramref name="warn"/> and skipped.</summary>
-    public static (string Path, TrainingState State)? NewestIntact(string checkpointsFolder, Action<string> warn)
-    {
-        foreach (var (_, path) in List(checkpointsFolder).Reverse())
-        {
-            var problem = Problem(path);
-            if (problem is null)
-            {
-                try
-                {
-                    return (path, ReadState(path));
-                }
-                catch (InvalidInputException e)
-                {
-                    problem = e.Message;
-                }
-            }
-            warn($"checkpoint {path} is damaged ({problem}); skipping it");
-        }
-        return null;
-    }
-
     public static TrainingState ReadState(string checkpoint)
     {
         var path = Path.Combine(checkpoint, StateFile);
         try
         {
-            return JsonSerializer.Deserialize<TrainingState>(File.ReadAllText(path), Json) ?? throw new InvalidInputException(path, "empty state");
+            var state = JsonSerializer.Deserialize<TrainingState>(InputFile.ReadAllText(path, StateFile), Json) ?? throw new InvalidInputException(path, "empty state");
+            if (state.Step < 0 || state.Tokens < 0 || state.RngState is null || state.Parameters is null)
+                throw new InvalidInputException(path, "not a training state (a field is missing or negative)");
+            return state;
         }
-        catch (JsonException e)
+        catch (Exception e) when (e is JsonException or NotSupportedException or InvalidOperationException)
         {
-            throw new InvalidInputException(path, $"not a training state ({e.Message})", e);
+            throw new InvalidInputException(path, $"not a training state ({Bounded.Text(e.Message, 160)})", e);
         }
+    }
+
+    /// <summary>
+    /// Restores the newest checkpoint that loads: one whose checksums fail, whose state.json does not parse, whose RNG
+    /// state or weights do not fit this stage, or whose loading fails for any other reason is reported to
+    /// <paramref name="warn"/> and skipped for the one before it. Null when none is left (the stage then starts
+    /// afresh). Everything that can be checked is checked before a parameter is touched; should a load fail after
+    /// that, with no older checkpoint to overwrite it, the stage cannot start afresh from half-loaded parameters and
+    /// an <see cref="InvalidInputException"/> says to run it again without --resume.
+    /// </summary>
+    public static (string Path, TrainingState State)? RestoreNewest(string checkpointsFolder, IReadOnlyList<(string Name, Parameter Parameter)> trainable,
+        OptimizerHelper optimizer, Action<string> warn)
+    {
+        string? touched = null;
+        foreach (var (_, path) in List(checkpointsFolder).Reverse())
+        {
+            string problem;
+            try
+            {
+                problem = Problem(path) ?? "";
+                if (problem.Length == 0)
+                {
+                    var state = ReadState(path);
+                    var rng = CheckFits(path, trainable, state);
+                    touched = path;
+                    Restore(path, trainable, optimizer, state);
+                    using (var rngState = tensor(rng, ScalarType.Byte)) set_rng_state(rngState);
+                    return (path, state);
+                }
+            }
+            catch (Exception e) when (e is not OperationCanceledException and not OutOfMemoryException)
+            {
+                problem = Bounded.Line(e.Message, 200);
+            }
+            warn($"checkpoint {path} is damaged or does not fit this stage ({problem}); skipping it");
+        }
+        if (touched is not null)
+            throw new InvalidInputException(checkpointsFolder, $"no checkpoint could be loaded, and {Path.GetFileName(touched)} failed after its weights were partly restored; run the stage again without --resume");
+        return null;
+    }
+
+    /// <summary>Checks state.json's parameter list and RNG state and the weights' names and shapes against this stage; the decoded RNG state.</summary>
+    static byte[] CheckFits(string checkpoint, IReadOnlyList<(string Name, Parameter Parameter)> trainable, TrainingState state)
+    {
+        if (!state.Parameters.SequenceEqual(trainable.Select(p => p.Name)))
+            throw new InvalidInputException(checkpoint, "was saved with another set of trainable parameters than this stage selects (was the recipe's 'trainable' changed?)");
+        byte[] rng;
+        try { rng = Convert.FromBase64String(state.RngState); }
+        catch (FormatException e) { throw new InvalidInputException(Path.Combine(checkpoint, StateFile), "field 'rng_state' is not base64", e); }
+        using (var current = get_rng_state())
+            if (rng.Length != current.shape[0])
+                throw new InvalidInputException(Path.Combine(checkpoint, StateFile), $"field 'rng_state' holds {rng.Length} bytes; the generator's state is {current.shape[0]}");
+        using var weights = Checkpoint.Open(Path.Combine(checkpoint, WeightsFile));
+        foreach (var (name, parameter) in trainable)
+        {
+            var info = weights.Info(name);
+            if (!info.Shape.SequenceEqual(parameter.shape))
+                throw new InvalidInputException(checkpoint, $"parameter '{name}' has shape {info.ShapeText}; the student's is [{string.Join(", ", parameter.shape)}]");
+            if (!StateDictLoader.Convertible(info.ScalarType, parameter.dtype))
+                throw new InvalidInputException(checkpoint, $"parameter '{name}' is {info.DType}, which does not convert to {parameter.dtype}");
+        }
+        return rng;
     }
 
     /// <summary>Loads the saved parameters into <paramref name="trainable"/> (names must match exactly) and the optimizer state.</summary>

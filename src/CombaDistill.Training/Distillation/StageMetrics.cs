@@ -53,7 +53,7 @@ public sealed class StageMetrics
         if (File.Exists(path))
         {
             var kept = new List<string>();
-            foreach (var line in File.ReadAllLines(path).Where(l => l.Length > 0))
+            foreach (var line in ReadLines(path))
             {
                 if (!TryParse(line, out var metrics)) continue;     // a line cut short by a kill
                 var step = metrics is TrainMetrics t ? t.Step : ((EvalMetrics)metrics).Step;
@@ -113,22 +113,33 @@ public sealed class StageMetrics
             };
             return metrics is not null;
         }
-        catch (Exception e) when (e is JsonException or InvalidOperationException)
+        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException or NotSupportedException or ArgumentException)
         {
             return false;
         }
     }
 
-    /// <summary>Reads a metrics.jsonl (train lines first, eval lines second), e.g. for a test or a report.</summary>
-    public static (IReadOnlyList<TrainMetrics> Train, IReadOnlyList<EvalMetrics> Evals) Read(string file)
+    /// <summary>
+    /// Reads a metrics.jsonl (train lines first, eval lines second), e.g. for a summary or a report. A line that is
+    /// not a metrics record (cut short by a kill, damaged) is skipped, as the running stage skips it, and counted in
+    /// <c>Skipped</c>: a finished stage's log must never block a resume.
+    /// </summary>
+    public static (IReadOnlyList<TrainMetrics> Train, IReadOnlyList<EvalMetrics> Evals) Read(string file) => Read(file, out _);
+
+    /// <inheritdoc cref="Read(string)"/>
+    public static (IReadOnlyList<TrainMetrics> Train, IReadOnlyList<EvalMetrics> Evals) Read(string file, out int skipped)
     {
         var train = new List<TrainMetrics>();
         var evals = new List<EvalMetrics>();
-        foreach (var line in File.ReadAllLines(file).Where(l => l.Length > 0))
+        skipped = 0;
+        foreach (var line in ReadLines(file))
         {
-            if (!TryParse(line, out var m)) throw new InvalidInputException(file, $"line '{line}' is not a metrics record");
+            if (!TryParse(line, out var m)) { skipped++; continue; }
             if (m is TrainMetrics t) train.Add(t); else evals.Add((EvalMetrics)m);
         }
         return (train, evals);
     }
+
+    /// <summary>The file's non-empty lines; bytes that are not UTF-8 become U+FFFD and fail to parse like any damage.</summary>
+    static IEnumerable<string> ReadLines(string file) => File.ReadAllLines(file).Where(l => l.Length > 0);
 }

@@ -126,10 +126,8 @@ public sealed class StageTrainer
         using var optimizer = CreateOptimizer(trainable);
 
         TrainingState? resumed = null;
-        if (inputs.Resume && StageCheckpoints.NewestIntact(Checkpoints, warning => Note(warning, isWarning: true)) is var (path, state))
+        if (inputs.Resume && StageCheckpoints.RestoreNewest(Checkpoints, trainable, optimizer, warning => Note(warning, isWarning: true)) is var (path, state))
         {
-            StageCheckpoints.Restore(path, trainable, optimizer, state);
-            using (var rng = tensor(Convert.FromBase64String(state.RngState), ScalarType.Byte)) set_rng_state(rng);
             resumed = state;
             Note($"stage '{stage.Name}': resuming from {Path.GetFileName(path)} ({state.Tokens:N0} tokens done)");
         }

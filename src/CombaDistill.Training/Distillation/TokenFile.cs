@@ -43,8 +43,32 @@ public static class TokenFile
     /// </summary>
     public static int[] Read(string path, int vocabSize, long? maxTokens = null)
     {
-        if (!File.Exists(path)) throw new InvalidInputException(path, "token file not found");
-        using var stream = File.OpenRead(path);
+        using var stream = InputFile.OpenRead(path, "token file");
+        var (width, count) = ReadHeader(path, stream, vocabSize);
+        var take = (int)Math.Min(count, (ulong)Math.Min(maxTokens ?? long.MaxValue, Array.MaxLength / width));
+        var body = new byte[(long)take * width];
+        try { stream.ReadExactly(body); }
+        catch (EndOfStreamException e) { throw new InvalidInputException(path, "token file shrank while it was read", e); }
+        var tokens = new int[take];
+        for (var i = 0; i < take; i++)
+        {
+            var id = width == 2 ? BinaryPrimitives.ReadUInt16LittleEndian(body.AsSpan(i * 2)) : (long)BinaryPrimitives.ReadUInt32LittleEndian(body.AsSpan(i * 4));
+            if (id >= vocabSize) throw new InvalidInputException(path, $"token {i} is {id}, outside the teacher's vocabulary of {vocabSize}");
+            tokens[i] = (int)id;
+        }
+        return tokens;
+    }
+
+    /// <summary>Checks the header and the file's length against it without reading the ids (a recipe's data, before a run folder is made).</summary>
+    public static void CheckHeader(string path)
+    {
+        using var stream = InputFile.OpenRead(path, "token file");
+        ReadHeader(path, stream, vocabSize: int.MaxValue);
+    }
+
+    /// <summary>Bytes per token and the token count, checked against the file's length without overflow.</summary>
+    static (int Width, ulong Count) ReadHeader(string path, FileStream stream, int vocabSize)
+    {
         var header = new byte[HeaderBytes];
         if (stream.ReadAtLeast(header, HeaderBytes, throwOnEndOfStream: false) < HeaderBytes || Encoding.ASCII.GetString(header, 0, 8) != Magic)
             throw new InvalidInputException(path, $"not a token file: expected the {HeaderBytes}-byte header starting with '{Magic}' (docs/recipes.md)");
@@ -54,21 +78,12 @@ public static class TokenFile
         if (width is not (2 or 4)) throw new InvalidInputException(path, $"header field 'bytes per token' is {width}; expected 2 or 4");
         var count = BinaryPrimitives.ReadUInt64LittleEndian(header.AsSpan(16));
         var recordedVocab = BinaryPrimitives.ReadUInt32LittleEndian(header.AsSpan(24));
-        if ((ulong)stream.Length != HeaderBytes + count * width)
-            throw new InvalidInputException(path, $"is {stream.Length} bytes, but its header promises {count} tokens of {width} bytes ({HeaderBytes + count * width} bytes): truncated or damaged");
+        // the body's length divided by the width, not the count multiplied by it: a count near 2^64 must not wrap
+        var bodyBytes = (ulong)(stream.Length - HeaderBytes);
+        if (bodyBytes % width != 0 || bodyBytes / width != count)
+            throw new InvalidInputException(path, $"is {stream.Length} bytes, but its header promises {count} tokens of {width} bytes: truncated or damaged");
         if (recordedVocab != 0 && recordedVocab > vocabSize)
             throw new InvalidInputException(path, $"was made for a vocabulary of {recordedVocab} tokens; the teacher has {vocabSize}: another tokenizer's ids");
-
-        var take = (int)Math.Min(count, (ulong)Math.Min(maxTokens ?? long.MaxValue, int.MaxValue));
-        var body = new byte[take * width];
-        stream.ReadExactly(body);
-        var tokens = new int[take];
-        for (var i = 0; i < take; i++)
-        {
-            var id = width == 2 ? BinaryPrimitives.ReadUInt16LittleEndian(body.AsSpan(i * 2)) : (long)BinaryPrimitives.ReadUInt32LittleEndian(body.AsSpan(i * 4));
-            if (id >= vocabSize) throw new InvalidInputException(path, $"token {i} is {id}, outside the teacher's vocabulary of {vocabSize}");
-            tokens[i] = (int)id;
-        }
-        return tokens;
+        return ((int)width, count);
     }
 }

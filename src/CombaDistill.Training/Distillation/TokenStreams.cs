@@ -20,6 +20,20 @@ public static class TokenStreams
         return stream;
     }
 
+    /// <summary>
+    /// Checks that the recipe's data files can be read as their format says (text and JSONL: UTF-8 without NUL bytes;
+    /// token files: a consistent header), so that bad data is refused before a run folder is made.
+    /// </summary>
+    public static void Check(DataRecipe data)
+    {
+        foreach (var source in new[] { data.Train, data.Validation })
+        {
+            if (source is null) continue;
+            if (source.Format == DataFormat.Tokens) TokenFile.CheckHeader(source.Path);
+            else TextDocuments.Check(source.Path);
+        }
+    }
+
     /// <summary>The last <paramref name="fraction"/> of <paramref name="stream"/> held out (a contiguous tail, so no window straddles both parts).</summary>
     public static (int[] Train, int[] HeldOut) SplitTail(int[] stream, double fraction)
     {

@@ -8,7 +8,8 @@ public static class Jsonl
     public static IEnumerable<(int Line, JsonElement Value)> Read(string path)
     {
         var number = 0;
-        foreach (var raw in File.ReadLines(path))
+        // strict UTF-8: a byte that is no UTF-8 is refused, naming its offset, rather than read as U+FFFD
+        foreach (var raw in InputFile.ReadAllText(path, "JSONL file", maxBytes: Array.MaxLength).ReplaceLineEndings("\n").Split('\n'))
         {
             number++;
             if (string.IsNullOrWhiteSpace(raw)) continue;
@@ -20,7 +21,7 @@ public static class Jsonl
             }
             catch (JsonException e)
             {
-                throw new InvalidInputException(path, $"line {number}: not valid JSON ({e.Message})", e);
+                throw new InvalidInputException(path, $"line {number}: not valid JSON ({Bounded.Text(e.Message, 160)})", e);
             }
             if (value.ValueKind != JsonValueKind.Object)
                 throw new InvalidInputException(path, $"line {number}: expected a JSON object, got {value.ValueKind}");

@@ -17,8 +17,28 @@ public static class TextDocuments
     public static IEnumerable<string> Read(string path, bool jsonl, string separator = "")
     {
         if (!File.Exists(path)) throw new InvalidInputException(path, "data file does not exist");
+        InputFile.RequireRegular(path, "data file");
         if (new FileInfo(path).Length == 0) throw new InvalidInputException(path, "data file is empty");
         return jsonl ? JsonlDocuments(path) : TextBlocks(path, separator);
+    }
+
+    /// <summary>
+    /// Checks that <paramref name="path"/> reads as text (UTF-8 without NUL characters), as <see cref="Read"/> will,
+    /// so that a run can refuse bad data before it writes anything.
+    /// </summary>
+    public static void Check(string path)
+    {
+        if (!File.Exists(path)) throw new InvalidInputException(path, "data file does not exist");
+        _ = ReadText(path);
+    }
+
+    /// <summary>The file as text: UTF-8 (docs/recipes.md), and not binary (a NUL byte, as UTF-16 text has, is refused).</summary>
+    public static string ReadText(string path)
+    {
+        var text = InputFile.ReadAllText(path, "data file", maxBytes: Array.MaxLength);
+        var nul = text.IndexOf('\0');
+        if (nul >= 0) throw new InvalidInputException(path, $"holds a NUL character (at character {nul}): binary data or UTF-16 text, not UTF-8 text");
+        return text;
     }
 
     /// <summary>
@@ -43,7 +63,7 @@ public static class TextDocuments
 
     static IEnumerable<string> TextBlocks(string path, string separator)
     {
-        var text = File.ReadAllText(path).ReplaceLineEndings("\n");
+        var text = ReadText(path).ReplaceLineEndings("\n");
         if (string.IsNullOrWhiteSpace(text)) throw new InvalidInputException(path, "data file holds only whitespace");
         var blocks = separator.Length == 0 ? [text] : text.Split(separator);
         foreach (var block in blocks)
@@ -60,7 +80,10 @@ public static class TextDocuments
         {
             if (!element.TryGetProperty("text", out var text) || text.ValueKind != JsonValueKind.String)
                 throw new InvalidInputException(path, $"line {line}: field \"text\" is missing or not a string");
-            if (text.GetString() is not { } document || string.IsNullOrWhiteSpace(document)) continue;
+            string? document;
+            try { document = text.GetString(); }
+            catch (InvalidOperationException e) { throw new InvalidInputException(path, $"line {line}: field \"text\" is not valid Unicode", e); }
+            if (document is null || string.IsNullOrWhiteSpace(document)) continue;
             any = true;
             yield return document;
         }

@@ -293,4 +293,47 @@ public sealed class DistillationRunTests(DistillationRunTests.Reference referenc
         }
         Assert.True(summary.StudentPerplexity > 2 * summary.TeacherPerplexity);
     }
+
+    [Fact]
+    public void ACheckpointWhoseChecksumsMatchButWhoseStateDoesNotLoadIsSkipped()
+    {
+        var recipe = RecipeLoader.Load(WriteRecipe(RecipeText()));
+        var run = dir["run"];
+        Assert.Throws<Crash>(() => RunIt(recipe, run, new DistillOptions(), new CrashAt("kd", 5)));
+        // the newest checkpoint of the stage in progress gets an RNG state of the wrong size, with fresh checksums:
+        // intact by its checksums, yet it cannot be restored
+        var newest = StageCheckpoints.PathOf(Path.Combine(run, "02-kd", "checkpoints"), 4);
+        var statePath = Path.Combine(newest, StageCheckpoints.StateFile);
+        var state = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(statePath))!.AsObject();
+        state["rng_state"] = Convert.ToBase64String([1, 2, 3]);
+        File.WriteAllText(statePath, state.ToJsonString());
+        StageCheckpoints.WriteChecksums(newest, [StageCheckpoints.WeightsFile, StageCheckpoints.OptimizerFile, StageCheckpoints.StateFile]);
+        Assert.Null(StageCheckpoints.Problem(newest));
+        // and the finished stage's log ends in a line a kill cut short
+        File.AppendAllText(Path.Combine(run, "01-align", StageMetrics.FileName), "{\"kind\":\"train\",\"stage\":\"align\",\"st");
+
+        var warnings = new List<string>();
+        var notes = new List<string>();
+        RunIt(recipe, run, new DistillOptions { Resume = true }, new Progress(notes, warnings));
+        Assert.Contains(warnings, w => w.Contains("step-00000004") && w.Contains("rng_state"));
+        Assert.Contains(notes, n => n.Contains("resuming from step-00000002"));
+        AssertSameTrajectory(reference.RunFolder, run);
+    }
+
+    [Fact]
+    public void DataThatIsNotUtf8TextIsRefusedBeforeTheRunFolderIsMade()
+    {
+        var binary = dir["train.txt"];
+        File.WriteAllBytes(binary, [.. "Once upon a time"u8, 0xC3, 0x28, .. " there was"u8]);   // 0xC3 0x28: no UTF-8 sequence
+        var text = RecipeText().Replace($"path: {Shared.TinyStoriesTrain}", $"path: {binary}");
+        var recipe = RecipeLoader.Load(WriteRecipe(text));
+        var run = dir["run"];
+        var error = Assert.Throws<InvalidInputException>(() => RunIt(recipe, run, new DistillOptions()));
+        Assert.Contains("train.txt: is not UTF-8 text (invalid byte 0xC3 at offset 16)", error.Message);
+        Assert.False(Directory.Exists(run));
+
+        File.WriteAllText(binary, "Once upon a time\0 there was");   // a NUL, as UTF-16 text or a binary file has
+        Assert.Contains("holds a NUL character", Assert.Throws<InvalidInputException>(() => RunIt(recipe, run, new DistillOptions())).Message);
+        Assert.False(Directory.Exists(run));
+    }
 }
