@@ -54,8 +54,7 @@ public static class RecipeLoader
 
     public static Recipe Load(string path)
     {
-        if (!File.Exists(path)) throw new InvalidInputException(path, "recipe file not found");
-        return Parse(File.ReadAllText(path), path);
+        return Parse(InputFile.ReadAllText(path, "recipe file", maxBytes: 16L << 20), path);
     }
 
     /// <summary>Parses recipe text; <paramref name="path"/> names it in errors and anchors relative paths.</summary>
@@ -68,7 +67,12 @@ public static class RecipeLoader
         }
         catch (YamlException e)
         {
-            throw new InvalidInputException(path, $"line {e.Start.Line}: not valid YAML ({e.Message})", e);
+            throw new InvalidInputException(path, $"line {e.Start.Line}: not valid YAML ({Bounded.Text(e.Message, 160)})", e);
+        }
+        catch (InvalidOperationException e)
+        {
+            // YamlDotNet's scanner throws this, not a YamlException, on some malformed flow collections ("seed: {")
+            throw new InvalidInputException(path, "not valid YAML (an unclosed '{' or '[' or a misplaced ':'?)", e);
         }
         if (stream.Documents.Count != 1 || stream.Documents[0].RootNode is not YamlMappingNode root)
             throw new InvalidInputException(path, "a recipe is one YAML mapping with teacher, student, data and stages");

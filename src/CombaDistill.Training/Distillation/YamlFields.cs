@@ -143,6 +143,7 @@ sealed partial class YamlFields
             Environment.GetEnvironmentVariable(m.Groups["name"].Value) is { Length: > 0 } value ? value
             : m.Groups["fallback"].Success ? m.Groups["fallback"].Value
             : throw Error(key, $"uses ${{{m.Groups["name"].Value}}}, which is not set"));
+        if (expanded.Contains('\0')) throw Error(key, "holds a NUL character; no path can");
         return Path.GetFullPath(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(File))!, expanded));
     }
 

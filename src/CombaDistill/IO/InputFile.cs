@@ -68,7 +68,7 @@ public static class InputFile
         var text = ReadAllText(path, what, maxBytes);
         try
         {
-            var root = System.Text.Json.Nodes.JsonNode.Parse(text) as System.Text.Json.Nodes.JsonObject
+            var root = System.Text.Json.Nodes.JsonNode.Parse(text, documentOptions: new System.Text.Json.JsonDocumentOptions { AllowDuplicateProperties = false }) as System.Text.Json.Nodes.JsonObject
                 ?? throw new InvalidInputException(path, $"{what} is not a JSON object");
             return read(root);
         }
