@@ -115,6 +115,12 @@ public sealed class AtomicDirectory : IDisposable
     const string LockSuffix = ".lock";
 
     /// <summary>
+    /// Fault injection for crash tests: with <c>COMBADISTILL_KILL_AT_COMMIT=NAME</c> the process kills itself (SIGKILL)
+    /// when a folder named NAME is about to be committed, the one moment of a run that no timer can hit.
+    /// </summary>
+    static readonly string? KillAtCommit = Environment.GetEnvironmentVariable("COMBADISTILL_KILL_AT_COMMIT");
+
+    /// <summary>
     /// Puts back a folder a killed replace left stepped aside (NAME missing, <c>.NAME.old-X</c> present), and deletes
     /// the temporary and stepped-aside folders of NAME whose process is gone (their lock is free or missing).
     /// </summary>
@@ -199,6 +205,9 @@ public sealed class AtomicDirectory : IDisposable
         ObjectDisposedException.ThrowIf(disposed, this);
         if (Committed) throw new InvalidOperationException($"{FinalPath} was already committed");
         RefuseUnlessForced(FinalPath, Force);
+        if (KillAtCommit is { Length: > 0 } name && System.IO.Path.GetFileName(FinalPath) == name)
+            System.Diagnostics.Process.GetCurrentProcess().Kill();   // SIGKILL: nothing after this line runs
+
         if (Exists(FinalPath) && AtomicRename.TryExchange(Path, FinalPath))
         {
             // the new folder is in place; the old one is now at the temporary path
