@@ -16,7 +16,7 @@ Prints a markdown table on standard output.
 import argparse, json, os, random, shutil, struct, subprocess, sys, tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLI = os.path.join(ROOT, "tests/CombaDistill.Tests/bin/Release/net10.0/CombaDistill.Cli.dll")
+CLI = os.environ.get("COMBADISTILL_CLI_DLL", os.path.join(ROOT, "tests/CombaDistill.Tests/bin/Release/net10.0/CombaDistill.Cli.dll"))
 SHARED = os.environ.get("COMBADISTILL_SHARED", os.path.join(ROOT, "..", "shared"))
 MODEL = os.path.join(SHARED, "models", "stories260K")
 TIMEOUT = 60

@@ -72,7 +72,10 @@ static class ConvertCommand
             };
             var outFolder = parse.GetValue(output)!;
             ConversionReport? report = null;
-            CliCommon.Err.Progress()
+            // Redirected to a log, a progress bar only adds a "converting: 0%" line above an error; the report follows on stdout anyway.
+            if (Console.IsErrorRedirected)
+                report = CombaConverter.Convert(parse.GetValue(from)!, outFolder, options, parse.GetValue(config), null, ct);
+            else CliCommon.Err.Progress()
                 .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
                 .Start(context =>
                 {

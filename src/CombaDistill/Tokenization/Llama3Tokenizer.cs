@@ -90,6 +90,12 @@ public sealed class Llama3Tokenizer : IByteTokenizer
         if (tokenBytes.Keys.Max() != rankCount - 1)
             throw new InvalidInputException(path, $"tiktoken ranks are not 0..{rankCount - 1} (largest is {tokenBytes.Keys.Max()})");
 
+        // byte-level BPE encodes any text only when every byte is a token of its own; refuse at load, not at the first unknown byte
+        var singleBytes = new bool[256];
+        foreach (var bytes in tokenBytes.Values) if (bytes.Length == 1) singleBytes[bytes[0]] = true;
+        if (Array.IndexOf(singleBytes, false) is var missing and >= 0)
+            throw new InvalidInputException(path, $"tiktoken model has no token for the single byte 0x{missing:X2}; byte-level BPE needs all 256, or some text cannot be encoded");
+
         specialTokens ??= DefaultSpecialTokens(rankCount);
         foreach (var (name, id) in specialTokens)
             if (id < rankCount) throw new InvalidInputException(path, $"special token {name} has id {id}, which is a BPE rank (special ids start at {rankCount})");

@@ -123,4 +123,15 @@ public sealed class Llama3TokenizerTests : IDisposable
         File.WriteAllText(dir["gap.model"], "IQ== 0\nIg== 2\n");
         Assert.Contains("not 0..1", Assert.Throws<InvalidInputException>(() => Llama3Tokenizer.Load(dir["gap.model"])).Message);
     }
+
+    [Fact]
+    public void A_vocabulary_without_every_single_byte_is_refused_at_load_not_at_the_first_unknown_byte()
+    {
+        var path = dir["small.model"];
+        var lines = new StringBuilder();
+        for (int b = 0; b < 200; b++) lines.Append($"{Convert.ToBase64String([(byte)b])} {b}\n");   // no token for 0xC8 and above
+        File.WriteAllText(path, lines.ToString());
+        var error = Assert.Throws<InvalidInputException>(() => Llama3Tokenizer.Load(path));
+        Assert.Contains("no token for the single byte 0xC8", error.Message);
+    }
 }
