@@ -21,9 +21,12 @@ public static class AtomicFile
         var folder = Path.GetDirectoryName(full)!;
         if (!Directory.Exists(folder)) throw new InvalidInputException(path, $"folder {folder} does not exist");
         if (Directory.Exists(full)) throw new InvalidInputException(path, "is a folder, not a file");
+        RemoveStaleTemporaries(full);
         var temp = TempSibling(full, "tmp");
         try
         {
+            // FileShare.None holds an exclusive lock (flock on Unix) while the temporary is written, which tells a
+            // live writer's temporary from one a killed process left
             using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 1 << 20))
             {
                 write(stream);
@@ -35,6 +38,24 @@ public static class AtomicFile
         {
             TryDelete(temp);
             throw;
+        }
+    }
+
+    /// <summary>Deletes the temporaries of <paramref name="full"/> that killed writers left (no process holds their lock).</summary>
+    static void RemoveStaleTemporaries(string full)
+    {
+        string[] candidates;
+        try { candidates = Directory.GetFiles(Path.GetDirectoryName(full)!, $".{Path.GetFileName(full)}.tmp-*"); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return; }
+        foreach (var candidate in candidates.Where(c => !c.EndsWith(".lock", StringComparison.Ordinal)))
+        {
+            try
+            {
+                using var abandoned = new FileStream(candidate, FileMode.Open, FileAccess.ReadWrite, FileShare.None);
+                File.Delete(candidate);
+            }
+            catch (IOException) { }                     // being written by a live process, or already gone
+            catch (UnauthorizedAccessException) { }
         }
     }
 

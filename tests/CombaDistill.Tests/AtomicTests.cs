@@ -190,4 +190,21 @@ public class AtomicTests
             Assert.Equal([final], Directory.GetFileSystemEntries(dir.Path));
         }
     }
+
+    [Fact]
+    public void AtomicFile_removes_a_killed_writers_temporary_but_not_a_live_ones()
+    {
+        using var dir = new TempDir();
+        var path = dir["train.tokens"];
+        var dead = dir[".train.tokens.tmp-deadbeef"];
+        File.WriteAllText(dead, "half of the ids");              // a killed writer's: nobody holds it
+        var live = dir[".train.tokens.tmp-0000a11e"];
+        using (var writer = new FileStream(live, FileMode.CreateNew, FileAccess.Write, FileShare.None))   // as a live writer holds it
+        {
+            AtomicFile.WriteAllText(path, "ids");
+            Assert.False(File.Exists(dead));
+            Assert.True(File.Exists(live));
+        }
+        Assert.Equal("ids", File.ReadAllText(path));
+    }
 }
