@@ -163,6 +163,7 @@ public sealed class AtomicDirectory : IDisposable
             if (!(isTmp || isOld) || entryName.EndsWith(LockSuffix, StringComparison.Ordinal)) continue;
             var id = entryName[(isTmp ? tmpPrefix : oldPrefix).Length..];
             var lockFile = System.IO.Path.Combine(parent, tmpPrefix + id + LockSuffix);
+            if (!Directory.Exists(entry) && !File.Exists(lockFile)) continue;   // an AtomicFile temporary: AtomicFile judges those
             if (!TryTakeAbandonedLock(lockFile, out var abandoned)) continue;   // its process is alive
             using (abandoned)
             {
@@ -187,6 +188,25 @@ public sealed class AtomicDirectory : IDisposable
             if (TryTakeAbandonedLock(lockFile, out var abandoned) && abandoned is not null)
                 using (abandoned) AtomicFile.TryDelete(lockFile);
         }
+    }
+
+    /// <summary>
+    /// <see cref="Recover"/> for every target in <paramref name="folder"/> that has a temporary or stepped-aside folder
+    /// (e.g. a stage's checkpoints folder, where a kill during a save leaves <c>.step-NNNNNNNN.tmp-X</c>).
+    /// </summary>
+    public static void RecoverAll(string folder)
+    {
+        string[] entries;
+        try { entries = Directory.GetFileSystemEntries(folder, ".*"); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return; }
+        var names = new SortedSet<string>(StringComparer.Ordinal);
+        foreach (var entry in entries)
+        {
+            var entryName = System.IO.Path.GetFileName(entry);
+            var at = Math.Max(entryName.LastIndexOf(".tmp-", StringComparison.Ordinal), entryName.LastIndexOf(".old-", StringComparison.Ordinal));
+            if (at > 1 && (Directory.Exists(entry) || entryName.EndsWith(LockSuffix, StringComparison.Ordinal))) names.Add(entryName[1..at]);
+        }
+        foreach (var name in names) Recover(System.IO.Path.Combine(folder, name));
     }
 
     /// <summary>True when no live process holds <paramref name="lockFile"/> (it is then held by <paramref name="held"/>, or is missing and <paramref name="held"/> is null).</summary>

@@ -207,4 +207,18 @@ public class AtomicTests
         }
         Assert.Equal("ids", File.ReadAllText(path));
     }
+
+    [Fact]
+    public void RecoverAll_cleans_every_target_in_a_folder_and_leaves_file_temporaries_to_AtomicFile()
+    {
+        using var dir = new TempDir();
+        var step4 = LeftoverOfAKilledProcess(dir["step-00000004"]);
+        var step6 = LeftoverOfAKilledProcess(dir["step-00000006"], id: "0000beef");
+        var fileTemp = dir[".notes.txt.tmp-12345678"];
+        File.WriteAllText(fileTemp, "x");
+        AtomicDirectory.RecoverAll(dir.Path);
+        Assert.False(Directory.Exists(step4));
+        Assert.False(Directory.Exists(step6));
+        Assert.Equal([fileTemp], Directory.GetFileSystemEntries(dir.Path));
+    }
 }

@@ -45,6 +45,7 @@ public static class StageCheckpoints
     public static string Save(string checkpointsFolder, IReadOnlyList<(string Name, Parameter Parameter)> trainable, OptimizerHelper optimizer, TrainingState state, int keep)
     {
         Directory.CreateDirectory(checkpointsFolder);
+        AtomicDirectory.RecoverAll(checkpointsFolder);   // what a kill during an earlier save left
         var final = PathOf(checkpointsFolder, state.Step);
         using (var folder = AtomicDirectory.Create(final, force: true))
         {
