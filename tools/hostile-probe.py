@@ -77,7 +77,7 @@ def safetensors_valid(data):
             if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
                 return False
             continue
-        if not isinstance(entry, dict) or entry.get("dtype") not in SIZES:
+        if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) or entry["dtype"] not in SIZES:
             return False
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
         if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**63 for d in shape) or len(shape) > 64:
