@@ -36,6 +36,7 @@ public static class MultipleChoice
     public static IReadOnlyList<MultipleChoiceItem> Load(string path)
     {
         if (!File.Exists(path)) throw new InvalidInputException(path, "multiple-choice file does not exist");
+        InputFile.RequireRegular(path, "multiple-choice file");
         var items = new List<MultipleChoiceItem>();
         foreach (var (line, item) in Jsonl.Read(path)) items.Add(Parse(path, line, item));
         if (items.Count == 0) throw new InvalidInputException(path, "holds no multiple-choice items");

@@ -52,7 +52,7 @@ public static class Llama2cImporter
 
     public static Llama2cHeader ReadHeader(string binPath)
     {
-        if (!File.Exists(binPath)) throw new InvalidInputException(binPath, "llama2.c checkpoint not found");
+        InputFile.RequireRegular(binPath, "llama2.c checkpoint");
         var length = new FileInfo(binPath).Length;
         if (length < Llama2cHeader.Bytes)
             throw new InvalidInputException(binPath, $"llama2.c checkpoint is truncated: {length} bytes, shorter than its {Llama2cHeader.Bytes}-byte header");
