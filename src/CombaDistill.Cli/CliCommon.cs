@@ -90,7 +90,7 @@ static class CliCommon
     public static int ParseError(ParseResult parse)
     {
         var more = parse.Errors.Count > 1 ? $" (and {parse.Errors.Count - 1} more)" : "";
-        Err.MarkupLineInterpolated($"[red]error:[/] {Bounded.Line(parse.Errors[0].Message + more + "; see --help", MaxErrorLength)}");
+        Err.MarkupLineInterpolated($"[red]error:[/] {Bounded.Line(parse.Errors[0].Message.TrimEnd('.') + more + "; see --help", MaxErrorLength)}");
         return BadInput;
     }
 

@@ -126,4 +126,11 @@ public sealed class HostileInputCliTests : IDisposable
         }
         AssertOneLineInputError(CliProcess.Run("generate", "--model", folder, "--device", "cpu"), "has 300 tokens, far fewer than config.json's vocab_size 512");
     }
+
+    [Fact]
+    public void A_command_line_that_does_not_parse_is_one_line_and_exit_2_not_the_help_text()
+    {
+        AssertOneLineInputError(CliProcess.Run("convert", "--from", temp["x"]), "Option '--out' is required; see --help");
+        AssertOneLineInputError(CliProcess.Run("inspect", temp["x"], "--bogus"), "Unrecognized command or argument '--bogus'; see --help");
+    }
 }
