@@ -118,8 +118,8 @@ static class CliCommon
     public static bool IsOutOfSpace(IOException e) => e.HResult is 28 or 122 || e.Message.Contains("No space left on device", StringComparison.OrdinalIgnoreCase);
 
     /// <summary>
-    /// A synchronous body runs on the thread pool: System.CommandLine installs its Ctrl-C handler only once the action
-    /// has returned its task, so a body run inline would be killed by Ctrl-C instead of seeing its token cancelled.
+    /// A synchronous body runs on the thread pool, so that the invocation's thread stays free while it works (the signal
+    /// handler, CliSignals, cancels its token from another thread either way).
     /// </summary>
     public static Func<ParseResult, CancellationToken, Task<int>> Run(Func<ParseResult, CancellationToken, int> body) =>
         Run((p, ct) => Task.Run(() => body(p, ct), CancellationToken.None));
