@@ -124,109 +124,44 @@ public sealed class StageTrainer
         using var mixed = inputs.Precision == Precision.BFloat16 ? MixedPrecision.Begin(student, selected) : null;
         var trainable = mixed?.Masters ?? selected;
         using var optimizer = CreateOptimizer(trainable);
+        var loop = new Loop(this, trainable, optimizer, mixed, Resume(trainable, optimizer));
 
-        TrainingState? resumed = null;
-        if (inputs.Resume && StageCheckpoints.RestoreNewest(Checkpoints, trainable, optimizer, warning => Note(warning, isWarning: true)) is var (path, state))
-        {
-            resumed = state;
-            Note($"stage '{stage.Name}': resuming from {Path.GetFileName(path)} ({state.Tokens:N0} tokens done)");
-        }
-        else
-        {
-            // A fresh start (a new run, or a stage redone with --stage) owes nothing to an earlier attempt's checkpoints.
-            if (writes && Directory.Exists(Checkpoints)) Directory.Delete(Checkpoints, recursive: true);
-            manual_seed(inputs.Seed + inputs.StageIndex);
-        }
-        var parameters = trainable.Select(p => p.Parameter).ToArray();
-        var gradients = new GradientAverager(group, parameters);
-        gradients.BroadcastParameters();
-        mixed?.Publish();
-
-        var train = new PackedSequences(inputs.TrainTokens, stage.SequenceLength);
-        if (train.Count < stage.MicroBatch)
-            throw new InvalidInputException(null, $"stage '{stage.Name}': the training data makes {train.Count} sequences of {stage.SequenceLength} tokens, fewer than one micro-batch of {stage.MicroBatch}");
-        var data = new ShuffledBatches(train, DataSeed, resumed?.Data ?? default);
-        var metrics = new StageMetrics(inputs.Folder, stage.Name, inputs.TensorBoardFolder, keepUpToStep: resumed?.Step ?? -1, readOnly: !writes);
-
-        var step = resumed?.Step ?? 0;
-        var tokens = resumed?.Tokens ?? 0;
-        var secondsBefore = resumed?.ElapsedSeconds ?? 0;
-        var clock = Stopwatch.StartNew();
-        var sessionTokens = 0L;
-        var totalSteps = stage.TotalSteps;
-        var totalTokens = totalSteps * stage.TokensPerStep;
-        TrainingState StateNow(double lr) => new()
-        {
-            Step = step, Tokens = tokens, Data = data.Position, LearningRate = lr, ElapsedSeconds = secondsBefore + clock.Elapsed.TotalSeconds,
-            RngState = RngState(), Parameters = trainable.Select(p => p.Name).ToArray(),
-        };
-
-        if (step == 0) metrics.Add(Evaluate(0, 0));
-        long lastSaved = step;
-        var clipGroups = ClipGroups(trainable);
-        var nonFinite = new NonFiniteSteps(stage.Name, stage.MaxNonFiniteSteps);
+        if (loop.Step == 0) loop.Metrics.Add(Evaluate(0, 0));
         student.train();
         student.model.ActivationCheckpointing = stage.ActivationCheckpointing;
-        while (step < totalSteps)
+        while (loop.Step < stage.TotalSteps)
         {
-            var lr = LearningRateSchedule.At(stage, step);
-            // Ranks are interrupted at slightly different moments; they stop together after the same step.
-            if (group.Any(cancellationToken.IsCancellationRequested))
-            {
-                if (writes && step > lastSaved) StageCheckpoints.Save(Checkpoints, trainable, optimizer, StateNow(lr), stage.KeepCheckpoints);
-                group.Barrier();    // the others end only once rank 0 has saved
-                Note($"stage '{stage.Name}': stopped at step {step}; checkpoint saved, continue with --resume");
-                throw new OperationCanceledException(cancellationToken);
-            }
-            foreach (var paramGroup in optimizer.ParamGroups) paramGroup.LearningRate = lr;
-
-            double loss, gradNorm;
-            double[]? layerLosses;
-            // with COMBADISTILL_GC_PAUSE=1, no collection inside a step (CollectionPause: a TorchSharp race it keeps out)
-            using (CollectionPause.Begin())
-            using (NewDisposeScope())
-            {
-                optimizer.zero_grad();
-                (loss, layerLosses) = AccumulateGradients(data, mixed);
-                gradients.Average();
-                gradNorm = ClipGradients(clipGroups, stage.GradClip ?? double.PositiveInfinity);
-                if (nonFinite.Observe(step + 1, loss, gradNorm))
-                {
-                    optimizer.step();
-                    mixed?.Publish();
-                }
-            }
-            step++;
-            if (nonFinite.InARow > 0)
-                Note($"stage '{stage.Name}' step {step}: the loss ({loss}) or the gradient norm ({gradNorm}) is not finite; the update was skipped " +
-                    $"({nonFinite.InARow} in a row, {stage.MaxNonFiniteSteps} tolerated)", isWarning: true);
-            tokens += stage.TokensPerStep;
-            sessionTokens += stage.TokensPerStep;
-
-            var seconds = clock.Elapsed.TotalSeconds;
-            var speed = seconds > 0 ? sessionTokens / seconds : 0;
-            if (step % stage.LogEvery == 0 || step == 1 || step == totalSteps)
-                metrics.Add(new TrainMetrics(step, tokens, loss, lr, gradNorm, speed, secondsBefore + seconds, layerLosses));
-            progress?.Report(new DistillationProgress
-            {
-                Stage = stage.Name, StageIndex = inputs.StageIndex, StageCount = inputs.StageCount, Step = step, TotalSteps = totalSteps,
-                Tokens = tokens, TotalTokens = totalTokens, TokensPerSecond = speed, Loss = loss, LearningRate = lr,
-                Eta = speed > 0 ? TimeSpan.FromSeconds((totalTokens - tokens) / speed) : null,
-            });
-            if (step % stage.EvalEvery == 0 || step == totalSteps) metrics.Add(Evaluate(step, tokens));
-            if (step % stage.CheckpointEvery == 0 && step < totalSteps && writes)
-            {
-                StageCheckpoints.Save(Checkpoints, trainable, optimizer, StateNow(LearningRateSchedule.At(stage, step)), stage.KeepCheckpoints);
-                lastSaved = step;
-            }
+            loop.StopIfCancelled(cancellationToken);
+            loop.TakeStep();
+            if (loop.Step % stage.EvalEvery == 0 || loop.Step == stage.TotalSteps) loop.Metrics.Add(Evaluate(loop.Step, loop.Tokens));
+            if (loop.Step % stage.CheckpointEvery == 0 && loop.Step < stage.TotalSteps) loop.SaveCheckpoint();
         }
-
         student.eval();
         student.model.ActivationCheckpointing = false;
         mixed?.End();    // float32 again, with the masters' values
         lora?.Merge();   // the result is a plain student: adapters folded into their projections
-        if (writes) LossPlot.Write(Path.Combine(inputs.Folder, PlotFile), PlotTitle, metrics.Train, metrics.Evals);
-        var elapsed = secondsBefore + clock.Elapsed.TotalSeconds;
+        return Finish(loop, trainable);
+    }
+
+    /// <summary>Restores the newest intact checkpoint when resuming; otherwise starts fresh (old checkpoints go, the seed is set).</summary>
+    TrainingState? Resume(IReadOnlyList<(string Name, Parameter Parameter)> trainable, OptimizerHelper optimizer)
+    {
+        if (inputs.Resume && StageCheckpoints.RestoreNewest(Checkpoints, trainable, optimizer, warning => Note(warning, isWarning: true)) is var (path, state))
+        {
+            Note($"stage '{stage.Name}': resuming from {Path.GetFileName(path)} ({state.Tokens:N0} tokens done)");
+            return state;
+        }
+        // A fresh start (a new run, or a stage redone with --stage) owes nothing to an earlier attempt's checkpoints.
+        if (writes && Directory.Exists(Checkpoints)) Directory.Delete(Checkpoints, recursive: true);
+        manual_seed(inputs.Seed + inputs.StageIndex);
+        return null;
+    }
+
+    /// <summary>The loss plot and the stage's result: a student folder, or a shard job's result.</summary>
+    StageResult Finish(Loop loop, IReadOnlyList<(string Name, Parameter Parameter)> trainable)
+    {
+        if (writes) LossPlot.Write(Path.Combine(inputs.Folder, PlotFile), PlotTitle, loop.Metrics.Train, loop.Metrics.Evals);
+        var elapsed = loop.ElapsedSeconds;
         string result;
         if (inputs.Shard is { } shard)
         {
@@ -234,7 +169,7 @@ public sealed class StageTrainer
             result = AlignmentShards.WriteResult(inputs.Folder, new ShardManifest
             {
                 Stage = stage.Name, Shard = shard.Index, ShardCount = shard.Count, Layers = trainedLayers, AlignedLayers = alignedLayers,
-                Steps = step, Tokens = tokens, ElapsedSeconds = elapsed, RecipeSha256 = inputs.RecipeSha256, Parameters = trainable.Select(p => p.Name).ToArray(),
+                Steps = loop.Step, Tokens = loop.Tokens, ElapsedSeconds = elapsed, RecipeSha256 = inputs.RecipeSha256, Parameters = trainable.Select(p => p.Name).ToArray(),
             }, trainable);
         }
         else
@@ -243,7 +178,113 @@ public sealed class StageTrainer
             if (writes) StudentFolder.Save(student, result, inputs.TokenizerFolder, force: true);
         }
         group.Barrier();    // the next stage, on every rank, starts from this result
-        return new StageResult(stage.Name, stage.Objective, result, step, tokens, elapsed, metrics.Evals.FirstOrDefault(e => e.Step == 0), metrics.Evals.LastOrDefault());
+        return new StageResult(stage.Name, stage.Objective, result, loop.Step, loop.Tokens, elapsed,
+            loop.Metrics.Evals.FirstOrDefault(e => e.Step == 0), loop.Metrics.Evals.LastOrDefault());
+    }
+
+    /// <summary>
+    /// One stage's training loop state: where it stands (step, tokens, data position, time), and the step itself
+    /// (gradients accumulated, averaged over ranks, clipped, the update unless not finite), its metrics and
+    /// progress, checkpoints, and the stop on cancellation.
+    /// </summary>
+    sealed class Loop
+    {
+        readonly StageTrainer trainer;
+        readonly StageRecipe stage;
+        readonly IReadOnlyList<(string Name, Parameter Parameter)> trainable;
+        readonly AdamW optimizer;
+        readonly MixedPrecision? mixed;
+        readonly GradientAverager gradients;
+        readonly ShuffledBatches data;
+        readonly Parameter[][] clipGroups;
+        readonly NonFiniteSteps nonFinite;
+        readonly Stopwatch clock = Stopwatch.StartNew();
+        readonly double secondsBefore;
+        long sessionTokens, lastSaved;
+
+        public StageMetrics Metrics { get; }
+        public long Step { get; private set; }
+        public long Tokens { get; private set; }
+        public double ElapsedSeconds => secondsBefore + clock.Elapsed.TotalSeconds;
+
+        public Loop(StageTrainer trainer, IReadOnlyList<(string Name, Parameter Parameter)> trainable, AdamW optimizer, MixedPrecision? mixed, TrainingState? resumed)
+        {
+            (this.trainer, stage, this.trainable, this.optimizer, this.mixed) = (trainer, trainer.stage, trainable, optimizer, mixed);
+            gradients = new GradientAverager(trainer.group, trainable.Select(p => p.Parameter).ToArray());
+            gradients.BroadcastParameters();
+            mixed?.Publish();
+            var train = new PackedSequences(trainer.inputs.TrainTokens, stage.SequenceLength);
+            if (train.Count < stage.MicroBatch)
+                throw new InvalidInputException(null, $"stage '{stage.Name}': the training data makes {train.Count} sequences of {stage.SequenceLength} tokens, fewer than one micro-batch of {stage.MicroBatch}");
+            data = new ShuffledBatches(train, trainer.DataSeed, resumed?.Data ?? default);
+            Metrics = new StageMetrics(trainer.inputs.Folder, stage.Name, trainer.inputs.TensorBoardFolder, keepUpToStep: resumed?.Step ?? -1, readOnly: !trainer.writes);
+            (Step, Tokens, secondsBefore) = (resumed?.Step ?? 0, resumed?.Tokens ?? 0, resumed?.ElapsedSeconds ?? 0);
+            lastSaved = Step;
+            clipGroups = trainer.ClipGroups(trainable);
+            nonFinite = new NonFiniteSteps(stage.Name, stage.MaxNonFiniteSteps);
+        }
+
+        /// <summary>Ranks are interrupted at slightly different moments; they stop together, after the same step, with a checkpoint.</summary>
+        public void StopIfCancelled(CancellationToken cancellationToken)
+        {
+            if (!trainer.group.Any(cancellationToken.IsCancellationRequested)) return;
+            if (Step > lastSaved) SaveCheckpoint();
+            trainer.group.Barrier();    // the others end only once rank 0 has saved
+            trainer.Note($"stage '{stage.Name}': stopped at step {Step}; checkpoint saved, continue with --resume");
+            throw new OperationCanceledException(cancellationToken);
+        }
+
+        public void SaveCheckpoint()
+        {
+            if (!trainer.writes) return;
+            var state = new TrainingState
+            {
+                Step = Step, Tokens = Tokens, Data = data.Position, LearningRate = LearningRateSchedule.At(stage, Step), ElapsedSeconds = ElapsedSeconds,
+                RngState = RngState(), Parameters = trainable.Select(p => p.Name).ToArray(),
+            };
+            StageCheckpoints.Save(trainer.Checkpoints, trainable, optimizer, state, stage.KeepCheckpoints);
+            lastSaved = Step;
+        }
+
+        public void TakeStep()
+        {
+            var lr = LearningRateSchedule.At(stage, Step);
+            foreach (var paramGroup in optimizer.ParamGroups) paramGroup.LearningRate = lr;
+            double loss, gradNorm;
+            double[]? layerLosses;
+            // with COMBADISTILL_GC_PAUSE=1, no collection inside a step (CollectionPause: a TorchSharp race it keeps out)
+            using (CollectionPause.Begin())
+            using (NewDisposeScope())
+            {
+                optimizer.zero_grad();
+                (loss, layerLosses) = trainer.AccumulateGradients(data, mixed);
+                gradients.Average();
+                gradNorm = ClipGradients(clipGroups, stage.GradClip ?? double.PositiveInfinity);
+                if (nonFinite.Observe(Step + 1, loss, gradNorm))
+                {
+                    optimizer.step();
+                    mixed?.Publish();
+                }
+            }
+            Step++;
+            if (nonFinite.InARow > 0)
+                trainer.Note($"stage '{stage.Name}' step {Step}: the loss ({loss}) or the gradient norm ({gradNorm}) is not finite; the update was skipped " +
+                    $"({nonFinite.InARow} in a row, {stage.MaxNonFiniteSteps} tolerated)", isWarning: true);
+            Tokens += stage.TokensPerStep;
+            sessionTokens += stage.TokensPerStep;
+
+            var seconds = clock.Elapsed.TotalSeconds;
+            var speed = seconds > 0 ? sessionTokens / seconds : 0;
+            var totalTokens = stage.TotalSteps * stage.TokensPerStep;
+            if (Step % stage.LogEvery == 0 || Step == 1 || Step == stage.TotalSteps)
+                Metrics.Add(new TrainMetrics(Step, Tokens, loss, lr, gradNorm, speed, secondsBefore + seconds, layerLosses));
+            trainer.progress?.Report(new DistillationProgress
+            {
+                Stage = stage.Name, StageIndex = trainer.inputs.StageIndex, StageCount = trainer.inputs.StageCount, Step = Step, TotalSteps = stage.TotalSteps,
+                Tokens = Tokens, TotalTokens = totalTokens, TokensPerSecond = speed, Loss = loss, LearningRate = lr,
+                Eta = speed > 0 ? TimeSpan.FromSeconds((totalTokens - Tokens) / speed) : null,
+            });
+        }
     }
 
     /// <summary>
