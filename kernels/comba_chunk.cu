@@ -631,6 +631,8 @@ typedef unsigned short bf16r;   // raw bf16 bits
 #define SCC 72                  // row stride (elements) of a C×C bf16 matrix
 #define SCF 68                  // row stride (floats) of a C×C float matrix
 
+__device__ __forceinline__ float2 f2(float a, float b) { float2 r; r.x = a; r.y = b; return r; }
+__device__ __forceinline__ uint2 u2(unsigned a, unsigned b) { uint2 r; r.x = a; r.y = b; return r; }
 __device__ __forceinline__ float bf2f(bf16r x) { return __uint_as_float((unsigned)x << 16); }
 __device__ __forceinline__ unsigned pack2(float lo, float hi)
 {
@@ -643,7 +645,7 @@ __device__ __forceinline__ void st2(bf16r* p, float a, float b) { *reinterpret_c
 __device__ __forceinline__ float2 ld2(const bf16r* p)
 {
     unsigned u = *reinterpret_cast<const unsigned*>(p);
-    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+    return f2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
 }
 __device__ __forceinline__ unsigned saddr(const void* p)
 {
@@ -651,6 +653,8 @@ __device__ __forceinline__ unsigned saddr(const void* p)
     asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
     return (unsigned)a;
 }
+// float atomic add on shared memory
+__device__ __forceinline__ void sadd(float* p, float v) { asm volatile("red.shared.add.f32 [%0], %1;" ::"r"(saddr(p)), "f"(v) : "memory"); }
 __device__ __forceinline__ void cp16(void* dst, const void* src, bool valid)
 {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(saddr(dst)), "l"(src), "r"(valid ? 16 : 0));
@@ -822,7 +826,8 @@ template <int D>
 __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa,
                               bf16r* W, bf16r* U, bf16r* Msave, int H, int Hkv, int T)
 {
-    extern __shared__ __align__(16) unsigned char smb[];
+    extern __shared__ float4 smq[];
+    unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
     constexpr int SD = D + 8;
     const int n = blockIdx.x, N = gridDim.x, t0 = n * CH, Tp = N * CH;
     HeadB hd(blockIdx.y, H, Hkv);
@@ -887,7 +892,8 @@ template <int D>
 __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, const bf16r* U, const float* h0,
                             bf16r* Ut, bf16r* H0, float* hT, int H, int Hkv, int T, int N)
 {
-    extern __shared__ __align__(16) unsigned char smb[];
+    extern __shared__ float4 smq[];
+    unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
     constexpr int SD = D + 8, BUF = 2 * CH * SD + CH * SBV;
     const int v0 = blockIdx.x * BV, Tp = N * CH, lane = threadIdx.x & 31;
     HeadB hd(blockIdx.y, H, Hkv);
@@ -962,7 +968,8 @@ template <int D>
 __device__ void fwd_output_b(const bf16r* q, const bf16r* k, const float* g, const bf16r* Ut, const bf16r* H0,
                              bf16r* o, float scale, int H, int Hkv, int T)
 {
-    extern __shared__ __align__(16) unsigned char smb[];
+    extern __shared__ float4 smq[];
+    unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
     constexpr int SD = D + 8;
     const int n = blockIdx.x, N = gridDim.x, t0 = n * CH, Tp = N * CH;
     HeadB hd(blockIdx.y, H, Hkv);
@@ -1009,7 +1016,8 @@ template <int D>
 __device__ void bwd_dupart_b(const bf16r* q, const bf16r* k, const float* g, const bf16r* dO, float* dUp, float scale,
                              int H, int Hkv, int T)
 {
-    extern __shared__ __align__(16) unsigned char smb[];
+    extern __shared__ float4 smq[];
+    unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
     constexpr int SD = D + 8;
     const int n = blockIdx.x, N = gridDim.x, t0 = n * CH, Tp = N * CH;
     HeadB hd(blockIdx.y, H, Hkv);
@@ -1032,7 +1040,7 @@ __device__ void bwd_dupart_b(const bf16r* q, const bf16r* k, const float* g, con
     __syncthreads();
     float* out = dUp + ((size_t)hd.bh * Tp + t0) * D;
     bmm<CH, D, true, false>(Sb, SCC, Os, SD, CH, [&](int j, int c, float x0, float x1) {
-        *reinterpret_cast<float2*>(out + j * D + c) = make_float2(scale * x0, scale * x1);
+        *reinterpret_cast<float2*>(out + j * D + c) = f2(scale * x0, scale * x1);
     });
 }
 
@@ -1042,7 +1050,8 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
                             const float* dUp, const float* dhT, bf16r* dUt, bf16r* dH1, float* dh0, float scale,
                             int H, int Hkv, int T, int N)
 {
-    extern __shared__ __align__(16) unsigned char smb[];
+    extern __shared__ float4 smq[];
+    unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
     constexpr int SD = D + 8, BUF = 3 * CH * SD + CH * SBV + CH * BV * 2;   // bf16 units; the float slice is 2 each
     const int v0 = blockIdx.x * BV, Tp = N * CH, lane = threadIdx.x & 31;
     HeadB hd(blockIdx.y, H, Hkv);
@@ -1134,7 +1143,8 @@ __device__ void bwd_local_b(const bf16r* q, const bf16r* k, const bf16r* v, cons
                             const bf16r* dUt, const bf16r* dO, bf16r* dq, bf16r* dk, bf16r* dv, float* dg, float* dbeta,
                             float* dkappa, float scale, int H, int Hkv, int T)
 {
-    extern __shared__ __align__(16) unsigned char smb[];
+    extern __shared__ float4 smq[];
+    unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
     constexpr int SD = D + 8;
     const int n = blockIdx.x, N = gridDim.x, t0 = n * CH, Tp = N * CH;
     HeadB hd(blockIdx.y, H, Hkv);
@@ -1187,7 +1197,7 @@ __device__ void bwd_local_b(const bf16r* q, const bf16r* k, const bf16r* v, cons
         {
             st2(dv + (rq + j) * D + c, bet[j] * x0, bet[j] * x1);
             float2 vv = ld2(V + (size_t)j * D + c);
-            atomicAdd(&dbet[j], x0 * vv.x + x1 * vv.y);
+            sadd(&dbet[j], x0 * vv.x + x1 * vv.y);
         }
     });
     // P_ij = s ⟨dO_i, Ũ_j⟩ e^{γ_i − γ_j}, j ≤ i
@@ -1200,9 +1210,9 @@ __device__ void bwd_local_b(const bf16r* q, const bf16r* k, const bf16r* v, cons
     bmm<CH, CH, false, true>(Qs, SD, Ks, SD, D, [&](int i, int j, float x0, float x1) {
         float2 p = ld2(Pb + i * SCC + j);
         float y0 = p.x * x0, y1 = p.y * x1;
-        atomicAdd(&dgam[i], y0 + y1);
-        atomicAdd(&dgam[j], -y0);
-        atomicAdd(&dgam[j + 1], -y1);
+        sadd(&dgam[i], y0 + y1);
+        sadd(&dgam[j], -y0);
+        sadd(&dgam[j + 1], -y1);
     });
     // dA = −dVβ Ũᵀ (strictly lower); from A_ij = κ_i KK_ij e^{γ⁰_i − γ_j}: dκ_i, dγ⁰_i, dγ_j, and G = dA κ_i e^{γ⁰_i − γ_j}
     bmm<CH, CH, false, true>(Vb, SD, Us, SD, D, [&](int i, int j0, float x0, float x1) {
@@ -1215,9 +1225,9 @@ __device__ void bwd_local_b(const bf16r* q, const bf16r* k, const bf16r* v, cons
             {
                 float da = -xs[u], ex = expf(gam0[i] - gam[j]), kk = KK[i * SCF + j];
                 float a = kap[i] * kk * ex, gg = da * kap[i] * ex;
-                atomicAdd(&dkap[i], da * kk * ex);
-                atomicAdd(&dgam0[i], da * a);
-                atomicAdd(&dgam[j], -da * a);
+                sadd(&dkap[i], da * kk * ex);
+                sadd(&dgam0[i], da * a);
+                sadd(&dgam[j], -da * a);
                 bf16r b = f2bf(gg);
                 GG[i * SCC + j] = b;
                 GG[j * SCC + i] = b;
@@ -1244,8 +1254,8 @@ __device__ void bwd_local_b(const bf16r* q, const bf16r* k, const bf16r* v, cons
             s0 += a.x * acc[w][0] + a.y * acc[w][1];
             s1 += b.x * acc[w][2] + b.y * acc[w][3];
         }
-        atomicAdd(&dgam[i0], s0);
-        atomicAdd(&dgam[i1], s1);
+        sadd(&dgam[i0], s0);
+        sadd(&dgam[i1], s1);
         wmma<4, false, false>(acc, Pb, SCC, Ks, SD, r0, c0, CH);
         each2(acc, r0, c0, [&](int i, int c, float x0, float x1) {
             if (t0 + i < T) st2(dq + (rq + i) * D + c, x0, x1);
@@ -1275,10 +1285,10 @@ __device__ void bwd_local_b(const bf16r* q, const bf16r* k, const bf16r* v, cons
                 acc[w][0] -= a0 * t[w][0], acc[w][1] -= a0 * t[w][1], acc[w][2] -= a1 * t[w][2], acc[w][3] -= a1 * t[w][3];
             }
             float r0_ = -expf(gam0[i0]) * s0, r1_ = -expf(gam0[i1]) * s1;
-            atomicAdd(&dkap[i0], r0_);
-            atomicAdd(&dgam0[i0], kap[i0] * r0_);
-            atomicAdd(&dkap[i1], r1_);
-            atomicAdd(&dgam0[i1], kap[i1] * r1_);
+            sadd(&dkap[i0], r0_);
+            sadd(&dgam0[i0], kap[i0] * r0_);
+            sadd(&dkap[i1], r1_);
+            sadd(&dgam0[i1], kap[i1] * r1_);
         }
         zero(t);
         wmma<4, false, true>(t, Us, SD, dHs, SD, r0, c0, D);
@@ -1295,9 +1305,9 @@ __device__ void bwd_local_b(const bf16r* q, const bf16r* k, const bf16r* v, cons
                 s1 += b.x * t[w][2] + b.y * t[w][3];
                 acc[w][0] += t[w][0], acc[w][1] += t[w][1], acc[w][2] += t[w][2], acc[w][3] += t[w][3];
             }
-            atomicAdd(&dgam[i0], -s0);
-            atomicAdd(&dgam[i1], -s1);
-            atomicAdd(red, s0 + s1);
+            sadd(&dgam[i0], -s0);
+            sadd(&dgam[i1], -s1);
+            sadd(red, s0 + s1);
         }
         each2(acc, r0, c0, [&](int i, int c, float x0, float x1) {
             if (t0 + i < T) st2(dk + (rq + i) * D + c, x0, x1);
@@ -1313,7 +1323,7 @@ __device__ void bwd_local_b(const bf16r* q, const bf16r* k, const bf16r* v, cons
             s += a.x * b.x + a.y * b.y;
         }
         for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-        if ((threadIdx.x & 31) == 0) atomicAdd(red, expf(gC) * s);
+        if ((threadIdx.x & 31) == 0) sadd(red, expf(gC) * s);
     }
     __syncthreads();
     // dg_t = Σ_{i≥t} dγ_i + Σ_{i>t} dγ⁰_i + dγ_C
@@ -1355,7 +1365,7 @@ template <int E> __device__ __forceinline__ void ldE(float (&x)[E], const bf16r*
 }
 template <int E> __device__ __forceinline__ void stE(bf16r* p, const float (&x)[E])
 {
-    if (E == 4) *reinterpret_cast<uint2*>(p) = make_uint2(pack2(x[0], x[1]), pack2(x[2 % E], x[3 % E]));
+    if (E == 4) *reinterpret_cast<uint2*>(p) = u2(pack2(x[0], x[1]), pack2(x[2 % E], x[3 % E]));
     else st2(p, x[0], x[1 % E]);
 }
 __device__ __forceinline__ float warp_sum(float s)

@@ -11,8 +11,11 @@ namespace CombaDistill.Ops;
 /// it falls back to (with a one-line notice on CUDA) where the kernels cannot run: not CUDA, NVRTC or the driver
 /// missing, Dk ≠ Dv, a head dim other than 64/128/256, a chunk size other than 64, or float64.
 /// <para>
-/// The L2 normalisation and the output correction q̃ = q̂ − d k̂ stay ordinary ops (autograd differentiates them),
-/// so the kernels see q̃, k̂, v, g, β and κ = βλ, in float32, padded with zeros to whole chunks. Float32 inputs run
+/// bf16 q at head dim 64 or 128 takes the bf16 kernels: q, k and v are read raw in bf16 (any T), the kernels
+/// normalise q and k and form q̃ = q̂ − d k̂ themselves (with their gradients), and the output and the gradients of q,
+/// k and v come back in bf16, those of the gates in float32. Otherwise the L2 normalisation and the correction are
+/// ordinary ops (autograd differentiates them) and the kernels see q̃, k̂, v, g, β and κ = βλ in float32, padded
+/// with zeros to whole chunks. Float32 inputs run
 /// the kernels' float32 arithmetic (≤ 1e-5 of the float64 reference); bf16 and f16 inputs run their tensor-core
 /// products (tf32 operands, float32 accumulation), unless <see cref="Arithmetic.Float32"/> is asked for. The output
 /// comes back in q's dtype, the final state in float32. docs/kernels.md has the measured errors of each.
