@@ -220,8 +220,9 @@ def inputs(B, H, Hkv, T, D, dtype, seed, with_h0=True):
 def rel(a, b):
     a, b = a.double(), b.double()
     if not torch.isfinite(a).all(): return float("nan")
-    # a reference that is exactly zero (dg with T = 1 and no initial state) is compared absolutely
-    return ((a - b).norm() / b.norm().clamp_min(1e-6)).item()
+    # a reference that is exactly zero (dg with T = 1 and no initial state: g multiplies a zero state) is compared
+    # absolutely; 1e-4 because the bf16 path leaves ~1e-8 of rounding residue there (y_ii added and subtracted)
+    return ((a - b).norm() / b.norm().clamp_min(1e-4)).item()
 
 
 def check(small, tiny=False):
