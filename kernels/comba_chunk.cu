@@ -613,3 +613,871 @@ COMBA_ENTRIES(128, true, false, tf32)
 COMBA_ENTRIES(128, true, true, tf32s)
 COMBA_ENTRIES(256, false, false, f32)
 COMBA_ENTRIES(256, true, false, tf32)
+
+// ═════════════════════════════ bf16 path ═════════════════════════════
+// q, k, v and dO are bf16 in memory, (B,H,T,D) and (B,Hkv,T,D), with any T: rows past T read as zeros (cp.async
+// zero-fill) and outputs past T are not written. g, β, κ are float32 (B,H,T). Every operand tile is copied into shared
+// memory with 16-byte cp.async loads, rows padded by 16 bytes (ldmatrix then hits distinct banks), read with ldmatrix
+// (.trans where the product needs the transpose) into mma.sync m16n8k16 bf16 fragments, accumulated in float32.
+// Intermediates that only feed further products are bf16: W, U, Ũ, M, dŨ and the chunk-start states (and their
+// gradients); the states themselves accumulate in float32 registers across chunks; dUp is float32. Internal buffers
+// have Tp = N·64 rows per head. Only D = 64 and 128 (bwd_local's tiles would not fit shared memory at 256).
+//
+// One identity beyond the float path's: dA = −(dVβ Uᵀ + dKw Wᵀ) = −dVβ (U − W h)ᵀ = −dVβ Ũᵀ, since dKw = −dVβ hᵀ; so
+// the backward needs neither U nor W per chunk, and M comes saved from the forward (bf16), so no inverse either.
+
+typedef unsigned short bf16r;   // raw bf16 bits
+#define SBV 40                  // row stride (elements) of a 64×BV or D×BV bf16 slice
+#define SCC 72                  // row stride (elements) of a C×C bf16 matrix
+#define SCF 68                  // row stride (floats) of a C×C float matrix
+
+__device__ __forceinline__ float2 f2(float a, float b) { float2 r; r.x = a; r.y = b; return r; }
+__device__ __forceinline__ uint2 u2(unsigned a, unsigned b) { uint2 r; r.x = a; r.y = b; return r; }
+__device__ __forceinline__ float bf2f(bf16r x) { return __uint_as_float((unsigned)x << 16); }
+__device__ __forceinline__ unsigned pack2(float lo, float hi)
+{
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ bf16r f2bf(float x) { return (bf16r)(pack2(x, 0.f) & 0xffffu); }
+__device__ __forceinline__ void st2(bf16r* p, float a, float b) { *reinterpret_cast<unsigned*>(p) = pack2(a, b); }
+__device__ __forceinline__ float2 ld2(const bf16r* p)
+{
+    unsigned u = *reinterpret_cast<const unsigned*>(p);
+    return f2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+}
+__device__ __forceinline__ unsigned saddr(const void* p)
+{
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (unsigned)a;
+}
+// float atomic add on shared memory
+__device__ __forceinline__ void sadd(float* p, float v) { asm volatile("red.shared.add.f32 [%0], %1;" ::"r"(saddr(p)), "f"(v) : "memory"); }
+__device__ __forceinline__ void cp16(void* dst, const void* src, bool valid)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(saddr(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+// rows × COLS bf16 (COLS·2 a multiple of 16 bytes) from global rows of stride gs into shared rows of stride ss; rows at
+// or past `valid` are zero-filled. No commit.
+template <int COLS>
+__device__ __forceinline__ void stage_b(bf16r* s, int ss, const bf16r* src, size_t gs, int rows, int valid)
+{
+    constexpr int V = COLS / 8;
+    for (int idx = threadIdx.x; idx < rows * V; idx += NT)
+    {
+        int r = idx / V, c = (idx % V) * 8;
+        bool ok = r < valid;
+        cp16(s + r * ss + c, src + (ok ? (size_t)r * gs + c : 0), ok);
+    }
+}
+template <int COLS>
+__device__ __forceinline__ void stage_f(float* s, int ss, const float* src, size_t gs, int rows)
+{
+    constexpr int V = COLS / 4;
+    for (int idx = threadIdx.x; idx < rows * V; idx += NT)
+    {
+        int r = idx / V, c = (idx % V) * 4;
+        cp16(s + r * ss + c, src + (size_t)r * gs + c, true);
+    }
+}
+
+// ldmatrix fragments. A is M×K: KM = false stored row-major (m, k) at A[m·s + k]; KM = true stored as its transpose
+// (m, k) at A[k·s + m]. B is K×N: NK = true stored as N rows of K (k, n) at B[n·s + k]; NK = false stored row-major
+// (k, n) at B[k·s + n]. A gives a0..a3 of one 16×16 tile; B gives (b0, b1) of two adjacent 8-column tiles.
+template <bool KM>
+__device__ __forceinline__ void ld_a(unsigned (&a)[4], const bf16r* A, int s, int r0, int k0)
+{
+    const int l = threadIdx.x & 31;
+    const bf16r* p = KM ? A + (k0 + (l & 7) + ((l >> 4) << 3)) * s + r0 + (((l >> 3) & 1) << 3)
+                        : A + (r0 + (l & 15)) * s + k0 + ((l >> 4) << 3);
+    if (KM)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(saddr(p)));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(saddr(p)));
+}
+template <bool NK>
+__device__ __forceinline__ void ld_b(unsigned (&b)[4], const bf16r* B, int s, int n0, int k0)
+{
+    const int l = threadIdx.x & 31;
+    const bf16r* p = NK ? B + (n0 + (l & 7) + ((l >> 4) << 3)) * s + k0 + (((l >> 3) & 1) << 3)
+                        : B + (k0 + (l & 7) + (((l >> 3) & 1) << 3)) * s + n0 + ((l >> 4) << 3);
+    if (NK)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(saddr(p)));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(saddr(p)));
+}
+__device__ __forceinline__ void mma16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// acc (a 16 × 8·WN tile at (r0, c0)) += A B over K (a multiple of 16), for one warp.
+template <int WN, bool KM, bool NK>
+__device__ __forceinline__ void wmma(float (&acc)[WN][4], const bf16r* A, int as, const bf16r* B, int bs, int r0, int c0, int K)
+{
+#pragma unroll 2
+    for (int k0 = 0; k0 < K; k0 += 16)
+    {
+        unsigned a[4];
+        ld_a<KM>(a, A, as, r0, k0);
+#pragma unroll
+        for (int w = 0; w < WN; w += 2)
+        {
+            unsigned b[4];
+            ld_b<NK>(b, B, bs, c0 + 8 * w, k0);
+            mma16(acc[w], a, b[0], b[1]);
+            mma16(acc[w + 1], a, b[2], b[3]);
+        }
+    }
+}
+template <int WN> __device__ __forceinline__ void zero(float (&acc)[WN][4])
+{
+#pragma unroll
+    for (int w = 0; w < WN; ++w) acc[w][0] = acc[w][1] = acc[w][2] = acc[w][3] = 0.f;
+}
+// f(row, col, x(row, col), x(row, col + 1)) for every pair of the tile this lane holds.
+template <int WN, class F> __device__ __forceinline__ void each2(float (&acc)[WN][4], int r0, int c0, F f)
+{
+    const int l = threadIdx.x & 31, g = l >> 2, c = c0 + 2 * (l & 3);
+#pragma unroll
+    for (int w = 0; w < WN; ++w)
+    {
+        f(r0 + g, c + 8 * w, acc[w][0], acc[w][1]);
+        f(r0 + g + 8, c + 8 * w, acc[w][2], acc[w][3]);
+    }
+}
+// the warp's share of the 16 × 8·WN tiles of an M × N product: f(r0, c0)
+template <int M, int N, int WN, class F> __device__ __forceinline__ void tiles(F f)
+{
+    constexpr int TN = N / (8 * WN), TT = (M / 16) * TN;
+    for (int t = threadIdx.x >> 5; t < TT; t += NW) f((t / TN) * 16, (t % TN) * 8 * WN);
+}
+// out(i, j, x) pairs of the M × N product A B, whole block, no barrier.
+template <int M, int N, bool KM, bool NK, class F>
+__device__ __forceinline__ void bmm(const bf16r* A, int as, const bf16r* B, int bs, int K, F f)
+{
+    constexpr int WN = (M / 16) * (N / 32) >= NW ? 4 : 2;   // enough tiles for every warp
+    tiles<M, N, WN>([&](int r0, int c0) {
+        float acc[WN][4];
+        zero(acc);
+        wmma<WN, KM, NK>(acc, A, as, B, bs, r0, c0, K);
+        each2(acc, r0, c0, f);
+    });
+}
+
+// γ (inclusive) and γ⁰ (exclusive) cumulative sums of one chunk by warp 0 from lane-held pairs (a = g[2l], b = g[2l+1]).
+__device__ __forceinline__ void scan_pairs(float a, float b, float* gam, float* gam0)
+{
+    const int i = threadIdx.x & 31;
+    float s = a + b;
+    for (int off = 1; off < 32; off <<= 1)
+    {
+        float y = __shfl_up_sync(0xffffffffu, s, off);
+        if (i >= off) s += y;
+    }
+    float before = __shfl_up_sync(0xffffffffu, s, 1);
+    if (i == 0) before = 0.f;
+    gam0[2 * i] = before;
+    gam[2 * i] = before + a;
+    gam0[2 * i + 1] = before + a;
+    gam[2 * i + 1] = s;
+}
+// g, β, κ of one chunk (zeros past T) into shared memory, with the cumulative sums; ends with a barrier.
+__device__ void gates_b(float* gam, float* gam0, float* bet, float* kap, const float* g, const float* beta,
+                        const float* kappa, size_t base, int t0, int T)
+{
+    if (threadIdx.x < 32)
+    {
+        int t = t0 + 2 * threadIdx.x;
+        float a = t < T ? g[base + t] : 0.f, b = t + 1 < T ? g[base + t + 1] : 0.f;
+        scan_pairs(a, b, gam, gam0);
+    }
+    else if (threadIdx.x >= 64 && threadIdx.x < 128 && bet)
+    {
+        int i = threadIdx.x - 64, t = t0 + i;
+        bet[i] = t < T ? beta[base + t] : 0.f;
+        kap[i] = t < T ? kappa[base + t] : 0.f;
+    }
+    __syncthreads();
+}
+
+struct HeadB
+{
+    int bh, b, hq, hk;
+    __device__ HeadB(int bh_, int H, int Hkv) : bh(bh_), b(bh_ / H), hq(bh_ % H), hk((bh_ % H) / (H / Hkv)) {}
+    __device__ size_t q(int T) const { return (size_t)bh * T; }
+    __device__ size_t kv(int Hkv, int T) const { return ((size_t)b * Hkv + hk) * T; }
+};
+
+// ── forward ──
+// grid (N, B·H). A, M = (I + A)⁻¹ (float32), saved as bf16 for the backward; U = M diag(β) V, W = M diag(κe^{γ⁰}) K.
+template <int D>
+__device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa,
+                              bf16r* W, bf16r* U, bf16r* Msave, int H, int Hkv, int T)
+{
+    extern __shared__ float4 smq[];
+    unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
+    constexpr int SD = D + 8;
+    const int n = blockIdx.x, N = gridDim.x, t0 = n * CH, Tp = N * CH;
+    HeadB hd(blockIdx.y, H, Hkv);
+    bf16r* Ks = (bf16r*)smb;
+    bf16r* Vs = Ks + CH * SD;
+    bf16r* Mb = Vs + CH * SD;
+    bf16r* Mk = Mb + CH * SCC;
+    float* As = (float*)(Mk + CH * SCC);
+    float* Mf = As + CH * SCF;
+    float* gam = Mf + CH * SCF;
+    float *gam0 = gam + CH, *bet = gam0 + CH, *kap = bet + CH;
+    const size_t kv0 = hd.kv(Hkv, T) + t0;
+    stage_b<D>(Ks, SD, k + kv0 * D, D, CH, T - t0);
+    stage_b<D>(Vs, SD, v + kv0 * D, D, CH, T - t0);
+    cp_commit();
+    gates_b(gam, gam0, bet, kap, g, beta, kappa, hd.q(T), t0, T);
+    cp_wait<0>();
+    __syncthreads();
+    bmm<CH, CH, false, true>(Ks, SD, Ks, SD, D, [&](int i, int j, float x0, float x1) {
+        As[i * SCF + j] = j < i ? kap[i] * x0 * expf(gam0[i] - gam[j]) : 0.f;
+        As[i * SCF + j + 1] = j + 1 < i ? kap[i] * x1 * expf(gam0[i] - gam[j + 1]) : 0.f;
+    });
+    __syncthreads();
+    {   // column j by a quad of lanes; lane q sums over l ≡ q (mod 4) and keeps those rows of the column itself
+        const int j = threadIdx.x >> 2, q = threadIdx.x & 3;
+        for (int l = q; l < CH; l += 4) Mf[l * SCF + j] = l == j ? 1.f : 0.f;
+        for (int i = 1; i < CH; ++i)
+        {
+            float s = 0.f;
+            for (int l = q; l < i; l += 4) s += As[i * SCF + l] * Mf[l * SCF + j];
+            s += __shfl_xor_sync(0xffffffffu, s, 1);
+            s += __shfl_xor_sync(0xffffffffu, s, 2);
+            if (i > j && (i & 3) == q) Mf[i * SCF + j] = -s;
+        }
+    }
+    __syncthreads();
+    bf16r* Mg = Msave + ((size_t)hd.bh * N + n) * CH * CH;
+    for (int idx = threadIdx.x; idx < CH * CH / 2; idx += NT)
+    {
+        int i = idx / (CH / 2), j = 2 * (idx % (CH / 2));
+        float m0 = Mf[i * SCF + j], m1 = Mf[i * SCF + j + 1];
+        st2(Mg + i * CH + j, m0, m1);
+        st2(Mb + i * SCC + j, m0 * bet[j], m1 * bet[j + 1]);
+        st2(Mk + i * SCC + j, m0 * kap[j] * expf(gam0[j]), m1 * kap[j + 1] * expf(gam0[j + 1]));
+    }
+    __syncthreads();
+    const size_t row0 = (size_t)hd.bh * Tp + t0;
+    bmm<CH, D, false, false>(Mb, SCC, Vs, SD, CH, [&](int i, int c, float x0, float x1) { st2(U + (row0 + i) * D + c, x0, x1); });
+    bmm<CH, D, false, false>(Mk, SCC, Ks, SD, CH, [&](int i, int c, float x0, float x1) { st2(W + (row0 + i) * D + c, x0, x1); });
+}
+
+// The slice of h (D × BV, columns v0…) that one warp holds in registers across chunks: a 16-row band, HW 8-column tiles.
+template <int D> struct SliceB
+{
+    static constexpr int HW = (D / 16) * (BV / 8) / NW;   // 4 at D = 128, 2 at D = 64
+    int r0, c0;
+    __device__ SliceB() { int w = threadIdx.x >> 5; r0 = (w % (D / 16)) * 16; c0 = (w / (D / 16)) * 8 * HW; }
+};
+
+// grid (D/BV, B·H): the sequential pass, the next chunk's W, K, U and g prefetched while this one computes.
+template <int D>
+__device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, const bf16r* U, const float* h0,
+                            bf16r* Ut, bf16r* H0, float* hT, int H, int Hkv, int T, int N)
+{
+    extern __shared__ float4 smq[];
+    unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
+    constexpr int SD = D + 8, BUF = 2 * CH * SD + CH * SBV;
+    const int v0 = blockIdx.x * BV, Tp = N * CH, lane = threadIdx.x & 31;
+    HeadB hd(blockIdx.y, H, Hkv);
+    bf16r* buf = (bf16r*)smb;                 // 2 × [W | K | U slice]
+    bf16r* hb = buf + 2 * BUF;                // D × BV, bf16 copy of h
+    bf16r* Xs = hb + D * SBV;                 // CH × BV: e^{γ_C − γ} ⊙ Ũ
+    float* gam = (float*)(Xs + CH * SBV);
+    float* gam0 = gam + CH;
+    auto fetch = [&](int n) {
+        bf16r* b = buf + (n & 1) * BUF;
+        const size_t r = (size_t)hd.bh * Tp + n * CH;
+        stage_b<D>(b, SD, W + r * D, D, CH, CH);
+        stage_b<D>(b + CH * SD, SD, k + (hd.kv(Hkv, T) + n * CH) * D, D, CH, T - n * CH);
+        stage_b<BV>(b + 2 * CH * SD, SBV, U + r * D + v0, D, CH, CH);
+        cp_commit();
+    };
+    auto gfetch = [&](int n, float& a, float& b) {
+        int t = n * CH + 2 * lane;
+        a = t < T ? g[hd.q(T) + t] : 0.f;
+        b = t + 1 < T ? g[hd.q(T) + t + 1] : 0.f;
+    };
+    SliceB<D> sl;
+    constexpr int HW = SliceB<D>::HW;
+    float h[HW][4];
+    each2(h, sl.r0, sl.c0, [&](int r, int c, float& x0, float& x1) {
+        x0 = h0 ? h0[(size_t)hd.bh * D * D + r * D + v0 + c] : 0.f;
+        x1 = h0 ? h0[(size_t)hd.bh * D * D + r * D + v0 + c + 1] : 0.f;
+    });
+    fetch(0);
+    float ga = 0.f, gb = 0.f;
+    if (threadIdx.x < 32) gfetch(0, ga, gb);
+    for (int n = 0; n < N; ++n)
+    {
+        const bf16r* Wc = buf + (n & 1) * BUF;
+        const bf16r* Kc = Wc + CH * SD;
+        const bf16r* Uc = Kc + CH * SD;
+        bf16r* Hn = H0 + ((size_t)hd.bh * N + n) * D * D;
+        each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) {
+            st2(hb + r * SBV + c, x0, x1);
+            st2(Hn + r * D + v0 + c, x0, x1);
+        });
+        if (threadIdx.x < 32)
+        {
+            scan_pairs(ga, gb, gam, gam0);
+            if (n + 1 < N) gfetch(n + 1, ga, gb);
+        }
+        cp_wait<0>();
+        __syncthreads();
+        if (n + 1 < N) fetch(n + 1);
+        const float gC = gam[CH - 1], aC = expf(gC);
+        const size_t row0 = (size_t)hd.bh * Tp + n * CH;
+        bmm<CH, BV, false, false>(Wc, SD, hb, SBV, D, [&](int i, int c, float x0, float x1) {
+            float2 u = ld2(Uc + i * SBV + c);
+            float u0 = u.x - x0, u1 = u.y - x1, e = expf(gC - gam[i]);
+            st2(Ut + (row0 + i) * D + v0 + c, u0, u1);
+            st2(Xs + i * SBV + c, e * u0, e * u1);
+        });
+        __syncthreads();
+#pragma unroll
+        for (int w = 0; w < HW; ++w) h[w][0] *= aC, h[w][1] *= aC, h[w][2] *= aC, h[w][3] *= aC;
+        wmma<HW, true, false>(h, Kc, SD, Xs, SBV, sl.r0, sl.c0, CH);
+    }
+    if (hT)
+        each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) {
+            hT[(size_t)hd.bh * D * D + r * D + v0 + c] = x0;
+            hT[(size_t)hd.bh * D * D + r * D + v0 + c + 1] = x1;
+        });
+}
+
+// grid (N, B·H): O = s [e^{γ} ⊙ (Q h) + S Ũ], S = (Q Kᵀ) ⊙ e^{γ_i − γ_j} ⊙ causal.
+template <int D>
+__device__ void fwd_output_b(const bf16r* q, const bf16r* k, const float* g, const bf16r* Ut, const bf16r* H0,
+                             bf16r* o, float scale, int H, int Hkv, int T)
+{
+    extern __shared__ float4 smq[];
+    unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
+    constexpr int SD = D + 8;
+    const int n = blockIdx.x, N = gridDim.x, t0 = n * CH, Tp = N * CH;
+    HeadB hd(blockIdx.y, H, Hkv);
+    bf16r* Qs = (bf16r*)smb;
+    bf16r* Ks = Qs + CH * SD;
+    bf16r* Us = Ks + CH * SD;
+    bf16r* Hs = Us + CH * SD;
+    bf16r* Sb = Hs + D * SD;
+    float* gam = (float*)(Sb + CH * SCC);
+    float* gam0 = gam + CH;
+    stage_b<D>(Qs, SD, q + (hd.q(T) + t0) * D, D, CH, T - t0);
+    stage_b<D>(Ks, SD, k + (hd.kv(Hkv, T) + t0) * D, D, CH, T - t0);
+    cp_commit();
+    stage_b<D>(Us, SD, Ut + ((size_t)hd.bh * Tp + t0) * D, D, CH, CH);
+    stage_b<D>(Hs, SD, H0 + ((size_t)hd.bh * N + n) * D * D, D, D, D);
+    cp_commit();
+    gates_b(gam, gam0, nullptr, nullptr, g, nullptr, nullptr, hd.q(T), t0, T);
+    cp_wait<1>();
+    __syncthreads();
+    bmm<CH, CH, false, true>(Qs, SD, Ks, SD, D, [&](int i, int j, float x0, float x1) {
+        st2(Sb + i * SCC + j, j <= i ? x0 * expf(gam[i] - gam[j]) : 0.f, j + 1 <= i ? x1 * expf(gam[i] - gam[j + 1]) : 0.f);
+    });
+    cp_wait<0>();
+    __syncthreads();
+    bf16r* O = o + (hd.q(T) + t0) * D;
+    tiles<CH, D, 4>([&](int r0, int c0) {
+        float acc[4][4];
+        zero(acc);
+        wmma<4, false, false>(acc, Qs, SD, Hs, SD, r0, c0, D);
+        const int l = threadIdx.x & 31;
+        const float e0 = expf(gam[r0 + (l >> 2)]), e1 = expf(gam[r0 + (l >> 2) + 8]);
+#pragma unroll
+        for (int w = 0; w < 4; ++w) acc[w][0] *= e0, acc[w][1] *= e0, acc[w][2] *= e1, acc[w][3] *= e1;
+        wmma<4, false, false>(acc, Sb, SCC, Us, SD, r0, c0, CH);
+        each2(acc, r0, c0, [&](int i, int c, float x0, float x1) {
+            if (t0 + i < T) st2(O + i * D + c, scale * x0, scale * x1);
+        });
+    });
+}
+
+// ── backward ──
+// grid (N, B·H): dUp = s Sᵀ dO (float32).
+template <int D>
+__device__ void bwd_dupart_b(const bf16r* q, const bf16r* k, const float* g, const bf16r* dO, float* dUp, float scale,
+                             int H, int Hkv, int T)
+{
+    extern __shared__ float4 smq[];
+    unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
+    constexpr int SD = D + 8;
+    const int n = blockIdx.x, N = gridDim.x, t0 = n * CH, Tp = N * CH;
+    HeadB hd(blockIdx.y, H, Hkv);
+    bf16r* Qs = (bf16r*)smb;
+    bf16r* Ks = Qs + CH * SD;
+    bf16r* Os = Ks + CH * SD;
+    bf16r* Sb = Os + CH * SD;
+    float* gam = (float*)(Sb + CH * SCC);
+    float* gam0 = gam + CH;
+    stage_b<D>(Qs, SD, q + (hd.q(T) + t0) * D, D, CH, T - t0);
+    stage_b<D>(Ks, SD, k + (hd.kv(Hkv, T) + t0) * D, D, CH, T - t0);
+    stage_b<D>(Os, SD, dO + (hd.q(T) + t0) * D, D, CH, T - t0);
+    cp_commit();
+    gates_b(gam, gam0, nullptr, nullptr, g, nullptr, nullptr, hd.q(T), t0, T);
+    cp_wait<0>();
+    __syncthreads();
+    bmm<CH, CH, false, true>(Qs, SD, Ks, SD, D, [&](int i, int j, float x0, float x1) {
+        st2(Sb + i * SCC + j, j <= i ? x0 * expf(gam[i] - gam[j]) : 0.f, j + 1 <= i ? x1 * expf(gam[i] - gam[j + 1]) : 0.f);
+    });
+    __syncthreads();
+    float* out = dUp + ((size_t)hd.bh * Tp + t0) * D;
+    bmm<CH, D, true, false>(Sb, SCC, Os, SD, CH, [&](int j, int c, float x0, float x1) {
+        *reinterpret_cast<float2*>(out + j * D + c) = f2(scale * x0, scale * x1);
+    });
+}
+
+// grid (D/BV, B·H), chunks in reverse: dŨ = dUp + e^{γ_C − γ} ⊙ (K dh'), dh ← e^{γ_C} dh' + Qᵀ(s e^{γ} ⊙ dO) − Wᵀ dŨ.
+template <int D>
+__device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, const bf16r* W, const bf16r* dO,
+                            const float* dUp, const float* dhT, bf16r* dUt, bf16r* dH1, float* dh0, float scale,
+                            int H, int Hkv, int T, int N)
+{
+    extern __shared__ float4 smq[];
+    unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
+    constexpr int SD = D + 8, BUF = 3 * CH * SD + CH * SBV + CH * BV * 2;   // bf16 units; the float slice is 2 each
+    const int v0 = blockIdx.x * BV, Tp = N * CH, lane = threadIdx.x & 31;
+    HeadB hd(blockIdx.y, H, Hkv);
+    bf16r* buf = (bf16r*)smb;                 // 2 × [K | Q | W | dO slice | dUp slice (float)]
+    bf16r* hb = buf + 2 * BUF;                // D × BV: dh' in bf16
+    bf16r* Xd = hb + D * SBV;                 // s e^{γ} ⊙ dO slice
+    bf16r* Xu = Xd + CH * SBV;                // −dŨ slice
+    float* gam = (float*)(Xu + CH * SBV);
+    float* gam0 = gam + CH;
+    auto fetch = [&](int n) {
+        bf16r* b = buf + (n & 1) * BUF;
+        const int t0 = n * CH;
+        const size_t r = (size_t)hd.bh * Tp + t0;
+        stage_b<D>(b, SD, k + (hd.kv(Hkv, T) + t0) * D, D, CH, T - t0);
+        stage_b<D>(b + CH * SD, SD, q + (hd.q(T) + t0) * D, D, CH, T - t0);
+        stage_b<D>(b + 2 * CH * SD, SD, W + r * D, D, CH, CH);
+        stage_b<BV>(b + 3 * CH * SD, SBV, dO + (hd.q(T) + t0) * D + v0, D, CH, T - t0);
+        stage_f<BV>((float*)(b + 3 * CH * SD + CH * SBV), BV, dUp + r * D + v0, D, CH);
+        cp_commit();
+    };
+    auto gfetch = [&](int n, float& a, float& b) {
+        int t = n * CH + 2 * lane;
+        a = t < T ? g[hd.q(T) + t] : 0.f;
+        b = t + 1 < T ? g[hd.q(T) + t + 1] : 0.f;
+    };
+    SliceB<D> sl;
+    constexpr int HW = SliceB<D>::HW;
+    float h[HW][4];
+    each2(h, sl.r0, sl.c0, [&](int r, int c, float& x0, float& x1) {
+        x0 = dhT ? dhT[(size_t)hd.bh * D * D + r * D + v0 + c] : 0.f;
+        x1 = dhT ? dhT[(size_t)hd.bh * D * D + r * D + v0 + c + 1] : 0.f;
+    });
+    fetch(N - 1);
+    float ga = 0.f, gb = 0.f;
+    if (threadIdx.x < 32) gfetch(N - 1, ga, gb);
+    for (int n = N - 1; n >= 0; --n)
+    {
+        const bf16r* Kc = buf + (n & 1) * BUF;
+        const bf16r* Qc = Kc + CH * SD;
+        const bf16r* Wc = Qc + CH * SD;
+        const bf16r* Oc = Wc + CH * SD;
+        const float* Pc = (const float*)(Oc + CH * SBV);
+        bf16r* Hn = dH1 + ((size_t)hd.bh * N + n) * D * D;
+        each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) {
+            st2(hb + r * SBV + c, x0, x1);
+            st2(Hn + r * D + v0 + c, x0, x1);
+        });
+        if (threadIdx.x < 32)
+        {
+            scan_pairs(ga, gb, gam, gam0);
+            if (n > 0) gfetch(n - 1, ga, gb);
+        }
+        cp_wait<0>();
+        __syncthreads();
+        if (n > 0) fetch(n - 1);
+        const float gC = gam[CH - 1], aC = expf(gC);
+        const size_t row0 = (size_t)hd.bh * Tp + n * CH;
+        for (int idx = threadIdx.x; idx < CH * BV / 2; idx += NT)
+        {
+            int i = idx / (BV / 2), c = 2 * (idx % (BV / 2));
+            float2 x = ld2(Oc + i * SBV + c);
+            float e = scale * expf(gam[i]);
+            st2(Xd + i * SBV + c, e * x.x, e * x.y);
+        }
+        bmm<CH, BV, false, false>(Kc, SD, hb, SBV, D, [&](int i, int c, float x0, float x1) {
+            float e = expf(gC - gam[i]);
+            float2 p = *reinterpret_cast<const float2*>(Pc + i * BV + c);
+            float d0 = p.x + e * x0, d1 = p.y + e * x1;
+            st2(dUt + (row0 + i) * D + v0 + c, d0, d1);
+            st2(Xu + i * SBV + c, -d0, -d1);
+        });
+        __syncthreads();
+#pragma unroll
+        for (int w = 0; w < HW; ++w) h[w][0] *= aC, h[w][1] *= aC, h[w][2] *= aC, h[w][3] *= aC;
+        wmma<HW, true, false>(h, Qc, SD, Xd, SBV, sl.r0, sl.c0, CH);
+        wmma<HW, true, false>(h, Wc, SD, Xu, SBV, sl.r0, sl.c0, CH);
+    }
+    if (dh0)
+        each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) {
+            dh0[(size_t)hd.bh * D * D + r * D + v0 + c] = x0;
+            dh0[(size_t)hd.bh * D * D + r * D + v0 + c + 1] = x1;
+        });
+}
+
+// grid (N, B·H): every per-chunk gradient (dk, dv per query head, bf16; the caller sums a KV head's group).
+template <int D>
+__device__ void bwd_local_b(const bf16r* q, const bf16r* k, const bf16r* v, const float* g, const float* beta,
+                            const float* kappa, const bf16r* Msave, const bf16r* Ut, const bf16r* H0, const bf16r* dH1,
+                            const bf16r* dUt, const bf16r* dO, bf16r* dq, bf16r* dk, bf16r* dv, float* dg, float* dbeta,
+                            float* dkappa, float scale, int H, int Hkv, int T)
+{
+    extern __shared__ float4 smq[];
+    unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
+    constexpr int SD = D + 8;
+    const int n = blockIdx.x, N = gridDim.x, t0 = n * CH, Tp = N * CH;
+    HeadB hd(blockIdx.y, H, Hkv);
+    bf16r* Ks = (bf16r*)smb;
+    bf16r* Qs = Ks + CH * SD;
+    bf16r* dUs = Qs + CH * SD;      // dŨ
+    bf16r* Us = dUs + CH * SD;      // Ũ
+    bf16r* Os = Us + CH * SD;       // dO
+    bf16r* Vb = Os + CH * SD;       // dVβ
+    bf16r* Hs = Vb + CH * SD;       // h, D × D
+    bf16r* dHs = Hs + D * SD;       // dh'
+    bf16r* Ms = dHs + D * SD;       // M
+    bf16r* Pb = Ms + CH * SCC;      // P = s (dO Ũᵀ) ⊙ E, causal
+    bf16r* GG = Pb + CH * SCC;      // G + Gᵀ
+    float* KK = (float*)(GG + CH * SCC);
+    float* gam = KK + CH * SCF;
+    float *gam0 = gam + CH, *bet = gam0 + CH, *kap = bet + CH;
+    float *dgam = kap + CH, *dgam0 = dgam + CH, *dkap = dgam0 + CH, *dbet = dkap + CH;
+    float* red = dbet + CH;
+    const size_t rq = hd.q(T) + t0, rk = hd.kv(Hkv, T) + t0, ri = (size_t)hd.bh * Tp + t0;
+    const size_t st = ((size_t)hd.bh * N + n) * D * D;
+    stage_b<D>(Ks, SD, k + rk * D, D, CH, T - t0);
+    stage_b<D>(Qs, SD, q + rq * D, D, CH, T - t0);
+    stage_b<CH>(Ms, SCC, Msave + ((size_t)hd.bh * N + n) * CH * CH, CH, CH, CH);
+    cp_commit();
+    stage_b<D>(dUs, SD, dUt + ri * D, D, CH, CH);
+    stage_b<D>(Us, SD, Ut + ri * D, D, CH, CH);
+    stage_b<D>(Os, SD, dO + rq * D, D, CH, T - t0);
+    cp_commit();
+    stage_b<D>(Hs, SD, H0 + st, D, D, D);
+    stage_b<D>(dHs, SD, dH1 + st, D, D, D);
+    cp_commit();
+    if (threadIdx.x < CH) dgam[threadIdx.x] = dgam0[threadIdx.x] = dkap[threadIdx.x] = dbet[threadIdx.x] = 0.f;
+    if (threadIdx.x == 0) red[0] = 0.f;
+    gates_b(gam, gam0, bet, kap, g, beta, kappa, hd.q(T), t0, T);
+    cp_wait<2>();
+    __syncthreads();
+    // K Kᵀ, strictly lower, raw
+    bmm<CH, CH, false, true>(Ks, SD, Ks, SD, D, [&](int i, int j, float x0, float x1) {
+        KK[i * SCF + j] = j < i ? x0 : 0.f;
+        KK[i * SCF + j + 1] = j + 1 < i ? x1 : 0.f;
+    });
+    cp_wait<1>();
+    __syncthreads();
+    // dVβ = Mᵀ dŨ;  dv = β dVβ;  dβ_j = ⟨dVβ_j, V_j⟩
+    const bf16r* V = v + rk * D;
+    bmm<CH, D, true, false>(Ms, SCC, dUs, SD, CH, [&](int j, int c, float x0, float x1) {
+        st2(Vb + j * SD + c, x0, x1);
+        if (t0 + j < T)
+        {
+            st2(dv + (rq + j) * D + c, bet[j] * x0, bet[j] * x1);
+            float2 vv = ld2(V + (size_t)j * D + c);
+            sadd(&dbet[j], x0 * vv.x + x1 * vv.y);
+        }
+    });
+    // P_ij = s ⟨dO_i, Ũ_j⟩ e^{γ_i − γ_j}, j ≤ i
+    bmm<CH, CH, false, true>(Os, SD, Us, SD, D, [&](int i, int j, float x0, float x1) {
+        st2(Pb + i * SCC + j, j <= i ? scale * x0 * expf(gam[i] - gam[j]) : 0.f,
+            j + 1 <= i ? scale * x1 * expf(gam[i] - gam[j + 1]) : 0.f);
+    });
+    __syncthreads();
+    // y = P ⊙ (Q Kᵀ): dγ_i += Σ_j y_ij, dγ_j −= Σ_i y_ij
+    bmm<CH, CH, false, true>(Qs, SD, Ks, SD, D, [&](int i, int j, float x0, float x1) {
+        float2 p = ld2(Pb + i * SCC + j);
+        float y0 = p.x * x0, y1 = p.y * x1;
+        sadd(&dgam[i], y0 + y1);
+        sadd(&dgam[j], -y0);
+        sadd(&dgam[j + 1], -y1);
+    });
+    // dA = −dVβ Ũᵀ (strictly lower); from A_ij = κ_i KK_ij e^{γ⁰_i − γ_j}: dκ_i, dγ⁰_i, dγ_j, and G = dA κ_i e^{γ⁰_i − γ_j}
+    bmm<CH, CH, false, true>(Vb, SD, Us, SD, D, [&](int i, int j0, float x0, float x1) {
+        float xs[2] = {x0, x1};
+#pragma unroll
+        for (int u = 0; u < 2; ++u)
+        {
+            int j = j0 + u;
+            if (j < i)
+            {
+                float da = -xs[u], ex = expf(gam0[i] - gam[j]), kk = KK[i * SCF + j];
+                float a = kap[i] * kk * ex, gg = da * kap[i] * ex;
+                sadd(&dkap[i], da * kk * ex);
+                sadd(&dgam0[i], da * a);
+                sadd(&dgam[j], -da * a);
+                bf16r b = f2bf(gg);
+                GG[i * SCC + j] = b;
+                GG[j * SCC + i] = b;
+            }
+            else if (j == i) GG[i * SCC + i] = 0;
+        }
+    });
+    cp_wait<0>();
+    __syncthreads();
+    // dq = s e^{γ} ⊙ (dO hᵀ) + P K;   dγ_i += ⟨Q_i, s e^{γ_i} (dO hᵀ)_i⟩
+    tiles<CH, D, 4>([&](int r0, int c0) {
+        float acc[4][4];
+        zero(acc);
+        wmma<4, false, true>(acc, Os, SD, Hs, SD, r0, c0, D);
+        const int l = threadIdx.x & 31, i0 = r0 + (l >> 2), i1 = i0 + 8;
+        const float e0 = scale * expf(gam[i0]), e1 = scale * expf(gam[i1]);
+        float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+        for (int w = 0; w < 4; ++w)
+        {
+            acc[w][0] *= e0, acc[w][1] *= e0, acc[w][2] *= e1, acc[w][3] *= e1;
+            const int c = c0 + 8 * w + 2 * (l & 3);
+            float2 a = ld2(Qs + i0 * SD + c), b = ld2(Qs + i1 * SD + c);
+            s0 += a.x * acc[w][0] + a.y * acc[w][1];
+            s1 += b.x * acc[w][2] + b.y * acc[w][3];
+        }
+        sadd(&dgam[i0], s0);
+        sadd(&dgam[i1], s1);
+        wmma<4, false, false>(acc, Pb, SCC, Ks, SD, r0, c0, CH);
+        each2(acc, r0, c0, [&](int i, int c, float x0, float x1) {
+            if (t0 + i < T) st2(dq + (rq + i) * D + c, x0, x1);
+        });
+    });
+    // dk = (G + Gᵀ) K + Pᵀ Q − κ e^{γ⁰} ⊙ (dVβ hᵀ) + e^{γ_C − γ} ⊙ (Ũ dh'ᵀ)
+    //   r_j = −e^{γ⁰_j} ⟨(dVβ hᵀ)_j, K_j⟩ feeds dκ_j and dγ⁰_j;  t_i = ⟨dK̃_i, K_i⟩ feeds dγ_i (−) and dγ_C (+)
+    const float gC = gam[CH - 1];
+    tiles<CH, D, 4>([&](int r0, int c0) {
+        const int l = threadIdx.x & 31, i0 = r0 + (l >> 2), i1 = i0 + 8;
+        float acc[4][4], t[4][4];
+        zero(acc);
+        wmma<4, false, false>(acc, GG, SCC, Ks, SD, r0, c0, CH);
+        wmma<4, true, false>(acc, Pb, SCC, Qs, SD, r0, c0, CH);
+        zero(t);
+        wmma<4, false, true>(t, Vb, SD, Hs, SD, r0, c0, D);
+        {
+            const float a0 = kap[i0] * expf(gam0[i0]), a1 = kap[i1] * expf(gam0[i1]);
+            float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+            for (int w = 0; w < 4; ++w)
+            {
+                const int c = c0 + 8 * w + 2 * (l & 3);
+                float2 a = ld2(Ks + i0 * SD + c), b = ld2(Ks + i1 * SD + c);
+                s0 += a.x * t[w][0] + a.y * t[w][1];
+                s1 += b.x * t[w][2] + b.y * t[w][3];
+                acc[w][0] -= a0 * t[w][0], acc[w][1] -= a0 * t[w][1], acc[w][2] -= a1 * t[w][2], acc[w][3] -= a1 * t[w][3];
+            }
+            float r0_ = -expf(gam0[i0]) * s0, r1_ = -expf(gam0[i1]) * s1;
+            sadd(&dkap[i0], r0_);
+            sadd(&dgam0[i0], kap[i0] * r0_);
+            sadd(&dkap[i1], r1_);
+            sadd(&dgam0[i1], kap[i1] * r1_);
+        }
+        zero(t);
+        wmma<4, false, true>(t, Us, SD, dHs, SD, r0, c0, D);
+        {
+            const float e0 = expf(gC - gam[i0]), e1 = expf(gC - gam[i1]);
+            float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+            for (int w = 0; w < 4; ++w)
+            {
+                const int c = c0 + 8 * w + 2 * (l & 3);
+                t[w][0] *= e0, t[w][1] *= e0, t[w][2] *= e1, t[w][3] *= e1;
+                float2 a = ld2(Ks + i0 * SD + c), b = ld2(Ks + i1 * SD + c);
+                s0 += a.x * t[w][0] + a.y * t[w][1];
+                s1 += b.x * t[w][2] + b.y * t[w][3];
+                acc[w][0] += t[w][0], acc[w][1] += t[w][1], acc[w][2] += t[w][2], acc[w][3] += t[w][3];
+            }
+            sadd(&dgam[i0], -s0);
+            sadd(&dgam[i1], -s1);
+            sadd(red, s0 + s1);
+        }
+        each2(acc, r0, c0, [&](int i, int c, float x0, float x1) {
+            if (t0 + i < T) st2(dk + (rq + i) * D + c, x0, x1);
+        });
+    });
+    // dγ_C += e^{γ_C} ⟨h, dh'⟩
+    {
+        float s = 0.f;
+        for (int idx = threadIdx.x; idx < D * D / 2; idx += NT)
+        {
+            int r = idx / (D / 2), c = 2 * (idx % (D / 2));
+            float2 a = ld2(Hs + r * SD + c), b = ld2(dHs + r * SD + c);
+            s += a.x * b.x + a.y * b.y;
+        }
+        for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        if ((threadIdx.x & 31) == 0) sadd(red, expf(gC) * s);
+    }
+    __syncthreads();
+    // dg_t = Σ_{i≥t} dγ_i + Σ_{i>t} dγ⁰_i + dγ_C
+    if (threadIdx.x == 0)
+    {
+        float acc = red[0];
+        for (int i = CH - 1; i >= 0; --i)
+        {
+            acc += dgam[i];
+            if (t0 + i < T)
+            {
+                dg[rq + i] = acc;
+                dkappa[rq + i] = dkap[i];
+                dbeta[rq + i] = dbet[i];
+            }
+            acc += dgam0[i];
+        }
+    }
+}
+
+// ── L2 normalisation and the readout correction, forward and backward ──
+// One warp per (b, KV head, t) row, D/32 contiguous elements per lane; the row's G query heads ride along.
+//   k̂ = k / max(|k|, ε),  q̃_h = q_h / max(|q_h|, ε) − d_h k̂   (ε = 1e-6, as CombaMath.L2Normalize)
+#define NORM_FLOOR 1e-6f
+
+template <int E> __device__ __forceinline__ void ldE(float (&x)[E], const bf16r* p)
+{
+    if (E == 4)
+    {
+        uint2 u = *reinterpret_cast<const uint2*>(p);
+        x[0] = __uint_as_float(u.x << 16); x[1] = __uint_as_float(u.x & 0xffff0000u);
+        x[2 % E] = __uint_as_float(u.y << 16); x[3 % E] = __uint_as_float(u.y & 0xffff0000u);
+    }
+    else
+    {
+        float2 f = ld2(p);
+        x[0] = f.x; x[1 % E] = f.y;
+    }
+}
+template <int E> __device__ __forceinline__ void stE(bf16r* p, const float (&x)[E])
+{
+    if (E == 4) *reinterpret_cast<uint2*>(p) = u2(pack2(x[0], x[1]), pack2(x[2 % E], x[3 % E]));
+    else st2(p, x[0], x[1 % E]);
+}
+__device__ __forceinline__ float warp_sum(float s)
+{
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    return s;
+}
+template <int E> __device__ __forceinline__ float dotE(const float (&a)[E], const float (&b)[E])
+{
+    float s = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) s += a[e] * b[e];
+    return warp_sum(s);
+}
+
+template <int D>
+__device__ void norm_fwd_b(const bf16r* q, const bf16r* k, const float* d, bf16r* qt, bf16r* kh, int H, int Hkv, int T, int rows)
+{
+    constexpr int E = D / 32;
+    const int row = blockIdx.x * NW + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const int t = row % T, bk = row / T, b = bk / Hkv, hk = bk % Hkv, G = H / Hkv;
+    float x[E], y[E];
+    ldE<E>(x, k + (size_t)row * D + lane * E);
+    const float ik = 1.f / fmaxf(sqrtf(dotE<E>(x, x)), NORM_FLOOR);
+#pragma unroll
+    for (int e = 0; e < E; ++e) x[e] *= ik;
+    stE<E>(kh + (size_t)row * D + lane * E, x);
+    for (int gi = 0; gi < G; ++gi)
+    {
+        const int h = hk * G + gi;
+        const size_t r = ((size_t)b * H + h) * T + t;
+        ldE<E>(y, q + r * D + lane * E);
+        const float iq = 1.f / fmaxf(sqrtf(dotE<E>(y, y)), NORM_FLOOR), dh = d[h];
+#pragma unroll
+        for (int e = 0; e < E; ++e) y[e] = y[e] * iq - dh * x[e];
+        stE<E>(qt + r * D + lane * E, y);
+    }
+}
+
+// dq_h = J(q_h) dq̃_h;  dk = J(k) Σ_h (dk̂_h − d_h dq̃_h);  ddp_h = −⟨dq̃_h, k̂⟩ per row (the caller sums over b, t),
+// with J(x) y = (y − x̂⟨x̂, y⟩) / |x| where |x| > ε, and y / ε where the floor holds.
+template <int D>
+__device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const bf16r* dqt, const bf16r* dkh,
+                           bf16r* dq, bf16r* dk, float* ddp, int H, int Hkv, int T, int rows)
+{
+    constexpr int E = D / 32;
+    const int row = blockIdx.x * NW + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const int t = row % T, bk = row / T, b = bk / Hkv, hk = bk % Hkv, G = H / Hkv;
+    float kx[E], acc[E], x[E], dy[E], z[E];
+    ldE<E>(kx, k + (size_t)row * D + lane * E);
+    const float nk = sqrtf(dotE<E>(kx, kx)), ik = 1.f / fmaxf(nk, NORM_FLOOR);
+#pragma unroll
+    for (int e = 0; e < E; ++e) kx[e] *= ik, acc[e] = 0.f;
+    for (int gi = 0; gi < G; ++gi)
+    {
+        const int h = hk * G + gi;
+        const size_t r = ((size_t)b * H + h) * T + t;
+        ldE<E>(x, q + r * D + lane * E);
+        ldE<E>(dy, dqt + r * D + lane * E);
+        ldE<E>(z, dkh + r * D + lane * E);
+        const float nq = sqrtf(dotE<E>(x, x)), iq = 1.f / fmaxf(nq, NORM_FLOOR), dh = d[h];
+        const float dd = -dotE<E>(dy, kx);
+        if (lane == 0) ddp[r] = dd;
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[e] += z[e] - dh * dy[e], x[e] *= iq;
+        const float s = nq > NORM_FLOOR ? dotE<E>(x, dy) : 0.f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) dy[e] = (dy[e] - x[e] * s) * iq;
+        stE<E>(dq + r * D + lane * E, dy);
+    }
+    const float s = nk > NORM_FLOOR ? dotE<E>(kx, acc) : 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[e] = (acc[e] - kx[e] * s) * ik;
+    stE<E>(dk + (size_t)row * D + lane * E, acc);
+}
+
+// names: comba_<stage>_<d>_bf16
+#define COMBA_ENTRIES_BF16(D)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(NT) comba_fwd_prepare_##D##_bf16(                                    \
+        const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa, bf16r* W, bf16r* U,   \
+        bf16r* M, int H, int Hkv, int T)                                                                             \
+    { fwd_prepare_b<D>(k, v, g, beta, kappa, W, U, M, H, Hkv, T); }                                                  \
+    extern "C" __global__ void __launch_bounds__(NT) comba_fwd_state_##D##_bf16(                                      \
+        const bf16r* k, const float* g, const bf16r* W, const bf16r* U, const float* h0, bf16r* Ut, bf16r* H0,      \
+        float* hT, int H, int Hkv, int T, int N)                                                                     \
+    { fwd_state_b<D>(k, g, W, U, h0, Ut, H0, hT, H, Hkv, T, N); }                                                   \
+    extern "C" __global__ void __launch_bounds__(NT) comba_fwd_output_##D##_bf16(                                     \
+        const bf16r* q, const bf16r* k, const float* g, const bf16r* Ut, const bf16r* H0, bf16r* o, float scale,    \
+        int H, int Hkv, int T)                                                                                       \
+    { fwd_output_b<D>(q, k, g, Ut, H0, o, scale, H, Hkv, T); }                                                      \
+    extern "C" __global__ void __launch_bounds__(NT) comba_bwd_dupart_##D##_bf16(                                     \
+        const bf16r* q, const bf16r* k, const float* g, const bf16r* dO, float* dUp, float scale, int H, int Hkv,   \
+        int T)                                                                                                       \
+    { bwd_dupart_b<D>(q, k, g, dO, dUp, scale, H, Hkv, T); }                                                        \
+    extern "C" __global__ void __launch_bounds__(NT) comba_bwd_state_##D##_bf16(                                      \
+        const bf16r* q, const bf16r* k, const float* g, const bf16r* W, const bf16r* dO, const float* dUp,          \
+        const float* dhT, bf16r* dUt, bf16r* dH1, float* dh0, float scale, int H, int Hkv, int T, int N)             \
+    { bwd_state_b<D>(q, k, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, T, N); }                               \
+    extern "C" __global__ void __launch_bounds__(NT) comba_bwd_local_##D##_bf16(                                      \
+        const bf16r* q, const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa,     \
+        const bf16r* M, const bf16r* Ut, const bf16r* H0, const bf16r* dH1, const bf16r* dUt, const bf16r* dO,      \
+        bf16r* dq, bf16r* dk, bf16r* dv, float* dg, float* dbeta, float* dkappa, float scale, int H, int Hkv, int T) \
+    { bwd_local_b<D>(q, k, v, g, beta, kappa, M, Ut, H0, dH1, dUt, dO, dq, dk, dv, dg, dbeta, dkappa, scale, H, Hkv, T); } \
+    extern "C" __global__ void __launch_bounds__(NT) comba_norm_fwd_##D##_bf16(                                       \
+        const bf16r* q, const bf16r* k, const float* d, bf16r* qt, bf16r* kh, int H, int Hkv, int T, int rows)     \
+    { norm_fwd_b<D>(q, k, d, qt, kh, H, Hkv, T, rows); }                                                             \
+    extern "C" __global__ void __launch_bounds__(NT) comba_norm_bwd_##D##_bf16(                                       \
+        const bf16r* q, const bf16r* k, const float* d, const bf16r* dqt, const bf16r* dkh, bf16r* dq, bf16r* dk,   \
+        float* ddp, int H, int Hkv, int T, int rows)                                                                 \
+    { norm_bwd_b<D>(q, k, d, dqt, dkh, dq, dk, ddp, H, Hkv, T, rows); }
+
+COMBA_ENTRIES_BF16(64)
+COMBA_ENTRIES_BF16(128)

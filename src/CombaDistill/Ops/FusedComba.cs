@@ -11,8 +11,11 @@ namespace CombaDistill.Ops;
 /// it falls back to (with a one-line notice on CUDA) where the kernels cannot run: not CUDA, NVRTC or the driver
 /// missing, Dk ≠ Dv, a head dim other than 64/128/256, a chunk size other than 64, or float64.
 /// <para>
-/// The L2 normalisation and the output correction q̃ = q̂ − d k̂ stay ordinary ops (autograd differentiates them),
-/// so the kernels see q̃, k̂, v, g, β and κ = βλ, in float32, padded with zeros to whole chunks. Float32 inputs run
+/// bf16 q at head dim 64 or 128 takes the bf16 kernels: q, k and v are read raw in bf16 (any T), the kernels
+/// normalise q and k and form q̃ = q̂ − d k̂ themselves (with their gradients), and the output and the gradients of q,
+/// k and v come back in bf16, those of the gates in float32. Otherwise the L2 normalisation and the correction are
+/// ordinary ops (autograd differentiates them) and the kernels see q̃, k̂, v, g, β and κ = βλ in float32, padded
+/// with zeros to whole chunks. Float32 inputs run
 /// the kernels' float32 arithmetic (≤ 1e-5 of the float64 reference); bf16 and f16 inputs run their tensor-core
 /// products (tf32 operands, float32 accumulation), unless <see cref="Arithmetic.Float32"/> is asked for. The output
 /// comes back in q's dtype, the final state in float32. docs/kernels.md has the measured errors of each.
@@ -20,13 +23,20 @@ namespace CombaDistill.Ops;
 /// </summary>
 public static class FusedComba
 {
-    /// <summary>How the kernels multiply: Auto is Float32 for float32 inputs and Tensor cores (tf32) otherwise.</summary>
-    public enum Arithmetic { Auto, Float32, TensorCores }
+    /// <summary>
+    /// How the kernels multiply: Auto is Float32 for float32 inputs, Bf16 for bf16 inputs at head dim 64 or 128, and
+    /// TensorCores (tf32 operands on float32 copies) otherwise. Bf16 reads q, k and v as bf16 and multiplies bf16
+    /// operands on the tensor cores (mma m16n8k16, float32 accumulation); it needs bf16 q and a head dim of 64 or 128.
+    /// </summary>
+    public enum Arithmetic { Auto, Float32, TensorCores, Bf16 }
+
+    /// <summary>Head dims the bf16 kernels take (at 256 their backward's tiles would not fit shared memory).</summary>
+    public static readonly int[] Bf16HeadDims = [64, 128];
 
     public const string KernelFile = "kernels/comba_chunk.cu";
     public const int ChunkSize = 64;
     public static readonly int[] SupportedHeadDims = [64, 128, 256];
-    const int Threads = 256, StateSlice = 32;
+    const int Threads = 256, Warps = Threads / 32, StateSlice = 32;
 
     /// <summary>Null when the fused kernels take this call; otherwise why not, in one line.</summary>
     public static string? UnsupportedReason(Tensor q, Tensor k, Tensor v, int chunkSize = ChunkSize)
@@ -52,16 +62,27 @@ public static class FusedComba
         using var scope = NewDisposeScope();
         var (B, H, Hkv, G, T, D) = (shape.Batch, shape.Heads, shape.KvHeads, shape.Groups, shape.Length, shape.KeyDim);
         var f32 = ScalarType.Float32;
+        if (arithmetic == Arithmetic.Auto)
+            arithmetic = q.dtype == ScalarType.Float32 ? Arithmetic.Float32
+                : q.dtype == ScalarType.BFloat16 && Bf16HeadDims.Contains((int)D) ? Arithmetic.Bf16 : Arithmetic.TensorCores;
+        var beta32 = beta.to(f32);
+        var kappa = beta32 * lambda.to(f32).view(1, H, 1);
+        if (arithmetic == Arithmetic.Bf16)
+        {
+            if (!Bf16HeadDims.Contains((int)D)) throw new ArgumentException($"the bf16 kernels take head dims {string.Join("/", Bf16HeadDims)}, not {D}");
+            // raw q, k, v in bf16: the kernels normalise q and k and form q̃ = q̂ − d k̂ themselves, and take any T
+            var bf = ScalarType.BFloat16;
+            var outs = Bf16Function.apply(q.to(bf).contiguous(), k.to(bf).contiguous(), v.to(bf).contiguous(), d.to(f32),
+                g.to(f32).contiguous(), beta32.contiguous(), kappa.contiguous(), initialState?.to(f32).contiguous(), scale);
+            return (outs[0].to(q.dtype).MoveToOuterDisposeScope(), outs[1].MoveToOuterDisposeScope());
+        }
         var kHat = CombaMath.L2Normalize(k.to(f32));
         var readout = (CombaMath.L2Normalize(q.to(f32)).view(B, Hkv, G, T, D)
                        - d.to(f32).view(1, Hkv, G, 1, 1) * kHat.unsqueeze(2)).view(B, H, T, D);
-        var beta32 = beta.to(f32);
-        var kappa = beta32 * lambda.to(f32).view(1, H, 1);
         // whole chunks: zeros (g = β = κ = 0) leave the state untouched
         var padding = (ChunkSize - T % ChunkSize) % ChunkSize;
         Tensor Padded(Tensor x, bool perToken = false) =>
             (padding == 0 ? x : nn.functional.pad(x, perToken ? [0, padding] : [0, 0, 0, padding])).contiguous();
-        if (arithmetic == Arithmetic.Auto) arithmetic = q.dtype == ScalarType.Float32 ? Arithmetic.Float32 : Arithmetic.TensorCores;
         var outputs = ChunkFunction.apply(Padded(readout), Padded(kHat), Padded(v.to(f32)), Padded(g.to(f32), true),
             Padded(beta32, true), Padded(kappa, true), initialState?.to(f32).contiguous(), scale,
             arithmetic == Arithmetic.Float32 ? "f32" : "tf32");
@@ -87,8 +108,31 @@ public static class FusedComba
     // with the q/k tiles each stage stages.
     static readonly Dictionary<string, int> StagedTiles = new() { ["fwd_prepare"] = 1, ["bwd_dupart"] = 2 };
 
+    // bf16 kernels' dynamic shared memory in bytes (kernels/comba_chunk.cu carves it in this order): 64-row tiles of D
+    // bf16 with rows padded by 8 elements, D×D state tiles likewise, C×C bf16 (stride 72) and float (stride 68)
+    // matrices, 64×32 state-slice tiles (stride 40), and the per-row gate vectors
+    static int Bf16Shared(string stage, int D)
+    {
+        if (stage.StartsWith("norm_")) return 0;
+        int tile = ChunkSize * (D + 8) * 2, state = D * (D + 8) * 2, cc = ChunkSize * 72 * 2, ccf = ChunkSize * 68 * 4, slice = ChunkSize * 40 * 2;
+        return stage switch
+        {
+            "fwd_prepare" => 2 * tile + 2 * cc + 2 * ccf + 4 * ChunkSize * 4,
+            "fwd_state" => 2 * (2 * tile + slice) + D * 40 * 2 + slice + 2 * ChunkSize * 4,
+            "fwd_output" => 3 * tile + state + cc + 2 * ChunkSize * 4,
+            "bwd_dupart" => 3 * tile + cc + 2 * ChunkSize * 4,
+            "bwd_state" => 2 * (3 * tile + slice + ChunkSize * StateSlice * 4) + D * 40 * 2 + 2 * slice + 2 * ChunkSize * 4,
+            "bwd_local" => 6 * tile + 2 * state + 3 * cc + ccf + (8 * ChunkSize + 1) * 4,
+            _ => throw new ArgumentException(stage),
+        };
+    }
+
+    static void LaunchBf16(Device device, string stage, int D, (int, int) grid, params object[] args) =>
+        Module(device).Kernel($"comba_{stage}_{D}_bf16").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
+
     static readonly string[] KernelNames =
     [
+        .. from dim in Bf16HeadDims from stage in Stages.Keys.Append("norm_fwd").Append("norm_bwd") select $"comba_{stage}_{dim}_bf16",
         .. from dim in SupportedHeadDims from stage in Stages.Keys from arithmetic in new[] { "f32", "tf32" } select $"comba_{stage}_{dim}_{arithmetic}",
         .. from dim in SupportedHeadDims where dim <= 128 from stage in StagedTiles.Keys select $"comba_{stage}_{dim}_tf32s",
     ];
@@ -101,6 +145,109 @@ public static class FusedComba
         var staged = arithmetic == "tf32" && D <= 128 && StagedTiles.ContainsKey(stage);
         var floats = Stages[stage](D) + (staged ? StagedTiles[stage] * ChunkSize * (D + 4) : 0);
         Module(device).Kernel($"comba_{stage}_{D}_{(staged ? "tf32s" : arithmetic)}").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), 4 * floats, args);
+    }
+
+    /// <summary>
+    /// forward(q, k, v (bf16, raw), d (float32, one per query head), g, β, κ (float32), h0?, scale) → (o bf16, h_T
+    /// float32), any T. comba_norm_fwd forms k̂ and q̃ = q̂ − d k̂ first (and again in backward, rather than keeping
+    /// them); saves q, k, v, d, the gates, W, M, Ũ (bf16, (B·H, Tp, D) and (B·H, N, C, C)) and the chunk-start states
+    /// (bf16). U is a forward temporary: the backward uses dA = −dVβ Ũᵀ instead of U and W (docs/kernels.md).
+    /// </summary>
+    sealed class Bf16Function : autograd.MultiTensorFunction<Bf16Function>
+    {
+        public override string Name => "FusedCombaBf16";
+
+        static (Tensor Readout, Tensor KHat) Normalized(Tensor q, Tensor k, Tensor d)
+        {
+            var (B, H, T, D) = ((int)q.shape[0], (int)q.shape[1], (int)q.shape[2], (int)q.shape[3]);
+            int Hkv = (int)k.shape[1], rows = B * Hkv * T;
+            var readout = empty_like(q);
+            var kHat = empty_like(k);
+            LaunchBf16(q.device, "norm_fwd", D, ((rows + Warps - 1) / Warps, 1), q, k, d, readout, kHat, H, Hkv, T, rows);
+            return (readout, kHat);
+        }
+
+        public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
+        {
+            var (q, k, v, d, g, beta, kappa) = ((Tensor)vars[0], (Tensor)vars[1], (Tensor)vars[2], ((Tensor)vars[3]).contiguous(), (Tensor)vars[4], (Tensor)vars[5], (Tensor)vars[6]);
+            var h0 = vars[7] as Tensor;
+            var scale = (float)(double)vars[8];
+            var (B, H, T, D) = ((int)q.shape[0], (int)q.shape[1], (int)q.shape[2], (int)q.shape[3]);
+            int Hkv = (int)k.shape[1], N = (T + ChunkSize - 1) / ChunkSize, Tp = N * ChunkSize, BH = B * H;
+            var device = q.device;
+            var bf = ScalarType.BFloat16;
+            var W = empty([BH, Tp, D], bf, device);
+            var Ut = empty_like(W);
+            var M = empty([BH, N, ChunkSize, ChunkSize], bf, device);
+            var H0 = empty([BH, N, D, D], bf, device);
+            var hT = empty([B, H, D, D], ScalarType.Float32, device);
+            var o = empty([B, H, T, D], bf, device);
+            var (readout, kHat) = Normalized(q, k, d);
+            using (var U = empty_like(W))
+            {
+                LaunchBf16(device, "fwd_prepare", D, (N, BH), kHat, v, g, beta, kappa, W, U, M, H, Hkv, T);
+                LaunchBf16(device, "fwd_state", D, (D / StateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
+            }
+            LaunchBf16(device, "fwd_output", D, (N, BH), readout, kHat, g, Ut, H0, o, scale, H, Hkv, T);
+            readout.Dispose();
+            kHat.Dispose();
+            ctx.save_for_backward([q, k, v, d, g, beta, kappa, W, M, Ut, H0]);
+            ctx.save_data("scale", scale);
+            ctx.save_data("h0", h0 is not null);
+            ctx.set_materialize_grads(false);
+            return [o, hT];
+        }
+
+        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> grads) =>
+            GradientHandoff.Guard(Name, () => Backward(ctx, grads));
+
+        static List<Tensor> Backward(autograd.AutogradContext ctx, List<Tensor> grads)
+        {
+            var saved = ctx.get_saved_variables();
+            var (q, k, v, d, g, beta, kappa) = (saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6]);
+            var (W, M, Ut, H0) = (saved[7], saved[8], saved[9], saved[10]);
+            var scale = (float)ctx.get_data("scale");
+            var hasInitialState = (bool)ctx.get_data("h0");
+            var (B, H, T, D) = ((int)q.shape[0], (int)q.shape[1], (int)q.shape[2], (int)q.shape[3]);
+            int Hkv = (int)k.shape[1], N = (T + ChunkSize - 1) / ChunkSize, Tp = N * ChunkSize, BH = B * H, rows = B * Hkv * T;
+            var device = q.device;
+            var bf = ScalarType.BFloat16;
+            Tensor dq, dk, dv, dd, dg, dbeta, dkappa, dh0;
+            using (var scope = NewDisposeScope())
+            {
+                static bool Defined(Tensor? t) => t is not null && !t.IsInvalid;
+                var dO = Defined(grads[0]) ? grads[0].to(bf, device).contiguous() : zeros([B, H, T, D], bf, device);
+                object dhT = Defined(grads[1]) ? (object)grads[1].to(ScalarType.Float32, device).contiguous() : IntPtr.Zero;
+                var (readout, kHat) = Normalized(q, k, d);
+                var dUp = empty([BH, Tp, D], ScalarType.Float32, device);
+                var dUt = empty_like(W);
+                var dH1 = empty_like(H0);
+                dh0 = empty([B, H, D, D], ScalarType.Float32, device);
+                var dReadout = empty([B, H, T, D], bf, device);
+                var dkPerHead = empty([B, H, T, D], bf, device);
+                var dvPerHead = empty([B, H, T, D], bf, device);
+                dg = empty([B, H, T], ScalarType.Float32, device);
+                dbeta = empty_like(dg);
+                dkappa = empty_like(dg);
+                LaunchBf16(device, "bwd_dupart", D, (N, BH), readout, kHat, g, dO, dUp, scale, H, Hkv, T);
+                LaunchBf16(device, "bwd_state", D, (D / StateSlice, BH), readout, kHat, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, T, N);
+                LaunchBf16(device, "bwd_local", D, (N, BH), readout, kHat, v, g, beta, kappa, M, Ut, H0, dH1, dUt, dO,
+                    dReadout, dkPerHead, dvPerHead, dg, dbeta, dkappa, scale, H, Hkv, T);
+                // through the normalisation and the readout correction: dq, dk (a KV head's group summed inside) and
+                // d's gradient per (b, h, t), summed here
+                dq = empty_like(q);
+                dk = empty_like(k);
+                var ddPerRow = empty([B, H, T], ScalarType.Float32, device);
+                LaunchBf16(device, "norm_bwd", D, ((rows + Warps - 1) / Warps, 1), q, k, d, dReadout, dkPerHead, dq, dk, ddPerRow, H, Hkv, T, rows);
+                dd = ddPerRow.sum([0, 2]).view(d.shape);
+                // a KV head's value gradient is the sum over the query heads of its group (in float32, then bf16)
+                dv = H == Hkv ? dvPerHead : dvPerHead.view(B, Hkv, H / Hkv, T, D).sum(2, type: ScalarType.Float32).to(bf);
+                foreach (var t in new[] { dq, dk, dv, dd, dg, dbeta, dkappa, dh0 }) t.MoveToOuterDisposeScope();
+            }
+            if (!hasInitialState) dh0.Dispose();
+            foreach (var t in saved.Concat(grads)) t?.Dispose();
+            return GradientHandoff.Return(dq, dk, dv, dd, dg, dbeta, dkappa, hasInitialState ? dh0 : null, null);
+        }
     }
 
     /// <summary>

@@ -11,7 +11,7 @@ namespace CombaDistill.Tests.Ops;
 /// outputs, final state and every gradient, relative error ≤ 1e-5 from float32 inputs and ≤ 2e-3 from bf16 inputs
 /// (the bf16 output's own rounding is about 1.6e-3 of that). The bf16 case keeps gates and parameters in float32, as a
 /// mixed-precision model does. The kernels alone (tools/kernels/comba_check.py) are within 1.5e-6 in float32 and
-/// 5e-4 on tensor cores, on every gradient. Shapes include T not a multiple of 64, GQA, one token,
+/// 5e-4 on tensor cores, on every gradient; the bf16 kernels (bf16 operands, D = 64 and 128) to 1e-2. Shapes include T not a multiple of 64, GQA, one token,
 /// head dims 64/128/256 and an initial state. On CPU the fused op is the chunkwise op, exactly.
 /// </summary>
 public class FusedCombaTests
@@ -52,7 +52,10 @@ public class FusedCombaTests
                      (ScalarType.Float32, FusedComba.Arithmetic.Auto, 1e-5),
                      (ScalarType.BFloat16, FusedComba.Arithmetic.Float32, 2e-3),
                      (ScalarType.BFloat16, FusedComba.Arithmetic.TensorCores, 5e-3),
-                 })
+                     // bf16 operands throughout (q, k, v, W, M, Ũ and the chunk-start states rounded to bf16): the
+                     // 1e-3…1e-2 band that bf16 tensor-core arithmetic lands in
+                     (ScalarType.BFloat16, FusedComba.Arithmetic.Bf16, 1e-2),
+                 }.Where(m => m.Item2 != FusedComba.Arithmetic.Bf16 || FusedComba.Bf16HeadDims.Contains(dim)))
         {
             using var inputs = source.To(dtype, CUDA);
             if (dtype == ScalarType.BFloat16)
