@@ -49,6 +49,8 @@ if [[ $steps == *speed* ]]; then
     "{ name: kd, objective: distillation, trainable: all, optimizer: { lr: 1e-5 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO, kl_weight: 1.0, loss_chunk: 128 }" \
     > "$work/speed.yaml"
   cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill.json" 2>&1 | tail -25
+  echo "== bench distill, bf16, the bf16 Comba kernels (COMBADISTILL_FUSED_BF16=1)"
+  COMBADISTILL_FUSED_BF16=1 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-bf16-kernels.json" 2>&1 | tail -25
 fi
 
 if [[ $steps == *quality* ]]; then
