@@ -115,52 +115,12 @@ public static class DistillationRun
         var recipeSha256 = Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(Path.Combine(runFolder, RecipeCopy))));
         var plan = StagePlan.Decide(recipe, runFolder, initialStudent, options);
 
-        // The teacher never trains: bf16 on a GPU to halve its memory, float32 on the CPU where bf16 matmuls are slow.
-        var teacherType = device.type == TorchSharp.DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
-        var teacherConfig = LlamaConfig.Load(Path.Combine(teacherFolder, "config.json"));
-        var placement = options.TeacherDevices is { Count: > 0 } split
-            ? LayerPlacement.Balanced(teacherConfig.NumHiddenLayers, device, split)
-            : LayerPlacement.OnOneDevice(teacherConfig.NumHiddenLayers, device);
-        if (placement.IsSplit) Note($"teacher split by layer: {placement.Describe()}");
-        using var teacher = LlamaForCausalLM.FromPretrained(teacherFolder, teacherType, placement);
-
+        using var teacher = LoadTeacher(teacherFolder, options, device, Note);
         var precision = PrecisionChoice.Resolve(recipe.Precision, device);
         PrecisionChoice.ApplyMatmulMode(precision, device);
         if (precision == Precision.BFloat16) Note("the student trains in bf16 with float32 master weights (precision: bf16)");
-        var results = new List<StageResult>();
-        foreach (var planned in plan)
-        {
-            var (i, stage, folder) = (planned.Index, recipe.Stages[planned.Index], planned.Folder);
-            if (planned.Action == StageAction.Keep)
-            {
-                Note($"stage '{stage.Name}' already finished; keeping {StagePlan.ResultOf(folder)}");
-                results.Add(ReadStageResult(folder, stage, StagePlan.ResultOf(folder)));
-                continue;
-            }
-            if (planned.Action == StageAction.KeepShard)
-            {
-                Note($"stage '{stage.Name}' shard {options.Shard} already finished; keeping {planned.WorkFolder}");
-                results.Add(ReadStageResult(planned.WorkFolder, stage, Path.Combine(planned.WorkFolder, AlignmentShards.ResultFolder)));
-                continue;
-            }
-            var (workFolder, input) = (planned.WorkFolder, planned.Input);
-            // A stage being (re)done replaces its old result, and the later stages' results, made from the old one, go too.
-            for (var later = i; writes && later < recipe.Stages.Count; later++)
-                DeleteFolder(StagePlan.ResultOf(StageFolder(runFolder, recipe, later)));
-
-            if (group.Any(cancellationToken.IsCancellationRequested)) throw new OperationCanceledException(cancellationToken);
-            using var student = CombaForCausalLM.FromPretrained(input, ScalarType.Float32, device);
-            var board = stage.Name + (options.Shard is { } s ? $"-shard-{s.FolderName}" : "");
-            var trainer = new StageTrainer(new StageInputs
-            {
-                Stage = stage, StageIndex = i, StageCount = recipe.Stages.Count, Seed = recipe.Seed,
-                Teacher = teacher, Student = student, TrainTokens = trainTokens, ValidationTokens = validationTokens,
-                EvalTokens = recipe.Data.EvalTokens, Folder = workFolder, TokenizerFolder = input, Resume = options.Resume,
-                TensorBoardFolder = options.TensorBoard ? Path.Combine(runFolder, "tensorboard", board) : null,
-                Shard = options.Shard, RecipeSha256 = recipeSha256, Group = group, Precision = precision,
-            }, progress);
-            results.Add(planned.Action == StageAction.Merge ? trainer.MergeShards() : trainer.Run(cancellationToken));
-        }
+        var context = new StageContext(recipe, runFolder, options, device, teacher, trainTokens, validationTokens, recipeSha256, precision, progress);
+        var results = plan.Select(planned => RunStage(context, planned, Note, cancellationToken)).ToList();
 
         var last = Path.Combine(StageFolder(runFolder, recipe, recipe.Stages.Count - 1), StageTrainer.ResultFolder);
         var finalFolder = Path.Combine(runFolder, FinalStudent);
@@ -174,6 +134,55 @@ public static class DistillationRun
         }
         CopyFolder(last, finalFolder);
         return Summarise(runFolder, recipe, results, finalFolder, teacher, validationTokens, clock.Elapsed.TotalSeconds, Note);
+    }
+
+    /// <summary>What every stage of a run shares.</summary>
+    sealed record StageContext(Recipe Recipe, string RunFolder, DistillOptions Options, Device Device, LlamaForCausalLM Teacher,
+        int[] TrainTokens, int[] ValidationTokens, string RecipeSha256, Precision Precision, IProgress<DistillationProgress>? Progress);
+
+    /// <summary>The teacher never trains: bf16 on a GPU to halve its memory, float32 on the CPU where bf16 matmuls are slow.</summary>
+    static LlamaForCausalLM LoadTeacher(string teacherFolder, DistillOptions options, Device device, Action<string, bool> note)
+    {
+        var teacherType = device.type == TorchSharp.DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
+        var teacherConfig = LlamaConfig.Load(Path.Combine(teacherFolder, "config.json"));
+        var placement = options.TeacherDevices is { Count: > 0 } split
+            ? LayerPlacement.Balanced(teacherConfig.NumHiddenLayers, device, split)
+            : LayerPlacement.OnOneDevice(teacherConfig.NumHiddenLayers, device);
+        if (placement.IsSplit) note($"teacher split by layer: {placement.Describe()}", false);
+        return LlamaForCausalLM.FromPretrained(teacherFolder, teacherType, placement);
+    }
+
+    /// <summary>Carries out one stage of the plan: keeps a finished one, or trains it (or merges its shards) from its input student.</summary>
+    static StageResult RunStage(StageContext c, PlannedStage planned, Action<string, bool> note, CancellationToken cancellationToken)
+    {
+        var (recipe, options, group) = (c.Recipe, c.Options, c.Options.Group);
+        var (i, stage, folder) = (planned.Index, recipe.Stages[planned.Index], planned.Folder);
+        if (planned.Action == StageAction.Keep)
+        {
+            note($"stage '{stage.Name}' already finished; keeping {StagePlan.ResultOf(folder)}", false);
+            return ReadStageResult(folder, stage, StagePlan.ResultOf(folder));
+        }
+        if (planned.Action == StageAction.KeepShard)
+        {
+            note($"stage '{stage.Name}' shard {options.Shard} already finished; keeping {planned.WorkFolder}", false);
+            return ReadStageResult(planned.WorkFolder, stage, Path.Combine(planned.WorkFolder, AlignmentShards.ResultFolder));
+        }
+        // A stage being (re)done replaces its old result, and the later stages' results, made from the old one, go too.
+        for (var later = i; group.Rank == 0 && later < recipe.Stages.Count; later++)
+            DeleteFolder(StagePlan.ResultOf(StageFolder(c.RunFolder, recipe, later)));
+
+        if (group.Any(cancellationToken.IsCancellationRequested)) throw new OperationCanceledException(cancellationToken);
+        using var student = CombaForCausalLM.FromPretrained(planned.Input, ScalarType.Float32, c.Device);
+        var board = stage.Name + (options.Shard is { } s ? $"-shard-{s.FolderName}" : "");
+        var trainer = new StageTrainer(new StageInputs
+        {
+            Stage = stage, StageIndex = i, StageCount = recipe.Stages.Count, Seed = recipe.Seed,
+            Teacher = c.Teacher, Student = student, TrainTokens = c.TrainTokens, ValidationTokens = c.ValidationTokens,
+            EvalTokens = recipe.Data.EvalTokens, Folder = planned.WorkFolder, TokenizerFolder = planned.Input, Resume = options.Resume,
+            TensorBoardFolder = options.TensorBoard ? Path.Combine(c.RunFolder, "tensorboard", board) : null,
+            Shard = options.Shard, RecipeSha256 = c.RecipeSha256, Group = group, Precision = c.Precision,
+        }, c.Progress);
+        return planned.Action == StageAction.Merge ? trainer.MergeShards() : trainer.Run(cancellationToken);
     }
 
     /// <summary>
