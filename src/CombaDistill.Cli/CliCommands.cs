@@ -11,6 +11,7 @@ static class CliCommands
         InspectCommand.Create(),
         GenerateCommand.Create(),
         ConvertCommand.Create(),
+        ExportCommand.Create(),
         DistillCommand.Create(),
         CorpusCommand.Create(),
         BenchCommand.Create(),

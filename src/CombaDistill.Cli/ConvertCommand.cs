@@ -50,6 +50,16 @@ static class ConvertCommand
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
             CliCommon.Start(parse);
+            if (ExportedStudent.Is(parse.GetValue(from)!))
+            {
+                // an export made by `combadistill export`: back to a student folder, the tensors bit for bit
+                Option[] conversionOnly = [config, keep, dtype, rotary, shortConv, outputNorm, chunkSize, scale, initialD, initialLambda, featureMap, normalizeReadout, readoutEps];
+                if (conversionOnly.FirstOrDefault(o => parse.GetResult(o) is { Implicit: false }) is { } given)
+                    throw new InvalidInputException(parse.GetValue(from), $"is an exported student, which converts back as it is; {given.Name} does not apply");
+                var files = Export.HuggingFaceExport.ToStudentFolder(parse.GetValue(from)!, parse.GetValue(output)!, parse.GetValue(force), ByteSize.Parse(parse.GetValue(maxShard)!), ct);
+                Console.Out.WriteLine($"student folder {parse.GetValue(output)} from the export {parse.GetValue(from)}: {string.Join(", ", files)}");
+                return 0;
+            }
             var options = new ConversionOptions
             {
                 KeepAttention = parse.GetValue(keep)!,
@@ -168,6 +178,14 @@ static class ConvertCommand
         ["recurrent_state_bytes"] = s.RecurrentStateBytes,
         ["options"] = s.Student.Comba.ToJson(),
     };
+}
+
+/// <summary>Recognises a folder written by <c>combadistill export</c>, which convert turns back into a student folder.</summary>
+static class ExportedStudent
+{
+    public static bool Is(string from) =>
+        Directory.Exists(from) && File.Exists(Path.Combine(from, "config.json"))
+        && Modeling.CausalLMLoader.ModelTypeOf(from) == CombaStudentConfig.ExportedModelType;
 }
 
 /// <summary>Runs the handler on the reporting thread at once (Progress&lt;T&gt; would post it to a thread pool later).</summary>

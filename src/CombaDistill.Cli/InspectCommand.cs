@@ -20,7 +20,7 @@ static class InspectCommand
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
             var folder = parse.GetValue(model)!;
-            var student = CausalLMLoader.ModelTypeOf(folder) == CombaStudentConfig.ModelType ? StudentSummary.Inspect(folder, parse.GetValue(context)) : null;
+            var student = CombaStudentConfig.IsStudentType(CausalLMLoader.ModelTypeOf(folder)) ? StudentSummary.Inspect(folder, parse.GetValue(context)) : null;
             var summary = student?.Model ?? ModelSummary.Inspect(folder, parse.GetValue(context));
             if (parse.GetValue(json))
             {

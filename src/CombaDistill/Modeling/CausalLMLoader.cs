@@ -21,11 +21,11 @@ public static class CausalLMLoader
     }
 
     /// <summary>
-    /// A Comba student (<see cref="CombaForCausalLM"/>) or a Llama-family teacher (<see cref="LlamaForCausalLM"/>),
+    /// A Comba student (<see cref="CombaForCausalLM"/>; a folder written by export too) or a Llama-family teacher (<see cref="LlamaForCausalLM"/>),
     /// in eval mode; without <paramref name="dtype"/> the weights keep config.json's torch_dtype.
     /// </summary>
     public static ICausalLM Load(string folder, ScalarType? dtype = null, Device? device = null) =>
-        ModelTypeOf(folder) == CombaStudentConfig.ModelType
+        CombaStudentConfig.IsStudentType(ModelTypeOf(folder))
             ? CombaForCausalLM.FromPretrained(folder, dtype, device)
             : LlamaForCausalLM.FromPretrained(folder, dtype, device);
 }

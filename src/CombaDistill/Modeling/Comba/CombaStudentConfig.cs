@@ -14,6 +14,12 @@ namespace CombaDistill.Modeling.Comba;
 public sealed record CombaStudentConfig
 {
     public const string ModelType = "comba";
+
+    /// <summary>The model type of a folder written by <c>combadistill export</c>: the same fields, read the same way.</summary>
+    public const string ExportedModelType = "combadistill_comba";
+
+    /// <summary>True for a student folder's model type and for an exported one's.</summary>
+    public static bool IsStudentType(string? modelType) => modelType is ModelType or ExportedModelType;
     public const string TeacherModelTypeField = "teacher_model_type";
     public const string AttentionLayersField = "attention_layers";
 
@@ -60,8 +66,8 @@ public sealed record CombaStudentConfig
     public static CombaStudentConfig FromJson(JsonObject j, string path)
     {
         var modelType = j["model_type"] is JsonValue m && m.TryGetValue<string>(out var s) ? s : null;
-        if (modelType != ModelType)
-            throw new InvalidInputException(path, $"field 'model_type' is '{modelType ?? "(missing)"}'; a Comba student has '{ModelType}'");
+        if (!IsStudentType(modelType))
+            throw new InvalidInputException(path, $"field 'model_type' is '{modelType ?? "(missing)"}'; a Comba student has '{ModelType}' (or '{ExportedModelType}' when exported)");
         var teacherType = j[TeacherModelTypeField] is JsonValue t && t.TryGetValue<string>(out var ts) ? ts
             : throw new InvalidInputException(path, $"field '{TeacherModelTypeField}' is missing or not a string");
 
