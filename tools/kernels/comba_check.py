@@ -16,7 +16,7 @@ import cupy as cp
 CH, NT, BV = 64, 256, 32
 BF16_ONLY = bool(os.environ.get("BF16_ONLY"))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# KERNEL_SRC picks another version of the source (e.g. tools/kernels/candidates/comba_chunk_v5b.cu) to check and time
+# KERNEL_SRC picks another version of the source (e.g. the v5b candidate: patch -o /tmp/v5b.cu kernels/comba_chunk.cu tools/kernels/candidates/comba_chunk_v5b.patch) to check and time
 SRC = open(os.environ.get("KERNEL_SRC") or os.path.join(ROOT, "kernels", "comba_chunk.cu")).read()
 _mod = None
 
