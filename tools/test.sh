@@ -5,6 +5,11 @@
 # serial runs keep TorchSharp's process-wide state (seeds, thread pools, finalizers) out of each other's way.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# The real tokenizer.json files and the reference tokenizer the tokenizer tests compare with (npm packages, kept out of git).
+ref=tools/tokenizer-reference
+if [[ ! -d $ref/node_modules/@lenml/tokenizers ]] && command -v npm >/dev/null 2>&1; then
+  npm ci --no-audit --no-fund --prefix "$ref" >/dev/null 2>&1 || echo "note: npm ci in $ref failed; the tokenizer agreement tests will report it"
+fi
 dotnet build tests/CombaDistill.Tests -c Release --nologo -v quiet -clp:ErrorsOnly || { echo "0 passed, 1 failed"; exit 1; }
 log=$(mktemp)
 dotnet tests/CombaDistill.Tests/bin/Release/net10.0/CombaDistill.Tests.dll -noColor -parallel none "$@" 2>&1 | tee "$log"

@@ -8,7 +8,8 @@ public static class TokenizerLoader
 {
     /// <summary>
     /// <c>tokenizer.bin</c> (llama2.c) is preferred when present, since it is what llama2.c models
-    /// were trained with and encodes exactly; otherwise <c>tokenizer.model</c> (or
+    /// were trained with and encodes exactly; then <c>tokenizer.json</c>, which transformers' fast
+    /// tokenizers use (with <c>tokenizer_config.json</c> beside it for BOS and EOS); otherwise <c>tokenizer.model</c> (or
     /// <c>original/tokenizer.model</c>, where Hugging Face's Llama 3 repositories keep it), which is
     /// either a SentencePiece protobuf or Llama 3's tiktoken text, told apart by content. For
     /// tiktoken, special-token names come from <c>tokenizer_config.json</c> when it lists them
@@ -25,14 +26,13 @@ public static class TokenizerLoader
         string json = Path.Combine(folder, "tokenizer.json");
 
         if (File.Exists(bin)) return Llama2cTokenizer.Load(bin);
+        if (File.Exists(json)) return HuggingFaceTokenizer.Load(json, bosId, eosId);
         if (!File.Exists(model) && File.Exists(originalModel)) model = originalModel;
         if (File.Exists(model))
             return IsTiktokenText(model)
                 ? Llama3Tokenizer.Load(model, SpecialTokensFromConfig(Path.Combine(folder, "tokenizer_config.json")), bosId, eosId)
                 : SentencePieceTokenizer.Load(model, bosId, eosId);
-        if (File.Exists(json))
-            throw new InvalidInputException(json, "tokenizer.json without tokenizer.model is not supported yet");
-        throw new InvalidInputException(null, $"no tokenizer found in {folder}: expected tokenizer.model or tokenizer.bin");
+        throw new InvalidInputException(null, $"no tokenizer found in {folder}: expected tokenizer.json, tokenizer.model or tokenizer.bin");
     }
 
     /// <summary>
