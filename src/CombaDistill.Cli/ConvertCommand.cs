@@ -17,7 +17,7 @@ static class ConvertCommand
     {
         var defaults = ConversionOptions.DefaultComba;
         var from = new Option<string>("--from") { Description = "the teacher: a Hugging Face folder, a model.safetensors.index.json, or a .safetensors file (with --config)", Required = true };
-        var output = new Option<string>("--out") { Description = "the student folder to create", Required = true };
+        var output = new Option<string?>("--out") { Description = "the student folder to create (default: beside the teacher, named after it with -comba)" };
         var config = new Option<string?>("--config") { Description = "the teacher's config.json, when it is not beside --from" };
         var keep = new Option<string>(AttentionLayers.Option)
         {
@@ -80,7 +80,9 @@ static class ConvertCommand
                     ReadoutEps = parse.GetValue(readoutEps),
                 },
             };
-            var outFolder = parse.GetValue(output)!;
+            var outFolder = parse.GetValue(output) ?? DefaultOutput(parse.GetValue(from)!);
+            if (parse.GetValue(output) is null)
+                CliCommon.Err.MarkupLineInterpolated($"writing the student to [bold]{outFolder}[/] (beside the teacher; --out chooses another folder)");
             ConversionReport? report = null;
             // Redirected to a log, a progress bar only adds a "converting: 0%" line above an error; the report follows on stdout anyway.
             if (Console.IsErrorRedirected)
@@ -101,6 +103,22 @@ static class ConvertCommand
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>
+    /// Where a student goes without --out: beside the teacher, named after it with "-comba" (a folder "llama" gives
+    /// "llama-comba"; a file "llama.safetensors" gives "llama-comba"; an index file names its folder).
+    /// </summary>
+    public static string DefaultOutput(string from)
+    {
+        var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(from));
+        var name = Path.GetFileName(full);
+        if (File.Exists(full) && name.EndsWith(".index.json", StringComparison.Ordinal))
+            return DefaultOutput(Path.GetDirectoryName(full)!);
+        if (File.Exists(full))
+            foreach (var extension in new[] { ".safetensors", ".bin" })
+                if (name.EndsWith(extension, StringComparison.Ordinal) && name.Length > extension.Length) { name = name[..^extension.Length]; break; }
+        return Path.Combine(Path.GetDirectoryName(full) ?? ".", name + "-comba");
     }
 
     /// <summary>The conversion report as tables: summary, parameters per part, new tensors, layer map.</summary>

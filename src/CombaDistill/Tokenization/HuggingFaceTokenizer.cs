@@ -46,7 +46,7 @@ public sealed class HuggingFaceTokenizer : IByteTokenizer
     public IReadOnlyDictionary<int, string> SpecialTokens { get; }
     public string SourcePath { get; }
     public string Description =>
-        $"{Kind} tokenizer.json, {VocabSize:N0} tokens, {SpecialTokens.Count} special ({Path.GetFileName(SourcePath)}{(byteTokenIds is null ? "" : ", byte fallback")})";
+        $"{Kind} tokenizer.json, {VocabSize:N0} tokens, {SpecialTokens.Count} special{(byteTokenIds is null ? "" : ", byte fallback")}{(AddsBos ? ", adds BOS" : "")} ({Path.GetFileName(SourcePath)})";
 
     HuggingFaceTokenizer(string path, BpeTokenizer bpe, Dictionary<string, int> vocab, bool byteLevel, bool ignoreMerges, int? unknownId,
         int[]? byteTokenIds, TextNormalizer? normalizer, PreTokenizerStep? preTokenizer, List<AddedToken> added,

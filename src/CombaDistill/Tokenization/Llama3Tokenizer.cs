@@ -140,6 +140,8 @@ public sealed class Llama3Tokenizer : IByteTokenizer
         return Encoding.UTF8.GetString([.. bytes]);
     }
 
+    public string? TokenText(int id) => SpecialTokens.FirstOrDefault(e => e.Value == id).Key;
+
     /// <summary>Byte-level BPE has no dummy prefix: a token's bytes do not depend on the one before. Special tokens give nothing.</summary>
     public byte[] TokenBytes(int previousId, int id)
     {

@@ -17,6 +17,7 @@ public sealed class SentencePieceTokenizer : IByteTokenizer
     // What each id decodes to, and whether that starts with a "▁" that may be the dummy prefix.
     readonly byte[][] decodedBytes;
     readonly bool[] startsWithSpace;
+    readonly string[] pieceTexts;
 
     public int VocabSize => decodedBytes.Length;
     public int BosId { get; }
@@ -24,8 +25,9 @@ public sealed class SentencePieceTokenizer : IByteTokenizer
     public string SourcePath { get; }
     public string Description => $"SentencePiece BPE tokenizer, {VocabSize} tokens ({Path.GetFileName(SourcePath)})";
 
-    SentencePieceTokenizer(MlLlamaTokenizer inner, byte[][] decodedBytes, bool[] startsWithSpace, string sourcePath, int? bosId, int? eosId)
+    SentencePieceTokenizer(MlLlamaTokenizer inner, byte[][] decodedBytes, bool[] startsWithSpace, string[] pieceTexts, string sourcePath, int? bosId, int? eosId)
     {
+        this.pieceTexts = pieceTexts;
         this.inner = inner;
         this.decodedBytes = decodedBytes;
         this.startsWithSpace = startsWithSpace;
@@ -77,7 +79,7 @@ public sealed class SentencePieceTokenizer : IByteTokenizer
         foreach (var (name, id) in new[] { ("BOS", bosId), ("EOS", eosId) })
             if (id is { } given && (uint)given >= (uint)pieces.Count)
                 throw new InvalidInputException(path, $"{name} id {given} is outside the vocabulary of {pieces.Count}");
-        return new SentencePieceTokenizer(inner, decoded, startsWithSpace, path, bosId, eosId);
+        return new SentencePieceTokenizer(inner, decoded, startsWithSpace, [.. pieces.Select(p => p.Text)], path, bosId, eosId);
     }
 
     public int[] Encode(string text, bool addBos)
@@ -92,6 +94,8 @@ public sealed class SentencePieceTokenizer : IByteTokenizer
         for (int i = 0; i < ids.Count; i++) bytes.AddRange(TokenBytes(i == 0 ? -1 : ids[i - 1], ids[i]));
         return Encoding.UTF8.GetString([.. bytes]);
     }
+
+    public string? TokenText(int id) => (uint)id < (uint)pieceTexts.Length ? pieceTexts[id] : null;
 
     /// <summary>SentencePiece drops the dummy-prefix space of the first piece of a text (at the start or after BOS).</summary>
     public byte[] TokenBytes(int previousId, int id)

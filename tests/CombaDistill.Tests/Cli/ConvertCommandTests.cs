@@ -53,4 +53,27 @@ public class ConvertCommandTests
         Assert.Contains("--keep-attention", bad.Stderr);
         Assert.False(Directory.Exists(temp["other"]));
     }
+
+    [Fact]
+    public void Convert_without_out_writes_beside_the_teacher_says_where_and_refuses_to_overwrite_without_force()
+    {
+        using var temp = new TempDir();
+        var teacher = TeacherFolders.ImportStories260K(temp["stories"]);
+        var expected = temp["stories-comba"];
+
+        var first = CliProcess.Run("convert", "--from", teacher + "/", "--device", "cpu");
+        Assert.True(first.Code == 0, first.Stderr);
+        Assert.Contains($"writing the student to {expected}", first.Stderr);
+        Assert.True(File.Exists(Path.Combine(expected, "config.json")));
+        var written = File.ReadAllBytes(Path.Combine(expected, "model.safetensors"));
+
+        var again = CliProcess.Run("convert", "--from", teacher, "--device", "cpu", "--keep-attention", "all");
+        Assert.Equal(2, again.Code);
+        Assert.Contains("--force", again.Stderr);
+        Assert.Equal(written, File.ReadAllBytes(Path.Combine(expected, "model.safetensors")));
+
+        var forced = CliProcess.Run("convert", "--from", teacher, "--device", "cpu", "--keep-attention", "all", "--force");
+        Assert.True(forced.Code == 0, forced.Stderr);
+        Assert.NotEqual(written, File.ReadAllBytes(Path.Combine(expected, "model.safetensors")));
+    }
 }

@@ -57,6 +57,7 @@ public class ModelCommandsTests
         Assert.Equal(2 * 5 * 4 * 8 * 100 * 4, (long)json["kv_cache_bytes"]!);
         Assert.Equal("model.safetensors", (string?)json["files"]![0]!["name"]);
         Assert.Contains("llama2.c tokenizer, 512 tokens", (string?)json["tokenizer"]);
+        Assert.EndsWith("; BOS = 1, EOS = 2", (string?)json["tokenizer"]);
 
         var table = CliProcess.Run("inspect", folder);
         Assert.True(table.Code == 0, table.Stderr);

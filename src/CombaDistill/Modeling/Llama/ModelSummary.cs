@@ -61,7 +61,11 @@ public sealed record ModelSummary(
 
     internal static string DescribeTokenizer(string folder, LlamaConfig config)
     {
-        try { return TokenizerLoader.ForModel(folder, config.VocabSize, config.BosTokenId, config.EosTokenIds[0]).Description; }
+        try
+        {
+            var tokenizer = TokenizerLoader.ForModel(folder, config.VocabSize, config.BosTokenId, config.EosTokenIds[0]);
+            return $"{tokenizer.Description}; {tokenizer.SpecialTokensInUse()}";
+        }
         catch (InvalidInputException e) { return $"none usable ({e.Message})"; }
     }
 }
