@@ -16,7 +16,7 @@ static class ConvertCommand
     public static Command Create()
     {
         var defaults = ConversionOptions.DefaultComba;
-        var from = new Option<string>("--from") { Description = "the teacher: a Hugging Face folder, a model.safetensors.index.json, or a .safetensors file (with --config)", Required = true };
+        var from = new Option<string>("--from") { Description = "the teacher: a Hugging Face folder, a model.safetensors.index.json or pytorch_model.bin.index.json, or a .safetensors or pytorch_model.bin file (with --config)", Required = true };
         var output = new Option<string?>("--out") { Description = "the student folder to create (default: beside the teacher, named after it with -comba)" };
         var config = new Option<string?>("--config") { Description = "the teacher's config.json, when it is not beside --from" };
         var keep = new Option<string>(AttentionLayers.Option)

@@ -4,7 +4,8 @@ namespace CombaDistill.Conversion;
 
 /// <summary>
 /// Where a teacher's files are, from what <c>--from</c> (and <c>--config</c>) name: a Hugging Face folder, a sharded
-/// index (model.safetensors.index.json), or a bare .safetensors file whose config.json is given or lies beside it.
+/// index (model.safetensors.index.json or pytorch_model.bin.index.json), or a bare .safetensors or pytorch_model.bin file
+/// whose config.json is given or lies beside it.
 /// </summary>
 /// <param name="CheckpointPath">what <see cref="Checkpoint.Open"/> takes: the .safetensors file or the folder</param>
 /// <param name="SideFolders">folders to take tokenizer and generation files from, most specific first</param>
@@ -23,15 +24,15 @@ public sealed record TeacherSource(string ConfigPath, string CheckpointPath, IRe
         if (name.EndsWith(".index.json", StringComparison.Ordinal))
         {
             // Checkpoint opens sharded folders by their standard index name; any other name would be read as a bare file.
-            if (name != Checkpoint.IndexFileName)
-                throw new InvalidInputException(from, $"a sharded checkpoint's index must be named {Checkpoint.IndexFileName}");
-            return Make(configPath ?? Path.Combine(folder, "config.json"), folder, folder);
+            if (name is not (Checkpoint.IndexFileName or Checkpoint.PyTorchIndexFileName))
+                throw new InvalidInputException(from, $"a sharded checkpoint's index must be named {Checkpoint.IndexFileName} or {Checkpoint.PyTorchIndexFileName}");
+            return Make(configPath ?? Path.Combine(folder, "config.json"), name == Checkpoint.IndexFileName ? folder : full, folder);
         }
-        if (!name.EndsWith(".safetensors", StringComparison.Ordinal))
-            throw new InvalidInputException(from, "is neither a folder, a .safetensors file nor a model.safetensors.index.json");
+        if (!name.EndsWith(".safetensors", StringComparison.Ordinal) && !name.EndsWith(".bin", StringComparison.Ordinal))
+            throw new InvalidInputException(from, "is neither a folder, a .safetensors or pytorch_model.bin file, nor a sharded checkpoint's index");
         var beside = Path.Combine(folder, "config.json");
         if (configPath is null && !File.Exists(beside))
-            throw new InvalidInputException(from, "a bare .safetensors file needs its config.json: pass --config, or put config.json beside it");
+            throw new InvalidInputException(from, "a bare weights file needs its config.json: pass --config, or put config.json beside it");
         return Make(configPath ?? beside, full, folder);
     }
 

@@ -6,15 +6,19 @@ namespace CombaDistill.IO;
 /// <summary>
 /// The weights of a model, in Hugging Face's layouts: one .safetensors file, a folder holding
 /// model.safetensors, or a folder holding model.safetensors.index.json whose weight_map names the
-/// shard of every tensor. Only headers are read on open; tensors are read on demand.
+/// shard of every tensor; or the same with PyTorch's pickled files (pytorch_model.bin,
+/// pytorch_model.bin.index.json), read through <see cref="PyTorchFile"/>, where a folder has no
+/// safetensors weights. Only headers are read on open; tensors are read on demand.
 /// </summary>
 public sealed class Checkpoint : IDisposable
 {
     public const string SingleFileName = "model.safetensors";
     public const string IndexFileName = "model.safetensors.index.json";
+    public const string PyTorchFileName = "pytorch_model.bin";
+    public const string PyTorchIndexFileName = "pytorch_model.bin.index.json";
 
-    readonly IReadOnlyList<SafeTensorsFile> files;
-    readonly Dictionary<string, SafeTensorsFile> fileOf;
+    readonly IReadOnlyList<ITensorFile> files;
+    readonly Dictionary<string, ITensorFile> fileOf;
 
     /// <summary>What was opened: the file, or the index for a sharded folder.</summary>
     public string Path { get; }
@@ -25,19 +29,21 @@ public sealed class Checkpoint : IDisposable
     /// <summary>The __metadata__ of the first file.</summary>
     public IReadOnlyDictionary<string, string> Metadata => files.Count > 0 ? files[0].Metadata : new Dictionary<string, string>();
 
-    Checkpoint(string path, IReadOnlyList<SafeTensorsFile> files, Dictionary<string, SafeTensorsFile> fileOf) =>
+    Checkpoint(string path, IReadOnlyList<ITensorFile> files, Dictionary<string, ITensorFile> fileOf) =>
         (Path, this.files, this.fileOf) = (path, files, fileOf);
 
     public static Checkpoint Open(string pathOrFolder)
     {
-        if (File.Exists(pathOrFolder)) return Single(pathOrFolder);
+        if (File.Exists(pathOrFolder))
+            return System.IO.Path.GetFileName(pathOrFolder) is IndexFileName or PyTorchIndexFileName ? Sharded(pathOrFolder) : Single(pathOrFolder);
         if (!Directory.Exists(pathOrFolder)) throw new InvalidInputException(pathOrFolder, "no such file or folder");
-        var index = System.IO.Path.Combine(pathOrFolder, IndexFileName);
-        if (File.Exists(index)) return Sharded(index);
-        var single = System.IO.Path.Combine(pathOrFolder, SingleFileName);
-        if (File.Exists(single)) return Single(single);
-        var hint = File.Exists(System.IO.Path.Combine(pathOrFolder, "pytorch_model.bin")) ? " (only safetensors weights are read; it has a pytorch_model.bin)" : "";
-        throw new InvalidInputException(pathOrFolder, $"folder has neither {SingleFileName} nor {IndexFileName}{hint}");
+        // safetensors first, as transformers prefers them when a folder has both.
+        foreach (var name in new[] { IndexFileName, SingleFileName, PyTorchIndexFileName, PyTorchFileName })
+        {
+            var path = System.IO.Path.Combine(pathOrFolder, name);
+            if (File.Exists(path)) return name.EndsWith(".index.json", StringComparison.Ordinal) ? Sharded(path) : Single(path);
+        }
+        throw new InvalidInputException(pathOrFolder, $"folder has none of {SingleFileName}, {IndexFileName}, {PyTorchFileName}, {PyTorchIndexFileName}");
     }
 
     public bool Contains(string name) => fileOf.ContainsKey(name);
@@ -56,9 +62,14 @@ public sealed class Checkpoint : IDisposable
         foreach (var f in files) f.Dispose();
     }
 
+    /// <summary>A pickled PyTorch file (.bin, .pt, .pth) or else a .safetensors file.</summary>
+    static ITensorFile OpenFile(string path) =>
+        path.EndsWith(".bin", StringComparison.Ordinal) || path.EndsWith(".pt", StringComparison.Ordinal) || path.EndsWith(".pth", StringComparison.Ordinal)
+            ? PyTorchFile.Open(path) : SafeTensorsFile.Open(path);
+
     static Checkpoint Single(string path)
     {
-        var file = SafeTensorsFile.Open(path);
+        var file = OpenFile(path);
         return new Checkpoint(path, [file], file.Tensors.Keys.ToDictionary(n => n, _ => file, StringComparer.Ordinal));
     }
 
@@ -66,7 +77,7 @@ public sealed class Checkpoint : IDisposable
     {
         var weightMap = ReadWeightMap(indexPath);
         var folder = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(indexPath))!;
-        var opened = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
+        var opened = new Dictionary<string, ITensorFile>(StringComparer.Ordinal);
         try
         {
             foreach (var shard in weightMap.Values.Distinct().Order(StringComparer.Ordinal))
@@ -74,9 +85,9 @@ public sealed class Checkpoint : IDisposable
                 var shardPath = System.IO.Path.Combine(folder, shard);
                 if (!File.Exists(shardPath))
                     throw new InvalidInputException(indexPath, $"shard '{Bounded.Text(shard, 100)}' named in weight_map is missing ({Bounded.Text(shardPath, 200)})");
-                opened[shard] = SafeTensorsFile.Open(shardPath);
+                opened[shard] = OpenFile(shardPath);
             }
-            var fileOf = new Dictionary<string, SafeTensorsFile>(StringComparer.Ordinal);
+            var fileOf = new Dictionary<string, ITensorFile>(StringComparer.Ordinal);
             foreach (var (name, shard) in weightMap)
             {
                 var file = opened[shard];

@@ -24,7 +24,7 @@ namespace CombaDistill.IO;
 /// positioned reads win on simplicity (no mapping lifetime or raw pointers, thread-safe, no
 /// address-space limit). PyBridge, which loads the whole state dict at once, was five times slower.
 /// </remarks>
-public sealed class SafeTensorsFile : IDisposable
+public sealed class SafeTensorsFile : ITensorFile
 {
     /// <summary>Python safetensors refuses larger headers; so do we, rather than allocate whatever a corrupt file says.</summary>
     public const long MaxHeaderBytes = 100_000_000;

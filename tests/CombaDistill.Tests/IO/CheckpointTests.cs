@@ -119,7 +119,7 @@ public class CheckpointTests
         using var dir = new TempDir();
         var ex = Assert.Throws<InvalidInputException>(() => Checkpoint.Open(dir.Path));
         Assert.Contains(dir.Path, ex.Message);
-        Assert.Contains("neither model.safetensors nor model.safetensors.index.json", ex.Message);
+        Assert.Contains("none of model.safetensors, model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json", ex.Message);
         var missing = Assert.Throws<InvalidInputException>(() => Checkpoint.Open(dir["nothing-here"]));
         Assert.Contains("no such file or folder", missing.Message);
     }
