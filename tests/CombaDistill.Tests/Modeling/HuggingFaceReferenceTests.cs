@@ -67,4 +67,35 @@ public class HuggingFaceReferenceTests
         var greedy = Generation.Generate(model, [1], new GenerationOptions(200, 0, StopAtEos: false), TestContext.Current.CancellationToken);
         Assert.Equal(Reference(file, "greedy_ids").data<long>().Select(i => (int)i), greedy);
     }
+
+    /// <summary>
+    /// A Mistral whose sliding window (4) is shorter than the input (12): transformers' logits with the window, and
+    /// without it for contrast; the pytorch_model.bin save_pretrained wrote for it holds the same tensors.
+    /// </summary>
+    [Fact]
+    public void Mistral_sliding_window_gives_transformers_logits()
+    {
+        Assert.SkipUnless(File.Exists(Data("mistral_sliding_logits.safetensors")),
+            "the Mistral fixture from tools/hf_mistral_reference.py (GPU host) has not been added to Data/hf yet");
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        using var model = LlamaForCausalLM.FromPretrained(Data("mistral_sliding"));
+        Assert.Equal(4, model.Config.SlidingWindow);
+        var ids = Reference("mistral_sliding_logits.safetensors", "input_ids");
+        var logits = model.forward(ids);
+        LlamaForCausalLMTests.AssertClose(logits, Reference("mistral_sliding_logits.safetensors", "logits_f32"), 1e-5);
+        // Without the window the logits past position 4 would be transformers' full-attention ones.
+        var full = Reference("mistral_sliding_logits.safetensors", "logits_full_f32");
+        Assert.True((logits[.., 4..] - full[.., 4..]).abs().max().item<float>() > 1e-3);
+
+        using var bin = Checkpoint.Open(Path.Combine(Data("mistral_sliding"), Checkpoint.PyTorchFileName));
+        using var safetensors = Checkpoint.Open(Path.Combine(Data("mistral_sliding"), Checkpoint.SingleFileName));
+        Assert.Equal(safetensors.Names.Order(), bin.Names.Order());
+        foreach (var name in bin.Names)
+        {
+            using var a = bin.Read(name);
+            using var b = safetensors.Read(name);
+            Assert.Equal(b.bytes.ToArray(), a.bytes.ToArray());
+        }
+    }
 }

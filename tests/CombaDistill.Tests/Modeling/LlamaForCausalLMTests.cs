@@ -7,13 +7,14 @@ namespace CombaDistill.Tests.Modeling;
 
 public class LlamaForCausalLMTests
 {
-    public static TheoryData<string> Architectures => ["llama3-gqa", "qwen2-tied", "linear-bias"];
+    public static TheoryData<string> Architectures => ["llama3-gqa", "qwen2-tied", "linear-bias", "mistral-window"];
 
     static LlamaConfig Architecture(string name) => name switch
     {
         "llama3-gqa" => TinyModels.Llama3Gqa,
         "qwen2-tied" => TinyModels.Qwen2Tied,
         "linear-bias" => TinyModels.LinearRopeWithBias,
+        "mistral-window" => TinyModels.MistralWindow,
         _ => throw new ArgumentException(name),
     };
 
@@ -86,6 +87,28 @@ public class LlamaForCausalLMTests
             AssertClose(cat(chunks, 1), full, 1e-5);
         }
     }
+
+    [Fact]
+    public void The_sliding_window_changes_only_positions_past_the_window()
+    {
+        using var scope = NewDisposeScope();
+        var c = TinyModels.MistralWindow;
+        var weights = TinyModels.RandomWeights(c, seed: 17);
+        using var windowed = TinyModels.Build(c, weights);
+        using var full = TinyModels.Build(c with { SlidingWindow = null }, weights);
+        var ids = tensor(TinyModels.RandomIds(c, 16, seed: 3), [1, 16]);
+        using var _ = no_grad();
+        var a = windowed.forward(ids);
+        var b = full.forward(ids);
+        // Positions 0..4 see at most 5 positions either way; from position 5 on the window drops the oldest.
+        AssertClose(a[0, ..5], b[0, ..5], 1e-6);
+        Assert.True(MaxAbsDiff(a[0, 5..], b[0, 5..]) > 1e-2);
+        Assert.Equal([[true, false, false], [true, true, false], [false, true, true]], ToRows(LlamaAttention.Mask(3, 3, 2, CPU)));
+        Assert.Equal([[false, false, true, true, false], [false, false, false, true, true]], ToRows(LlamaAttention.Mask(2, 5, 2, CPU)));
+    }
+
+    static bool[][] ToRows(Tensor mask) =>
+        Enumerable.Range(0, (int)mask.shape[0]).Select(r => mask[r].data<bool>().ToArray()).ToArray();
 
     [Fact]
     public void The_cache_grows_past_its_initial_capacity_without_losing_history()

@@ -33,6 +33,8 @@ static class LlamaReference
                 var kvHead = head / (c.NumAttentionHeads / c.NumKeyValueHeads);
                 var scores = q[.., head, ..].matmul(k[.., kvHead, ..].t()) / Math.Sqrt(c.HeadDim);
                 var future = ones(length, length, ScalarType.Bool).triu(1);
+                // Mistral's window: position i sees i - W + 1 … i.
+                if (c.SlidingWindow is { } window) future = future.logical_or(ones(length, length, ScalarType.Bool).tril(-window));
                 scores = scores.masked_fill(future, double.NegativeInfinity);
                 var e = (scores - scores.amax([-1], keepdim: true)).exp();
                 heads.Add((e / e.sum(-1, keepdim: true)).matmul(v[.., kvHead, ..]));

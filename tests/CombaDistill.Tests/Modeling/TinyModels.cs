@@ -22,6 +22,14 @@ static class TinyModels
         RopeTheta = 1000000, TieWordEmbeddings = true, QkvBias = true, BosTokenId = 1, EosTokenIds = [2, 3],
     };
 
+    /// <summary>Mistral: GQA with a sliding window of 5 positions, shorter than the test sequences.</summary>
+    public static LlamaConfig MistralWindow => new()
+    {
+        ModelType = "mistral", VocabSize = 83, HiddenSize = 32, IntermediateSize = 64, NumHiddenLayers = 2,
+        NumAttentionHeads = 4, NumKeyValueHeads = 1, HeadDim = 8, MaxPositionEmbeddings = 128, RmsNormEps = 1e-5,
+        RopeTheta = 10000, SlidingWindow = 5, BosTokenId = 1, EosTokenIds = [2],
+    };
+
     /// <summary>Plain multi-head attention with linear position interpolation and an o_proj bias (llama attention_bias).</summary>
     public static LlamaConfig LinearRopeWithBias => new()
     {

@@ -39,6 +39,8 @@ public sealed record LlamaConfig : ICausalLMConfig
     public string TorchDtype { get; init; } = "float32";
     public int BosTokenId { get; init; } = 1;
     public int[] EosTokenIds { get; init; } = [2];
+    /// <summary>Mistral's <c>sliding_window</c>: each position attends to itself and the window - 1 positions before it; null for full attention.</summary>
+    public int? SlidingWindow { get; init; }
 
     public int KvGroups => NumAttentionHeads / NumKeyValueHeads;
 
@@ -64,8 +66,12 @@ public sealed record LlamaConfig : ICausalLMConfig
             throw new InvalidInputException(path, "field 'use_sliding_window' is true; sliding-window attention is not supported");
         if (j["layer_types"] is { } layerTypesNode && layerTypesNode is not JsonArray)
             throw new InvalidInputException(path, "field 'layer_types' must be an array of strings");
-        if (j["layer_types"] is JsonArray layerTypes && layerTypes.Any(t => !(t is JsonValue v && v.TryGetValue<string>(out var s) && s == "full_attention")))
-            throw new InvalidInputException(path, "field 'layer_types' names layers other than 'full_attention'; sliding-window attention is not supported");
+        // Mistral's window applies to every layer; a model mixing full and sliding layers is not supported.
+        int? slidingWindow = modelType == "mistral" ? Int(j, path, "sliding_window") : null;
+        if (slidingWindow is <= 0) throw new InvalidInputException(path, $"field 'sliding_window' is {slidingWindow}; it must be positive or null");
+        var allowedLayerType = slidingWindow is null ? "full_attention" : "sliding_attention";
+        if (j["layer_types"] is JsonArray layerTypes && layerTypes.Any(t => !(t is JsonValue v && v.TryGetValue<string>(out var type) && type == allowedLayerType)))
+            throw new InvalidInputException(path, $"field 'layer_types' names layers other than '{allowedLayerType}'; attention that differs between layers is not supported");
         var attentionBias = Bool(j, path, "attention_bias") ?? false;
         // transformers ≥ 5 writes rope_theta and the scaling together as 'rope_parameters'; earlier versions
         // write 'rope_theta' and 'rope_scaling'. Read either.
@@ -91,6 +97,7 @@ public sealed record LlamaConfig : ICausalLMConfig
             QkvBias = modelType == "qwen2" || attentionBias,
             OutputBias = modelType != "qwen2" && attentionBias,
             TorchDtype = Str(j, path, "torch_dtype") ?? Str(j, path, "dtype") ?? "float32",
+            SlidingWindow = slidingWindow,
             BosTokenId = Int(j, path, "bos_token_id") ?? 1,
             EosTokenIds = EosIds(j, path),
         }.Validated(path);
@@ -204,6 +211,7 @@ public sealed record LlamaConfig : ICausalLMConfig
             ["eos_token_id"] = EosTokenIds.Length == 1 ? EosTokenIds[0] : new JsonArray(EosTokenIds.Select(e => (JsonNode)e).ToArray()),
         };
         if (ModelType != "qwen2") j["attention_bias"] = QkvBias;
+        if (ModelType == "mistral") j["sliding_window"] = SlidingWindow;
         j["rope_scaling"] = RopeScaling is null ? null : RopeScaling.Type == "llama3"
             ? new JsonObject
             {

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Reference data from Hugging Face transformers for Mistral's sliding-window attention, and a pytorch_model.bin
+written by a current torch through save_pretrained.
+
+Run on a host with torch, transformers and safetensors (no network needed):
+
+    python3 tools/hf_mistral_reference.py --out OUT
+
+It writes four flat files under OUT:
+  config.json                      a small random Mistral (GQA 4/2 heads, sliding_window 4), as save_pretrained
+  model.safetensors                writes them (float32)
+  pytorch_model.bin                the same weights saved with safe_serialization=False (torch.save's zip pickle)
+  mistral_sliding_logits.safetensors  input_ids [2, 12], logits_f32 (eager attention, the window in force) and
+                                   logits_full_f32 (the same weights with sliding_window=None), computed on the CPU
+
+The first three belong in tests/CombaDistill.Tests/Data/hf/mistral_sliding/, the logits in tests/CombaDistill.Tests/Data/hf/.
+"""
+import argparse
+import math
+import os
+import shutil
+import tempfile
+
+import torch
+import transformers
+from safetensors.torch import save_file
+from transformers import MistralConfig, MistralForCausalLM
+
+INPUT_IDS = torch.tensor([[1, 5, 17, 42, 8, 63, 2, 30, 11, 77, 4, 19],
+                          [1, 88, 3, 3, 50, 21, 9, 70, 33, 14, 60, 7]], dtype=torch.int64)
+
+
+def randomize(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+            if "norm" in name:
+                value = 1 + 0.2 * noise
+            elif "embed_tokens" in name:
+                value = noise
+            else:
+                value = noise / math.sqrt(p.shape[1])
+            p.copy_(value.to(p.dtype))
+
+
+def config(window):
+    return MistralConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=10000.0,
+        sliding_window=window, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, attn_implementation="eager")
+
+
+@torch.no_grad()
+def logits_of(model):
+    model.eval()
+    return model(input_ids=INPUT_IDS).logits.float().contiguous()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    out = parser.parse_args().out
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(0)
+
+    model = MistralForCausalLM(config(window=4))
+    randomize(model, seed=5)
+    windowed = logits_of(model)
+    full_model = MistralForCausalLM(config(window=None))
+    full_model.load_state_dict(model.state_dict())
+    full = logits_of(full_model)
+    assert torch.allclose(windowed[:, :4], full[:, :4], atol=1e-5), "the first 4 positions see the same keys"
+    assert (windowed[:, 4:] - full[:, 4:]).abs().max() > 1e-3, "the window must matter past position 4"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(os.path.join(tmp, "st"), safe_serialization=True)
+        shutil.copy(os.path.join(tmp, "st", "config.json"), os.path.join(out, "config.json"))
+        shutil.copy(os.path.join(tmp, "st", "model.safetensors"), os.path.join(out, "model.safetensors"))
+        try:
+            model.save_pretrained(os.path.join(tmp, "pt"), safe_serialization=False)
+            shutil.copy(os.path.join(tmp, "pt", "pytorch_model.bin"), os.path.join(out, "pytorch_model.bin"))
+        except Exception as e:  # a transformers that no longer writes pickles: torch.save the state dict as it did
+            print("save_pretrained(safe_serialization=False) failed:", e, "- writing torch.save(state_dict) instead")
+            torch.save(model.state_dict(), os.path.join(out, "pytorch_model.bin"))
+    save_file({"input_ids": INPUT_IDS, "logits_f32": windowed, "logits_full_f32": full},
+              os.path.join(out, "mistral_sliding_logits.safetensors"),
+              {"torch": torch.__version__, "transformers": transformers.__version__})
+    print("wrote", sorted(os.listdir(out)), "max |windowed - full| past the window:",
+          float((windowed[:, 4:] - full[:, 4:]).abs().max()))
+
+
+if __name__ == "__main__":
+    main()
