@@ -204,7 +204,9 @@ public static class DistillationRun
         var teacherFolder = EnsureTeacher(recipe, runFolder, note, cancellationToken);
         var initialStudent = EnsureStudent(recipe, runFolder, teacherFolder, note, cancellationToken);
         if (recipe.Student.FromScratch) EnsureScratch(recipe, initialStudent, note);
-        var tokenizer = TokenizerLoader.Load(teacherFolder);
+        // config.json's BOS and EOS win over the tokenizer's own, as generate and eval have them.
+        var teacherConfig = Modeling.Llama.LlamaConfig.Load(Path.Combine(teacherFolder, "config.json"));
+        var tokenizer = TokenizerLoader.Load(teacherFolder, teacherConfig.BosTokenId, teacherConfig.EosTokenIds[0]);
         var (train, validation) = EnsureData(recipe, runFolder, tokenizer, note, cancellationToken);
         return (teacherFolder, initialStudent, train, validation);
     }

@@ -23,6 +23,8 @@ public sealed class HuggingFaceTokenizer : IByteTokenizer
     readonly Dictionary<string, int> vocab;
     readonly bool byteLevel;
     readonly bool ignoreMerges;
+    // SentencePiece-style vocabularies: whether a word may be cut before each "▁" that follows another character.
+    readonly bool splitAtMetaspace;
     readonly int? unknownId;
     // Byte b's "<0xHH>" token when the model falls back to bytes; null otherwise.
     readonly int[]? byteTokenIds;
@@ -57,6 +59,7 @@ public sealed class HuggingFaceTokenizer : IByteTokenizer
         this.vocab = vocab;
         this.byteLevel = byteLevel;
         this.ignoreMerges = ignoreMerges;
+        splitAtMetaspace = !byteLevel && !vocab.Keys.Any(HasInnerMetaspace);
         this.unknownId = unknownId;
         this.byteTokenIds = byteTokenIds;
         this.normalizer = normalizer;
@@ -184,10 +187,33 @@ public sealed class HuggingFaceTokenizer : IByteTokenizer
                 var words = new List<PreToken> { new(piece, start == 0) };
                 if (preTokenizer is not null) words = preTokenizer.Apply(words);
                 foreach (var word in words)
-                    if (word.Text.Length > 0) EncodeWord(word.Text, ids);
+                {
+                    if (word.Text.Length == 0) continue;
+                    if (!splitAtMetaspace) { EncodeWord(word.Text, ids); continue; }
+                    // Without a pre-tokenizer split a SentencePiece-style word is a whole line, and BPE over it
+                    // takes quadratic time. No token holds "▁" after another character, so no merge crosses the
+                    // place before such a "▁", and encoding the parts gives the same ids as encoding the whole.
+                    int from = 0;
+                    for (int i = 1; i < word.Text.Length; i++)
+                    {
+                        if (word.Text[i] != Metaspace || word.Text[i - 1] == Metaspace) continue;
+                        EncodeWord(word.Text[from..i], ids);
+                        from = i;
+                    }
+                    EncodeWord(word.Text[from..], ids);
+                }
             }
         }
         return [.. ids];
+    }
+
+    const char Metaspace = '\u2581';
+
+    static bool HasInnerMetaspace(string piece)
+    {
+        for (int i = 1; i < piece.Length; i++)
+            if (piece[i] == Metaspace && piece[i - 1] != Metaspace) return true;
+        return false;
     }
 
     void EncodeWord(string word, List<int> ids)
