@@ -199,6 +199,17 @@ abstract class PreTokenizerStep
         }
     }
 
+    /// <summary>
+    /// Metaspace's prepend_scheme; older files say add_prefix_space instead, and add_prefix_space false means never
+    /// whatever the scheme says, as Hugging Face reads them.
+    /// </summary>
+    public static string MetaspaceScheme(JsonElement element, string file, string field)
+    {
+        bool addPrefixSpace = TokenizerJsonFields.Bool(element, "add_prefix_space", file, field, true);
+        string scheme = element.TryGetProperty("prepend_scheme", out var s) && s.ValueKind == JsonValueKind.String ? s.GetString()! : "always";
+        return addPrefixSpace ? scheme : "never";
+    }
+
     /// <summary>Null when <paramref name="element"/> is JSON null (no pre-tokenizer).</summary>
     public static PreTokenizerStep? Parse(JsonElement element, string file, string field)
     {
@@ -225,9 +236,7 @@ abstract class PreTokenizerStep
             case "Metaspace":
                 string replacement = TokenizerJsonFields.String(element, "replacement", file, field);
                 if (replacement.Length != 1) throw new InvalidInputException(file, $"{field}.replacement: \"{replacement}\" is not one character");
-                // Older files say add_prefix_space instead of prepend_scheme.
-                string scheme = element.TryGetProperty("prepend_scheme", out var s) && s.ValueKind == JsonValueKind.String ? s.GetString()!
-                    : TokenizerJsonFields.Bool(element, "add_prefix_space", file, field, true) ? "always" : "never";
+                string scheme = MetaspaceScheme(element, file, field);
                 if (scheme is not ("always" or "first" or "never"))
                     throw new InvalidInputException(file, $"{field}.prepend_scheme: \"{scheme}\" is not always, first or never");
                 return new MetaspaceStep(replacement[0], scheme, TokenizerJsonFields.Bool(element, "split", file, field, true));
@@ -345,8 +354,7 @@ sealed record DecoderSteps(bool ByteLevel, string? ReplaceFrom, string? ReplaceT
                 return steps with { StripStart = element.TryGetProperty("start", out var start) && start.ValueKind == JsonValueKind.Number ? start.GetInt32() : 0 };
             case "Metaspace":
                 string replacement = TokenizerJsonFields.String(element, "replacement", file, field);
-                string scheme = element.TryGetProperty("prepend_scheme", out var s) && s.ValueKind == JsonValueKind.String ? s.GetString()!
-                    : TokenizerJsonFields.Bool(element, "add_prefix_space", file, field, true) ? "always" : "never";
+                string scheme = PreTokenizerStep.MetaspaceScheme(element, file, field);
                 return steps with { ReplaceFrom = replacement, ReplaceTo = " ", StripStart = scheme == "never" ? 0 : 1 };
             default:
                 throw new InvalidInputException(file, $"{field}: decoder type \"{type}\" is not supported (supported: Sequence, ByteLevel, ByteFallback, Fuse, Replace, Strip, Metaspace)");

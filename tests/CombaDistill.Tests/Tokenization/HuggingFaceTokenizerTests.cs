@@ -41,6 +41,34 @@ public class HuggingFaceTokenizerTests
         Assert.True(decodeMismatches.Count == 0, $"{decodeMismatches.Count} of {texts.Count} decodings differ:\n{string.Join("\n", decodeMismatches.Take(10))}");
     }
 
+    /// <summary>
+    /// Mistral v0.3 and newer Llama 2 conversions write the same SentencePiece-style model with a Metaspace
+    /// pre-tokenizer (add_prefix_space with prepend_scheme "first", no split; the reference needs add_prefix_space, which
+    /// tokenizers written before version 0.19 carry) and a Metaspace decoder instead of Prepend/Replace normalizers:
+    /// the 32k vocabulary rewritten that way, against the reference on 10,000 strings.
+    /// </summary>
+    [Fact]
+    public void Metaspace_form_of_the_sentencepiece_style_file_matches_the_independent_implementation()
+    {
+        using var dir = new TempDir();
+        var source = TokenizerReference.TokenizerFolder("llama2");
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(source, "tokenizer.json")))!.AsObject();
+        json["normalizer"] = null;
+        json["pre_tokenizer"] = System.Text.Json.Nodes.JsonNode.Parse("""{"type": "Metaspace", "replacement": "▁", "add_prefix_space": true, "prepend_scheme": "first", "split": false}""");
+        json["decoder"] = System.Text.Json.Nodes.JsonNode.Parse("""{"type": "Metaspace", "replacement": "▁", "add_prefix_space": true, "prepend_scheme": "first", "split": false}""");
+        File.WriteAllText(dir["tokenizer.json"], json.ToJsonString());
+        File.Copy(Path.Combine(source, "tokenizer_config.json"), dir["tokenizer_config.json"]);
+
+        var tokenizer = TokenizerLoader.Load(dir.Path);
+        var texts = TokenizerReference.Strings(10_000, ["<s>", "</s>", "<unk>"], seed: 77);
+        var reference = TokenizerReference.Encode(dir.Path, texts);
+        var mismatches = texts.Select((t, i) => (t, i)).Where(e => !tokenizer.Encode(e.t, addBos: false).SequenceEqual(reference[e.i].Ids)
+                || tokenizer.Decode(reference[e.i].Ids) != reference[e.i].Text)
+            .Select(e => $"#{e.i} {Show(e.t)}: ours [{string.Join(",", tokenizer.Encode(e.t, addBos: false))}] {Show(tokenizer.Decode(reference[e.i].Ids))}, reference [{string.Join(",", reference[e.i].Ids)}] {Show(reference[e.i].Text)}")
+            .ToList();
+        Assert.True(mismatches.Count == 0, $"{mismatches.Count} of {texts.Count} differ:\n{string.Join("\n", mismatches.Take(10))}");
+    }
+
     [Fact]
     public void Bos_and_eos_come_from_tokenizer_config_and_the_post_processor()
     {
@@ -103,7 +131,7 @@ public class HuggingFaceTokenizerTests
                {"id": 2, "content": "</s>", "special": true, "normalized": false, "lstrip": false, "rstrip": false, "single_word": false},
                {"id": XID, "content": "[X]", "special": false, "normalized": false, "lstrip": true, "rstrip": true, "single_word": false}],
              "normalizer": null,
-             "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false},
+             "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "add_prefix_space": true, "prepend_scheme": "first", "split": false},
              "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
                                 "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
              "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
