@@ -75,6 +75,7 @@ public static class PickleScan
             if (n > pickle.Length - at) throw Bad($"an argument at byte {at} is longer than the rest of the pickle");
             return (int)n;
         }
+        long Index(string text) => long.TryParse(text, out long index) ? index : throw Bad($"memo index \"{text}\" is not a number");
         string Text(int width)
         {
             int n = Length(width);
@@ -119,11 +120,11 @@ public static class PickleScan
                 case 0x8a: Take(Length(1)); Push(null); break;
                 case 0x8b: Take(Length(4)); Push(null); break;
                 // Memo.
-                case (byte)'p': memo[long.Parse(Line())] = last; break;
+                case (byte)'p': memo[Index(Line())] = last; break;
                 case (byte)'q': memo[pickle[Take(1)]] = last; break;
                 case (byte)'r': memo[BinaryPrimitives.ReadUInt32LittleEndian(pickle.AsSpan(Take(4)))] = last; break;
                 case 0x94: memo[memo.Count] = last; break;
-                case (byte)'g': Push(memo.GetValueOrDefault(long.Parse(Line()))); break;
+                case (byte)'g': Push(memo.GetValueOrDefault(Index(Line()))); break;
                 case (byte)'h': Push(memo.GetValueOrDefault(pickle[Take(1)])); break;
                 case (byte)'j': Push(memo.GetValueOrDefault(BinaryPrimitives.ReadUInt32LittleEndian(pickle.AsSpan(Take(4))))); break;
                 // Framing and protocol.
