@@ -181,27 +181,13 @@ public sealed class HuggingFaceTokenizer : IByteTokenizer
         {
             if (addedId >= 0) { ids.Add(addedId); continue; }
             string normalized = normalizer?.Apply(segment) ?? segment;
-            foreach (var (_, piece, normalizedId) in normalizedAdded.Split(normalized))
+            foreach (var (pieceStart, piece, normalizedId) in normalizedAdded.Split(normalized))
             {
                 if (normalizedId >= 0) { ids.Add(normalizedId); continue; }
-                var words = new List<PreToken> { new(piece, start == 0) };
+                var words = new List<PreToken> { new(piece, start == 0 && pieceStart == 0) };
                 if (preTokenizer is not null) words = preTokenizer.Apply(words);
                 foreach (var word in words)
-                {
-                    if (word.Text.Length == 0) continue;
-                    if (!splitAtMetaspace) { EncodeWord(word.Text, ids); continue; }
-                    // Without a pre-tokenizer split a SentencePiece-style word is a whole line, and BPE over it
-                    // takes quadratic time. No token holds "▁" after another character, so no merge crosses the
-                    // place before such a "▁", and encoding the parts gives the same ids as encoding the whole.
-                    int from = 0;
-                    for (int i = 1; i < word.Text.Length; i++)
-                    {
-                        if (word.Text[i] != Metaspace || word.Text[i - 1] == Metaspace) continue;
-                        EncodeWord(word.Text[from..i], ids);
-                        from = i;
-                    }
-                    EncodeWord(word.Text[from..], ids);
-                }
+                    if (word.Text.Length > 0) EncodeWord(word.Text, ids);
             }
         }
         return [.. ids];
@@ -223,6 +209,27 @@ public sealed class HuggingFaceTokenizer : IByteTokenizer
             ids.Add(whole);
             return;
         }
+        if (!splitAtMetaspace)
+        {
+            EncodeMerged(word, ids);
+            return;
+        }
+        // Without a pre-tokenizer split a SentencePiece-style word is a whole line, and BPE over it takes quadratic
+        // time. No token holds "▁" after another character, so no merge crosses the place before such a "▁", and
+        // merging the parts gives the same ids as merging the whole.
+        int from = 0;
+        for (int i = 1; i < word.Length; i++)
+        {
+            if (word[i] != Metaspace || word[i - 1] == Metaspace) continue;
+            EncodeMerged(word[from..i], ids);
+            from = i;
+        }
+        EncodeMerged(word[from..], ids);
+    }
+
+    /// <summary>The BPE merges over one word, with byte fallback for characters outside the vocabulary.</summary>
+    void EncodeMerged(string word, List<int> ids)
+    {
         if (byteTokenIds is null)
         {
             ids.AddRange(bpe.EncodeToIds(word));
