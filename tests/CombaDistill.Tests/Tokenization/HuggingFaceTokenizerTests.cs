@@ -153,6 +153,26 @@ public class HuggingFaceTokenizerTests
     }
 
     [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Ignore_merges_takes_a_word_found_whole_in_the_vocabulary(bool ignoreMerges)
+    {
+        using var dir = new TempDir();
+        // "ab" and "Ġab" are tokens but no merge makes them: only ignore_merges reaches them.
+        var vocab = new Dictionary<string, int> { ["a"] = 0, ["b"] = 1, ["Ġ"] = 2, ["ab"] = 3, ["Ġab"] = 4 };
+        File.WriteAllText(dir["tokenizer.json"], """
+            {"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true},
+             "decoder": {"type": "ByteLevel"}, "added_tokens": [{"id": 5, "content": "<|end|>", "special": true}],
+             "model": {"type": "BPE", "ignore_merges": IGNORE, "vocab": VOCAB, "merges": []}}
+            """.Replace("IGNORE", ignoreMerges ? "true" : "false").Replace("VOCAB", System.Text.Json.JsonSerializer.Serialize(vocab)));
+        File.WriteAllText(dir["tokenizer_config.json"], """{"eos_token": "<|end|>"}""");
+        var t = TokenizerLoader.Load(dir.Path);
+        Assert.Equal(ignoreMerges ? [3, 4, 5] : [0, 1, 2, 0, 1, 5], t.Encode("ab ab<|end|>", addBos: false));
+        Assert.Equal("ab ab", t.Decode(t.Encode("ab ab<|end|>", addBos: false)));
+        Assert.Equal((5, 5), (t.BosId, t.EosId));
+    }
+
+    [Theory]
     [InlineData("""{"model": {"type": "Unigram", "vocab": []}}""", "model.type: \"Unigram\" is not supported")]
     [InlineData("""{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a"]}}""", "model.merges[0]: expected")]
     [InlineData("""{"model": {"type": "BPE", "vocab": {"a": -1}}}""", "model.vocab[\"a\"]: expected a non-negative integer id")]
