@@ -17,7 +17,7 @@ namespace CombaDistill.Tokenization;
 /// </summary>
 public sealed class HuggingFaceTokenizer : IByteTokenizer
 {
-    sealed record AddedToken(int Id, string Content, bool Special, bool LStrip, bool RStrip, bool SingleWord, bool Normalized);
+    internal sealed record AddedToken(int Id, string Content, bool Special, bool LStrip, bool RStrip, bool SingleWord, bool Normalized);
 
     readonly BpeTokenizer bpe;
     readonly Dictionary<string, int> vocab;
@@ -99,6 +99,10 @@ public sealed class HuggingFaceTokenizer : IByteTokenizer
         var decoder = DecoderSteps.Parse(Field(root, "decoder"), path, "decoder");
         bool byteLevel = preTokenizer?.ByteLevel ?? decoder.ByteLevel;
         var added = ReadAddedTokens(root, path);
+        var config = TokenizerConfig.Read(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "tokenizer_config.json"));
+        // transformers adds tokenizer_config.json's added_tokens_decoder entries that tokenizer.json lacks.
+        foreach (var extra in config?.AddedTokens ?? [])
+            if (!added.Any(a => a.Id == extra.Id)) added.Add(extra);
 
         bool byteFallback = TokenizerJsonFields.Bool(model, "byte_fallback", path, "model", false);
         bool ignoreMerges = TokenizerJsonFields.Bool(model, "ignore_merges", path, "model", false);
@@ -150,7 +154,6 @@ public sealed class HuggingFaceTokenizer : IByteTokenizer
             decoded[id] = piece is null || skipped[id] ? [] : DecodePiece(piece, decoder);
         }
 
-        var config = TokenizerConfig.Read(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "tokenizer_config.json"));
         int? IdOf(string? content, string file, string field)
         {
             if (content is null) return null;
@@ -359,16 +362,22 @@ public sealed class HuggingFaceTokenizer : IByteTokenizer
             string field = $"added_tokens[{i++}]";
             if (a.ValueKind != JsonValueKind.Object || !a.TryGetProperty("id", out var idElement) || !idElement.TryGetInt32(out int id) || id < 0)
                 throw new InvalidInputException(path, $"{field}: expected an object with a non-negative integer id");
-            string content = TokenizerJsonFields.String(a, "content", path, field);
-            if (content.Length == 0) throw new InvalidInputException(path, $"{field}.content: is empty");
-            added.Add(new AddedToken(id, content,
-                TokenizerJsonFields.Bool(a, "special", path, field, false),
-                TokenizerJsonFields.Bool(a, "lstrip", path, field, false),
-                TokenizerJsonFields.Bool(a, "rstrip", path, field, false),
-                TokenizerJsonFields.Bool(a, "single_word", path, field, false),
-                TokenizerJsonFields.Bool(a, "normalized", path, field, false)));
+            added.Add(ReadAddedToken(a, id, path, field));
         }
         return added;
+    }
+
+    /// <summary>One added token's content and options (an entry of added_tokens, or of added_tokens_decoder).</summary>
+    internal static AddedToken ReadAddedToken(JsonElement a, int id, string path, string field)
+    {
+        string content = TokenizerJsonFields.String(a, "content", path, field);
+        if (content.Length == 0) throw new InvalidInputException(path, $"{field}.content: is empty");
+        return new AddedToken(id, content,
+            TokenizerJsonFields.Bool(a, "special", path, field, false),
+            TokenizerJsonFields.Bool(a, "lstrip", path, field, false),
+            TokenizerJsonFields.Bool(a, "rstrip", path, field, false),
+            TokenizerJsonFields.Bool(a, "single_word", path, field, false),
+            TokenizerJsonFields.Bool(a, "normalized", path, field, false));
     }
 
     /// <summary>The special token a TemplateProcessing post-processor puts before a single text (BOS), if any.</summary>
@@ -437,8 +446,8 @@ public sealed class HuggingFaceTokenizer : IByteTokenizer
     }
 }
 
-/// <summary>The fields of <c>tokenizer_config.json</c> that choose BOS and EOS.</summary>
-sealed record TokenizerConfig(string Path, string? BosToken, string? EosToken, bool? AddBosToken)
+/// <summary>The fields of <c>tokenizer_config.json</c> that choose BOS and EOS, and its added_tokens_decoder.</summary>
+sealed record TokenizerConfig(string Path, string? BosToken, string? EosToken, bool? AddBosToken, IReadOnlyList<HuggingFaceTokenizer.AddedToken> AddedTokens)
 {
     /// <summary>Null when the file does not exist.</summary>
     public static TokenizerConfig? Read(string path)
@@ -450,7 +459,16 @@ sealed record TokenizerConfig(string Path, string? BosToken, string? EosToken, b
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object) throw new InvalidInputException(path, "expected a JSON object");
             bool? addBos = root.TryGetProperty("add_bos_token", out var a) && a.ValueKind is JsonValueKind.True or JsonValueKind.False ? a.GetBoolean() : null;
-            return new TokenizerConfig(path, Token(root, "bos_token", path), Token(root, "eos_token", path), addBos);
+            var added = new List<HuggingFaceTokenizer.AddedToken>();
+            if (root.TryGetProperty("added_tokens_decoder", out var decoder) && decoder.ValueKind == JsonValueKind.Object)
+                foreach (var entry in decoder.EnumerateObject())
+                {
+                    string field = $"added_tokens_decoder[\"{entry.Name}\"]";
+                    if (!int.TryParse(entry.Name, out int id) || id < 0 || entry.Value.ValueKind != JsonValueKind.Object)
+                        throw new InvalidInputException(path, $"{field}: expected a non-negative integer id mapping to {{\"content\": ...}}");
+                    added.Add(HuggingFaceTokenizer.ReadAddedToken(entry.Value, id, path, field));
+                }
+            return new TokenizerConfig(path, Token(root, "bos_token", path), Token(root, "eos_token", path), addBos, added);
         }
         catch (JsonException e) { throw new InvalidInputException(path, $"not valid JSON ({e.Message})", e); }
     }

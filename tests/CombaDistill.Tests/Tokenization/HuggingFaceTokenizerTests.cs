@@ -172,6 +172,33 @@ public class HuggingFaceTokenizerTests
         Assert.Equal((5, 5), (t.BosId, t.EosId));
     }
 
+    [Fact]
+    public void Added_tokens_of_tokenizer_config_that_tokenizer_json_lacks_are_added()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir["tokenizer.json"], """
+            {"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true}, "decoder": {"type": "ByteLevel"},
+             "added_tokens": [{"id": 3, "content": "<|end|>", "special": true}],
+             "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "Ġ": 2}, "merges": []}}
+            """);
+        File.WriteAllText(dir["tokenizer_config.json"], """
+            {"eos_token": "<|end|>", "added_tokens_decoder": {
+              "3": {"content": "<|end|>", "special": true},
+              "4": {"content": "<tool>", "special": false, "lstrip": true},
+              "5": {"content": "<pad>", "special": true}}}
+            """);
+        var t = Assert.IsType<HuggingFaceTokenizer>(TokenizerLoader.Load(dir.Path));
+        Assert.Equal(6, t.VocabSize);
+        Assert.Equal([0, 4, 1, 5, 3], t.Encode("a <tool>b<pad><|end|>", addBos: false));
+        // <tool> is not special: decoding keeps it; <pad> and <|end|> are dropped.
+        Assert.Equal("a<tool>b", t.Decode([0, 4, 1, 5, 3]));
+
+        File.WriteAllText(dir["tokenizer_config.json"], """{"eos_token": "<|end|>", "added_tokens_decoder": {"x": {"content": "y"}}}""");
+        var e = Assert.Throws<InvalidInputException>(() => TokenizerLoader.Load(dir.Path));
+        Assert.Equal(dir["tokenizer_config.json"], e.FilePath);
+        Assert.Contains("added_tokens_decoder[\"x\"]", e.Message);
+    }
+
     [Theory]
     [InlineData("""{"model": {"type": "Unigram", "vocab": []}}""", "model.type: \"Unigram\" is not supported")]
     [InlineData("""{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a"]}}""", "model.merges[0]: expected")]
