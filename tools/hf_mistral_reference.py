@@ -9,7 +9,7 @@ Run on a host with torch, transformers and safetensors (no network needed):
 It writes four flat files under OUT:
   config.json                      a small random Mistral (GQA 4/2 heads, sliding_window 4), as save_pretrained
   model.safetensors                writes them (float32)
-  pytorch_model.bin                the same weights saved with safe_serialization=False (torch.save's zip pickle)
+  pytorch_model.bin                the same weights through torch.save(model.state_dict()) (a zip pickle)
   mistral_sliding_logits.safetensors  input_ids [2, 12], logits_f32 (eager attention, the window in force) and
                                    logits_full_f32 (the same weights with sliding_window=None), computed on the CPU
 
@@ -74,15 +74,12 @@ def main():
     assert (windowed[:, 4:] - full[:, 4:]).abs().max() > 1e-3, "the window must matter past position 4"
 
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(os.path.join(tmp, "st"), safe_serialization=True)
-        shutil.copy(os.path.join(tmp, "st", "config.json"), os.path.join(out, "config.json"))
-        shutil.copy(os.path.join(tmp, "st", "model.safetensors"), os.path.join(out, "model.safetensors"))
-        try:
-            model.save_pretrained(os.path.join(tmp, "pt"), safe_serialization=False)
-            shutil.copy(os.path.join(tmp, "pt", "pytorch_model.bin"), os.path.join(out, "pytorch_model.bin"))
-        except Exception as e:  # a transformers that no longer writes pickles: torch.save the state dict as it did
-            print("save_pretrained(safe_serialization=False) failed:", e, "- writing torch.save(state_dict) instead")
-            torch.save(model.state_dict(), os.path.join(out, "pytorch_model.bin"))
+        # transformers 5 writes safetensors only (its save_pretrained has no safe_serialization any more)
+        model.save_pretrained(tmp)
+        shutil.copy(os.path.join(tmp, "config.json"), os.path.join(out, "config.json"))
+        shutil.copy(os.path.join(tmp, "model.safetensors"), os.path.join(out, "model.safetensors"))
+    # what transformers before 5 wrote with safe_serialization=False, and what its migration guide says to do now
+    torch.save(model.state_dict(), os.path.join(out, "pytorch_model.bin"))
     save_file({"input_ids": INPUT_IDS, "logits_f32": windowed, "logits_full_f32": full},
               os.path.join(out, "mistral_sliding_logits.safetensors"),
               {"torch": torch.__version__, "transformers": transformers.__version__})
