@@ -82,7 +82,11 @@ static class ConvertCommand
             };
             var outFolder = parse.GetValue(output) ?? DefaultOutput(parse.GetValue(from)!);
             if (parse.GetValue(output) is null)
+            {
+                // A teacher that is not there is the one error line, before anything is announced.
+                TeacherSource.Resolve(parse.GetValue(from)!, parse.GetValue(config));
                 CliCommon.Err.MarkupLineInterpolated($"writing the student to [bold]{outFolder}[/] (beside the teacher; --out chooses another folder)");
+            }
             ConversionReport? report = null;
             // Redirected to a log, a progress bar only adds a "converting: 0%" line above an error; the report follows on stdout anyway.
             if (Console.IsErrorRedirected)

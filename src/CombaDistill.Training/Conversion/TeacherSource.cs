@@ -17,7 +17,7 @@ public sealed record TeacherSource(string ConfigPath, string CheckpointPath, IRe
         if (Directory.Exists(full))
             return Make(configPath ?? Path.Combine(full, "config.json"), full, full);
         if (!File.Exists(full))
-            throw new InvalidInputException(from, "no such file or folder (expected a Hugging Face folder, a model.safetensors.index.json or a .safetensors file)");
+            throw new InvalidInputException(from, "no such file or folder (expected a Hugging Face folder, a sharded checkpoint's index, or a .safetensors or pytorch_model.bin file)");
 
         var folder = Path.GetDirectoryName(full)!;
         var name = Path.GetFileName(full);

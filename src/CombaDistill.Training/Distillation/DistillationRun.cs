@@ -206,7 +206,7 @@ public static class DistillationRun
         if (recipe.Student.FromScratch) EnsureScratch(recipe, initialStudent, note);
         // config.json's BOS and EOS win over the tokenizer's own, as generate and eval have them.
         var teacherConfig = Modeling.Llama.LlamaConfig.Load(Path.Combine(teacherFolder, "config.json"));
-        var tokenizer = TokenizerLoader.Load(teacherFolder, teacherConfig.BosTokenId, teacherConfig.EosTokenIds[0]);
+        var tokenizer = TokenizerLoader.ForModel(teacherFolder, teacherConfig.VocabSize, teacherConfig.BosTokenId, teacherConfig.EosTokenIds[0]);
         var (train, validation) = EnsureData(recipe, runFolder, tokenizer, note, cancellationToken);
         return (teacherFolder, initialStudent, train, validation);
     }

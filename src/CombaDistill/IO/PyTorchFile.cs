@@ -42,11 +42,7 @@ public sealed class PyTorchFile : ITensorFile
 
     public static PyTorchFile Open(string path)
     {
-        if (Directory.Exists(path)) throw new InvalidInputException(path, "is a folder; expected a pytorch_model.bin file");
-        FileStream stream;
-        try { stream = IoRetry.Execute(() => new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read)); }
-        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException) { throw new InvalidInputException(path, "file not found", e); }
-        catch (UnauthorizedAccessException e) { throw new InvalidInputException(path, "permission denied", e); }
+        var stream = InputFile.OpenRead(path, "pytorch_model.bin file");
         try
         {
             Span<byte> magic = stackalloc byte[4];

@@ -299,12 +299,7 @@ public sealed class HuggingFaceTokenizer : IByteTokenizer
 
     static JsonDocument ParseJson(string path)
     {
-        byte[] bytes;
-        try { bytes = IoRetry.Execute(() => File.ReadAllBytes(path)); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            throw new InvalidInputException(path, $"cannot read: {e.Message}", e);
-        }
+        var bytes = InputFile.ReadAllBytes(path, "tokenizer.json");
         try { return JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 256 }); }
         catch (JsonException e) { throw new InvalidInputException(path, $"not valid JSON ({e.Message})", e); }
     }
@@ -455,7 +450,7 @@ sealed record TokenizerConfig(string Path, string? BosToken, string? EosToken, b
         if (!File.Exists(path)) return null;
         try
         {
-            using var doc = JsonDocument.Parse(IoRetry.Execute(() => File.ReadAllBytes(path)));
+            using var doc = JsonDocument.Parse(InputFile.ReadAllBytes(path, "tokenizer_config.json", maxBytes: 64L << 20));
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object) throw new InvalidInputException(path, "expected a JSON object");
             bool? addBos = root.TryGetProperty("add_bos_token", out var a) && a.ValueKind is JsonValueKind.True or JsonValueKind.False ? a.GetBoolean() : null;
