@@ -50,6 +50,8 @@ public static class AttentionAlignment
             (cos, sin) = teacherModel.Rotary.CosSin(0, inputIds.shape[1], h.dtype, h.device);
         }
         var (studentCos, studentSin) = (cos.to(studentDevice).to(studentType), sin.to(studentDevice).to(studentType));
+        // a checkpointed mixer runs again in the backward pass, after this scope has ended: its tables must outlive it
+        if (checkpointed) (studentCos, studentSin) = (studentCos.MoveToOuterDisposeScope(), studentSin.MoveToOuterDisposeScope());
         for (var i = 0; i <= last; i++)
         {
             var teacherLayer = teacherModel.layers[i];

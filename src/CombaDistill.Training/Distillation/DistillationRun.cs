@@ -117,10 +117,11 @@ public static class DistillationRun
 
         using var teacher = LoadTeacher(teacherFolder, options, device, Note);
         var precision = PrecisionChoice.Resolve(recipe.Precision, device);
-        PrecisionChoice.ApplyMatmulMode(precision, device);
         if (precision == Precision.BFloat16) Note("the student trains in bf16 with float32 master weights (precision: bf16)");
         var context = new StageContext(recipe, runFolder, options, device, teacher, trainTokens, validationTokens, recipeSha256, precision, progress);
-        var results = plan.Select(planned => RunStage(context, planned, Note, cancellationToken)).ToList();
+        var results = new List<StageResult>();
+        using (PrecisionChoice.MatmulMode(precision, device))
+            results.AddRange(plan.Select(planned => RunStage(context, planned, Note, cancellationToken)));
 
         var last = Path.Combine(StageFolder(runFolder, recipe, recipe.Stages.Count - 1), StageTrainer.ResultFolder);
         var finalFolder = Path.Combine(runFolder, FinalStudent);

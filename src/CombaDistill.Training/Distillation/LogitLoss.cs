@@ -49,13 +49,17 @@ public static class LogitLoss
     /// <param name="teacherHidden">the teacher's final-normed hidden states (B, T, hidden), no graph; null when KL's weight is 0</param>
     /// <param name="teacherHead">as <paramref name="studentHead"/>, for the teacher</param>
     /// <param name="targets">next-token ids (B, T)</param>
+    /// <param name="afterChunk">called after each chunk's backward (mixed precision moves the head's gradient into float32 there)</param>
     public static LogitLossValue Backward(Tensor studentHidden, Func<Tensor, Tensor> studentHead, Tensor? teacherHidden, Func<Tensor, Tensor>? teacherHead,
-        Tensor targets, LogitLossOptions options, double lossScale = 1.0)
+        Tensor targets, LogitLossOptions options, double lossScale = 1.0, Action? afterChunk = null)
     {
         using var scope = NewDisposeScope();
         var cut = studentHidden.detach().requires_grad_(true);
         var total = Chunks(cut, studentHead, teacherHidden, teacherHead, targets, options, (chunkLoss, tokens) =>
-            (chunkLoss * (lossScale / tokens)).backward());
+        {
+            (chunkLoss * (lossScale / tokens)).backward();
+            afterChunk?.Invoke();
+        });
         studentHidden.backward([cut.grad!]);
         return total;
     }

@@ -37,12 +37,20 @@ public static class PrecisionChoice
 
     /// <summary>
     /// TF32 for float32 matrix products on CUDA: on under bf16 training (what float32 products remain there are
-    /// upcasts for accuracy that tolerate TF32's 10-bit mantissa), off under float32, which is the reference.
+    /// upcasts for accuracy that tolerate TF32's 10-bit mantissa), off under float32, which is the reference. The
+    /// setting is process-wide; disposing the result puts the previous one back.
     /// </summary>
-    public static void ApplyMatmulMode(Precision resolved, Device device)
+    public static IDisposable MatmulMode(Precision resolved, Device device)
     {
-        if (device.type != DeviceType.CUDA) return;
+        if (device.type != DeviceType.CUDA) return new Restore(() => { });
+        var before = backends.cuda.matmul.allow_tf32;
         backends.cuda.matmul.allow_tf32 = resolved == Precision.BFloat16;
+        return new Restore(() => backends.cuda.matmul.allow_tf32 = before);
+    }
+
+    sealed class Restore(Action undo) : IDisposable
+    {
+        public void Dispose() => undo();
     }
 }
 
@@ -93,13 +101,19 @@ public sealed class MixedPrecision : IDisposable
             {
                 if (owned.TryGetValue(name, out var own) && ReferenceEquals(own, p))
                 {
-                    mixed.masters.Add((name, new Parameter(p.detach().clone(), requires_grad: true)));
+                    using var value = p.detach();
+                    mixed.masters.Add((name, new Parameter(value.clone(), requires_grad: true)));
                     trained.Add(name);
                 }
                 else mixed.masters.Add((name, p));   // not the student's: trains as it is
             }
+            // frozen weights wait on the CPU: in an alignment stage they are most of the model
             foreach (var (name, p) in owned)
-                if (!trained.Contains(name)) mixed.frozen[name] = p.detach().clone();
+                if (!trained.Contains(name))
+                {
+                    using var value = p.detach();
+                    mixed.frozen[name] = value.to(ScalarType.Float32, CPU, copy: true);
+                }
         }
         mixed.converted.UnionWith(owned.Keys);
         student.to(compute);   // new Parameter objects (requires_grad kept): look them up again by name
@@ -145,8 +159,10 @@ public sealed class MixedPrecision : IDisposable
         working = own;
     }
 
+    /// <summary>Ends (the student back in float32) if <see cref="End"/> was not called, as when a stage stops early, then frees the masters.</summary>
     public void Dispose()
     {
+        End();
         foreach (var (name, master) in masters)
             if (converted.Contains(name)) master.Dispose();
         foreach (var value in frozen.Values) value.Dispose();

@@ -387,7 +387,9 @@ public sealed class StageTrainer
                 if (stage.KlWeight > 0)
                     using (no_grad()) teacherHidden = teacher.model.forward(input);
                 var studentHidden = student.model.forward(input);
-                total += LogitLoss.Backward(studentHidden, studentHead, teacherHidden, teacherHead, targets, LogitLossOptions.From(stage), scale).Loss * scale;
+                total += LogitLoss.Backward(studentHidden, studentHead, teacherHidden, teacherHead, targets, LogitLossOptions.From(stage), scale,
+                    // bf16: each chunk's head gradient joins the float32 masters at once, not summed in bf16 over the chunks
+                    afterChunk: mixed is null ? null : mixed.AccumulateGradients).Loss * scale;
                 mixed?.AccumulateGradients();
             }
         }

@@ -35,7 +35,10 @@ public static class ActivationCheckpoint
             var x = (Tensor)vars[0];
             var f = (Func<Tensor, Tensor>)vars[2];
             Tensor y;
-            using (no_grad()) y = f(x);
+            // f's intermediates go now: only y (and x, saved) outlive the call
+            using (NewDisposeScope())
+            using (no_grad())
+                y = f(x).MoveToOuterDisposeScope();
             ctx.save_for_backward([x]);
             ctx.save_data("f", f);
             ctx.save_data("x_requires_grad", x.requires_grad);
@@ -57,7 +60,8 @@ public static class ActivationCheckpoint
             {
                 var x = saved[0].detach().requires_grad_(xRequiresGrad);
                 var y = f(x);
-                autograd.backward([y], [grads[0]]);
+                // nothing in f to differentiate (a frozen layer on an input that needs no gradient): nothing to do
+                if (y.requires_grad) autograd.backward([y], [grads[0]]);
                 if (xRequiresGrad && x.grad is { } g) dx = g.MoveToOuterDisposeScope();
             }
             foreach (var t in saved.Concat(grads)) t?.Dispose();   // fresh wrappers on every call, ours to release

@@ -22,15 +22,15 @@ public sealed class CombaModel : nn.Module
     }
 
     /// <summary>
-    /// Final-normed hidden states (B, T, hidden) for ids (B, T). <paramref name="layerInputs"/>, when given, receives
-    /// the residual stream entering each layer (embeddings first), for distillation.
-    /// </summary>
-    /// <summary>
     /// Under autograd, recompute each layer's activations in the backward pass instead of keeping them
     /// (<see cref="Ops.ActivationCheckpoint"/>); only the residual stream between layers is kept. Training only.
     /// </summary>
     public bool ActivationCheckpointing { get; set; }
 
+    /// <summary>
+    /// Final-normed hidden states (B, T, hidden) for ids (B, T). <paramref name="layerInputs"/>, when given, receives
+    /// the residual stream entering each layer (embeddings first), for distillation.
+    /// </summary>
     public Tensor forward(Tensor inputIds, CombaDecodingState? state = null, IList<Tensor>? layerInputs = null)
     {
         if (state is not null && state.Batch != inputIds.shape[0])
