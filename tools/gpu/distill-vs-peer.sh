@@ -9,34 +9,10 @@
 #   lane     the C# GPU test lane (the classes that need CUDA)
 # usage: bash tools/gpu/distill-vs-peer.sh [speed] [quality] [stories] [lane]
 set -uo pipefail
-export COMBADISTILL_SHARED=$PWD/.gpu/shared PYTHONUNBUFFERED=1
+source tools/gpu/common.sh
 steps=${*:-speed}
-cli() { bash .gpu/run.sh tests/CombaDistill.Cli.dll "$@"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
 SEQ=${SEQ:-2048} MICRO=${MICRO:-4}
-work=/tmp/distill-1b; mkdir -p "$work"
-
-teacher_and_student() {
-  [[ -f $work/student/config.json ]] && return 0
-  cli synth --out "$work/teacher" --device cuda:0 > "$work/log" 2>&1 || { tail -5 "$work/log"; exit 1; }
-  cli convert --from "$work/teacher" --out "$work/student" --device cpu >> "$work/log" 2>&1 || { tail -5 "$work/log"; exit 1; }
-}
-
-recipe() {  # precision seq micro stages...
-  local precision=$1 seq=$2 micro=$3; shift 3
-  cat <<EOF
-seed: 7
-precision: $precision
-teacher: { path: $work/teacher }
-student: { path: $work/student }
-data:
-  train: { path: $COMBADISTILL_SHARED/data/tinyshakespeare/input.txt }
-  validation: { path: $COMBADISTILL_SHARED/data/tinystories-valid-head/tinystories_val.txt, max_tokens: $(( 2 * seq + 1 )) }
-  eval_tokens: $seq
-stages:
-EOF
-  for s in "$@"; do echo "  - $s"; done
-}
 
 if [[ $steps == *speed* ]]; then
   echo "== peer_distill.py (SEQ=$SEQ MICRO=$MICRO)"

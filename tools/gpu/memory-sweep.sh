@@ -4,31 +4,16 @@
 # for one timed step; a try that runs out of memory fails and the sweep moves on. Results: $OUT/memory-sweep.tsv.
 # usage: bash tools/gpu/memory-sweep.sh [micro-batches...]   (default: 4 8 16 32 64)
 set -uo pipefail
-export COMBADISTILL_SHARED=$PWD/.gpu/shared
-cli() { bash .gpu/run.sh tests/CombaDistill.Cli.dll "$@"; }
+source tools/gpu/common.sh
 SEQ=${SEQ:-2048}
-work=/tmp/distill-1b; mkdir -p "$work"
-if [[ ! -f $work/student/config.json ]]; then
-  cli synth --out "$work/teacher" --device cuda:0 > "$work/log" 2>&1 && cli convert --from "$work/teacher" --out "$work/student" --device cpu >> "$work/log" 2>&1 || { tail -5 "$work/log"; exit 1; }
-fi
+teacher_and_student
 printf 'stage\tcheckpointing\tsequence\tmicro_batch\tresult\ttokens_per_s\tpeak_gpu_bytes\n' > "$OUT/memory-sweep.tsv"
 for stage in align kd; do
   for ckpt in false true; do
     for micro in ${*:-4 8 16 32 64}; do
       if [[ $stage == align ]]; then s="{ name: align, objective: attention_alignment, trainable: attention, steps: 10, sequence_length: $SEQ, micro_batch: $micro, activation_checkpointing: $ckpt }"
       else s="{ name: kd, objective: distillation, trainable: all, steps: 10, sequence_length: $SEQ, micro_batch: $micro, loss_chunk: 128, activation_checkpointing: $ckpt }"; fi
-      cat > "$work/sweep.yaml" <<EOF
-seed: 7
-precision: bf16
-teacher: { path: $work/teacher }
-student: { path: $work/student }
-data:
-  train: { path: $COMBADISTILL_SHARED/data/tinyshakespeare/input.txt }
-  validation: { path: $COMBADISTILL_SHARED/data/tinystories-valid-head/tinystories_val.txt, max_tokens: $(( 2 * SEQ + 1 )) }
-  eval_tokens: $SEQ
-stages:
-  - $s
-EOF
+      recipe bf16 "$SEQ" "$micro" "$s" > "$work/sweep.yaml"
       rm -f "$work/sweep.json"
       if cli bench distill --recipe "$work/sweep.yaml" --device cuda --steps 1 --warmup 1 --json "$work/sweep.json" > "$work/sweep.log" 2>&1; then
         python3 -c "import json,sys; s=json.load(open('$work/sweep.json'))['stages'][0]; print('\t'.join(map(str, ['$stage', '$ckpt', $SEQ, $micro, 'fits', round(s['tokensPerSecond']), s['peakDeviceBytes']])))" >> "$OUT/memory-sweep.tsv"

@@ -48,20 +48,11 @@ fi
 if [[ $steps == *distill* ]]; then
   echo "== bench distill (Llama-3.2-1B-shaped synthetic teacher)"
   SEQ=${SEQ:-2048} MICRO=${MICRO:-4} STEPS=${STEPS:-10}
-  work=/tmp/bench-distill; rm -rf "$work"; mkdir -p "$work"
-  cli synth --out "$work/teacher" --device cuda:0 > "$work/log" 2>&1 || { tail -5 "$work/log"; exit 1; }
-  cli convert --from "$work/teacher" --out "$work/student" --device cpu >> "$work/log" 2>&1 || { tail -5 "$work/log"; exit 1; }
-  cat > "$work/recipe.yaml" <<EOF
-seed: 7
-teacher: { path: $work/teacher }
-student: { path: $work/student }
-data:
-  train: { path: $COMBADISTILL_SHARED/data/tinyshakespeare/input.txt }
-  validation: { path: $COMBADISTILL_SHARED/data/tinystories-valid-head/tinystories_val.txt, max_tokens: $(( 2 * SEQ + 1 )) }
-  eval_tokens: $SEQ
-stages:
-  - { name: align, objective: attention_alignment, trainable: comba, optimizer: { lr: 1e-3 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO }
-  - { name: kd, objective: distillation, trainable: all, optimizer: { lr: 1e-5 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO, kl_weight: 1.0, loss_chunk: 128 }
-EOF
+  source tools/gpu/common.sh
+  teacher_and_student
+  recipe auto "$SEQ" "$MICRO" \
+    "{ name: align, objective: attention_alignment, trainable: comba, optimizer: { lr: 1e-3 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO }" \
+    "{ name: kd, objective: distillation, trainable: all, optimizer: { lr: 1e-5 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO, kl_weight: 1.0, loss_chunk: 128 }" \
+    > "$work/recipe.yaml"
   cli bench distill --recipe "$work/recipe.yaml" --device cuda --steps "$STEPS" --warmup 2 --json "$OUT/bench-distill.json" 2>&1 | tail -30
 fi
