@@ -16,32 +16,17 @@ It writes four flat files under OUT:
 The first three belong in tests/CombaDistill.Tests/Data/hf/mistral_sliding/, the logits in tests/CombaDistill.Tests/Data/hf/.
 """
 import argparse
-import math
 import os
 import shutil
+import sys
 import tempfile
 
 import torch
-import transformers
 from safetensors.torch import save_file
 from transformers import MistralConfig, MistralForCausalLM
 
-INPUT_IDS = torch.tensor([[1, 5, 17, 42, 8, 63, 2, 30, 11, 77, 4, 19],
-                          [1, 88, 3, 3, 50, 21, 9, 70, 33, 14, 60, 7]], dtype=torch.int64)
-
-
-def randomize(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
-            if "norm" in name:
-                value = 1 + 0.2 * noise
-            elif "embed_tokens" in name:
-                value = noise
-            else:
-                value = noise / math.sqrt(p.shape[1])
-            p.copy_(value.to(p.dtype))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_reference import INPUT_IDS, logits_of, metadata, randomize  # noqa: E402  (the same inputs and weight scale)
 
 
 def config(window):
@@ -49,12 +34,6 @@ def config(window):
         vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=8, max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=10000.0,
         sliding_window=window, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, attn_implementation="eager")
-
-
-@torch.no_grad()
-def logits_of(model):
-    model.eval()
-    return model(input_ids=INPUT_IDS).logits.float().contiguous()
 
 
 def main():
@@ -66,10 +45,10 @@ def main():
 
     model = MistralForCausalLM(config(window=4))
     randomize(model, seed=5)
-    windowed = logits_of(model)
+    windowed = logits_of(model, INPUT_IDS)
     full_model = MistralForCausalLM(config(window=None))
     full_model.load_state_dict(model.state_dict())
-    full = logits_of(full_model)
+    full = logits_of(full_model, INPUT_IDS)
     assert torch.allclose(windowed[:, :4], full[:, :4], atol=1e-5), "the first 4 positions see the same keys"
     assert (windowed[:, 4:] - full[:, 4:]).abs().max() > 1e-3, "the window must matter past position 4"
 
@@ -82,7 +61,7 @@ def main():
     torch.save(model.state_dict(), os.path.join(out, "pytorch_model.bin"))
     save_file({"input_ids": INPUT_IDS, "logits_f32": windowed, "logits_full_f32": full},
               os.path.join(out, "mistral_sliding_logits.safetensors"),
-              {"torch": torch.__version__, "transformers": transformers.__version__})
+              metadata())
     print("wrote", sorted(os.listdir(out)), "max |windowed - full| past the window:",
           float((windowed[:, 4:] - full[:, 4:]).abs().max()))
 
