@@ -6,9 +6,8 @@
 #   distill: `bench distill` on a Llama-3.2-1B-shaped synthetic teacher (SEQ=2048 MICRO=4 STEPS=10 by default):
 #   stage-1 (alignment) and stage-2 (KL) tokens/s, peak GPU memory, and the shares of the teacher and the Comba op
 set -uo pipefail
-export COMBADISTILL_SHARED=$PWD/.gpu/shared PYTHONUNBUFFERED=1
+source tools/gpu/common.sh
 steps=${*:-tests hfref bench}
-cli() { bash .gpu/run.sh tests/CombaDistill.Cli.dll "$@"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader > "$OUT/machine.txt"
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)' >> "$OUT/machine.txt"
 nproc >> "$OUT/machine.txt"; cat "$OUT/machine.txt"
@@ -48,7 +47,6 @@ fi
 if [[ $steps == *distill* ]]; then
   echo "== bench distill (Llama-3.2-1B-shaped synthetic teacher)"
   SEQ=${SEQ:-2048} MICRO=${MICRO:-4} STEPS=${STEPS:-10}
-  source tools/gpu/common.sh
   teacher_and_student
   recipe auto "$SEQ" "$MICRO" \
     "{ name: align, objective: attention_alignment, trainable: comba, optimizer: { lr: 1e-3 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO }" \

@@ -28,12 +28,8 @@ public static class PrecisionChoice
         var other => other,
     };
 
-    public static string NameOf(Precision precision) => precision switch
-    {
-        Precision.BFloat16 => "bf16",
-        Precision.Float32 => "float32",
-        _ => "auto",
-    };
+    /// <summary>The recipe's spelling of a precision.</summary>
+    public static string NameOf(Precision precision) => RecipeLoader.Precisions.First(p => p.Value == precision).Key;
 
     /// <summary>
     /// TF32 for float32 matrix products on CUDA: on under bf16 training (what float32 products remain there are

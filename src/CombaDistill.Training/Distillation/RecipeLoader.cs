@@ -23,7 +23,7 @@ public static class RecipeLoader
     static readonly StageRecipe StageDefaults = new() { Name = "", Objective = Objective.AttentionAlignment, Trainable = TrainableSelection.Of("comba") };
     static readonly ScheduleRecipe ScheduleDefaults = new();
 
-    static readonly Dictionary<string, Precision> Precisions = new()
+    internal static readonly Dictionary<string, Precision> Precisions = new()
     {
         ["auto"] = Precision.Auto,
         ["bf16"] = Precision.BFloat16,
