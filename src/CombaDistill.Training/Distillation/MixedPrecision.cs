@@ -67,19 +67,17 @@ public static class PrecisionChoice
 public sealed class MixedPrecision : IDisposable
 {
     readonly nn.Module student;
-    readonly ScalarType compute;
     readonly List<(string Name, Parameter Master)> masters = [];
+    /// <summary>The masters this class made, by name: those of the student's own parameters that the stage trains.</summary>
+    readonly Dictionary<string, Parameter> ownMasters = [];
     readonly Dictionary<string, Tensor> frozen = [];
-    readonly HashSet<string> converted = [];
     Dictionary<string, Parameter> working = [];
     bool ended;
 
     /// <summary>What the optimizer, clipping, gradient averaging and checkpoints work on, in the stage's order and names.</summary>
     public IReadOnlyList<(string Name, Parameter Parameter)> Masters => masters;
 
-    public ScalarType ComputeType => compute;
-
-    MixedPrecision(nn.Module student, ScalarType compute) => (this.student, this.compute) = (student, compute);
+    MixedPrecision(nn.Module student) => this.student = student;
 
     /// <param name="student">a float32 model</param>
     /// <param name="trainable">the stage's trainable parameters (the student's, by their state_dict names, and any others, e.g. adapters)</param>
@@ -89,8 +87,7 @@ public sealed class MixedPrecision : IDisposable
         foreach (var (name, p) in owned)
             if (p.dtype != ScalarType.Float32)
                 throw new InvalidOperationException($"mixed precision needs a float32 student; {name} is {p.dtype}");
-        var mixed = new MixedPrecision(student, compute);
-        var trained = new HashSet<string>();
+        var mixed = new MixedPrecision(student);
         using (no_grad())
         {
             foreach (var (name, p) in trainable)
@@ -98,20 +95,20 @@ public sealed class MixedPrecision : IDisposable
                 if (owned.TryGetValue(name, out var own) && ReferenceEquals(own, p))
                 {
                     using var value = p.detach();
-                    mixed.masters.Add((name, new Parameter(value.clone(), requires_grad: true)));
-                    trained.Add(name);
+                    var master = new Parameter(value.clone(), requires_grad: true);
+                    mixed.masters.Add((name, master));
+                    mixed.ownMasters[name] = master;
                 }
                 else mixed.masters.Add((name, p));   // not the student's: trains as it is
             }
             // frozen weights wait on the CPU: in an alignment stage they are most of the model
             foreach (var (name, p) in owned)
-                if (!trained.Contains(name))
+                if (!mixed.ownMasters.ContainsKey(name))
                 {
                     using var value = p.detach();
                     mixed.frozen[name] = value.to(ScalarType.Float32, CPU, copy: true);
                 }
         }
-        mixed.converted.UnionWith(owned.Keys);
         student.to(compute);   // new Parameter objects (requires_grad kept): look them up again by name
         mixed.working = student.named_parameters().ToDictionary(p => p.name, p => p.parameter);
         return mixed;
@@ -121,9 +118,9 @@ public sealed class MixedPrecision : IDisposable
     public void AccumulateGradients()
     {
         using var scope = NewDisposeScope();
-        foreach (var (name, master) in masters)
+        foreach (var (name, master) in ownMasters)
         {
-            if (!working.TryGetValue(name, out var w) || ReferenceEquals(w, master)) continue;
+            var w = working[name];
             var g = w.grad;
             if (g is null || g.IsInvalid) continue;
             if (master.grad is { IsInvalid: false } mg) mg.add_(g);
@@ -137,8 +134,7 @@ public sealed class MixedPrecision : IDisposable
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        foreach (var (name, master) in masters)
-            if (working.TryGetValue(name, out var w) && !ReferenceEquals(w, master)) w.copy_(master);
+        foreach (var (name, master) in ownMasters) working[name].copy_(master);
     }
 
     /// <summary>Turns the student back into float32 holding the masters' values (and the frozen weights' originals).</summary>
@@ -149,8 +145,7 @@ public sealed class MixedPrecision : IDisposable
         student.to(ScalarType.Float32);
         var own = student.named_parameters().ToDictionary(p => p.name, p => p.parameter);
         using var noGrad = no_grad();
-        foreach (var (name, master) in masters)
-            if (converted.Contains(name)) own[name].copy_(master);
+        foreach (var (name, master) in ownMasters) own[name].copy_(master);
         foreach (var (name, value) in frozen) own[name].copy_(value);
         working = own;
     }
@@ -159,8 +154,7 @@ public sealed class MixedPrecision : IDisposable
     public void Dispose()
     {
         End();
-        foreach (var (name, master) in masters)
-            if (converted.Contains(name)) master.Dispose();
+        foreach (var master in ownMasters.Values) master.Dispose();
         foreach (var value in frozen.Values) value.Dispose();
         frozen.Clear();
     }
