@@ -13,4 +13,16 @@ rm -rf .gpu/cli
 rm -rf .gpu/shared && mkdir -p .gpu/shared/models .gpu/shared/data
 cp -r "$shared/models/stories260K" .gpu/shared/models/
 cp -r "$shared/data/." .gpu/shared/data/
+# CLI_ONLY=1: without the test runner's assemblies (about 8 MB), for calls that carry the peers beside .gpu and must
+# stay under the 64 MiB a device call may carry
+if [[ ${CLI_ONLY:-0} == 1 ]]; then
+  (cd .gpu/tests && rm -f xunit* Microsoft.Testing* Microsoft.TestPlatform* Microsoft.VisualStudio.TestPlatform* \
+    CsCheck.dll Microsoft.ApplicationInsights.dll CombaDistill.Tests.dll CombaDistill.Tests.pdb)
+fi
+# the peers (tools/gpu/distill-vs-peer.sh): flash-linear-attention's folder fla, put in .peers/fla by hand, packed small
+if [[ -d .peers/fla ]]; then
+  rm -rf .peerpack && mkdir -p .peerpack
+  tar -cJf .peerpack/fla.tar.xz -C .peers fla && cp "$shared"/peers/*.py .peerpack/
+  du -sh .peerpack
+fi
 du -sh .gpu
