@@ -6,17 +6,23 @@
 #   quality  KD_STEPS (200) KL steps at the 1B shape (sequence 512 × micro-batch 2) in bf16 and in float32 from the
 #            same converted student: the two loss curves, $OUT/kd-bf16.jsonl and $OUT/kd-float32.jsonl
 #   stories  recipes/stories260k.yaml on this GPU (precision auto = bf16): $OUT/stories260k-summary.json
+#   kernels  the peer's kernels (.peers/peer_bench.py: fla chunk_comba, NO_NAIVE) and ours through `bench kernel` in
+#            bf16 (COMBADISTILL_FUSED_BF16=1), back to back; with KERNEL_SRC set, also that kernel source checked
+#            against the float64 recurrence and timed by tools/kernels/comba_check.py
 #   lane     the C# GPU test lane (the classes that need CUDA)
-# usage: bash tools/gpu/distill-vs-peer.sh [speed] [quality] [stories] [lane]
+# usage: bash tools/gpu/distill-vs-peer.sh [speed] [quality] [stories] [kernels] [lane]
 set -uo pipefail
 source tools/gpu/common.sh
 steps=${*:-speed}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
 SEQ=${SEQ:-2048} MICRO=${MICRO:-4}
 
+peers=/tmp/peers
+unpack_peers() { [[ -d $peers/fla ]] || { mkdir -p $peers && tar -xJf .peerpack/fla.tar.xz -C $peers && cp .peerpack/*.py $peers/; }; }
+
 if [[ $steps == *speed* ]]; then
   echo "== peer_distill.py (SEQ=$SEQ MICRO=$MICRO)"
-  peers=/tmp/peers; mkdir -p $peers && tar -xJf .peerpack/fla.tar.xz -C $peers && cp .peerpack/*.py $peers/
+  unpack_peers
   (cd $peers && FLA_PATH=$PWD SEQ=$SEQ MICRO=$MICRO OUT=$OUT timeout 300 python3 peer_distill.py) 2>&1 | tee "$OUT/peer-distill.log" | grep -E '^\{|Error|error' | tail -5
   echo "== bench distill, bf16"
   teacher_and_student
@@ -45,6 +51,20 @@ if [[ $steps == *stories* ]]; then
   rm -rf /tmp/s260run
   /usr/bin/time -f "%e s" cli distill --recipe recipes/stories260k.yaml --run-dir /tmp/s260run --device cuda 2>&1 | tail -6
   cp /tmp/s260run/summary.json "$OUT/stories260k-summary.json"
+fi
+
+if [[ $steps == *kernels* ]]; then
+  echo "== peer_bench.py (fla chunk_comba, NO_NAIVE=1)"
+  unpack_peers
+  (cd $peers && FLA_PATH=$PWD NO_NAIVE=1 OUT=$OUT timeout 240 python3 peer_bench.py) > "$OUT/peer-bench.log" 2>&1
+  grep -E 'chunk_comba|Error' "$OUT/peer-bench.log" | head -12
+  echo "== bench kernel, bf16 kernels"
+  COMBADISTILL_FUSED_BF16=1 cli bench kernel --device cuda --ops fused,sdpa --json "$OUT/bench-kernel-bf16.json" 2>&1 | tail -14
+  if [[ -n ${KERNEL_SRC:-} ]]; then
+    echo "== $KERNEL_SRC: check against float64 and time"
+    BF16_ONLY=1 timeout 200 python3 tools/kernels/comba_check.py --check --time > "$OUT/kernel-candidate.log" 2>&1
+    tail -20 "$OUT/kernel-candidate.log"
+  fi
 fi
 
 if [[ $steps == *lane* ]]; then
