@@ -42,8 +42,7 @@ static class BenchCombaCommand
             var type = ParseDType(parse.GetValue(dtype) ?? (onGpu ? "bfloat16" : "float32"));
             if (!ChunkwiseComba.SupportedChunkSizes.Contains(parse.GetValue(chunk)))
                 throw new ArgumentException($"--chunk-size {parse.GetValue(chunk)}: use one of {string.Join(", ", ChunkwiseComba.SupportedChunkSizes)}");
-            if (parse.GetValue(BenchCommand.JsonOption) is { Length: > 0 } jsonPath && Path.GetDirectoryName(Path.GetFullPath(jsonPath)) is { } folder && !Directory.Exists(folder))
-                throw new InvalidInputException(jsonPath, $"folder {folder} does not exist");   // before minutes of timing, not after
+            BenchCommand.CheckJsonTarget(parse);
             var options = new CombaBenchOptions
             {
                 Repeats = parse.GetValue(repeats), Warmup = parse.GetValue(warmup), ChunkSize = parse.GetValue(chunk),
@@ -52,13 +51,7 @@ static class BenchCombaCommand
 
             var progress = new Progress<string>(line => CliCommon.Err.MarkupLineInterpolated($"[grey]bench {line}[/]"));
             var results = CombaBenchmark.Run(device, shapeList, type, options, progress, ct);
-            // redirected output would be wrapped at 80 columns; a results table reads better unwrapped
-            if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 150);
-            AnsiConsole.Write(Table(results));
-            foreach (var r in results.Where(r => r.Note is not null))
-                AnsiConsole.MarkupLineInterpolated($"  {r.Shape} {r.Method}: {r.Note}");
-            BenchCommand.WriteJson(parse, results);
-            return 0;
+            return BenchCommand.Show(parse, CombaBenchmark.ToReport(results, device, type, options));
         }));
         return command;
     }
@@ -70,21 +63,4 @@ static class BenchCombaCommand
         "float16" or "f16" or "fp16" => torch.ScalarType.Float16,
         _ => throw new ArgumentException($"--dtype {name}: expected float32, bfloat16 or float16"),
     };
-
-    public static Table Table(IReadOnlyList<CombaBenchResult> results)
-    {
-        var first = results.FirstOrDefault();
-        var table = new Table().Title($"Comba vs SDPA, {first?.Dtype} on {first?.Device}; ×SDPA = time / SDPA's time");
-        table.AddColumn("shape (B,T,H,D)").AddColumn("method");
-        foreach (var column in new[] { "fwd ms", "fwd tok/s", "fwd ×SDPA", "fwd+bwd ms", "fwd+bwd tok/s", "fwd+bwd ×SDPA" })
-            table.AddColumn(new TableColumn(column) { Alignment = Justify.Right });
-        foreach (var r in results)
-            table.AddRow(r.Shape.ToString(), r.Method + (r.Note is null ? "" : " *"), Ms(r.ForwardMs), Rate(r.ForwardTokensPerSecond), Ratio(r.ForwardTimeRatioToSdpa),
-                Ms(r.ForwardBackwardMs), Rate(r.ForwardBackwardTokensPerSecond), Ratio(r.ForwardBackwardTimeRatioToSdpa));
-        return table;
-    }
-
-    static string Ms(double? ms) => ms is { } v ? v.ToString(v < 10 ? "F2" : "F1", CultureInfo.InvariantCulture) : "—";
-    static string Rate(double? perSecond) => perSecond is { } v ? v.ToString("N0", CultureInfo.InvariantCulture) : "—";
-    static string Ratio(double? r) => r is { } v ? v.ToString("F2", CultureInfo.InvariantCulture) : "—";
 }

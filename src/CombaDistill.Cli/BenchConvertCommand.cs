@@ -19,25 +19,14 @@ static class BenchConvertCommand
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
             CliCommon.Start(parse);
+            BenchCommand.CheckJsonTarget(parse);
             var target = ByteSize.Parse(parse.GetValue(size)!, "--size");
             var folder = parse.GetValue(work) ?? Directory.CreateTempSubdirectory("combadistill-bench-convert-").FullName;
             var stage = new ImmediateProgress<string>(s => CliCommon.Err.MarkupLineInterpolated($"[grey]{s}…[/]"));
             var r = ConversionBenchmark.Run(folder, target, parse.GetValue(keep), stage, cancellationToken: ct);
             if (parse.GetValue(work) is null && !parse.GetValue(keep)) Directory.Delete(folder, recursive: true);
 
-            var table = new Table().Title($"synthetic bf16 teacher: {r.Layers} layers, hidden {r.HiddenSize}, {ByteSize.Format(r.CheckpointBytes)}").AddColumns("", "seconds", "GB/s");
-            table.AddRow("plain copy of the files", $"{r.CopySeconds:F2}", $"{r.CopyGBps:F2}");
-            table.AddRow("convert", $"{r.ConvertSeconds:F2}", $"{r.ConvertGBps:F2}");
-            AnsiConsole.Write(table);
-            var memory = new Table().AddColumns("memory", "");
-            memory.AddRow("resident before converting", ByteSize.Format(r.ResidentBeforeBytes));
-            memory.AddRow("[bold]peak resident (VmHWM)[/]", $"[bold]{ByteSize.Format(r.PeakResidentBytes)}[/]" + (r.PeakMeasuredAlone ? "" : " (includes writing the teacher)"));
-            memory.AddRow("limit: a quarter of the checkpoint", ByteSize.Format(r.PeakLimitBytes));
-            memory.AddRow("largest tensor", ByteSize.Format(r.LargestTensorBytes));
-            memory.Caption(r.WithinLimit ? "[green]within the limit[/]" : "[red]over the limit[/]");
-            AnsiConsole.Write(memory);
-            BenchCommand.WriteJson(parse, r);
-            return r.WithinLimit ? 0 : 1;
+            return BenchCommand.Show(parse, r.ToReport());
         }));
         return command;
     }

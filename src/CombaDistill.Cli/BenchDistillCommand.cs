@@ -31,25 +31,12 @@ static class BenchDistillCommand
             options.Validate();
             var loaded = RecipeLoader.Load(parse.GetValue(recipe)!);     // a bad recipe fails before anything starts
             var device = CliCommon.Start(parse);
+            BenchCommand.CheckJsonTarget(parse);
             CliCommon.SetThreads(parse.GetValue(threads));
             var folder = parse.GetValue(work) ?? Path.Combine(Path.GetTempPath(), $"combadistill-bench-distill-{Guid.NewGuid():N}");
             var report = DistillationBenchmark.Run(loaded, folder, options with { Device = device }, parse.GetValue(keep), new Lines(), ct);
 
-            var table = new Table().Title($"{Markup.Escape(Path.GetFileName(report.Recipe))} on {Markup.Escape(report.Device)}, {report.Steps} timed steps per stage")
-                .AddColumns("stage", "[bold]tokens/s[/]", "ms/step", "peak memory", "teacher fwd", "Comba op fwd+bwd");
-            foreach (var s in report.Stages)
-            {
-                var memory = s.PeakDeviceBytes is { } gpu ? $"{ByteSize.Format(gpu)} GPU" : s.PeakResidentBytes is { } rss ? $"{ByteSize.Format(rss)} RSS" : "—";
-                table.AddRow($"{Markup.Escape(s.Stage)}\n[grey]{s.Objective}, {s.Precision}[/]", $"[bold]{s.TokensPerSecond:N0}[/]", $"{s.StepMs:F1}", memory,
-                    $"{s.TeacherShare:P0}\n[grey]{s.TeacherForwardMs:F2} ms × {s.TeacherCallsPerStep}[/]",
-                    $"{s.CombaShare:P0}\n[grey]{s.CombaMs:F2} ms × {s.CombaCallsPerStep}[/]");
-            }
-            table.Caption("shares: each part timed alone at the stage's shapes, times its calls per step, over the measured step");
-            AnsiConsole.Write(table);
-            foreach (var s in report.Stages)
-                AnsiConsole.MarkupLineInterpolated($"[grey]{s.Stage}: the Comba op ran {s.CombaPath}, (B, H, T, Dk, Dv) = {s.CombaShape}[/]");
-            BenchCommand.WriteJson(parse, report);
-            return 0;
+            return BenchCommand.Show(parse, report.ToReport());
         }));
         return command;
     }

@@ -47,8 +47,7 @@ static class BenchKernelCommand
             var opList = parse.GetValue(ops)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
             if (opList.Length == 0 || opList.Any(o => !KernelBenchmark.Ops.Contains(o)))
                 throw new ArgumentException($"--ops {parse.GetValue(ops)}: expected a comma-separated list of {string.Join(", ", KernelBenchmark.Ops)}");
-            if (parse.GetValue(BenchCommand.JsonOption) is { Length: > 0 } jsonPath && Path.GetDirectoryName(Path.GetFullPath(jsonPath)) is { } folder && !Directory.Exists(folder))
-                throw new InvalidInputException(jsonPath, $"folder {folder} does not exist");   // before minutes of timing, not after
+            BenchCommand.CheckJsonTarget(parse);
             var options = new KernelBenchOptions
             {
                 Ops = opList, Warmup = parse.GetValue(warmup), Repeats = parse.GetValue(repeats), InputSets = parse.GetValue(inputSets),
@@ -58,30 +57,8 @@ static class BenchKernelCommand
 
             var progress = new Progress<string>(line => CliCommon.Err.MarkupLineInterpolated($"[grey]bench {line}[/]"));
             var report = KernelBenchmark.Run(device, shapeList, type, options, progress, ct);
-            if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 180);
-            AnsiConsole.Write(Table(report));
-            foreach (var r in report.Results.Where(r => r.Note is not null))
-                AnsiConsole.MarkupLineInterpolated($"  {r.Shape} {r.Op}: {r.Note}");
-            BenchCommand.WriteJson(parse, report);
-            return 0;
+            return BenchCommand.Show(parse, report.ToReport());
         }));
         return command;
     }
-
-    public static Table Table(KernelBenchReport report)
-    {
-        var table = new Table().Title($"Comba kernels vs SDPA, {report.Dtype} on {report.Device}; fused kernels {report.FusedKernels}");
-        table.Caption($"median of {report.Repeats} after {report.Warmup} warm-up, {report.Timing}; floor = max(FLOPs / {report.PeakTflops:G4} TFLOP/s, bytes / {report.PeakTBps:G4} TB/s); ×SDPA = time / SDPA's");
-        table.AddColumn("shape (B,T,H,D)").AddColumn("op");
-        foreach (var column in new[] { "fwd ms", "TFLOP/s", "TB/s", "×floor", "×SDPA", "fwd+bwd ms", "TFLOP/s", "TB/s", "×floor", "×SDPA" })
-            table.AddColumn(new TableColumn(column) { Alignment = Justify.Right });
-        foreach (var r in report.Results)
-            table.AddRow(r.Shape.ToString(), r.Op + (r.Note is null ? "" : " *"),
-                Ms(r.ForwardMs), Number(r.ForwardTflops), Number(r.ForwardTBps), Number(r.ForwardTimesFloor), Number(r.ForwardTimeRatioToSdpa),
-                Ms(r.ForwardBackwardMs), Number(r.ForwardBackwardTflops), Number(r.ForwardBackwardTBps), Number(r.ForwardBackwardTimesFloor), Number(r.ForwardBackwardTimeRatioToSdpa));
-        return table;
-    }
-
-    static string Ms(double? ms) => ms is { } v ? v.ToString(v < 10 ? "F3" : "F1", CultureInfo.InvariantCulture) : "—";
-    static string Number(double? x) => x is { } v ? v.ToString(v < 10 ? "F2" : "F1", CultureInfo.InvariantCulture) : "—";
 }

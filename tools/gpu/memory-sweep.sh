@@ -16,7 +16,7 @@ for stage in align kd; do
       recipe bf16 "$SEQ" "$micro" "$s" > "$work/sweep.yaml"
       rm -f "$work/sweep.json"
       if cli bench distill --recipe "$work/sweep.yaml" --device cuda --steps 1 --warmup 1 --json "$work/sweep.json" > "$work/sweep.log" 2>&1; then
-        python3 -c "import json,sys; s=json.load(open('$work/sweep.json'))['stages'][0]; print('\t'.join(map(str, ['$stage', '$ckpt', $SEQ, $micro, 'fits', round(s['tokensPerSecond']), s['peakDeviceBytes']])))" >> "$OUT/memory-sweep.tsv"
+        python3 -c "import json,sys; s=json.load(open('$work/sweep.json'))['rows'][0]; print('\t'.join(map(str, ['$stage', '$ckpt', $SEQ, $micro, 'fits', round(s['tokensPerSecond']), s['peakDeviceBytes']])))" >> "$OUT/memory-sweep.tsv"
       else
         printf '%s\t%s\t%s\t%s\t%s\t\t\n' "$stage" "$ckpt" "$SEQ" "$micro" "$(grep -o -m1 -i 'out of memory' "$work/sweep.log" || echo failed)" >> "$OUT/memory-sweep.tsv"
         break

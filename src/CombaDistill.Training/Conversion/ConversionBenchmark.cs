@@ -23,6 +23,40 @@ public sealed record ConversionBenchmarkResult(
     /// <summary>The acceptance bound: a quarter of the checkpoint.</summary>
     public long PeakLimitBytes => CheckpointBytes / 4;
     public bool WithinLimit => PeakResidentBytes < PeakLimitBytes;
+
+    static readonly BenchColumn[] Columns =
+    [
+        new("pass", "", BenchUnit.Text), new("seconds", "seconds", BenchUnit.Seconds),
+        new("gigabytesPerSecond", "GB/s", BenchUnit.GigabytesPerSecond), new("peakResidentBytes", "peak resident (VmHWM)", BenchUnit.Bytes),
+    ];
+
+    /// <summary>The one result shape of every <c>bench</c> command; out of bounds when the peak passes a quarter of the checkpoint.</summary>
+    public BenchReport ToReport() => new BenchReport
+    {
+        Benchmark = "convert",
+        Title = $"synthetic bf16 teacher: {Layers} layers, hidden {HiddenSize}, {ByteSize.Format(CheckpointBytes)}",
+        Device = "cpu",
+        Timing = DeviceTimer.Wall.Description,
+        Settings = new Dictionary<string, object?>
+        {
+            ["layers"] = Layers, ["hiddenSize"] = HiddenSize, ["checkpointBytes"] = CheckpointBytes, ["studentBytes"] = StudentBytes,
+            ["residentBeforeBytes"] = ResidentBeforeBytes, ["largestTensorBytes"] = LargestTensorBytes,
+            ["peakLimitBytes"] = PeakLimitBytes, ["peakMeasuredAlone"] = PeakMeasuredAlone,
+        },
+        Columns = Columns,
+        Rows =
+        [
+            new Dictionary<string, object?> { ["pass"] = "plain copy of the files", ["seconds"] = CopySeconds, ["gigabytesPerSecond"] = CopyGBps, ["peakResidentBytes"] = null },
+            new Dictionary<string, object?> { ["pass"] = "convert", ["seconds"] = ConvertSeconds, ["gigabytesPerSecond"] = ConvertGBps, ["peakResidentBytes"] = PeakResidentBytes },
+        ],
+        Notes =
+        [
+            $"resident before converting {ByteSize.Format(ResidentBeforeBytes)}; largest tensor {ByteSize.Format(LargestTensorBytes)}" +
+                (PeakMeasuredAlone ? "" : "; the peak includes writing the teacher"),
+            $"limit, a quarter of the checkpoint: {ByteSize.Format(PeakLimitBytes)}: " + (WithinLimit ? "within the limit" : "over the limit"),
+        ],
+        WithinBounds = WithinLimit,
+    }.Checked();
 }
 
 public static class ConversionBenchmark

@@ -50,7 +50,47 @@ public sealed record StageSpeed(
     double TeacherForwardMs, int TeacherCallsPerStep, double TeacherShare,
     string CombaShape, string CombaPath, double CombaMs, int CombaCallsPerStep, double CombaShare, string Precision = "float32");
 
-public sealed record DistillBenchReport(string Device, string Recipe, int Warmup, int Steps, IReadOnlyList<StageSpeed> Stages, double Seconds);
+public sealed record DistillBenchReport(string Device, string Recipe, int Warmup, int Steps, IReadOnlyList<StageSpeed> Stages, double Seconds)
+{
+    static readonly BenchColumn[] Columns =
+    [
+        new("stage", "stage", BenchUnit.Text), new("objective", "objective", BenchUnit.Text), new("precision", "precision", BenchUnit.Text),
+        new("tokensPerSecond", "tokens/s", BenchUnit.PerSecond), new("stepMs", "ms/step", BenchUnit.Milliseconds),
+        new("peakDeviceBytes", "peak GPU", BenchUnit.Bytes), new("peakResidentBytes", "peak RSS", BenchUnit.Bytes),
+        new("teacherShare", "teacher fwd", BenchUnit.Share), new("combaShare", "Comba op fwd+bwd", BenchUnit.Share),
+        new("tokensPerStep", "tokens/step", BenchUnit.Count, InTable: false), new("timedSteps", "timed steps", BenchUnit.Count, InTable: false),
+        new("teacherForwardMs", "teacher fwd ms", BenchUnit.Milliseconds, InTable: false), new("teacherCallsPerStep", "teacher calls/step", BenchUnit.Count, InTable: false),
+        new("combaMs", "Comba op ms", BenchUnit.Milliseconds, InTable: false), new("combaCallsPerStep", "Comba calls/step", BenchUnit.Count, InTable: false),
+        new("combaShape", "Comba (B, H, T, Dk, Dv)", BenchUnit.Text, InTable: false), new("combaPath", "Comba path", BenchUnit.Text, InTable: false),
+    ];
+
+    /// <summary>The one result shape of every <c>bench</c> command.</summary>
+    public BenchReport ToReport() => new BenchReport
+    {
+        Benchmark = "distill",
+        Title = $"{System.IO.Path.GetFileName(Recipe)} on {Device}, {Steps} timed steps per stage",
+        Device = Device,
+        Timing = "wall clock from the end of the warm-up to the end of the last timed step (each step reads its loss, so waits for the device)",
+        Settings = new Dictionary<string, object?> { ["recipe"] = Recipe, ["warmup"] = Warmup, ["steps"] = Steps, ["seconds"] = Seconds },
+        Columns = Columns,
+        Rows = Stages.Select(s => (IReadOnlyDictionary<string, object?>)new Dictionary<string, object?>
+        {
+            ["stage"] = s.Stage, ["objective"] = s.Objective, ["precision"] = s.Precision,
+            ["tokensPerSecond"] = s.TokensPerSecond, ["stepMs"] = s.StepMs,
+            ["peakDeviceBytes"] = s.PeakDeviceBytes, ["peakResidentBytes"] = s.PeakResidentBytes,
+            ["teacherShare"] = s.TeacherShare, ["combaShare"] = s.CombaShare,
+            ["tokensPerStep"] = s.TokensPerStep, ["timedSteps"] = s.TimedSteps,
+            ["teacherForwardMs"] = s.TeacherForwardMs, ["teacherCallsPerStep"] = s.TeacherCallsPerStep,
+            ["combaMs"] = s.CombaMs, ["combaCallsPerStep"] = s.CombaCallsPerStep, ["combaShape"] = s.CombaShape, ["combaPath"] = s.CombaPath,
+        }).ToList(),
+        Notes =
+        [
+            "shares: each part timed alone at the stage's shapes, times its calls per step, over the measured step",
+            .. Stages.Select(s => $"{s.Stage}: teacher {s.TeacherForwardMs:F2} ms × {s.TeacherCallsPerStep}, Comba op {s.CombaMs:F2} ms × {s.CombaCallsPerStep} " +
+                                  $"({s.CombaPath}, (B, H, T, Dk, Dv) = {s.CombaShape})"),
+        ],
+    }.Checked();
+}
 
 /// <summary>
 /// <c>combadistill bench distill</c>: runs a recipe's stages for a few steps each in a throwaway run folder and

@@ -13,6 +13,29 @@ public sealed record LoadBenchmarkResult(
 {
     /// <summary>Checkpoint speed as a fraction of the sequential read's.</summary>
     public double Ratio => SequentialGBps > 0 ? CheckpointGBps / SequentialGBps : 0;
+
+    static readonly BenchColumn[] Columns =
+    [
+        new("read", "read", BenchUnit.Text), new("bytes", "bytes", BenchUnit.Bytes),
+        new("seconds", "median s", BenchUnit.Seconds), new("gigabytesPerSecond", "GB/s", BenchUnit.GigabytesPerSecond),
+    ];
+
+    /// <summary>The one result shape of every <c>bench</c> command.</summary>
+    public BenchReport ToReport(string model) => new BenchReport
+    {
+        Benchmark = "load",
+        Title = $"{Tensors} tensors in {Files} file(s), median of {Repeats}",
+        Device = "cpu",
+        Timing = DeviceTimer.Wall.Description + " (page cache warm for both reads)",
+        Settings = new Dictionary<string, object?> { ["model"] = model, ["repeats"] = Repeats, ["tensors"] = Tensors, ["files"] = Files },
+        Columns = Columns,
+        Rows =
+        [
+            new Dictionary<string, object?> { ["read"] = "checkpoint (every tensor)", ["bytes"] = Bytes, ["seconds"] = CheckpointSeconds, ["gigabytesPerSecond"] = CheckpointGBps },
+            new Dictionary<string, object?> { ["read"] = "sequential FileStream", ["bytes"] = FileBytes, ["seconds"] = SequentialSeconds, ["gigabytesPerSecond"] = SequentialGBps },
+        ],
+        Notes = [$"checkpoint / sequential = {Ratio:P0}"],
+    }.Checked();
 }
 
 public static class LoadBenchmark

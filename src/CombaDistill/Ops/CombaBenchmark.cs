@@ -126,6 +126,43 @@ public static class CombaBenchmark
         return results;
     }
 
+    static readonly BenchColumn[] Columns =
+    [
+        new("shape", "shape (B,T,H,D)", BenchUnit.Text), new("method", "method", BenchUnit.Text),
+        new("forwardMs", "fwd ms", BenchUnit.Milliseconds), new("forwardTokensPerSecond", "fwd tok/s", BenchUnit.PerSecond),
+        new("forwardTimeRatioToSdpa", "fwd ×SDPA", BenchUnit.Ratio),
+        new("forwardBackwardMs", "fwd+bwd ms", BenchUnit.Milliseconds), new("forwardBackwardTokensPerSecond", "fwd+bwd tok/s", BenchUnit.PerSecond),
+        new("forwardBackwardTimeRatioToSdpa", "fwd+bwd ×SDPA", BenchUnit.Ratio),
+        new("note", "note", BenchUnit.Text, InTable: false),
+    ];
+
+    /// <summary>The results of <see cref="Run"/> in the one result shape of every <c>bench</c> command.</summary>
+    public static BenchReport ToReport(IReadOnlyList<CombaBenchResult> results, Device device, ScalarType dtype, CombaBenchOptions? options = null)
+    {
+        options ??= new CombaBenchOptions();
+        return new BenchReport
+        {
+            Benchmark = "comba",
+            Title = $"Comba vs SDPA, {dtype} on {device}; ×SDPA = time / SDPA's time",
+            Device = device.ToString(),
+            Timing = DeviceTimer.For(device).Description,
+            Settings = new Dictionary<string, object?>
+            {
+                ["dtype"] = dtype.ToString(), ["warmup"] = options.Warmup, ["repeats"] = options.Repeats, ["chunkSize"] = options.ChunkSize,
+                ["naiveBackwardMaxBytes"] = options.NaiveBackwardMaxBytes,
+            },
+            Columns = Columns,
+            Rows = results.Select(r => (IReadOnlyDictionary<string, object?>)new Dictionary<string, object?>
+            {
+                ["shape"] = r.Shape.ToString(), ["method"] = r.Method,
+                ["forwardMs"] = r.ForwardMs, ["forwardTokensPerSecond"] = r.ForwardTokensPerSecond, ["forwardTimeRatioToSdpa"] = r.ForwardTimeRatioToSdpa,
+                ["forwardBackwardMs"] = r.ForwardBackwardMs, ["forwardBackwardTokensPerSecond"] = r.ForwardBackwardTokensPerSecond,
+                ["forwardBackwardTimeRatioToSdpa"] = r.ForwardBackwardTimeRatioToSdpa, ["note"] = r.Note,
+            }).ToList(),
+            Notes = [$"median of {options.Repeats} after {options.Warmup} warm-up", .. results.Where(r => r.Note is not null).Select(r => $"{r.Shape} {r.Method}: {r.Note}")],
+        }.Checked();
+    }
+
     static double Time(string method, BenchShape shape, ScalarType dtype, Device device, CombaBenchOptions options, bool backward, CancellationToken cancellation)
     {
         using var scope = NewDisposeScope();

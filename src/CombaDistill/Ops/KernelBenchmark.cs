@@ -109,7 +109,53 @@ public sealed record KernelBenchResult(
 public sealed record KernelBenchReport(
     string Device, string Dtype, string Timing, double PeakTflops, double PeakTBps,
     int Warmup, int Repeats, int InputSets, int ChunkSize,
-    string FusedKernels, IReadOnlyList<KernelBenchResult> Results);
+    string FusedKernels, IReadOnlyList<KernelBenchResult> Results)
+{
+    static readonly BenchColumn[] Columns =
+    [
+        new("shape", "shape (B,T,H,D)", BenchUnit.Text), new("op", "op", BenchUnit.Text),
+        new("forwardMs", "fwd ms", BenchUnit.Milliseconds), new("forwardTflops", "TFLOP/s", BenchUnit.Teraflops),
+        new("forwardTBps", "TB/s", BenchUnit.TerabytesPerSecond), new("forwardTimesFloor", "×floor", BenchUnit.Ratio),
+        new("forwardTimeRatioToSdpa", "×SDPA", BenchUnit.Ratio),
+        new("forwardBackwardMs", "fwd+bwd ms", BenchUnit.Milliseconds), new("forwardBackwardTflops", "TFLOP/s", BenchUnit.Teraflops),
+        new("forwardBackwardTBps", "TB/s", BenchUnit.TerabytesPerSecond), new("forwardBackwardTimesFloor", "×floor", BenchUnit.Ratio),
+        new("forwardBackwardTimeRatioToSdpa", "×SDPA", BenchUnit.Ratio),
+        new("forwardFlops", "fwd FLOPs", BenchUnit.Flops, InTable: false), new("forwardBytes", "fwd bytes", BenchUnit.Bytes, InTable: false),
+        new("forwardBackwardFlops", "fwd+bwd FLOPs", BenchUnit.Flops, InTable: false), new("forwardBackwardBytes", "fwd+bwd bytes", BenchUnit.Bytes, InTable: false),
+        new("forwardFloorMs", "fwd floor ms", BenchUnit.Milliseconds, InTable: false), new("forwardBackwardFloorMs", "fwd+bwd floor ms", BenchUnit.Milliseconds, InTable: false),
+        new("note", "note", BenchUnit.Text, InTable: false),
+    ];
+
+    /// <summary>The one result shape of every <c>bench</c> command.</summary>
+    public BenchReport ToReport() => new BenchReport
+    {
+        Benchmark = "kernel",
+        Title = $"Comba kernels vs SDPA, {Dtype} on {Device}; fused kernels {FusedKernels}",
+        Device = Device,
+        Timing = Timing,
+        Settings = new Dictionary<string, object?>
+        {
+            ["dtype"] = Dtype, ["warmup"] = Warmup, ["repeats"] = Repeats, ["inputSets"] = InputSets, ["chunkSize"] = ChunkSize,
+            ["peakTflops"] = PeakTflops, ["peakTBps"] = PeakTBps, ["fusedKernels"] = FusedKernels,
+        },
+        Columns = Columns,
+        Rows = Results.Select(r => (IReadOnlyDictionary<string, object?>)new Dictionary<string, object?>
+        {
+            ["shape"] = r.Shape.ToString(), ["op"] = r.Op,
+            ["forwardMs"] = r.ForwardMs, ["forwardTflops"] = r.ForwardTflops, ["forwardTBps"] = r.ForwardTBps,
+            ["forwardTimesFloor"] = r.ForwardTimesFloor, ["forwardTimeRatioToSdpa"] = r.ForwardTimeRatioToSdpa,
+            ["forwardBackwardMs"] = r.ForwardBackwardMs, ["forwardBackwardTflops"] = r.ForwardBackwardTflops, ["forwardBackwardTBps"] = r.ForwardBackwardTBps,
+            ["forwardBackwardTimesFloor"] = r.ForwardBackwardTimesFloor, ["forwardBackwardTimeRatioToSdpa"] = r.ForwardBackwardTimeRatioToSdpa,
+            ["forwardFlops"] = r.ForwardFlops, ["forwardBytes"] = r.ForwardBytes,
+            ["forwardBackwardFlops"] = r.ForwardBackwardFlops, ["forwardBackwardBytes"] = r.ForwardBackwardBytes,
+            ["forwardFloorMs"] = r.ForwardFloorMs, ["forwardBackwardFloorMs"] = r.ForwardBackwardFloorMs, ["note"] = r.Note,
+        }).ToList(),
+        Notes = [
+            $"median of {Repeats} after {Warmup} warm-up; floor = max(FLOPs / {PeakTflops:G4} TFLOP/s, bytes / {PeakTBps:G4} TB/s); ×SDPA = time / SDPA's",
+            .. Results.Where(r => r.Note is not null).Select(r => $"{r.Shape} {r.Op}: {r.Note}"),
+        ],
+    }.Checked();
+}
 
 /// <summary>
 /// <c>bench kernel</c>: the fused Comba op, the TorchSharp chunkwise op and causal SDPA on the same shapes in one

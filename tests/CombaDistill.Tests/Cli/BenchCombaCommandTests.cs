@@ -20,12 +20,12 @@ public class BenchCombaCommandTests
         foreach (var text in new[] { "(1,40,2,8)", "(2,20,1,4)", "sdpa", "chunkwise", "naive", "fwd+bwd ×SDPA" })
             Assert.Contains(text, stdout);
         Assert.DoesNotContain("bench (1,40,2,8)", stdout);    // progress goes to stderr
-        var results = JsonNode.Parse(File.ReadAllText(json))!.AsArray();
+        var results = BenchReportShapeTests.AssertShape(json, stdout, "comba");
         Assert.Equal(6, results.Count);
         Assert.Equal(["sdpa", "chunkwise", "naive", "sdpa", "chunkwise", "naive"], results.Select(r => (string)r!["method"]!));
         Assert.All(results, r => Assert.True((double)r!["forwardBackwardMs"]! > 0));
         Assert.Equal(1.0, (double)results[0]!["forwardTimeRatioToSdpa"]!);
-        Assert.Equal(40, (int)results[0]!["shape"]!["length"]!);
+        Assert.Equal("(1,40,2,8)", (string)results[0]!["shape"]!);
     }
 
     [Theory]

@@ -17,10 +17,10 @@ public class BenchKernelCommandTests
         foreach (var text in new[] { "(1,40,2,8)", "fused", "sdpa", "×floor", "fwd+bwd ms", "wall clock" })
             Assert.Contains(text, stdout);
         Assert.Contains("bench (1,40,2,8) fused", stderr);
+        var results = BenchReportShapeTests.AssertShape(json, stdout, "kernel");
         var report = JsonNode.Parse(File.ReadAllText(json))!;
         Assert.Equal("cpu", (string)report["device"]!);
-        Assert.Equal(790.0, (double)report["peakTflops"]!);
-        var results = report["results"]!.AsArray();
+        Assert.Equal(790.0, (double)report["settings"]!["peakTflops"]!);
         Assert.Equal(["fused", "sdpa"], results.Select(r => (string)r!["op"]!));
         // SDPA forward: 2·B·H·T²·D FLOPs (causal), q, k, v, o of 4 bytes each
         Assert.Equal(2.0 * 2 * 40 * 40 * 8, (double)results[1]!["forwardFlops"]!);

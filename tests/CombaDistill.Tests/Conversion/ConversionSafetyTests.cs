@@ -202,5 +202,8 @@ public class ConversionBenchmarkTests
         // (the peak is reported as at least the resident size before converting, so only their presence is checked)
         if (OperatingSystem.IsLinux()) Assert.True(result.ResidentBeforeBytes > 0 && result.PeakResidentBytes > 0);
         Assert.Empty(Directory.EnumerateFileSystemEntries(temp["work"]));
+        var shared = result.ToReport();
+        Assert.Equal(result.WithinLimit, shared.WithinBounds);
+        Assert.Equal(result.ConvertSeconds, (double)shared.Rows[1]["seconds"]!);
     }
 }
