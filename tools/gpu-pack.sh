@@ -13,12 +13,14 @@ rm -rf .gpu/cli
 rm -rf .gpu/shared && mkdir -p .gpu/shared/models .gpu/shared/data
 cp -r "$shared/models/stories260K" .gpu/shared/models/
 cp -r "$shared/data/." .gpu/shared/data/
-# CLI_ONLY=1: without the test runner's assemblies (about 8 MB), for calls that carry the peers beside .gpu and must
-# stay under the 64 MiB a device call may carry
+# CLI_ONLY=1: without the test runner's assemblies, for calls that need only the CLI
 if [[ ${CLI_ONLY:-0} == 1 ]]; then
   (cd .gpu/tests && rm -f xunit* Microsoft.Testing* Microsoft.TestPlatform* Microsoft.VisualStudio.TestPlatform* \
     CsCheck.dll Microsoft.ApplicationInsights.dll CombaDistill.Tests.dll CombaDistill.Tests.pdb)
 fi
+# the builds travel as one xz archive (about a third of their size, so the test runner, the peers and fixtures fit
+# beside them); tools/gpu/common.sh unpacks it on the GPU host before the first run
+tar -cJf .gpu/tests.tar.xz -C .gpu tests && rm -rf .gpu/tests
 # the peers (tools/gpu/distill-vs-peer.sh): flash-linear-attention's folder fla, put in .peers/fla by hand, packed small
 if [[ -d .peers/fla ]]; then
   rm -rf .peerpack && mkdir -p .peerpack

@@ -1,6 +1,8 @@
 # Sourced by the GPU-host scripts in this folder (not run on its own): the CLI from .gpu/, a Llama-3.2-1B-shaped
 # synthetic teacher with its converted student, and recipes over them.
 export COMBADISTILL_SHARED=$PWD/.gpu/shared PYTHONUNBUFFERED=1
+# tools/gpu-pack.sh sends the builds as one archive
+[[ -d .gpu/tests || ! -f .gpu/tests.tar.xz ]] || tar -xJf .gpu/tests.tar.xz -C .gpu
 cli() { bash .gpu/run.sh tests/CombaDistill.Cli.dll "$@"; }
 work=${WORK:-/tmp/distill-1b}; mkdir -p "$work"
 

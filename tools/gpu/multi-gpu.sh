@@ -17,6 +17,7 @@ steps=${*:-tests bench}
 STEPS=${STEPS:-50} SEQ=${SEQ:-512} MICRO=${MICRO:-4} ACCUM=${ACCUM:-2}
 SHAPE=${SHAPE:-}
 work=/tmp/multi-gpu; rm -rf "$work"; mkdir -p "$work"
+[[ -d .gpu/tests || ! -f .gpu/tests.tar.xz ]] || tar -xJf .gpu/tests.tar.xz -C .gpu   # tools/gpu-pack.sh sends the builds as one archive
 cli() { bash .gpu/run.sh tests/CombaDistill.Cli.dll "$@"; }
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee "$work/gpus.txt"
 (( $(wc -l < "$work/gpus.txt") >= 2 )) || echo "warning: fewer than 2 GPUs; the two-GPU tests skip and the bench cannot run --gpus 2"
