@@ -192,18 +192,10 @@ public static class DistillationBenchmark
         {
             combaMs = Median(options.ProbeRepeats, device, cancellationToken, () =>
             {
-                Tensor Leaf(Tensor x) => x.requires_grad_(true);
                 // q, k, v in the student's compute type; the gates are float32 in either precision (CombaAttention)
-                var f32 = ScalarType.Float32;
-                var activations = precision == Precision.BFloat16 ? ScalarType.BFloat16 : f32;
-                var q = Leaf(randn([b, heads, t, keyDim], dtype: activations, device: device));
-                var k = Leaf(randn([b, kvHeads, t, keyDim], dtype: activations, device: device));
-                var v = Leaf(randn([b, kvHeads, t, valueDim], dtype: activations, device: device));
-                var g = Leaf(rand([b, heads, t], dtype: f32, device: device).mul_(-0.1));
-                var beta = Leaf(rand([b, heads, t], dtype: f32, device: device));
-                var lambda = Leaf(rand([heads], dtype: f32, device: device));
-                var d = Leaf(full([heads], config.Comba.InitialD, dtype: f32, device: device));
-                var gradient = randn([b, heads, t, valueDim], dtype: activations, device: device);
+                var activations = precision == Precision.BFloat16 ? ScalarType.BFloat16 : ScalarType.Float32;
+                var (q, k, v, g, beta, lambda, d, gradient) = CombaBenchInputs.Random(b, heads, kvHeads, t, keyDim, valueDim, activations, device,
+                    requiresGrad: true, gatesRequireGrad: true, initialD: config.Comba.InitialD);
                 path = FusedComba.UnsupportedReason(q, k, v, config.Comba.ChunkSize) is { } why ? $"chunkwise ({why})" : "fused";
                 return () =>
                 {

@@ -54,19 +54,23 @@ public sealed record CombaBenchInputs(Tensor Q, Tensor K, Tensor V, Tensor G, Te
 {
     /// <param name="requiresGrad">q, k, v require gradients</param>
     /// <param name="gatesRequireGrad">g, β, λ and d do too (a training step differentiates them all)</param>
-    public static CombaBenchInputs Random(BenchShape shape, ScalarType dtype, Device device, bool requiresGrad, bool gatesRequireGrad = false)
+    public static CombaBenchInputs Random(BenchShape shape, ScalarType dtype, Device device, bool requiresGrad, bool gatesRequireGrad = false) =>
+        Random(shape.Batch, shape.Heads, shape.Heads, shape.Length, shape.HeadDim, shape.HeadDim, dtype, device, requiresGrad, gatesRequireGrad);
+
+    /// <summary>The general form: <paramref name="kvHeads"/> heads for k and v (GQA), key and value widths apart (Taylor features, normalised read-out), d filled with <paramref name="initialD"/> when given.</summary>
+    public static CombaBenchInputs Random(long batch, long heads, long kvHeads, long length, long keyDim, long valueDim, ScalarType dtype, Device device,
+        bool requiresGrad, bool gatesRequireGrad = false, double? initialD = null)
     {
-        var (B, T, H, D) = ((long)shape.Batch, (long)shape.Length, (long)shape.Heads, (long)shape.HeadDim);
         var gates = requiresGrad && gatesRequireGrad;
         return new CombaBenchInputs(
-            randn([B, H, T, D], dtype: dtype, device: device).requires_grad_(requiresGrad),
-            randn([B, H, T, D], dtype: dtype, device: device).requires_grad_(requiresGrad),
-            randn([B, H, T, D], dtype: dtype, device: device).requires_grad_(requiresGrad),
-            (-nn.functional.softplus(randn([B, H, T], device: device) - 3)).requires_grad_(gates),
-            rand([B, H, T], device: device).requires_grad_(gates),
-            (0.25 + 0.5 * rand([H], device: device)).requires_grad_(gates),
-            (0.02 + 0.01 * randn([H], device: device)).requires_grad_(gates),
-            randn([B, H, T, D], dtype: dtype, device: device));
+            randn([batch, heads, length, keyDim], dtype: dtype, device: device).requires_grad_(requiresGrad),
+            randn([batch, kvHeads, length, keyDim], dtype: dtype, device: device).requires_grad_(requiresGrad),
+            randn([batch, kvHeads, length, valueDim], dtype: dtype, device: device).requires_grad_(requiresGrad),
+            (-nn.functional.softplus(randn([batch, heads, length], device: device) - 3)).requires_grad_(gates),
+            rand([batch, heads, length], device: device).requires_grad_(gates),
+            (0.25 + 0.5 * rand([heads], device: device)).requires_grad_(gates),
+            (initialD is { } d0 ? full([heads], d0, device: device) : 0.02 + 0.01 * randn([heads], device: device)).requires_grad_(gates),
+            randn([batch, heads, length, valueDim], dtype: dtype, device: device));
     }
 
     public IEnumerable<Tensor> All => [Q, K, V, G, Beta, Lambda, D, GradOut];
