@@ -16,6 +16,24 @@ namespace CombaDistill.Distillation;
 /// The mean is written as a sum divided by the number of aligned layers in the whole student, so a shard's loss is
 /// its layers' share of the joint loss and each layer's gradient is the same bits in a shard as in the joint pass.
 /// </summary>
+/// <summary>
+/// The alignment loss with its graph, and each computed layer's value still on the device: reading them waits for
+/// the device, so a trainer reads them after it has queued the backward pass.
+/// </summary>
+public sealed class AlignmentLoss(Tensor loss, Tensor perLayerLosses)
+{
+    /// <summary>the mean over the aligned layers, with its graph into the student</summary>
+    public Tensor Loss { get; } = loss;
+
+    /// <summary>each computed layer's loss, detached, on the device</summary>
+    public Tensor PerLayerLosses { get; } = perLayerLosses;
+
+    /// <summary>Each computed layer's loss (waits for the device).</summary>
+    public double[] PerLayer => PerLayerLosses.to(ScalarType.Float64).cpu().data<double>().ToArray();
+
+    public void Deconstruct(out Tensor loss, out double[] perLayer) => (loss, perLayer) = (Loss, PerLayer);
+}
+
 public static class AttentionAlignment
 {
     /// <summary>The layers a converted student aligns: those whose self_attn is Comba (kept attention layers are the teacher's already).</summary>
@@ -29,7 +47,7 @@ public static class AttentionAlignment
     /// <param name="inputIds">(B, T)</param>
     /// <param name="layers">the layers to compute, ascending</param>
     /// <param name="alignedLayerCount">the divisor: all aligned layers of the student when <paramref name="layers"/> is a shard of them; default <paramref name="layers"/>.Count</param>
-    public static (Tensor Loss, double[] PerLayer) Compute(LlamaForCausalLM teacher, CombaForCausalLM student, Tensor inputIds, IReadOnlyList<int> layers,
+    public static AlignmentLoss Compute(LlamaForCausalLM teacher, CombaForCausalLM student, Tensor inputIds, IReadOnlyList<int> layers,
         int? alignedLayerCount = null, bool checkpointed = false)
     {
         if (layers.Count == 0) throw new ArgumentException("no layer to align");
@@ -80,9 +98,9 @@ public static class AttentionAlignment
                 h = h + teacherLayer.mlp.forward(teacherLayer.post_attention_layernorm.forward(h));
             }
         }
-        var perLayer = losses.Select(l => l.item<float>()).Select(v => (double)v).ToArray();
-        var loss = stack(losses).sum() / (alignedLayerCount ?? layers.Count);
-        return (loss.MoveToOuterDisposeScope(), perLayer);
+        var perLayer = stack(losses);
+        var loss = perLayer.sum() / (alignedLayerCount ?? layers.Count);
+        return new AlignmentLoss(loss.MoveToOuterDisposeScope(), perLayer.detach().MoveToOuterDisposeScope());
     }
 
     static Tensor StudentMixer(CombaDecoderLayer layer, Tensor x, Tensor cos, Tensor sin) => layer.self_attn switch

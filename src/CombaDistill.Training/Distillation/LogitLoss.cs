@@ -55,13 +55,14 @@ public static class LogitLoss
     {
         using var scope = NewDisposeScope();
         var cut = studentHidden.detach().requires_grad_(true);
-        var total = Chunks(cut, studentHead, teacherHidden, teacherHead, targets, options, (chunkLoss, tokens) =>
+        var sums = Chunks(cut, studentHead, teacherHidden, teacherHead, targets, options, (chunkLoss, tokens) =>
         {
             (chunkLoss * (lossScale / tokens)).backward();
             afterChunk?.Invoke();
         });
         studentHidden.backward([cut.grad!]);
-        return total;
+        // read only now: a read waits for the device, and everything this micro-batch needs is queued
+        return sums.Read();
     }
 
     /// <summary>The same numbers without gradients, for evaluation.</summary>
@@ -70,10 +71,21 @@ public static class LogitLoss
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        return Chunks(studentHidden, studentHead, teacherHidden, teacherHead, targets, options, null);
+        return Chunks(studentHidden, studentHead, teacherHidden, teacherHead, targets, options, null).Read();
     }
 
-    static LogitLossValue Chunks(Tensor studentHidden, Func<Tensor, Tensor> studentHead, Tensor? teacherHidden, Func<Tensor, Tensor>? teacherHead,
+    /// <summary>The chunks' sums, kept on the device (reading a number waits for the device; one read per micro-batch, not two per chunk).</summary>
+    readonly record struct Sums(Tensor Kl, Tensor CrossEntropy, bool UseKl, bool UseCe, long Tokens, LogitLossOptions Options)
+    {
+        public LogitLossValue Read()
+        {
+            var (klMean, ceMean) = (Kl.item<double>() / Tokens, CrossEntropy.item<double>() / Tokens);
+            var t2 = Options.Temperature * Options.Temperature;
+            return new LogitLossValue(Options.KlWeight * t2 * klMean + Options.CeWeight * ceMean, UseKl ? klMean : 0, UseCe ? ceMean : 0, Tokens);
+        }
+    }
+
+    static Sums Chunks(Tensor studentHidden, Func<Tensor, Tensor> studentHead, Tensor? teacherHidden, Func<Tensor, Tensor>? teacherHead,
         Tensor targets, LogitLossOptions options, Action<Tensor, long>? backward)
     {
         var (batch, length) = (studentHidden.shape[0], studentHidden.shape[1]);
@@ -81,7 +93,8 @@ public static class LogitLoss
         var useKl = options.KlWeight > 0 || (backward is null && teacherHidden is not null);
         var useCe = options.CeWeight > 0 || backward is null;
         if (useKl && (teacherHidden is null || teacherHead is null)) throw new ArgumentException("KL needs the teacher's hidden states and head");
-        double klSum = 0, ceSum = 0;
+        var klSum = zeros([], ScalarType.Float64, studentHidden.device);
+        var ceSum = zeros([], ScalarType.Float64, studentHidden.device);
         for (long start = 0; start < length; start += options.Chunk)
         {
             using var chunkScope = NewDisposeScope();
@@ -95,20 +108,18 @@ public static class LogitLoss
                 var logTeacher = nn.functional.log_softmax(teacherLogits / options.Temperature, -1);
                 var logStudent = nn.functional.log_softmax(studentLogits / options.Temperature, -1);
                 var kl = (logTeacher.exp() * (logTeacher - logStudent)).sum();
-                klSum += kl.item<float>();
+                klSum.add_(kl.detach());
                 chunkLoss = chunkLoss + kl * (options.KlWeight * options.Temperature * options.Temperature);
             }
             if (useCe)
             {
                 var ce = nn.functional.cross_entropy(studentLogits.reshape(-1, studentLogits.shape[^1]), targets.narrow(1, start, span).reshape(-1),
                     reduction: nn.Reduction.Sum);
-                ceSum += ce.item<float>();
+                ceSum.add_(ce.detach());
                 chunkLoss = chunkLoss + ce * options.CeWeight;
             }
             backward?.Invoke(chunkLoss, tokens);
         }
-        var (klMean, ceMean) = (klSum / tokens, ceSum / tokens);
-        var t2 = options.Temperature * options.Temperature;
-        return new LogitLossValue(options.KlWeight * t2 * klMean + options.CeWeight * ceMean, useKl ? klMean : 0, useCe ? ceMean : 0, tokens);
+        return new Sums(klSum, ceSum, useKl, useCe, tokens, options);
     }
 }

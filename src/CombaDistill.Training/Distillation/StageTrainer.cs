@@ -361,8 +361,8 @@ public sealed class StageTrainer
     {
         var global = data.NextIndices(stage.MicroBatch * stage.Accumulation);
         var share = global[DataParallel.Share(global.Length, group.Rank, group.WorldSize)];
-        double total = 0;
-        double[]? layers = null;
+        // the sums stay on the device until every micro-batch is queued: a read waits for the device
+        using var sums = new DeviceSums(student.Device);
         var start = 0;
         foreach (var size in DataParallel.MicroBatches(share.Length, stage.MicroBatch))
         {
@@ -374,12 +374,10 @@ public sealed class StageTrainer
             var targets = batch.narrow(1, 1, stage.SequenceLength);
             if (stage.Objective == Objective.AttentionAlignment)
             {
-                var (loss, perLayer) = AttentionAlignment.Compute(teacher, student, input, trainedLayers, alignedLayers.Count, stage.ActivationCheckpointing);
-                (loss * scale).backward();
+                var alignment = AttentionAlignment.Compute(teacher, student, input, trainedLayers, alignedLayers.Count, stage.ActivationCheckpointing);
+                (alignment.Loss * scale).backward();
                 mixed?.AccumulateGradients();
-                total += loss.item<float>() * scale;
-                layers ??= new double[perLayer.Length];
-                for (var i = 0; i < perLayer.Length; i++) layers[i] += perLayer[i] * scale;
+                sums.Add(alignment.Loss, alignment.PerLayerLosses, scale);
             }
             else
             {
@@ -387,12 +385,13 @@ public sealed class StageTrainer
                 if (stage.KlWeight > 0)
                     using (no_grad()) teacherHidden = teacher.model.forward(input);
                 var studentHidden = student.model.forward(input);
-                total += LogitLoss.Backward(studentHidden, studentHead, teacherHidden, teacherHead, targets, LogitLossOptions.From(stage), scale,
+                sums.Add(LogitLoss.Backward(studentHidden, studentHead, teacherHidden, teacherHead, targets, LogitLossOptions.From(stage), scale,
                     // bf16: each chunk's head gradient joins the float32 masters at once, not summed in bf16 over the chunks
-                    afterChunk: mixed is null ? null : mixed.AccumulateGradients).Loss * scale;
+                    afterChunk: mixed is null ? null : mixed.AccumulateGradients).Loss * scale);
                 mixed?.AccumulateGradients();
             }
         }
+        var (total, layers) = sums.Read();
         if (group.IsSingle) return (total, layers);
         var averaged = group.AllReduce([total, .. layers ?? []], ReduceOp.Average);
         return (averaged[0], layers is null ? null : averaged[1..]);
@@ -474,4 +473,36 @@ public sealed class StageTrainer
 
     void Note(string text, bool isWarning = false) =>
         progress?.Report(new DistillationProgress { Stage = stage.Name, StageIndex = inputs.StageIndex, StageCount = inputs.StageCount, Note = text, IsWarning = isWarning });
+}
+
+/// <summary>
+/// A step's loss (and per-layer alignment losses) summed over its micro-batches on the device, read once at the end:
+/// each read waits for the device, so reading per micro-batch would leave the GPU idle while the host queues the next.
+/// The arithmetic is that of reading each value and summing in double.
+/// </summary>
+sealed class DeviceSums(Device device) : IDisposable
+{
+    readonly Tensor total = zeros([], ScalarType.Float64, device).DetachFromDisposeScope();   // disposed here, not by a caller's scope
+    double hostTotal;
+    Tensor? layers;
+
+    public void Add(double value) => hostTotal += value;
+
+    public void Add(Tensor loss, Tensor perLayer, double scale)
+    {
+        using var scope = NewDisposeScope();
+        total.add_(loss.detach().to(ScalarType.Float64) * scale);
+        var scaled = perLayer.to(ScalarType.Float64) * scale;
+        if (layers is null) layers = scaled.DetachFromDisposeScope();
+        else layers.add_(scaled);
+    }
+
+    public (double Total, double[]? Layers) Read() =>
+        (total.item<double>() + hostTotal, layers?.cpu().data<double>().ToArray());
+
+    public void Dispose()
+    {
+        total.Dispose();
+        layers?.Dispose();
+    }
 }
