@@ -653,7 +653,18 @@ __device__ __forceinline__ unsigned saddr(const void* p)
     asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
     return (unsigned)a;
 }
-// float atomic add on shared memory
+__device__ __forceinline__ float quad_sum(float s)   // over the 4 lanes of a row of an mma tile
+{
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    return s + __shfl_xor_sync(0xffffffffu, s, 2);
+}
+__device__ __forceinline__ float col_sum(float s)    // over the 8 lanes of a column of an mma tile
+{
+    s += __shfl_xor_sync(0xffffffffu, s, 4);
+    s += __shfl_xor_sync(0xffffffffu, s, 8);
+    return s + __shfl_xor_sync(0xffffffffu, s, 16);
+}
+// float atomic add on shared memory (callers reduce across lanes first: one lane per address)
 __device__ __forceinline__ void sadd(float* p, float v) { asm volatile("red.shared.add.f32 [%0], %1;" ::"r"(saddr(p)), "f"(v) : "memory"); }
 __device__ __forceinline__ void cp16(void* dst, const void* src, bool valid)
 {
@@ -851,17 +862,32 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
         As[i * SCF + j + 1] = j + 1 < i ? kap[i] * x1 * expf(gam0[i] - gam[j + 1]) : 0.f;
     });
     __syncthreads();
-    {   // column j by a quad of lanes; lane q sums over l ≡ q (mod 4) and keeps those rows of the column itself
+    {   // column j by a quad of lanes: lane q holds rows 16q…16q+15 of the column in registers (the loops are fully
+        // unrolled, so every index is a constant) and sums their terms with 16-byte reads of A's row; A_il = 0 for
+        // l ≥ i, so the whole block is summed without a mask
         const int j = threadIdx.x >> 2, q = threadIdx.x & 3;
-        for (int l = q; l < CH; l += 4) Mf[l * SCF + j] = l == j ? 1.f : 0.f;
+        float m[16];
+#pragma unroll
+        for (int u = 0; u < 16; ++u) m[u] = 16 * q + u == j ? 1.f : 0.f;
+#pragma unroll
         for (int i = 1; i < CH; ++i)
         {
-            float s = 0.f;
-            for (int l = q; l < i; l += 4) s += As[i * SCF + l] * Mf[l * SCF + j];
+            const float4* a = reinterpret_cast<const float4*>(As + i * SCF + 16 * q);
+            float s = 0.f, s2 = 0.f;
+#pragma unroll
+            for (int u = 0; u < 4; ++u)
+            {
+                float4 x = a[u];
+                s += x.x * m[4 * u] + x.y * m[4 * u + 1];
+                s2 += x.z * m[4 * u + 2] + x.w * m[4 * u + 3];
+            }
+            s += s2;
             s += __shfl_xor_sync(0xffffffffu, s, 1);
             s += __shfl_xor_sync(0xffffffffu, s, 2);
-            if (i > j && (i & 3) == q) Mf[i * SCF + j] = -s;
+            if (q == i / 16 && i > j) m[i % 16] = -s;
         }
+#pragma unroll
+        for (int u = 0; u < 16; ++u) Mf[(16 * q + u) * SCF + j] = m[u];
     }
     __syncthreads();
     bf16r* Mg = Msave + ((size_t)hd.bh * N + n) * CH * CH;
@@ -1191,14 +1217,23 @@ __device__ void bwd_local_b(const bf16r* q, const bf16r* k, const bf16r* v, cons
     __syncthreads();
     // dVβ = Mᵀ dŨ;  dv = β dVβ;  dβ_j = ⟨dVβ_j, V_j⟩
     const bf16r* V = v + rk * D;
-    bmm<CH, D, true, false>(Ms, SCC, dUs, SD, CH, [&](int j, int c, float x0, float x1) {
-        st2(Vb + j * SD + c, x0, x1);
-        if (t0 + j < T)
-        {
-            st2(dv + (rq + j) * D + c, bet[j] * x0, bet[j] * x1);
-            float2 vv = ld2(V + (size_t)j * D + c);
-            sadd(&dbet[j], x0 * vv.x + x1 * vv.y);
-        }
+    tiles<CH, D, 4>([&](int r0, int c0) {
+        float acc[4][4];
+        zero(acc);
+        wmma<4, true, false>(acc, Ms, SCC, dUs, SD, r0, c0, CH);
+        const int l = threadIdx.x & 31, j0 = r0 + (l >> 2);
+        float s0 = 0.f, s1 = 0.f;
+        each2(acc, r0, c0, [&](int j, int c, float x0, float x1) {
+            st2(Vb + j * SD + c, x0, x1);
+            if (t0 + j < T)
+            {
+                st2(dv + (rq + j) * D + c, bet[j] * x0, bet[j] * x1);
+                float2 vv = ld2(V + (size_t)j * D + c);
+                (j == j0 ? s0 : s1) += x0 * vv.x + x1 * vv.y;
+            }
+        });
+        s0 = quad_sum(s0), s1 = quad_sum(s1);
+        if ((l & 3) == 0) sadd(&dbet[j0], s0), sadd(&dbet[j0 + 8], s1);
     });
     // P_ij = s ⟨dO_i, Ũ_j⟩ e^{γ_i − γ_j}, j ≤ i
     bmm<CH, CH, false, true>(Os, SD, Us, SD, D, [&](int i, int j, float x0, float x1) {
@@ -1207,32 +1242,64 @@ __device__ void bwd_local_b(const bf16r* q, const bf16r* k, const bf16r* v, cons
     });
     __syncthreads();
     // y = P ⊙ (Q Kᵀ): dγ_i += Σ_j y_ij, dγ_j −= Σ_i y_ij
-    bmm<CH, CH, false, true>(Qs, SD, Ks, SD, D, [&](int i, int j, float x0, float x1) {
-        float2 p = ld2(Pb + i * SCC + j);
-        float y0 = p.x * x0, y1 = p.y * x1;
-        sadd(&dgam[i], y0 + y1);
-        sadd(&dgam[j], -y0);
-        sadd(&dgam[j + 1], -y1);
+    tiles<CH, CH, 4>([&](int r0, int c0) {
+        float acc[4][4];
+        zero(acc);
+        wmma<4, false, true>(acc, Qs, SD, Ks, SD, r0, c0, D);
+        const int l = threadIdx.x & 31, i0 = r0 + (l >> 2), i1 = i0 + 8;
+        float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+        for (int w = 0; w < 4; ++w)
+        {
+            const int c = c0 + 8 * w + 2 * (l & 3);
+            float2 p = ld2(Pb + i0 * SCC + c), r = ld2(Pb + i1 * SCC + c);
+            float y00 = p.x * acc[w][0], y01 = p.y * acc[w][1], y10 = r.x * acc[w][2], y11 = r.y * acc[w][3];
+            s0 += y00 + y01;
+            s1 += y10 + y11;
+            float c0s = col_sum(y00 + y10), c1s = col_sum(y01 + y11);
+            if (l < 4) sadd(&dgam[c], -c0s), sadd(&dgam[c + 1], -c1s);
+        }
+        s0 = quad_sum(s0), s1 = quad_sum(s1);
+        if ((l & 3) == 0) sadd(&dgam[i0], s0), sadd(&dgam[i1], s1);
     });
     // dA = −dVβ Ũᵀ (strictly lower); from A_ij = κ_i KK_ij e^{γ⁰_i − γ_j}: dκ_i, dγ⁰_i, dγ_j, and G = dA κ_i e^{γ⁰_i − γ_j}
-    bmm<CH, CH, false, true>(Vb, SD, Us, SD, D, [&](int i, int j0, float x0, float x1) {
-        float xs[2] = {x0, x1};
+    tiles<CH, CH, 4>([&](int r0, int c0) {
+        float acc[4][4];
+        zero(acc);
+        wmma<4, false, true>(acc, Vb, SD, Us, SD, r0, c0, D);
+        const int l = threadIdx.x & 31;
+        float rk[2] = {0.f, 0.f}, rg[2] = {0.f, 0.f};
 #pragma unroll
-        for (int u = 0; u < 2; ++u)
+        for (int w = 0; w < 4; ++w)
         {
-            int j = j0 + u;
-            if (j < i)
+            float cs[2] = {0.f, 0.f};
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
             {
-                float da = -xs[u], ex = expf(gam0[i] - gam[j]), kk = KK[i * SCF + j];
-                float a = kap[i] * kk * ex, gg = da * kap[i] * ex;
-                sadd(&dkap[i], da * kk * ex);
-                sadd(&dgam0[i], da * a);
-                sadd(&dgam[j], -da * a);
-                bf16r b = f2bf(gg);
-                GG[i * SCC + j] = b;
-                GG[j * SCC + i] = b;
+                const int i = r0 + (l >> 2) + 8 * (e >> 1), j = c0 + 8 * w + 2 * (l & 3) + (e & 1);
+                if (j < i)
+                {
+                    float da = -acc[w][e], ex = expf(gam0[i] - gam[j]), kk = KK[i * SCF + j];
+                    float a = kap[i] * kk * ex;
+                    rk[e >> 1] += da * kk * ex;
+                    rg[e >> 1] += da * a;
+                    cs[e & 1] += da * a;
+                    bf16r b = f2bf(da * kap[i] * ex);
+                    GG[i * SCC + j] = b;
+                    GG[j * SCC + i] = b;
+                }
+                else if (j == i) GG[i * SCC + i] = 0;
             }
-            else if (j == i) GG[i * SCC + i] = 0;
+            const int c = c0 + 8 * w + 2 * (l & 3);
+            float c0s = col_sum(cs[0]), c1s = col_sum(cs[1]);
+            if (l < 4) sadd(&dgam[c], -c0s), sadd(&dgam[c + 1], -c1s);
+        }
+        const int i0 = r0 + (l >> 2);
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+        {
+            float a = quad_sum(rk[h]), b = quad_sum(rg[h]);
+            if ((l & 3) == 0) sadd(&dkap[i0 + 8 * h], a), sadd(&dgam0[i0 + 8 * h], b);
         }
     });
     cp_wait<0>();
@@ -1254,8 +1321,8 @@ __device__ void bwd_local_b(const bf16r* q, const bf16r* k, const bf16r* v, cons
             s0 += a.x * acc[w][0] + a.y * acc[w][1];
             s1 += b.x * acc[w][2] + b.y * acc[w][3];
         }
-        sadd(&dgam[i0], s0);
-        sadd(&dgam[i1], s1);
+        s0 = quad_sum(s0), s1 = quad_sum(s1);
+        if ((l & 3) == 0) sadd(&dgam[i0], s0), sadd(&dgam[i1], s1);
         wmma<4, false, false>(acc, Pb, SCC, Ks, SD, r0, c0, CH);
         each2(acc, r0, c0, [&](int i, int c, float x0, float x1) {
             if (t0 + i < T) st2(dq + (rq + i) * D + c, x0, x1);
@@ -1284,11 +1351,15 @@ __device__ void bwd_local_b(const bf16r* q, const bf16r* k, const bf16r* v, cons
                 s1 += b.x * t[w][2] + b.y * t[w][3];
                 acc[w][0] -= a0 * t[w][0], acc[w][1] -= a0 * t[w][1], acc[w][2] -= a1 * t[w][2], acc[w][3] -= a1 * t[w][3];
             }
+            s0 = quad_sum(s0), s1 = quad_sum(s1);
             float r0_ = -expf(gam0[i0]) * s0, r1_ = -expf(gam0[i1]) * s1;
-            sadd(&dkap[i0], r0_);
-            sadd(&dgam0[i0], kap[i0] * r0_);
-            sadd(&dkap[i1], r1_);
-            sadd(&dgam0[i1], kap[i1] * r1_);
+            if ((l & 3) == 0)
+            {
+                sadd(&dkap[i0], r0_);
+                sadd(&dgam0[i0], kap[i0] * r0_);
+                sadd(&dkap[i1], r1_);
+                sadd(&dgam0[i1], kap[i1] * r1_);
+            }
         }
         zero(t);
         wmma<4, false, true>(t, Us, SD, dHs, SD, r0, c0, D);
@@ -1305,9 +1376,10 @@ __device__ void bwd_local_b(const bf16r* q, const bf16r* k, const bf16r* v, cons
                 s1 += b.x * t[w][2] + b.y * t[w][3];
                 acc[w][0] += t[w][0], acc[w][1] += t[w][1], acc[w][2] += t[w][2], acc[w][3] += t[w][3];
             }
-            sadd(&dgam[i0], -s0);
-            sadd(&dgam[i1], -s1);
-            sadd(red, s0 + s1);
+            s0 = quad_sum(s0), s1 = quad_sum(s1);
+            if ((l & 3) == 0) sadd(&dgam[i0], -s0), sadd(&dgam[i1], -s1);
+            float st_ = col_sum(s0 + s1);   // the quads' sums, over the warp's 8 row pairs
+            if (l == 0) sadd(red, st_);
         }
         each2(acc, r0, c0, [&](int i, int c, float x0, float x1) {
             if (t0 + i < T) st2(dk + (rq + i) * D + c, x0, x1);

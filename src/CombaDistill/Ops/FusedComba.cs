@@ -25,19 +25,19 @@ public static class FusedComba
 {
     /// <summary>
     /// How the kernels multiply: Auto is Float32 for float32 inputs and TensorCores (tf32 operands on float32 copies)
-    /// otherwise; with <see cref="Bf16ByDefault"/> it is Bf16 for bf16 inputs at head dim 64 or 128. Bf16 reads q, k
+    /// otherwise, except that with <see cref="Bf16ByDefault"/> (the default) it is Bf16 for bf16 inputs at head dim 64 or 128. Bf16 reads q, k
     /// and v as bf16 and multiplies bf16 operands on the tensor cores (mma m16n8k16, float32 accumulation); it needs
     /// bf16 q and a head dim of 64 or 128.
     /// </summary>
     public enum Arithmetic { Auto, Float32, TensorCores, Bf16 }
 
     /// <summary>
-    /// Whether Auto takes the bf16 kernels for bf16 inputs: only with <c>COMBADISTILL_FUSED_BF16=1</c> for now. The
-    /// kernels passed the float64 check through the measuring script on an H100 (docs/kernels.md), but this class's
-    /// launches of them have not yet run on a GPU (FusedCombaTests' bf16 case); until they have, a training run takes
-    /// the tf32 kernels, which have.
+    /// Whether Auto takes the bf16 kernels for bf16 inputs at head dim 64 or 128: yes unless
+    /// <c>COMBADISTILL_FUSED_BF16=0</c>, which keeps the tf32 kernels on float32 copies (to compare the two, or to
+    /// fall back should the bf16 kernels misbehave on a new GPU). Both passed the float64 check on an H100, through
+    /// the measuring script and through this class's launches (FusedCombaTests, docs/kernels.md).
     /// </summary>
-    public static bool Bf16ByDefault { get; set; } = Environment.GetEnvironmentVariable("COMBADISTILL_FUSED_BF16") == "1";
+    public static bool Bf16ByDefault { get; set; } = Environment.GetEnvironmentVariable("COMBADISTILL_FUSED_BF16") != "0";
 
     /// <summary>Head dims the bf16 kernels take (at 256 their backward's tiles would not fit shared memory).</summary>
     public static readonly int[] Bf16HeadDims = [64, 128];
@@ -146,8 +146,17 @@ public static class FusedComba
         .. from dim in SupportedHeadDims where dim <= 128 from stage in StagedTiles.Keys select $"comba_{stage}_{dim}_tf32s",
     ];
 
-    static CudaModule Module(Device device) =>
-        KernelCache.Default.Load(CudaDevice.For(device), KernelSource.FromResource(KernelFile), KernelNames);
+    // The module per device ordinal, looked up once: KernelCache.Load reads the embedded source and hashes it with the
+    // options and names to find its module, some 0.1–0.3 ms of CPU per call, and the op launches 5 to 10 kernels per
+    // call, 16 calls per training step at the 1B shape.
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<int, CudaModule> Modules = new();
+
+    static CudaModule Module(Device device)
+    {
+        var cuda = CudaDevice.For(device);
+        return Modules.TryGetValue(cuda.Ordinal, out var known) ? known
+            : Modules.GetOrAdd(cuda.Ordinal, _ => KernelCache.Default.Load(cuda, KernelSource.FromResource(KernelFile), KernelNames));
+    }
 
     static void Launch(Device device, string stage, int D, string arithmetic, (int, int) grid, params object[] args)
     {
