@@ -53,7 +53,8 @@ public sealed class LoraAdapters : IDisposable
             using (no_grad())
             {
                 var bound = 1.0 / Math.Sqrt(inputs);
-                a = new Parameter(empty([recipe.Rank, inputs], ScalarType.Float32, weight.device).uniform_(-bound, bound, generator));
+                // drawn on the CPU (the generator is a CPU one) and moved, so a run gets the same adapters on any device
+                a = new Parameter(empty([recipe.Rank, inputs], ScalarType.Float32).uniform_(-bound, bound, generator).to(weight.device));
                 b = new Parameter(zeros([outputs, recipe.Rank], ScalarType.Float32, weight.device));
             }
             var hook = linear.register_forward_hook((m, x, y) => y + lora.Update(x, a, b, m.training).to(y.dtype));

@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 
 namespace CombaDistill.Tests.Distillation;
 
-/// <summary>The GPU lane: the toy run on CUDA (teacher in bf16, student and optimizer in fp32) trains as it does on the CPU.</summary>
+/// <summary>The GPU lane: the toy run on CUDA (bf16 compute, float32 master weights and AdamW) trains as it does on the CPU.</summary>
 public sealed class DistillationGpuTests : IDisposable
 {
     readonly TempDir dir = new();
@@ -29,10 +29,14 @@ public sealed class DistillationGpuTests : IDisposable
         {
             var (cpu, cuda) = (onCpu.Stages[s], onCuda.Stages[s]);
             Assert.Equal(cpu.Steps, cuda.Steps);
-            var (first, last) = s == 0 ? (cuda.First!.Alignment!.Value, cuda.Last!.Alignment!.Value) : (cuda.First!.Kl!.Value, cuda.Last!.Kl!.Value);
-            Assert.True(double.IsFinite(first) && last < first, $"stage {cpu.Name} on CUDA: {first} → {last}");
-            var cpuFirst = s == 0 ? cpu.First!.Alignment!.Value : cpu.First!.Kl!.Value;
-            Assert.Equal(cpuFirst, first, cpuFirst * 0.05);
+            double Value(EvalMetrics? m) => (s == 0 ? m!.Alignment : m!.Kl)!.Value;
+            var (first, last) = (Value(cuda.First), Value(cuda.Last));
+            Assert.True(double.IsFinite(first) && double.IsFinite(last), $"stage {cpu.Name} on CUDA: {first} → {last}");
+            // the held-out alignment loss falls in 6 steps; the held-out KL after 7 KD steps on 64 tokens moves by
+            // less than its noise (1.656 → 1.697 on the CPU), so CUDA is held to the CPU's path instead
+            if (s == 0) Assert.True(last < first, $"stage {cpu.Name} on CUDA: {first} → {last}");
+            Assert.Equal(Value(cpu.First), first, Value(cpu.First) * 0.05);
+            Assert.Equal(Value(cpu.Last), last, Value(cpu.Last) * 0.05);
         }
         Assert.Equal(onCpu.StudentPerplexity, onCuda.StudentPerplexity, onCpu.StudentPerplexity * 0.05);
     }
