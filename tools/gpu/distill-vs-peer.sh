@@ -6,11 +6,12 @@
 #   quality  KD_STEPS (200) KL steps at the 1B shape (sequence 512 × micro-batch 2) in bf16 and in float32 from the
 #            same converted student: the two loss curves, $OUT/kd-bf16.jsonl and $OUT/kd-float32.jsonl
 #   stories  recipes/stories260k.yaml on this GPU (precision auto = bf16): $OUT/stories260k-summary.json
-#   kernels  the peer's kernels (.peers/peer_bench.py: fla chunk_comba, NO_NAIVE) and ours through `bench kernel` in
-#            bf16 (COMBADISTILL_FUSED_BF16=1), back to back; with KERNEL_SRC set, also that kernel source checked
+#   kernels  the peer's kernel (fla chunk_comba, timed as peer_bench.py does, by tools/kernels/peer_slim.py) and ours through `bench kernel` in
+#            bf16, back to back; with KERNEL_SRC set, also that kernel source checked
 #            against the float64 recurrence and timed by tools/kernels/comba_check.py
 #   lane     the C# GPU test lane (the classes that need CUDA)
 # usage: bash tools/gpu/distill-vs-peer.sh [speed] [quality] [stories] [kernels] [lane]
+# PEER=0 leaves the peers out of speed and kernels (when a call has no time for them; compare only within one call)
 set -uo pipefail
 source tools/gpu/common.sh
 steps=${*:-speed}
@@ -21,9 +22,11 @@ peers=/tmp/peers
 unpack_peers() { [[ -d $peers/fla ]] || { mkdir -p $peers && tar -xJf .peerpack/fla.tar.xz -C $peers && cp .peerpack/*.py $peers/; }; }
 
 if [[ $steps == *speed* ]]; then
-  echo "== peer_distill.py (SEQ=$SEQ MICRO=$MICRO)"
-  unpack_peers
-  (cd $peers && FLA_PATH=$PWD SEQ=$SEQ MICRO=$MICRO OUT=$OUT timeout 300 python3 peer_distill.py) 2>&1 | tee "$OUT/peer-distill.log" | grep -E '^\{|Error|error' | tail -5
+  if [[ ${PEER:-1} != 0 ]]; then
+    echo "== peer_distill.py (SEQ=$SEQ MICRO=$MICRO)"
+    unpack_peers
+    (cd $peers && FLA_PATH=$PWD SEQ=$SEQ MICRO=$MICRO OUT=$OUT timeout 300 python3 peer_distill.py) 2>&1 | tee "$OUT/peer-distill.log" | grep -E '^\{|Error|error' | tail -5
+  fi
   echo "== bench distill, bf16"
   teacher_and_student
   recipe bf16 "$SEQ" "$MICRO" \
@@ -31,8 +34,10 @@ if [[ $steps == *speed* ]]; then
     "{ name: kd, objective: distillation, trainable: all, optimizer: { lr: 1e-5 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO, kl_weight: 1.0, loss_chunk: 128 }" \
     > "$work/speed.yaml"
   cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill.json" 2>&1 | tail -25
-  echo "== bench distill, bf16, the bf16 Comba kernels (COMBADISTILL_FUSED_BF16=1)"
-  COMBADISTILL_FUSED_BF16=1 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-bf16-kernels.json" 2>&1 | tail -25
+  if [[ -n ${TF32_KERNELS:-} ]]; then
+    echo "== bench distill, bf16, the tf32 Comba kernels (COMBADISTILL_FUSED_BF16=0)"
+    COMBADISTILL_FUSED_BF16=0 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-tf32-kernels.json" 2>&1 | tail -25
+  fi
 fi
 
 if [[ $steps == *quality* ]]; then
@@ -49,17 +54,21 @@ fi
 if [[ $steps == *stories* ]]; then
   echo "== stories260K recipe on the GPU (precision auto: bf16)"
   rm -rf /tmp/s260run
-  /usr/bin/time -f "%e s" cli distill --recipe recipes/stories260k.yaml --run-dir /tmp/s260run --device cuda 2>&1 | tail -6
+  SECONDS=0
+  cli distill --recipe recipes/stories260k.yaml --run-dir /tmp/s260run --device cuda 2>&1 | tail -6
+  echo "$SECONDS s"
   cp /tmp/s260run/summary.json "$OUT/stories260k-summary.json"
 fi
 
 if [[ $steps == *kernels* ]]; then
-  echo "== peer_bench.py (fla chunk_comba, NO_NAIVE=1)"
-  unpack_peers
-  (cd $peers && FLA_PATH=$PWD NO_NAIVE=1 OUT=$OUT timeout 240 python3 peer_bench.py) > "$OUT/peer-bench.log" 2>&1
-  grep -E 'chunk_comba|Error' "$OUT/peer-bench.log" | head -12
+  if [[ ${PEER:-1} != 0 ]]; then
+    echo "== fla chunk_comba alone (tools/kernels/peer_slim.py: peer_bench.py's inputs and timing)"
+    unpack_peers
+    (cd $peers && FLA_PATH=$PWD timeout 240 python3 "$OLDPWD/tools/kernels/peer_slim.py") > "$OUT/peer-slim.log" 2>&1
+    tail -8 "$OUT/peer-slim.log"
+  fi
   echo "== bench kernel, bf16 kernels"
-  COMBADISTILL_FUSED_BF16=1 cli bench kernel --device cuda --ops fused,sdpa --json "$OUT/bench-kernel-bf16.json" 2>&1 | tail -14
+  cli bench kernel --device cuda --ops fused,sdpa --json "$OUT/bench-kernel-bf16.json" 2>&1 | tail -14
   if [[ -n ${KERNEL_SRC:-} ]]; then
     echo "== $KERNEL_SRC: check against float64 and time"
     BF16_ONLY=1 timeout 200 python3 tools/kernels/comba_check.py --check --time > "$OUT/kernel-candidate.log" 2>&1
