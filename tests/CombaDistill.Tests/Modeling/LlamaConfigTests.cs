@@ -35,7 +35,10 @@ public class LlamaConfigTests
         var error = Assert.Throws<InvalidInputException>(() => LlamaConfig.FromJson(j, "m/config.json"));
         Assert.Equal($"m/config.json: {problem}", error.Message);
         // as read from a file: an integer is a number, and a whole number written with a point is an integer
-        Assert.Equal(64.0, JsonFields.Number(JsonNode.Parse("{\"x\": 64}")!.AsObject(), "f", "x"));
-        Assert.Equal(4096, JsonFields.Int32(JsonNode.Parse("{\"x\": 4096.0}")!.AsObject(), "f", "x"));
+        var read = LlamaConfig.FromJson(JsonNode.Parse("""
+            {"model_type": "llama", "hidden_size": 64.0, "num_attention_heads": 4, "intermediate_size": 128, "num_hidden_layers": 2,
+             "vocab_size": 256, "max_position_embeddings": 4096.0, "rope_theta": 64}
+            """)!.AsObject(), "f");
+        Assert.Equal((64, 4096, 64.0), (read.HiddenSize, read.MaxPositionEmbeddings, read.RopeTheta));
     }
 }

@@ -1,3 +1,4 @@
+using System.Text.Json;
 using System.Text.Json.Nodes;
 using CombaDistill.IO;
 using CombaDistill.Ops;
@@ -85,44 +86,20 @@ public sealed record CombaConfig
     /// <summary>Adds every comba_* field to <paramref name="config"/> (e.g. the student's config.json) and returns it.</summary>
     public JsonObject WriteTo(JsonObject config)
     {
-        config[Prefix + "rotary"] = Rotary;
-        config[Prefix + "short_conv"] = ShortConv;
-        config[Prefix + "output_norm"] = OutputNorm;
-        config[Prefix + "chunk_size"] = ChunkSize;
-        config[Prefix + "scale"] = Scale;
-        config[Prefix + "initial_d"] = InitialD;
-        config[Prefix + "initial_lambda"] = InitialLambda;
-        config[Prefix + "norm_eps"] = NormEps;
-        config[Prefix + "feature_map"] = FeatureMap;
-        config[Prefix + "normalize_readout"] = NormalizeReadout;
-        config[Prefix + "readout_eps"] = ReadoutEps;
+        foreach (var (name, value) in JsonSerializer.SerializeToNode(this, JsonOptions)!.AsObject()) config[name] = value?.DeepClone();
         return config;
     }
 
     public JsonObject ToJson() => WriteTo(new JsonObject());
 
     /// <summary>Reads the comba_* fields of a config.json; a missing field takes its default, a malformed one is an error.</summary>
-    public static CombaConfig FromJson(JsonObject j, string path)
-    {
-        var defaults = new CombaConfig();
-        return new CombaConfig
-        {
-            Rotary = Str(j, path, "rotary") ?? defaults.Rotary,
-            ShortConv = Int(j, path, "short_conv") ?? defaults.ShortConv,
-            OutputNorm = Bool(j, path, "output_norm") ?? defaults.OutputNorm,
-            ChunkSize = Int(j, path, "chunk_size") ?? defaults.ChunkSize,
-            Scale = Num(j, path, "scale") ?? defaults.Scale,
-            InitialD = Num(j, path, "initial_d") ?? defaults.InitialD,
-            InitialLambda = Num(j, path, "initial_lambda") ?? defaults.InitialLambda,
-            NormEps = Num(j, path, "norm_eps") ?? defaults.NormEps,
-            FeatureMap = Str(j, path, "feature_map") ?? defaults.FeatureMap,
-            NormalizeReadout = Bool(j, path, "normalize_readout") ?? defaults.NormalizeReadout,
-            ReadoutEps = Num(j, path, "readout_eps") ?? defaults.ReadoutEps,
-        }.Validated(path);
-    }
+    public static CombaConfig FromJson(JsonObject j, string path) => JsonConfig.Bind<CombaConfig>(j, path, JsonOptions).Validated(path);
 
-    static string? Str(JsonObject j, string path, string field) => JsonFields.String(j, path, Prefix + field);
-    static int? Int(JsonObject j, string path, string field) => JsonFields.Int32(j, path, Prefix + field);
-    static double? Num(JsonObject j, string path, string field) => JsonFields.Number(j, path, Prefix + field);
-    static bool? Bool(JsonObject j, string path, string field) => JsonFields.Bool(j, path, Prefix + field);
+    /// <summary>Each property is the snake_case field with the comba_ prefix (ChunkSize ↔ comba_chunk_size).</summary>
+    static readonly JsonSerializerOptions JsonOptions = JsonConfig.Options(new PrefixedSnakeCase());
+
+    sealed class PrefixedSnakeCase : JsonNamingPolicy
+    {
+        public override string ConvertName(string name) => Prefix + SnakeCaseLower.ConvertName(name);
+    }
 }

@@ -1,4 +1,3 @@
-using System.Text.Json;
 using System.Text.Json.Nodes;
 using CombaDistill.IO;
 using CombaDistill.Modeling.Llama;
@@ -63,29 +62,29 @@ public sealed record CombaStudentConfig
         return Comba.WriteTo(j);
     }
 
+    /// <summary>The fields of a student's config.json beyond the teacher's architecture and the comba_* options.</summary>
+    sealed record StudentFieldsJson
+    {
+        public string? ModelType { get; init; }
+        public string? TeacherModelType { get; init; }
+        public int[] AttentionLayers { get; init; } = [];
+    }
+
     public static CombaStudentConfig FromJson(JsonObject j, string path)
     {
-        var modelType = j["model_type"] is JsonValue m && m.TryGetValue<string>(out var s) ? s : null;
-        if (!IsStudentType(modelType))
-            throw new InvalidInputException(path, $"field 'model_type' is '{modelType ?? "(missing)"}'; a Comba student has '{ModelType}' (or '{ExportedModelType}' when exported)");
-        var teacherType = j[TeacherModelTypeField] is JsonValue t && t.TryGetValue<string>(out var ts) ? ts
-            : throw new InvalidInputException(path, $"field '{TeacherModelTypeField}' is missing or not a string");
+        var fields = JsonConfig.Bind<StudentFieldsJson>(j, path, JsonConfig.SnakeCase);
+        if (!IsStudentType(fields.ModelType))
+            throw new InvalidInputException(path, $"field 'model_type' is '{fields.ModelType ?? "(missing)"}'; a Comba student has '{ModelType}' (or '{ExportedModelType}' when exported)");
+        var teacherType = fields.TeacherModelType ?? throw new InvalidInputException(path, $"field '{TeacherModelTypeField}' is missing");
 
         // The architecture fields are the teacher's, read by the teacher's own parser under its own model type.
         var teacher = (JsonObject)j.DeepClone();
         teacher["model_type"] = teacherType;
-        var layers = j[AttentionLayersField] switch
-        {
-            null => [],
-            JsonArray a => a.Select(n => n is JsonValue v && v.TryGetValue<int>(out var i) ? i
-                : throw new InvalidInputException(path, $"field '{AttentionLayersField}' must be an array of layer indices")).ToArray(),
-            _ => throw new InvalidInputException(path, $"field '{AttentionLayersField}' must be an array of layer indices"),
-        };
         return new CombaStudentConfig
         {
             Architecture = LlamaConfig.FromJson(teacher, path),
             Comba = CombaConfig.FromJson(j, path),
-            AttentionLayers = layers,
+            AttentionLayers = fields.AttentionLayers,
         }.Validated(path);
     }
 
