@@ -193,6 +193,17 @@ public sealed record StageRecipe
     /// </summary>
     public bool ActivationCheckpointing { get; init; }
 
+    /// <summary>Where a stage leaves them out: the weight of the loss its objective is named for is 1, the other 0.</summary>
+    public static (double Kl, double Ce) DefaultWeights(Objective objective) =>
+        (objective == Objective.Distillation ? 1.0 : 0.0, objective == Objective.FineTuning ? 1.0 : 0.0);
+
+    /// <summary>
+    /// Where a stage leaves it out: with LoRA only the adapters train; otherwise an attention_alignment stage trains the
+    /// converted layers' attention and the later stages the whole student.
+    /// </summary>
+    public static TrainableSelection DefaultTrainable(Objective objective, bool hasLora) =>
+        TrainableSelection.Of(hasLora ? "none" : objective == Objective.AttentionAlignment ? "attention" : "all");
+
     public long TokensPerStep => (long)SequenceLength * MicroBatch * Accumulation;
 
     /// <summary>Optimizer steps this stage runs.</summary>

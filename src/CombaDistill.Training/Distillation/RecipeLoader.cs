@@ -1,28 +1,21 @@
+using System.Text.RegularExpressions;
 using CombaDistill.Conversion;
 using CombaDistill.IO;
 using CombaDistill.Modeling.Comba;
 using CombaDistill.Modeling.Llama;
 using YamlDotNet.Core;
-using YamlDotNet.RepresentationModel;
 
 namespace CombaDistill.Distillation;
 
 /// <summary>
-/// Reads a recipe YAML file into a <see cref="Recipe"/> and checks all of it — unknown fields, ranges, the order of
-/// stages, that every file it names exists, that the teacher's architecture admits the stages — so a bad recipe
-/// fails in the first second with an <see cref="InvalidInputException"/> naming the file, line and field.
+/// Reads a recipe YAML file into a <see cref="Recipe"/> and checks all of it, so a bad recipe fails in the first second
+/// with an <see cref="InvalidInputException"/> naming the file, line and field. YamlDotNet's deserializer binds the
+/// file onto the file-shaped records of RecipeYaml.cs (<see cref="YamlBinder"/>: unknown fields, types and the
+/// scalar grammar); then one validation pass checks ranges, the order of stages, that every file it names exists and
+/// that the teacher's architecture admits the stages, and builds the recipe with the defaults of Recipe.cs.
 /// </summary>
-public static class RecipeLoader
+public static partial class RecipeLoader
 {
-    // The defaults live on the records (Recipe.cs); a field the YAML leaves out takes the record's own default.
-    static readonly Recipe Defaults = new()
-    {
-        SourcePath = "", Teacher = new(), Student = new(), Stages = [],
-        Data = new DataRecipe { Train = new DataSource("", DataFormat.Text) },
-    };
-    static readonly StageRecipe StageDefaults = new() { Name = "", Objective = Objective.AttentionAlignment, Trainable = TrainableSelection.Of("comba") };
-    static readonly ScheduleRecipe ScheduleDefaults = new();
-
     internal static readonly Dictionary<string, Precision> Precisions = new()
     {
         ["auto"] = Precision.Auto,
@@ -52,6 +45,15 @@ public static class RecipeLoader
 
     public static string NameOf(Objective objective) => Objectives.First(o => o.Value == objective).Key;
 
+    /// <summary>The names each enum of a recipe takes.</summary>
+    static readonly Dictionary<Type, IReadOnlyDictionary<string, object>> Choices = new()
+    {
+        [typeof(Precision)] = Precisions.ToDictionary(p => p.Key, p => (object)p.Value),
+        [typeof(Objective)] = Objectives.ToDictionary(p => p.Key, p => (object)p.Value),
+        [typeof(DataFormat)] = Formats.ToDictionary(p => p.Key, p => (object)p.Value),
+        [typeof(ScheduleKind)] = Schedules.ToDictionary(p => p.Key, p => (object)p.Value),
+    };
+
     public static Recipe Load(string path)
     {
         return Parse(InputFile.ReadAllText(path, "recipe file", maxBytes: 16L << 20), path);
@@ -60,50 +62,60 @@ public static class RecipeLoader
     /// <summary>Parses recipe text; <paramref name="path"/> names it in errors and anchors relative paths.</summary>
     public static Recipe Parse(string yaml, string path)
     {
-        var stream = new YamlStream();
+        RecipeYaml? file;
         try
         {
-            stream.Load(new StringReader(yaml));
+            file = new YamlBinder(path, Choices).Bind<RecipeYaml>(yaml);
         }
-        catch (YamlException e)
+        catch (YamlException e) when (e.InnerException is not InvalidOperationException)
         {
-            throw new InvalidInputException(path, $"line {e.Start.Line}: not valid YAML ({Bounded.Text(e.Message, 160)})", e);
+            // what a deserializer threw comes wrapped in "Exception during deserialization"
+            throw new InvalidInputException(path, $"line {e.Start.Line}: not valid YAML ({Bounded.Text(e.InnerException?.Message ?? e.Message, 160)})", e);
         }
-        catch (InvalidOperationException e)
+        catch (Exception e) when (e is InvalidOperationException or YamlException)
         {
             // YamlDotNet's scanner throws this, not a YamlException, on some malformed flow collections ("seed: {")
             throw new InvalidInputException(path, "not valid YAML (an unclosed '{' or '[' or a misplaced ':'?)", e);
         }
-        if (stream.Documents.Count != 1 || stream.Documents[0].RootNode is not YamlMappingNode root)
-            throw new InvalidInputException(path, "a recipe is one YAML mapping with teacher, student, data and stages");
+        if (file is null) throw new InvalidInputException(path, "a recipe is one YAML mapping with teacher, student, data and stages");
+        return Validate(file);
+    }
 
-        var fields = new YamlFields(root, path, "");
+    /// <summary>
+    /// The one check of a bound recipe, building the <see cref="Recipe"/> as it goes: ranges, rules between fields,
+    /// the files it names, and the teacher's architecture against the stages. A field the file leaves out takes the
+    /// default of the record it fills.
+    /// </summary>
+    static Recipe Validate(RecipeYaml file)
+    {
+        var defaults = new Recipe
+        {
+            SourcePath = "", Teacher = new(), Student = new(), Stages = [],
+            Data = new DataRecipe { Train = new DataSource("", DataFormat.Text) },
+        };
         var recipe = new Recipe
         {
-            SourcePath = Path.GetFullPath(path),
-            Seed = fields.Integer("seed") ?? Defaults.Seed,
-            Teacher = ReadTeacher(fields),
-            Student = ReadStudent(fields),
-            Data = ReadData(fields),
-            Stages = ReadStages(fields),
-            Precision = fields.Choice("precision", Precisions) ?? Defaults.Precision,
+            SourcePath = Path.GetFullPath(file.File),
+            Seed = file.Seed ?? defaults.Seed,
+            Teacher = ReadTeacher(file),
+            Student = ReadStudent(file.Student),
+            Data = ReadData(file),
+            Stages = ReadStages(file),
+            Precision = file.Precision ?? defaults.Precision,
         };
-        fields.RejectUnknown();
-        CheckAgainstTeacher(recipe, fields);
+        CheckAgainstTeacher(recipe, file.File);
         return recipe;
     }
 
-    static TeacherSource ReadTeacher(YamlFields root)
+    static TeacherSource ReadTeacher(RecipeYaml file)
     {
-        if (!root.Has("teacher")) throw root.Error("teacher", "is missing: give 'teacher: {path: FOLDER}' or 'teacher: {llama2c: FILE.bin, tokenizer: FILE}'");
-        var teacher = root.Mapping("teacher")!;
+        var teacher = file.Teacher ?? throw file.Error("teacher", "is missing: give 'teacher: {path: FOLDER}' or 'teacher: {llama2c: FILE.bin, tokenizer: FILE}'");
         var source = new TeacherSource
         {
-            Folder = teacher.PathValue("path"),
-            Llama2cCheckpoint = teacher.PathValue("llama2c"),
-            Llama2cTokenizer = teacher.PathValue("tokenizer"),
+            Folder = ResolvePath(teacher, "path", teacher.Path),
+            Llama2cCheckpoint = ResolvePath(teacher, "llama2c", teacher.Llama2c),
+            Llama2cTokenizer = ResolvePath(teacher, "tokenizer", teacher.Tokenizer),
         };
-        teacher.RejectUnknown();
         if ((source.Folder is null) == (source.Llama2cCheckpoint is null))
             throw teacher.Error("path", "or 'teacher.llama2c': give exactly one of them");
         if (source.Folder is not null)
@@ -121,68 +133,62 @@ public static class RecipeLoader
         return source;
     }
 
-    static StudentSource ReadStudent(YamlFields root)
+    static StudentSource ReadStudent(StudentYaml? student)
     {
-        var student = root.Mapping("student");
         if (student is null) return new StudentSource();
-        var folder = student.PathValue("path");
-        var convert = student.Mapping("convert");
+        var folder = ResolvePath(student, "path", student.Path);
+        var convert = student.Convert;
         if (folder is not null && convert is not null) throw student.Error("convert", "cannot be given together with 'student.path'");
         if (folder is not null && !File.Exists(Path.Combine(folder, "config.json")))
             throw student.Error("path", $"names {folder}, which is not a model folder (no config.json)");
-        var source = new StudentSource { Folder = folder, FromScratch = student.Bool("from_scratch") ?? false };
+        var source = new StudentSource { Folder = folder, FromScratch = student.FromScratch ?? false };
         if (source.FromScratch && folder is not null) throw student.Error("from_scratch", "applies to a converted student ('student.convert'), not to 'student.path'");
-        if (convert is not null)
+        if (convert is null) return source;
+
+        var defaults = new StudentSource().Comba;
+        var comba = new CombaConfig
         {
-            var defaults = ConversionOptions.DefaultComba;
-            var comba = new CombaConfig
-            {
-                Rotary = convert.String("rotary") ?? defaults.Rotary,
-                ShortConv = convert.Int32("short_conv") ?? defaults.ShortConv,
-                OutputNorm = convert.Bool("output_norm") ?? defaults.OutputNorm,
-                ChunkSize = convert.Int32("chunk_size") ?? defaults.ChunkSize,
-                Scale = convert.Number("scale") ?? defaults.Scale,
-                InitialD = convert.Number("initial_d") ?? defaults.InitialD,
-                InitialLambda = convert.Number("initial_lambda") ?? defaults.InitialLambda,
-                NormEps = convert.Number("norm_eps") ?? defaults.NormEps,
-                FeatureMap = convert.String("feature_map") ?? defaults.FeatureMap,
-                NormalizeReadout = convert.Bool("normalize_readout") ?? defaults.NormalizeReadout,
-                ReadoutEps = convert.Number("readout_eps") ?? defaults.ReadoutEps,
-            };
-            var layers = convert.List("attention_layers")?.Select(n => n is YamlScalarNode s && int.TryParse(s.Value, out var i) && i >= 0 ? i
-                : throw convert.Error(n, convert.PathOf("attention_layers"), $"holds '{n}'; expected layer indices")).ToArray() ?? [];
-            convert.RejectUnknown();
-            try
-            {
-                comba.Validated();
-            }
-            catch (InvalidInputException e)
-            {
-                // CombaConfig names its config.json field (comba_rotary); say it the recipe's way.
-                throw new InvalidInputException(root.File, $"line {convert.Line}: in 'student.convert': {e.Message.Replace(CombaConfig.Prefix, "")}");
-            }
-            source = source with { Comba = comba, AttentionLayers = layers };
+            Rotary = convert.Rotary ?? defaults.Rotary,
+            ShortConv = convert.ShortConv ?? defaults.ShortConv,
+            OutputNorm = convert.OutputNorm ?? defaults.OutputNorm,
+            ChunkSize = convert.ChunkSize ?? defaults.ChunkSize,
+            Scale = convert.Scale ?? defaults.Scale,
+            InitialD = convert.InitialD ?? defaults.InitialD,
+            InitialLambda = convert.InitialLambda ?? defaults.InitialLambda,
+            NormEps = convert.NormEps ?? defaults.NormEps,
+            FeatureMap = convert.FeatureMap ?? defaults.FeatureMap,
+            NormalizeReadout = convert.NormalizeReadout ?? defaults.NormalizeReadout,
+            ReadoutEps = convert.ReadoutEps ?? defaults.ReadoutEps,
+        };
+        var layers = convert.AttentionLayers ?? [];
+        foreach (var layer in layers)
+            if (layer < 0) throw convert.Error("attention_layers", $"holds '{layer}'; expected layer indices");
+        try
+        {
+            comba.Validated();
         }
-        student.RejectUnknown();
-        return source;
+        catch (InvalidInputException e)
+        {
+            // CombaConfig names its config.json field (comba_rotary); say it the recipe's way.
+            throw new InvalidInputException(convert.File, $"line {convert.Line}: in 'student.convert': {e.Message.Replace(CombaConfig.Prefix, "")}");
+        }
+        return source with { Comba = comba, AttentionLayers = layers };
     }
 
-    static DataRecipe ReadData(YamlFields root)
+    static DataRecipe ReadData(RecipeYaml file)
     {
-        if (!root.Has("data")) throw root.Error("data", "is missing: give at least 'data: {train: FILE}'");
-        var data = root.Mapping("data")!;
-        var train = ReadSource(data, "train") ?? throw data.Error("train", "is missing (the training text)");
+        var data = file.Data ?? throw file.Error("data", "is missing: give at least 'data: {train: FILE}'");
+        var defaults = new DataRecipe { Train = new DataSource("", DataFormat.Text) };
         var recipe = new DataRecipe
         {
-            Train = train,
-            Validation = ReadSource(data, "validation"),
-            HoldoutFraction = data.Number("holdout_fraction") ?? Defaults.Data.HoldoutFraction,
-            AddBos = data.Bool("add_bos") ?? Defaults.Data.AddBos,
-            AddEos = data.Bool("add_eos") ?? Defaults.Data.AddEos,
-            DocumentSeparator = data.String("document_separator") is { } separator ? Unescape(separator) : Defaults.Data.DocumentSeparator,
-            EvalTokens = data.Integer("eval_tokens") ?? Defaults.Data.EvalTokens,
+            Train = ReadSource(data, "train", data.Train) ?? throw data.Error("train", "is missing (the training text)"),
+            Validation = ReadSource(data, "validation", data.Validation),
+            HoldoutFraction = data.HoldoutFraction ?? defaults.HoldoutFraction,
+            AddBos = data.AddBos ?? defaults.AddBos,
+            AddEos = data.AddEos ?? defaults.AddEos,
+            DocumentSeparator = data.DocumentSeparator is { } separator ? Unescape(separator) : defaults.DocumentSeparator,
+            EvalTokens = data.EvalTokens ?? defaults.EvalTokens,
         };
-        data.RejectUnknown();
         if (recipe.Validation is null && !(recipe.HoldoutFraction > 0 && recipe.HoldoutFraction < 0.5))
             throw data.Error("holdout_fraction", $"is {recipe.HoldoutFraction}; expected a fraction in (0, 0.5) when no validation file is given");
         if (recipe.EvalTokens <= 0) throw data.Error("eval_tokens", $"is {recipe.EvalTokens}; expected a positive number");
@@ -190,92 +196,79 @@ public static class RecipeLoader
     }
 
     /// <summary>Either a bare path (format from the extension) or {path, format, max_tokens}.</summary>
-    static DataSource? ReadSource(YamlFields data, string key)
+    static DataSource? ReadSource(DataYaml data, string key, SourceYaml? source)
     {
-        if (!data.Has(key)) return null;
-        string file;
-        DataFormat? format = null;
-        long? maxTokens = null;
-        if (data.Raw(key) is YamlMappingNode)
-        {
-            var source = data.Mapping(key)!;
-            file = source.PathValue("path") ?? throw source.Error("path", "is missing (the data file)");
-            format = source.Choice("format", Formats);
-            maxTokens = source.Integer("max_tokens");
-            if (maxTokens is <= 1) throw source.Error("max_tokens", $"is {maxTokens}; expected at least 2");
-            source.RejectUnknown();
-        }
-        else
-        {
-            file = data.PathValue(key)!;
-        }
+        if (source is null) return null;
+        var file = source.PathOnly ? ResolvePath(data, key, source.Path)! : ResolvePath(source, "path", source.Path) ?? throw source.Error("path", "is missing (the data file)");
+        if (source.MaxTokens is <= 1) throw source.Error("max_tokens", $"is {source.MaxTokens}; expected at least 2");
         if (!File.Exists(file)) throw data.Error(key, $"names {file}, which does not exist");
-        format ??= Path.GetExtension(file).ToLowerInvariant() switch
+        var format = source.Format ?? Path.GetExtension(file).ToLowerInvariant() switch
         {
             ".jsonl" => DataFormat.Jsonl,
             ".tokens" or ".bin" => DataFormat.Tokens,
             _ => DataFormat.Text,
         };
-        return new DataSource(file, format.Value, maxTokens);
+        return new DataSource(file, format, source.MaxTokens);
     }
 
-    static IReadOnlyList<StageRecipe> ReadStages(YamlFields root)
+    static IReadOnlyList<StageRecipe> ReadStages(RecipeYaml file)
     {
-        var items = root.List("stages");
-        if (items is null || items.Count == 0) throw root.Error("stages", "is missing or empty: a recipe needs at least one stage");
+        if (file.Stages is not { Count: > 0 } items) throw file.Error("stages", "is missing or empty: a recipe needs at least one stage");
         var stages = new List<StageRecipe>();
-        for (var i = 0; i < items.Count; i++)
+        foreach (var item in items)
         {
-            var path = $"stages[{i}]";
-            if (items[i] is not YamlMappingNode node) throw root.Error(items[i], path, "must be a mapping");
-            var stage = ReadStage(new YamlFields(node, root.File, path));
+            var stage = ReadStage(item);
             if (stages.Any(s => s.Name == stage.Name))
-                throw root.Error(node, $"{path}.name", $"is '{stage.Name}', which an earlier stage already uses");
+                throw item.Error("name", $"is '{stage.Name}', which an earlier stage already uses");
             if (stages.Count > 0 && stages[^1].Objective > stage.Objective)
-                throw root.Error(node, $"{path}.objective",
+                throw item.Error("objective",
                     $"is {NameOf(stage.Objective)} after {NameOf(stages[^1].Objective)}: stages run in the order attention_alignment, distillation, fine_tuning");
             stages.Add(stage);
         }
         return stages;
     }
 
-    static StageRecipe ReadStage(YamlFields s)
+    static StageRecipe ReadStage(StageYaml s)
     {
-        var name = s.String("name") ?? throw s.Error("name", "is missing");
+        var name = s.Name ?? throw s.Error("name", "is missing");
         if (name.Length == 0 || name.Length > 64 || !name.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_'))
             throw s.Error("name", $"is '{name}'; use letters, digits, '-' and '_' (it names the stage's folder)");
-        var objective = s.Choice("objective", Objectives) ?? throw s.Error("objective", $"is missing; one of {string.Join(", ", Objectives.Keys)}");
+        var objective = s.Objective ?? throw s.Error("objective", $"is missing; one of {string.Join(", ", Objectives.Keys)}");
 
+        var defaults = new StageRecipe { Name = "", Objective = objective, Trainable = TrainableSelection.Of("comba") };
         var lora = ReadLora(s, objective);
-        var trainable = ReadTrainable(s, objective, lora is not null);
-        var optimizer = ReadOptimizer(s);
-        var schedule = ReadSchedule(s, optimizer);
+        var optimizer = ReadOptimizer(s.Optimizer);
+        var schedule = ReadSchedule(s.Schedule, optimizer);
         var stage = new StageRecipe
         {
             Name = name,
             Objective = objective,
-            Trainable = trainable,
+            Trainable = ReadTrainable(s, objective, lora is not null),
             Lora = lora,
             Optimizer = optimizer,
             Schedule = schedule,
-            Tokens = s.Integer("tokens"),
-            Steps = s.Integer("steps"),
-            SequenceLength = s.Int32("sequence_length") ?? StageDefaults.SequenceLength,
-            MicroBatch = s.Int32("micro_batch") ?? StageDefaults.MicroBatch,
-            Accumulation = s.Int32("accumulation") ?? StageDefaults.Accumulation,
-            GradClip = s.String("grad_clip") == "none" ? null : s.Number("grad_clip") ?? StageDefaults.GradClip,
-            Temperature = s.Number("temperature") ?? StageDefaults.Temperature,
-            KlWeight = s.Number("kl_weight") ?? (objective == Objective.Distillation ? 1.0 : 0.0),
-            CeWeight = s.Number("ce_weight") ?? (objective == Objective.FineTuning ? 1.0 : 0.0),
-            LossChunk = s.Int32("loss_chunk") ?? StageDefaults.LossChunk,
-            LogEvery = s.Int32("log_every") ?? StageDefaults.LogEvery,
-            EvalEvery = s.Int32("eval_every") ?? StageDefaults.EvalEvery,
-            CheckpointEvery = s.Int32("checkpoint_every") ?? StageDefaults.CheckpointEvery,
-            KeepCheckpoints = s.Int32("keep_checkpoints") ?? StageDefaults.KeepCheckpoints,
-            MaxNonFiniteSteps = s.Int32("max_nonfinite_steps") ?? StageDefaults.MaxNonFiniteSteps,
-            ActivationCheckpointing = s.Bool("activation_checkpointing") ?? StageDefaults.ActivationCheckpointing,
+            Tokens = s.Tokens,
+            Steps = s.Steps,
+            SequenceLength = s.SequenceLength ?? defaults.SequenceLength,
+            MicroBatch = s.MicroBatch ?? defaults.MicroBatch,
+            Accumulation = s.Accumulation ?? defaults.Accumulation,
+            GradClip = s.GradClip switch
+            {
+                null => defaults.GradClip,
+                "none" => null,
+                var text => YamlBinder.Number(text) ?? throw s.Error("grad_clip", $"is '{text}'; expected a number"),
+            },
+            Temperature = s.Temperature ?? defaults.Temperature,
+            KlWeight = s.KlWeight ?? StageRecipe.DefaultWeights(objective).Kl,
+            CeWeight = s.CeWeight ?? StageRecipe.DefaultWeights(objective).Ce,
+            LossChunk = s.LossChunk ?? defaults.LossChunk,
+            LogEvery = s.LogEvery ?? defaults.LogEvery,
+            EvalEvery = s.EvalEvery ?? defaults.EvalEvery,
+            CheckpointEvery = s.CheckpointEvery ?? defaults.CheckpointEvery,
+            KeepCheckpoints = s.KeepCheckpoints ?? defaults.KeepCheckpoints,
+            MaxNonFiniteSteps = s.MaxNonFiniteSteps ?? defaults.MaxNonFiniteSteps,
+            ActivationCheckpointing = s.ActivationCheckpointing ?? defaults.ActivationCheckpointing,
         };
-        s.RejectUnknown();
 
         if ((stage.Tokens is null) == (stage.Steps is null)) throw s.Error("tokens", "or 'steps': give exactly one budget");
         if (stage.Tokens is <= 0) throw s.Error("tokens", $"is {stage.Tokens}; expected a positive number");
@@ -297,8 +290,8 @@ public static class RecipeLoader
         if (stage.CeWeight < 0) throw s.Error("ce_weight", $"is {stage.CeWeight}; expected ≥ 0");
         if (objective == Objective.AttentionAlignment)
         {
-            foreach (var logitField in new[] { "kl_weight", "ce_weight", "temperature" })
-                if (s.Has(logitField)) throw s.Error(logitField, "applies to logits; attention_alignment compares attention outputs");
+            foreach (var (field, value) in new[] { ("kl_weight", s.KlWeight), ("ce_weight", s.CeWeight), ("temperature", s.Temperature) })
+                if (value is not null) throw s.Error(field, "applies to logits; attention_alignment compares attention outputs");
         }
         else if (stage.KlWeight + stage.CeWeight == 0)
         {
@@ -309,21 +302,18 @@ public static class RecipeLoader
         return stage;
     }
 
-    static TrainableSelection ReadTrainable(YamlFields s, Objective objective, bool hasLora)
+    static TrainableSelection ReadTrainable(StageYaml s, Objective objective, bool hasLora)
     {
-        // With LoRA the adapters train; the student's own weights only where the stage says so.
-        var fallback = hasLora ? "none" : objective == Objective.AttentionAlignment ? "attention" : "all";
-        if (!s.Has("trainable")) return TrainableSelection.Of(fallback);
-        if (s.Raw("trainable") is YamlSequenceNode)
+        if (s.Trainable is null) return StageRecipe.DefaultTrainable(objective, hasLora);
+        if (s.Trainable.List is { } patterns)
         {
-            var patterns = s.List("trainable")!.Select(n => n is YamlScalarNode { Value: { Length: > 0 } p } ? p
-                : throw s.Error(n, s.PathOf("trainable"), "must list name patterns such as 'model.layers.*.self_attn.*'")).ToArray();
-            if (patterns.Length == 0) throw s.Error("trainable", "is an empty list: nothing would train");
+            if (patterns.Any(p => p.Length == 0)) throw s.Error("trainable", "must list name patterns such as 'model.layers.*.self_attn.*'");
+            if (patterns.Count == 0) throw s.Error("trainable", "is an empty list: nothing would train");
             if (objective == Objective.AttentionAlignment && patterns.Any(p => !p.Contains("self_attn")))
                 throw s.Error("trainable", "may only name self_attn parameters in an attention_alignment stage");
             return new TrainableSelection("patterns", patterns);
         }
-        var preset = s.String("trainable")!;
+        var preset = s.Trainable.Name!;
         if (!TrainableSelection.Presets.Contains(preset))
             throw s.Error("trainable", $"is '{preset}'; expected one of {string.Join(", ", TrainableSelection.Presets)} or a list of name patterns");
         if (objective == Objective.AttentionAlignment && preset == "all")
@@ -333,22 +323,19 @@ public static class RecipeLoader
         return TrainableSelection.Of(preset);
     }
 
-    static LoraRecipe? ReadLora(YamlFields s, Objective objective)
+    static LoraRecipe? ReadLora(StageYaml s, Objective objective)
     {
-        if (!s.Has("lora")) return null;
-        if (s.Raw("lora") is not YamlMappingNode) throw s.Error("lora", "must be a mapping such as {rank: 8, alpha: 16, targets: [q_proj, k_proj, v_proj, o_proj]}");
-        var l = s.Mapping("lora")!;
+        if (s.Lora is not { } l) return null;
         var defaults = new LoraRecipe();
-        var targets = l.List("targets")?.Select(n => n is YamlScalarNode { Value: { } t } && LoraRecipe.Projections.Contains(t) ? t
-            : throw l.Error(n, l.PathOf("targets"), $"holds '{n}'; expected projection names from {string.Join(", ", LoraRecipe.Projections)}")).ToArray();
+        if (l.Targets?.FirstOrDefault(t => !LoraRecipe.Projections.Contains(t)) is { } unknown)
+            throw l.Error("targets", $"holds '{unknown}'; expected projection names from {string.Join(", ", LoraRecipe.Projections)}");
         var lora = new LoraRecipe
         {
-            Rank = l.Int32("rank") ?? defaults.Rank,
-            Alpha = l.Number("alpha") ?? defaults.Alpha,
-            Dropout = l.Number("dropout") ?? defaults.Dropout,
-            Targets = targets ?? defaults.Targets,
+            Rank = l.Rank ?? defaults.Rank,
+            Alpha = l.Alpha ?? defaults.Alpha,
+            Dropout = l.Dropout ?? defaults.Dropout,
+            Targets = l.Targets ?? defaults.Targets,
         };
-        l.RejectUnknown();
         if (lora.Rank <= 0) throw l.Error("rank", $"is {lora.Rank}; expected a positive number (typically 4 to 64)");
         if (!(lora.Alpha > 0) || double.IsInfinity(lora.Alpha)) throw l.Error("alpha", $"is {lora.Alpha}; expected a positive number");
         if (!(lora.Dropout >= 0 && lora.Dropout < 1)) throw l.Error("dropout", $"is {lora.Dropout}; expected a probability in [0, 1)");
@@ -359,82 +346,88 @@ public static class RecipeLoader
         return lora;
     }
 
-    static OptimizerRecipe ReadOptimizer(YamlFields s)
+    static OptimizerRecipe ReadOptimizer(OptimizerYaml? o)
     {
-        var o = s.Mapping("optimizer");
-        if (o is null) return new OptimizerRecipe();
         var defaults = new OptimizerRecipe();
-        var betas = o.List("betas");
-        double beta1 = defaults.Beta1, beta2 = defaults.Beta2;
-        if (betas is not null)
-        {
-            if (betas.Count != 2) throw o.Error("betas", "must be a list of two numbers, e.g. [0.9, 0.95]");
-            beta1 = ParseBeta(o, betas[0]);
-            beta2 = ParseBeta(o, betas[1]);
-        }
+        if (o is null) return defaults;
+        if (o.Betas is { Count: not 2 }) throw o.Error("betas", "must be a list of two numbers, e.g. [0.9, 0.95]");
+        foreach (var beta in o.Betas ?? [])
+            if (!(beta >= 0 && beta < 1)) throw o.Error("betas", $"holds '{beta}'; each beta must be in [0, 1)");
         var recipe = new OptimizerRecipe
         {
-            LearningRate = o.Number("lr") ?? defaults.LearningRate,
-            Beta1 = beta1,
-            Beta2 = beta2,
-            Epsilon = o.Number("eps") ?? defaults.Epsilon,
-            WeightDecay = o.Number("weight_decay") ?? defaults.WeightDecay,
+            LearningRate = o.Lr ?? defaults.LearningRate,
+            Beta1 = o.Betas?[0] ?? defaults.Beta1,
+            Beta2 = o.Betas?[1] ?? defaults.Beta2,
+            Epsilon = o.Eps ?? defaults.Epsilon,
+            WeightDecay = o.WeightDecay ?? defaults.WeightDecay,
         };
-        o.RejectUnknown();
         if (!(recipe.LearningRate > 0)) throw o.Error("lr", $"is {recipe.LearningRate}; expected a positive learning rate");
         if (!(recipe.Epsilon > 0)) throw o.Error("eps", $"is {recipe.Epsilon}; expected a positive number");
         if (recipe.WeightDecay < 0) throw o.Error("weight_decay", $"is {recipe.WeightDecay}; expected ≥ 0");
         return recipe;
     }
 
-    static double ParseBeta(YamlFields o, YamlNode node) =>
-        node is YamlScalarNode { Value: { } text } && double.TryParse(text, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var beta) && beta >= 0 && beta < 1
-            ? beta
-            : throw o.Error(node, o.PathOf("betas"), $"holds '{node}'; each beta must be in [0, 1)");
-
-    static ScheduleRecipe ReadSchedule(YamlFields s, OptimizerRecipe optimizer)
+    static ScheduleRecipe ReadSchedule(ScheduleYaml? schedule, OptimizerRecipe optimizer)
     {
-        var schedule = s.Mapping("schedule");
-        if (schedule is null) return new ScheduleRecipe();
+        var defaults = new ScheduleRecipe();
+        if (schedule is null) return defaults;
         var recipe = new ScheduleRecipe
         {
-            Kind = schedule.Choice("kind", Schedules) ?? ScheduleDefaults.Kind,
-            WarmupSteps = schedule.Integer("warmup_steps") ?? ScheduleDefaults.WarmupSteps,
-            MinLearningRate = schedule.Number("min_lr") ?? ScheduleDefaults.MinLearningRate,
+            Kind = schedule.Kind ?? defaults.Kind,
+            WarmupSteps = schedule.WarmupSteps ?? defaults.WarmupSteps,
+            MinLearningRate = schedule.MinLr ?? defaults.MinLearningRate,
         };
-        schedule.RejectUnknown();
         if (recipe.WarmupSteps < 0) throw schedule.Error("warmup_steps", $"is {recipe.WarmupSteps}; expected ≥ 0");
         if (recipe.MinLearningRate < 0 || recipe.MinLearningRate > optimizer.LearningRate)
             throw schedule.Error("min_lr", $"is {recipe.MinLearningRate}; expected between 0 and the stage's lr ({optimizer.LearningRate})");
         return recipe;
     }
 
-    static void Positive(YamlFields s, string key, long value)
+    static void Positive(YamlRecord s, string key, long value)
     {
         if (value <= 0) throw s.Error(key, $"is {value}; expected a positive number");
     }
 
     static string Unescape(string separator) => separator.Replace("\\n", "\n").Replace("\\t", "\t");
 
+    /// <summary>
+    /// A path relative to the recipe's folder; <c>${NAME}</c> and <c>${NAME:-fallback}</c> take environment variables
+    /// (e.g. <c>${COMBADISTILL_SHARED:-../shared}</c>, so the same recipe runs on another host).
+    /// </summary>
+    static string? ResolvePath(YamlRecord owner, string key, string? text)
+    {
+        if (text is null) return null;
+        if (text.Length == 0) throw owner.Error(key, "is empty; expected a path");
+        var expanded = EnvironmentReference().Replace(text, m =>
+            Environment.GetEnvironmentVariable(m.Groups["name"].Value) is { Length: > 0 } value ? value
+            : m.Groups["fallback"].Success ? m.Groups["fallback"].Value
+            : throw owner.Error(key, $"uses ${{{m.Groups["name"].Value}}}, which is not set"));
+        if (expanded.Contains('\0')) throw owner.Error(key, "holds a NUL character; no path can");
+        return Path.GetFullPath(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(owner.File))!, expanded));
+    }
+
+    [GeneratedRegex(@"\$\{(?<name>[A-Za-z_][A-Za-z0-9_]*)(:-(?<fallback>[^}]*))?\}")]
+    private static partial Regex EnvironmentReference();
+
     /// <summary>The teacher's architecture, read without loading weights: config.json, or a llama2.c header.</summary>
     public static LlamaConfig TeacherArchitecture(TeacherSource teacher) =>
         teacher.Folder is not null ? LlamaConfig.Load(Path.Combine(teacher.Folder, "config.json"))
         : Llama2cImporter.ReadHeader(teacher.Llama2cCheckpoint!).ToConfig();
 
-    static void CheckAgainstTeacher(Recipe recipe, YamlFields root)
+    static void CheckAgainstTeacher(Recipe recipe, string path)
     {
         var architecture = TeacherArchitecture(recipe.Teacher);
         foreach (var layer in recipe.Student.AttentionLayers)
             if (layer >= architecture.NumHiddenLayers)
-                throw new InvalidInputException(root.File, $"field 'student.convert.attention_layers' names layer {layer}, but the teacher has layers 0 … {architecture.NumHiddenLayers - 1}");
+                throw new InvalidInputException(path, $"field 'student.convert.attention_layers' names layer {layer}, but the teacher has layers 0 … {architecture.NumHiddenLayers - 1}");
         if (recipe.Student.Folder is null && recipe.Student.AttentionLayers.Count == architecture.NumHiddenLayers)
-            throw new InvalidInputException(root.File, "field 'student.convert.attention_layers' keeps every layer as attention: nothing would be converted");
+            throw new InvalidInputException(path, "field 'student.convert.attention_layers' keeps every layer as attention: nothing would be converted");
         for (var i = 0; i < recipe.Stages.Count; i++)
         {
             var stage = recipe.Stages[i];
             var usesTeacher = stage.Objective == Objective.AttentionAlignment || stage.KlWeight > 0;
             if (usesTeacher && stage.SequenceLength > architecture.MaxPositionEmbeddings)
-                throw new InvalidInputException(root.File,
+                throw new InvalidInputException(path,
                     $"field 'stages[{i}].sequence_length' is {stage.SequenceLength}, beyond the teacher's context of {architecture.MaxPositionEmbeddings} tokens (only a pure cross-entropy stage may go longer)");
         }
     }

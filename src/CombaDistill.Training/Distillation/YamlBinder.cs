@@ -1,0 +1,229 @@
+using System.Collections;
+using System.Globalization;
+using System.Reflection;
+using CombaDistill.IO;
+using YamlDotNet.Core;
+using YamlDotNet.Core.Events;
+using YamlDotNet.Serialization;
+using YamlDotNet.Serialization.NamingConventions;
+
+namespace CombaDistill.Distillation;
+
+/// <summary>
+/// A mapping of a YAML file bound by <see cref="YamlBinder"/>: besides its fields it knows its own field path
+/// (<c>stages[1].optimizer</c>) and the line of each field, so the validation pass after binding can name both.
+/// </summary>
+abstract class YamlRecord
+{
+    [YamlIgnore] public string File { get; set; } = "";
+    [YamlIgnore] public string FieldPath { get; set; } = "";
+    /// <summary>Where the mapping starts.</summary>
+    [YamlIgnore] public long Line { get; set; }
+    /// <summary>Where each field's value starts, for every field the file gives (null ones included).</summary>
+    [YamlIgnore] public Dictionary<string, long> Lines { get; } = new(StringComparer.Ordinal);
+
+    public string PathOf(string key) => FieldPath.Length == 0 ? key : $"{FieldPath}.{key}";
+
+    /// <summary>An error at the field's line (the mapping's where the field is absent).</summary>
+    public InvalidInputException Error(string key, string problem) =>
+        new(File, $"line {(Lines.TryGetValue(key, out var line) ? line : Line)}: field '{PathOf(key)}' {problem}");
+}
+
+/// <summary>
+/// Binds a YAML document onto <see cref="YamlRecord"/> classes with YamlDotNet's deserializer. The rules:
+/// <list type="bullet">
+/// <item>a field is the snake_case name of a settable property (or its <see cref="YamlMemberAttribute.Alias"/>); any
+/// other field is refused, with the list of those the mapping takes; a key given twice is not valid YAML;</item>
+/// <item>a plain empty, <c>~</c> or <c>null</c> value reads as absent: the property keeps its initialiser;</item>
+/// <item>numbers are invariant-culture and finite; whole numbers (long, int) may use <c>_</c>, an exponent (1e6) or a
+/// k, m or g suffix (100k); booleans are true/True/yes or false/False/no; an enum is one of the names
+/// <see cref="Choices"/> gives it;</item>
+/// <item>a record implementing <see cref="IScalarShorthand"/> may also be written as a single value.</item>
+/// </list>
+/// Every error is an <see cref="InvalidInputException"/> naming the file, the line and the field's full path.
+/// </summary>
+sealed class YamlBinder(string file, IReadOnlyDictionary<Type, IReadOnlyDictionary<string, object>> choices)
+{
+    /// <summary>A record that a single value may stand for (a data file given by its path alone).</summary>
+    public interface IScalarShorthand
+    {
+        void FromScalar(string value);
+    }
+
+    /// <summary>A field that is either one name or a list of names (a stage's <c>trainable</c>).</summary>
+    public sealed class NameOrList
+    {
+        public string? Name { get; init; }
+        public IReadOnlyList<string>? List { get; init; }
+    }
+
+    readonly List<string> path = [];
+
+    bool IsChoice(Type type) => choices.ContainsKey(type);
+
+    string FieldPath => string.Concat(path.Select((segment, i) => i == 0 || segment.StartsWith('[') ? segment : "." + segment));
+
+    InvalidInputException Error(ParsingEvent? at, string problem) =>
+        new(file, $"line {at?.Start.Line ?? 0}: field '{FieldPath}' {problem}");
+
+    /// <summary>Binds the one document of <paramref name="yaml"/>; null when it holds no document or a null one.</summary>
+    public T? Bind<T>(string yaml) where T : YamlRecord
+    {
+        var deserializer = new DeserializerBuilder().WithNodeDeserializer(new Nodes(this), s => s.OnTop()).Build();
+        var parser = new Parser(new StringReader(yaml));
+        parser.Consume<StreamStart>();
+        if (parser.Accept<StreamEnd>(out _)) return null;
+        try
+        {
+            var value = deserializer.Deserialize(parser, typeof(T));
+            return parser.Accept<StreamEnd>(out _) ? value as T : null;
+        }
+        catch (YamlException e) when (e.InnerException is InvalidInputException refused)
+        {
+            // YamlDotNet wraps what a node deserializer throws; the refusal itself is the message.
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(refused);
+            throw;
+        }
+    }
+
+    static readonly Dictionary<Type, Dictionary<string, PropertyInfo>> PropertiesByType = [];
+
+    static Dictionary<string, PropertyInfo> PropertiesOf(Type type)
+    {
+        lock (PropertiesByType)
+        {
+            if (!PropertiesByType.TryGetValue(type, out var properties))
+            {
+                properties = type.GetProperties(BindingFlags.Public | BindingFlags.Instance)
+                    .Where(p => p.CanWrite && p.GetCustomAttribute<YamlIgnoreAttribute>() is null)
+                    .ToDictionary(p => p.GetCustomAttribute<YamlMemberAttribute>()?.Alias ?? UnderscoredNamingConvention.Instance.Apply(p.Name), StringComparer.Ordinal);
+                PropertiesByType[type] = properties;
+            }
+            return properties;
+        }
+    }
+
+    static bool IsAbsent(ParsingEvent? e) => e is Scalar { Style: ScalarStyle.Plain, Value: "" or "~" or "null" };
+
+    object Mapping(IParser parser, Type type, Func<IParser, Type, object?> nested)
+    {
+        var record = (YamlRecord)Activator.CreateInstance(type)!;
+        record.File = file;
+        record.FieldPath = FieldPath;
+        record.Line = parser.Current?.Start.Line ?? 0;
+        if (record is IScalarShorthand shorthand && parser.TryConsume<Scalar>(out var single))
+        {
+            shorthand.FromScalar(single.Value);
+            return record;
+        }
+        if (!parser.TryConsume<MappingStart>(out _))
+            throw path.Count == 0 ? new InvalidInputException(file, "a recipe is one YAML mapping with teacher, student, data and stages")
+                : Error(parser.Current, "must be a mapping (key: value lines)");
+        var properties = PropertiesOf(type);
+        while (!parser.TryConsume<MappingEnd>(out _))
+        {
+            var key = parser.Consume<Scalar>();
+            path.Add(key.Value);
+            if (!properties.TryGetValue(key.Value, out var property))
+                throw Error(key, $"is not a known field; expected one of: {string.Join(", ", properties.Keys.Order(StringComparer.Ordinal))}");
+            if (!record.Lines.TryAdd(key.Value, parser.Current?.Start.Line ?? key.Start.Line))
+                throw new InvalidInputException(file, $"line {key.Start.Line}: not valid YAML (the key '{key.Value}' is given twice)");
+            if (IsAbsent(parser.Current))
+                parser.MoveNext();
+            else
+                property.SetValue(record, Checked(parser, nested, property.PropertyType));
+            path.RemoveAt(path.Count - 1);
+        }
+        return record;
+    }
+
+    /// <summary>The nested value, refused when an alias brought a value of another kind than the field takes.</summary>
+    object? Checked(IParser parser, Func<IParser, Type, object?> nested, Type type)
+    {
+        var at = parser.Current;
+        var value = nested(parser, type);
+        return value is null || type.IsInstanceOfType(value) ? value : throw Error(at, "refers (through an alias) to a value of another kind");
+    }
+
+    object List(IParser parser, Type elementType, Func<IParser, Type, object?> nested)
+    {
+        if (!parser.TryConsume<SequenceStart>(out _)) throw Error(parser.Current, "must be a list");
+        var list = (IList)Activator.CreateInstance(typeof(List<>).MakeGenericType(elementType))!;
+        for (var i = 0; !parser.TryConsume<SequenceEnd>(out _); i++)
+        {
+            path.Add($"[{i}]");
+            list.Add(Checked(parser, nested, elementType));
+            path.RemoveAt(path.Count - 1);
+        }
+        return list;
+    }
+
+    object ScalarValue(IParser parser, Type type)
+    {
+        if (!parser.TryConsume<Scalar>(out var scalar)) throw Error(parser.Current, "must be a single value, not a list or mapping");
+        var text = scalar.Value;
+        if (type == typeof(string)) return text;
+        if (type == typeof(double)) return Number(text) ?? throw Error(scalar, $"is '{text}'; expected a number");
+        if (type == typeof(long) || type == typeof(int))
+        {
+            var whole = WholeNumber(text) ?? throw Error(scalar, $"is '{text}'; expected a whole number");
+            if (type == typeof(long)) return whole;
+            return whole is >= int.MinValue and <= int.MaxValue ? (int)whole : throw Error(scalar, $"is {whole}; too large");
+        }
+        if (type == typeof(bool))
+            return text switch
+            {
+                "true" or "True" or "yes" => true,
+                "false" or "False" or "no" => false,
+                _ => throw Error(scalar, $"is '{text}'; expected true or false"),
+            };
+        var names = choices[type];
+        return names.TryGetValue(text, out var choice) ? choice : throw Error(scalar, $"is '{text}'; expected one of {string.Join(", ", names.Keys)}");
+    }
+
+    /// <summary>A finite number in invariant culture; null for any other text.</summary>
+    public static double? Number(string text) =>
+        double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) && double.IsFinite(value) ? value : null;
+
+    /// <summary>1e6, 2_000_000 and 100k are easier to read than 1000000 in a token budget.</summary>
+    static long? WholeNumber(string text)
+    {
+        var cleaned = text.Replace("_", "");
+        long multiplier = 1;
+        if (cleaned.Length > 1 && char.ToLowerInvariant(cleaned[^1]) is 'k' or 'm' or 'g')
+        {
+            multiplier = char.ToLowerInvariant(cleaned[^1]) switch { 'k' => 1_000, 'm' => 1_000_000, _ => 1_000_000_000 };
+            cleaned = cleaned[..^1];
+        }
+        return double.TryParse(cleaned, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) && double.IsFinite(value)
+            && value * multiplier == Math.Floor(value * multiplier) && Math.Abs(value * multiplier) < 1e18
+            ? (long)(value * multiplier) : null;
+    }
+
+    object NameOrListValue(IParser parser, Func<IParser, Type, object?> nested) => parser.Current switch
+    {
+        Scalar => new NameOrList { Name = (string)ScalarValue(parser, typeof(string)) },
+        SequenceStart => new NameOrList { List = (IReadOnlyList<string>)List(parser, typeof(string), nested) },
+        var other => throw Error(other, "must be a name or a list of names"),
+    };
+
+    static Type? ListElement(Type type) =>
+        type.IsGenericType && type.GetGenericTypeDefinition() is var g && (g == typeof(IReadOnlyList<>) || g == typeof(List<>)) ? type.GetGenericArguments()[0] : null;
+
+    /// <summary>YamlDotNet's hook: every type a recipe record declares is read here, the rest by YamlDotNet's own deserializers.</summary>
+    sealed class Nodes(YamlBinder binder) : INodeDeserializer
+    {
+        public bool Deserialize(IParser reader, Type expectedType, Func<IParser, Type, object?> nestedObjectDeserializer, out object? value, ObjectDeserializer rootDeserializer)
+        {
+            var type = Nullable.GetUnderlyingType(expectedType) ?? expectedType;
+            value = null;
+            if (type.IsAssignableTo(typeof(YamlRecord))) value = binder.Mapping(reader, type, nestedObjectDeserializer);
+            else if (type == typeof(NameOrList)) value = binder.NameOrListValue(reader, nestedObjectDeserializer);
+            else if (ListElement(type) is { } element) value = binder.List(reader, element, nestedObjectDeserializer);
+            else if (type == typeof(string) || type == typeof(double) || type == typeof(long) || type == typeof(int) || type == typeof(bool) || binder.IsChoice(type))
+                value = binder.ScalarValue(reader, type);
+            else return false;
+            return true;
+        }
+    }
+}
