@@ -153,6 +153,9 @@ public sealed class RecipeTests : IDisposable
     [InlineData("    trainable: comba\n", "    trainable: comba\n    kl_weight: 1\n", "'stages[0].kl_weight' applies to logits")]
     [InlineData("    ce_weight: 0.1\n", "    ce_weight: 0\n    kl_weight: 0\n", "nothing to minimise")]
     [InlineData("betas: [0.9, 0.99]", "betas: [0.9, 1.5]", "'stages[0].optimizer.betas'")]
+    [InlineData("betas: [0.9, 0.99]", "betas: [0.9, x]", "line 19: field 'stages[0].optimizer.betas[1]' is 'x'; expected a number")]
+    [InlineData("    micro_batch: 4\n", "    micro_batch: [4]\n", "line 23: field 'stages[0].micro_batch' must be a single value")]
+    [InlineData("    micro_batch: 4\n", "    micro_batch: 4\n    micro_batch: 5\n", "line 24: not valid YAML (the key 'micro_batch' is given twice)")]
     [InlineData("warmup_steps: 5", "warmup_steps: 500", "warms up for 500 steps")]
     [InlineData("min_lr: 1e-5", "min_lr: 1e-2", "'stages[0].schedule.min_lr'")]
     [InlineData("kind: cosine", "kind: linear", "expected one of cosine, constant")]
@@ -166,6 +169,15 @@ public sealed class RecipeTests : IDisposable
     {
         Assert.Contains(find, Valid);
         Assert.Contains(expected, Fails(Valid.Replace(find, replace)).Message);
+    }
+
+    [Fact]
+    public void An_empty_or_null_value_takes_the_default()
+    {
+        var r = Parse(Valid.Replace("    micro_batch: 4\n", "    micro_batch: ~\n    accumulation:\n").Replace("seed: 7", "seed: null"));
+        var defaults = new StageRecipe { Name = "", Objective = Objective.AttentionAlignment, Trainable = TrainableSelection.Of("all") };
+        Assert.Equal((defaults.MicroBatch, defaults.Accumulation), (r.Stages[0].MicroBatch, r.Stages[0].Accumulation));
+        Assert.Equal(new Recipe { SourcePath = "", Teacher = new(), Student = new(), Data = r.Data, Stages = [] }.Seed, r.Seed);
     }
 
     [Fact]
