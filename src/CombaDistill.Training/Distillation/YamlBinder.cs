@@ -66,17 +66,18 @@ sealed class YamlBinder(string file, IReadOnlyDictionary<Type, IReadOnlyDictiona
     InvalidInputException Error(ParsingEvent? at, string problem) =>
         new(file, $"line {at?.Start.Line ?? 0}: field '{FieldPath}' {problem}");
 
-    /// <summary>Binds the one document of <paramref name="yaml"/>; null when it holds no document or a null one.</summary>
+    /// <summary>Binds <paramref name="yaml"/>; null unless it is exactly one document holding a mapping.</summary>
     public T? Bind<T>(string yaml) where T : YamlRecord
     {
         var deserializer = new DeserializerBuilder().WithNodeDeserializer(new Nodes(this), s => s.OnTop()).Build();
         var parser = new Parser(new StringReader(yaml));
         parser.Consume<StreamStart>();
-        if (parser.Accept<StreamEnd>(out _)) return null;
+        if (!parser.TryConsume<DocumentStart>(out _) || !parser.Accept<MappingStart>(out _)) return null;
         try
         {
-            var value = deserializer.Deserialize(parser, typeof(T));
-            return parser.Accept<StreamEnd>(out _) ? value as T : null;
+            var value = (T?)deserializer.Deserialize(parser, typeof(T));
+            parser.Consume<DocumentEnd>();
+            return parser.Accept<StreamEnd>(out _) ? value : null;
         }
         catch (YamlException e) when (e.InnerException is InvalidInputException refused)
         {
@@ -116,9 +117,7 @@ sealed class YamlBinder(string file, IReadOnlyDictionary<Type, IReadOnlyDictiona
             shorthand.FromScalar(single.Value);
             return record;
         }
-        if (!parser.TryConsume<MappingStart>(out _))
-            throw path.Count == 0 ? new InvalidInputException(file, "a recipe is one YAML mapping with teacher, student, data and stages")
-                : Error(parser.Current, "must be a mapping (key: value lines)");
+        if (!parser.TryConsume<MappingStart>(out _)) throw Error(parser.Current, "must be a mapping (key: value lines)");
         var properties = PropertiesOf(type);
         while (!parser.TryConsume<MappingEnd>(out _))
         {

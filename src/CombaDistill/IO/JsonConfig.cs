@@ -41,7 +41,7 @@ public static partial class JsonConfig
     }
 
     /// <summary>A converter's refusal of a value; its message is the problem ("must be a token id or ...").</summary>
-    public sealed class FieldException(string problem) : JsonException(problem);
+    internal sealed class FieldException(string problem) : JsonException(problem);
 
     /// <summary>A deep copy without the null-valued properties of its objects (array elements stay as they are).</summary>
     static JsonObject WithoutNulls(JsonObject json)
@@ -98,7 +98,7 @@ public static partial class JsonConfig
     }
 
     /// <summary>True when <paramref name="d"/> is a whole number inside int's range.</summary>
-    public static bool WholeInt32(double d, out int value)
+    internal static bool WholeInt32(double d, out int value)
     {
         var whole = d == Math.Floor(d) && Math.Abs(d) < int.MaxValue;
         value = whole ? (int)d : 0;
