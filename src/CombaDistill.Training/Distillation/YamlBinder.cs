@@ -69,7 +69,10 @@ sealed class YamlBinder(string file, IReadOnlyDictionary<Type, IReadOnlyDictiona
     /// <summary>Binds <paramref name="yaml"/>; null unless it is exactly one document holding a mapping.</summary>
     public T? Bind<T>(string yaml) where T : YamlRecord
     {
-        var deserializer = new DeserializerBuilder().WithNodeDeserializer(new Nodes(this), s => s.OnTop()).Build();
+        var deserializer = new DeserializerBuilder()
+            .WithNodeTypeResolver(new DeclaredTypes(), s => s.OnTop())
+            .WithNodeDeserializer(new Nodes(this), s => s.OnTop())
+            .Build();
         var parser = new Parser(new StringReader(yaml));
         parser.Consume<StreamStart>();
         if (!parser.TryConsume<DocumentStart>(out _) || !parser.Accept<MappingStart>(out _)) return null;
@@ -208,6 +211,12 @@ sealed class YamlBinder(string file, IReadOnlyDictionary<Type, IReadOnlyDictiona
 
     static Type? ListElement(Type type) =>
         type.IsGenericType && type.GetGenericTypeDefinition() is var g && (g == typeof(IReadOnlyList<>) || g == typeof(List<>)) ? type.GetGenericArguments()[0] : null;
+
+    /// <summary>A value is read as the type its field declares; a tag (<c>!!str</c>, <c>!!int</c>) does not change it.</summary>
+    sealed class DeclaredTypes : INodeTypeResolver
+    {
+        public bool Resolve(NodeEvent? nodeEvent, ref Type currentType) => true;
+    }
 
     /// <summary>YamlDotNet's hook: every type a recipe record declares is read here, the rest by YamlDotNet's own deserializers.</summary>
     sealed class Nodes(YamlBinder binder) : INodeDeserializer

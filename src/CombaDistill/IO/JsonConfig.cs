@@ -1,17 +1,19 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
+using System.Text.Json.Serialization.Metadata;
 using System.Text.RegularExpressions;
 
 namespace CombaDistill.IO;
 
 /// <summary>
 /// Binds a JSON configuration object such as config.json onto a record with System.Text.Json. The rules every such
-/// file follows: names are snake_case; fields the record does not declare are ignored (Hugging Face configs carry many
-/// this project never reads); JSON null reads as a missing field, so the property keeps its initialiser; an integer
-/// may be written as a whole number with a point (4096.0); strings are never read as numbers. A field of the wrong
-/// type is an <see cref="InvalidInputException"/> naming the file and the field ("field 'hidden_size' must be an
-/// integer"). Ranges and rules between fields are each record's own validation pass.
+/// file follows: names are snake_case; fields the record does not declare are ignored, unread (Hugging Face configs
+/// carry many this project never uses); JSON null reads as a missing field, so the property keeps its initialiser; an
+/// integer may be written as a whole number with a point (4096.0); strings are never read as numbers. A declared field
+/// of the wrong type is an <see cref="InvalidInputException"/> naming the file and the field ("field 'hidden_size'
+/// must be an integer"), even where the model type then ignores its value. Ranges and rules between fields are each
+/// record's own validation pass.
 /// </summary>
 public static partial class JsonConfig
 {
@@ -22,6 +24,7 @@ public static partial class JsonConfig
     public static JsonSerializerOptions Options(JsonNamingPolicy naming) => new()
     {
         PropertyNamingPolicy = naming,
+        TypeInfoResolver = new DefaultJsonTypeInfoResolver(),
         Converters = { new Int32Converter(), new DoubleConverter(), new BooleanConverter(), new StringConverter() },
     };
 
@@ -30,7 +33,7 @@ public static partial class JsonConfig
     {
         try
         {
-            return WithoutNulls(json).Deserialize<T>(options) ?? throw new InvalidInputException(path, "is not a JSON object");
+            return Projected(json, options.GetTypeInfo(typeof(T))).Deserialize<T>(options) ?? throw new InvalidInputException(path, "is not a JSON object");
         }
         catch (JsonException e)
         {
@@ -38,19 +41,29 @@ public static partial class JsonConfig
             var problem = e is FieldException ? e.Message : Expected(options, typeof(T), e.Path);
             throw new InvalidInputException(path, field.Length == 0 ? problem : $"field '{field}' {problem}", e);
         }
+        catch (InvalidOperationException e)
+        {
+            // System.Text.Json's reader on a string that is not valid UTF-16 (a lone surrogate escape)
+            throw new InvalidInputException(path, $"a field the file gives is not valid Unicode ({Bounded.Text(e.Message, 160)})", e);
+        }
     }
 
     /// <summary>A converter's refusal of a value; its message is the problem ("must be a token id or ...").</summary>
     internal sealed class FieldException(string problem) : JsonException(problem);
 
-    /// <summary>A deep copy without the null-valued properties of its objects (array elements stay as they are).</summary>
-    static JsonObject WithoutNulls(JsonObject json)
+    /// <summary>
+    /// A copy of <paramref name="json"/> with only the fields the record declares (in nested records too) and none whose
+    /// value is null: a field nobody reads is never touched, however malformed.
+    /// </summary>
+    static JsonObject Projected(JsonObject json, JsonTypeInfo record)
     {
         var copy = new JsonObject();
-        foreach (var (name, value) in json)
+        foreach (var property in record.Properties)
         {
-            if (value is null) continue;
-            copy[name] = value is JsonObject o ? WithoutNulls(o) : value.DeepClone();
+            if (json[property.Name] is not { } value) continue;
+            var type = Nullable.GetUnderlyingType(property.PropertyType) ?? property.PropertyType;
+            copy[property.Name] = value is JsonObject nested && property.CustomConverter is null && record.Options.GetTypeInfo(type).Kind == JsonTypeInfoKind.Object
+                ? Projected(nested, record.Options.GetTypeInfo(type)) : value.DeepClone();
         }
         return copy;
     }

@@ -163,6 +163,7 @@ public sealed class RecipeTests : IDisposable
     [InlineData("chunk_size: 16", "chunk_size: 17", "chunk_size")]
     [InlineData("tokens: 100k", "tokens: lots", "expected a whole number")]
     [InlineData("seed: 7", "seed: 7\nseed: 8", "not valid YAML")]
+    [InlineData("  add_eos: false", "  add_eos: !!int 5", "'data.add_eos' is '5'; expected true or false")]    // a tag does not change the field's type
     [InlineData("seed: 7", "seed: 7\nprecision: fp16", "'precision' is 'fp16'; expected one of auto, bf16, float32")]
     [InlineData("    micro_batch: 4\n", "    micro_batch: 4\n    activation_checkpointing: sometimes\n", "'stages[0].activation_checkpointing'")]
     public void BadFieldsAreNamed(string find, string replace, string expected)

@@ -51,7 +51,7 @@ public class LlamaConfigTests
     {
         var read = LlamaConfig.FromJson(JsonNode.Parse("""
             {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": null, "intermediate_size": 128,
-             "num_hidden_layers": 2, "vocab_size": 256, "rms_norm_eps": null, "eos_token_id": null, "pad_token_id": "anything", "transformers_version": "5.0"}
+             "num_hidden_layers": 2, "vocab_size": 256, "rms_norm_eps": null, "eos_token_id": null, "pad_token_id": "\ud800", "transformers_version": "5.0"}
             """)!.AsObject(), "f");
         var defaults = new LlamaConfig();
         Assert.Equal((4, 16), (read.NumKeyValueHeads, read.HeadDim));
