@@ -73,6 +73,9 @@ sealed class YamlBinder(string file, IReadOnlyDictionary<Type, IReadOnlyDictiona
             .WithNodeTypeResolver(new DeclaredTypes(), s => s.OnTop())
             .WithNodeDeserializer(new Nodes(this), s => s.OnTop())
             .Build();
+        // The whole text is parsed once first, so a syntax error anywhere is reported as one, not as the odd field
+        // that a broken structure makes of an earlier line.
+        for (var syntax = new Parser(new StringReader(yaml)); syntax.MoveNext();) { }
         var parser = new Parser(new StringReader(yaml));
         parser.Consume<StreamStart>();
         if (!parser.TryConsume<DocumentStart>(out _) || !parser.Accept<MappingStart>(out _)) return null;

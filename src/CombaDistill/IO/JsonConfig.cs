@@ -33,7 +33,7 @@ public static partial class JsonConfig
     {
         try
         {
-            return Projected(json, options.GetTypeInfo(typeof(T))).Deserialize<T>(options) ?? throw new InvalidInputException(path, "is not a JSON object");
+            return Projected(json, options.GetTypeInfo(typeof(T)), path, "").Deserialize<T>(options) ?? throw new InvalidInputException(path, "is not a JSON object");
         }
         catch (JsonException e)
         {
@@ -53,19 +53,49 @@ public static partial class JsonConfig
 
     /// <summary>
     /// A copy of <paramref name="json"/> with only the fields the record declares (in nested records too) and none whose
-    /// value is null: a field nobody reads is never touched, however malformed.
+    /// value is null: a field nobody reads is never touched, however malformed. A string that is no valid UTF-16 (a
+    /// lone surrogate escape) in a declared field is refused by name.
     /// </summary>
-    static JsonObject Projected(JsonObject json, JsonTypeInfo record)
+    static JsonObject Projected(JsonObject json, JsonTypeInfo record, string? path, string prefix)
     {
         var copy = new JsonObject();
         foreach (var property in record.Properties)
         {
             if (json[property.Name] is not { } value) continue;
+            var field = prefix + property.Name;
             var type = Nullable.GetUnderlyingType(property.PropertyType) ?? property.PropertyType;
-            copy[property.Name] = value is JsonObject nested && property.CustomConverter is null && record.Options.GetTypeInfo(type).Kind == JsonTypeInfoKind.Object
-                ? Projected(nested, record.Options.GetTypeInfo(type)) : value.DeepClone();
+            if (value is JsonObject nested && property.CustomConverter is null && record.Options.GetTypeInfo(type).Kind == JsonTypeInfoKind.Object)
+            {
+                copy[property.Name] = Projected(nested, record.Options.GetTypeInfo(type), path, field + ".");
+                continue;
+            }
+            RefuseBrokenStrings(value, path, field);
+            copy[property.Name] = value.DeepClone();
         }
         return copy;
+    }
+
+    static void RefuseBrokenStrings(JsonNode node, string? path, string field)
+    {
+        switch (node)
+        {
+            case JsonObject o:
+                foreach (var (_, value) in o) if (value is not null) RefuseBrokenStrings(value, path, field);
+                break;
+            case JsonArray a:
+                foreach (var value in a) if (value is not null) RefuseBrokenStrings(value, path, field);
+                break;
+            case JsonValue v when v.GetValueKind() == JsonValueKind.String:
+                try
+                {
+                    v.GetValue<string>();
+                }
+                catch (InvalidOperationException)
+                {
+                    throw new InvalidInputException(path, $"field '{field}' is not valid Unicode (a lone surrogate escape)");
+                }
+                break;
+        }
     }
 
     /// <summary>"$.rope_scaling.factor" → "rope_scaling.factor"; "$.eos_token_id[1]" → "eos_token_id[1]".</summary>
