@@ -44,11 +44,16 @@ public sealed record DistillBenchOptions
 /// <param name="CombaShape">the recurrence's (B, H, T, Dk, Dv) per call</param>
 /// <param name="CombaPath">"fused" (the CUDA kernels) or why the op took the TorchSharp chunkwise path</param>
 /// <param name="CombaCallsPerStep">forward+backward calls of the op per optimizer step (Comba layers × micro-batches)</param>
+/// <remarks>The phases of a step, by contrast, are measured inside the timed steps themselves (<see cref="StepPhases"/>).</remarks>
 public sealed record StageSpeed(
     string Stage, string Objective, long TokensPerStep, int TimedSteps, double StepMs, double TokensPerSecond,
     long? PeakResidentBytes, long? PeakDeviceBytes,
     double TeacherForwardMs, int TeacherCallsPerStep, double TeacherShare,
-    string CombaShape, string CombaPath, double CombaMs, int CombaCallsPerStep, double CombaShare, string Precision = "float32");
+    string CombaShape, string CombaPath, double CombaMs, int CombaCallsPerStep, double CombaShare, string Precision = "float32")
+{
+    /// <summary>Each phase's device time per timed step, in step order (<see cref="StepPhases"/>); empty where not timed.</summary>
+    public IReadOnlyList<(string Phase, double MsPerStep)> Phases { get; init; } = [];
+}
 
 public sealed record DistillBenchReport(string Device, string Recipe, int Warmup, int Steps, IReadOnlyList<StageSpeed> Stages, double Seconds)
 {
@@ -88,6 +93,9 @@ public sealed record DistillBenchReport(string Device, string Recipe, int Warmup
             "shares: each part timed alone at the stage's shapes, times its calls per step, over the measured step",
             .. Stages.Select(s => $"{s.Stage}: teacher {s.TeacherForwardMs:F2} ms × {s.TeacherCallsPerStep}, Comba op {s.CombaMs:F2} ms × {s.CombaCallsPerStep} " +
                                   $"({s.CombaPath}, (B, H, T, Dk, Dv) = {s.CombaShape})"),
+            "phases: device time per timed step between marks inside the step (CUDA events on the default stream; on the CPU, wall time)",
+            .. Stages.Where(s => s.Phases.Count > 0).Select(s => $"{s.Stage} phases: " +
+                string.Join("; ", s.Phases.Select(p => $"{p.Phase} {p.MsPerStep:F1} ms")) + $" (together {s.Phases.Sum(p => p.MsPerStep):F1} of {s.StepMs:F1} ms/step)"),
         ],
     }.Checked();
 }
@@ -113,11 +121,12 @@ public static class DistillationBenchmark
 
         var bench = BenchRecipe(recipe, measured, options);
         var clock = Stopwatch.StartNew();
-        var timing = new StepClock(measured, options.Warmup, device, progress);
+        using var phases = new StepPhases(device);
+        var timing = new StepClock(measured, options.Warmup, device, progress, phases);
         var created = !Directory.Exists(workFolder);
         try
         {
-            DistillationRun.Run(bench, workFolder, new DistillOptions { Device = device, TensorBoard = false }, timing, cancellationToken);
+            DistillationRun.Run(bench, workFolder, new DistillOptions { Device = device, TensorBoard = false, Phases = phases }, timing, cancellationToken);
             var teacherFolder = recipe.Teacher.Folder ?? Path.Combine(workFolder, "teacher");
             var teacherType = device.type == DeviceType.CUDA ? ScalarType.BFloat16 : ScalarType.Float32;
             using var teacher = LlamaForCausalLM.FromPretrained(teacherFolder, teacherType, device);
@@ -129,7 +138,8 @@ public static class DistillationBenchmark
                 cancellationToken.ThrowIfCancellationRequested();
                 var studentFolder = Path.Combine(DistillationRun.StageFolder(workFolder, bench, i), StageTrainer.ResultFolder);
                 using var student = CombaForCausalLM.FromPretrained(studentFolder, ScalarType.Float32, device);
-                stages.Add(Measure(stage, timing.Stages[stage.Name], teacher, student, PrecisionChoice.Resolve(recipe.Precision, device), options, device, cancellationToken));
+                stages.Add(Measure(stage, timing.Stages[stage.Name], teacher, student, PrecisionChoice.Resolve(recipe.Precision, device), options, device, cancellationToken)
+                    with { Phases = timing.Stages[stage.Name].Phases });
             }
             return new DistillBenchReport(CudaDevice.Describe(device), recipe.SourcePath, options.Warmup, options.Steps, stages, clock.Elapsed.TotalSeconds);
         }
@@ -240,7 +250,7 @@ public static class DistillationBenchmark
     /// Listens to the run's step reports (made right after each optimizer step, once its loss has been read back, so
     /// the device is idle): the clock starts at the last warm-up step of a measured stage and stops at its last step.
     /// </summary>
-    sealed class StepClock(string[] measured, int warmup, Device device, IProgress<DistillationProgress>? inner)
+    sealed class StepClock(string[] measured, int warmup, Device device, IProgress<DistillationProgress>? inner, StepPhases phases)
         : IProgress<DistillationProgress>
     {
         public sealed class StageTimes
@@ -249,6 +259,7 @@ public static class DistillationBenchmark
             public double Seconds;
             public long? PeakResidentBytes;
             public long? PeakDeviceBytes;
+            public IReadOnlyList<(string Phase, double MsPerStep)> Phases = [];
             internal long StartTicks;
         }
 
@@ -268,6 +279,7 @@ public static class DistillationBenchmark
             if (p.Note is not null || !Stages.TryGetValue(p.Stage, out var times)) return;
             if (p.Step == warmup)
             {
+                phases.Clear();
                 ProcessMemory.ResetPeak();
                 times.StartTicks = Stopwatch.GetTimestamp();
                 times.PeakDeviceBytes = DeviceInUse();
@@ -277,6 +289,7 @@ public static class DistillationBenchmark
             if (DeviceInUse() is { } used) times.PeakDeviceBytes = Math.Max(times.PeakDeviceBytes ?? 0, used);
             times.TimedSteps++;
             times.Seconds = Stopwatch.GetElapsedTime(times.StartTicks).TotalSeconds;
+            times.Phases = phases.PerStep();
             if (p.Step == p.TotalSteps && ProcessMemory.Read() is { RssBytes: > 0 } memory) times.PeakResidentBytes = memory.PeakRssBytes;
         }
 

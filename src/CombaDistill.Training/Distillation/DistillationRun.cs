@@ -7,6 +7,7 @@ using CombaDistill.IO;
 using CombaDistill.Modeling;
 using CombaDistill.Modeling.Comba;
 using CombaDistill.Modeling.Llama;
+using CombaDistill.Runtime;
 using CombaDistill.Runtime.Parallel;
 using CombaDistill.Tokenization;
 using static TorchSharp.torch;
@@ -46,6 +47,9 @@ public sealed record DistillOptions
 
     /// <summary>The data-parallel job this process is a rank of; every rank runs the same recipe and options, and only rank 0 writes the run folder.</summary>
     public ProcessGroup Group { get; init; } = ProcessGroup.Single;
+
+    /// <summary>Where each training step's phases are timed (<c>bench distill</c>); null: not timed.</summary>
+    public StepPhases? Phases { get; init; }
 }
 
 /// <summary>The run's outcome, also written as RUN/summary.json.</summary>
@@ -181,7 +185,7 @@ public static class DistillationRun
             Teacher = c.Teacher, Student = student, TrainTokens = c.TrainTokens, ValidationTokens = c.ValidationTokens,
             EvalTokens = recipe.Data.EvalTokens, Folder = planned.WorkFolder, TokenizerFolder = planned.Input, Resume = options.Resume,
             TensorBoardFolder = options.TensorBoard ? Path.Combine(c.RunFolder, "tensorboard", board) : null,
-            Shard = options.Shard, RecipeSha256 = c.RecipeSha256, Group = group, Precision = c.Precision,
+            Shard = options.Shard, RecipeSha256 = c.RecipeSha256, Group = group, Precision = c.Precision, Phases = options.Phases,
         }, c.Progress);
         return planned.Action == StageAction.Merge ? trainer.MergeShards() : trainer.Run(cancellationToken);
     }

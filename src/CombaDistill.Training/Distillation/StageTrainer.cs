@@ -40,6 +40,9 @@ public sealed record StageInputs
     /// <summary>SHA-256 of the run's recipe text, recorded in a shard's result so that a merge refuses another recipe's shards.</summary>
     public string RecipeSha256 { get; init; } = "";
 
+    /// <summary>Where each step's phases are timed (<c>bench distill</c>); null: not timed.</summary>
+    public StepPhases? Phases { get; init; }
+
     /// <summary>The data-parallel job this process is a rank of (see <see cref="DataParallel"/>); only rank 0 writes files.</summary>
     public ProcessGroup Group { get; init; } = ProcessGroup.Single;
 
@@ -253,6 +256,8 @@ public sealed class StageTrainer
             double loss, gradNorm;
             double[]? layerLosses;
             // with COMBADISTILL_GC_PAUSE=1, no collection inside a step (CollectionPause: a TorchSharp race it keeps out)
+            var phases = trainer.inputs.Phases;
+            phases?.Begin();
             using (CollectionPause.Begin())
             using (NewDisposeScope())
             {
@@ -260,12 +265,19 @@ public sealed class StageTrainer
                 (loss, layerLosses) = trainer.AccumulateGradients(data, mixed);
                 gradients.Average();
                 gradNorm = ClipGradients(clipGroups, stage.GradClip ?? double.PositiveInfinity);
+                phases?.Mark("loss read, gradient average and clip");
                 if (nonFinite.Observe(Step + 1, loss, gradNorm))
                 {
                     optimizer.step();
-                    mixed?.Publish();
+                    phases?.Mark("AdamW");
+                    if (mixed is not null)
+                    {
+                        mixed.Publish();
+                        phases?.Mark("bf16 copies of the masters");
+                    }
                 }
             }
+            phases?.End();
             Step++;
             if (nonFinite.InARow > 0)
                 trainer.Note($"stage '{stage.Name}' step {Step}: the loss ({loss}) or the gradient norm ({gradNorm}) is not finite; the update was skipped " +
@@ -372,11 +384,18 @@ public sealed class StageTrainer
             start += size;
             var input = batch.narrow(1, 0, stage.SequenceLength);
             var targets = batch.narrow(1, 1, stage.SequenceLength);
+            var phases = inputs.Phases;
             if (stage.Objective == Objective.AttentionAlignment)
             {
                 var alignment = AttentionAlignment.Compute(teacher, student, input, trainedLayers, alignedLayers.Count, stage.ActivationCheckpointing);
+                phases?.Mark("forward (teacher layers, student mixers, alignment loss)");
                 (alignment.Loss * scale).backward();
-                mixed?.AccumulateGradients();
+                phases?.Mark("backward");
+                if (mixed is not null)
+                {
+                    mixed.AccumulateGradients();
+                    phases?.Mark("float32 gradients");
+                }
                 sums.Add(alignment.Loss, alignment.PerLayerLosses, scale);
             }
             else
@@ -384,11 +403,18 @@ public sealed class StageTrainer
                 Tensor? teacherHidden = null;
                 if (stage.KlWeight > 0)
                     using (no_grad()) teacherHidden = teacher.model.forward(input);
+                phases?.Mark("teacher forward");
                 var studentHidden = student.model.forward(input);
+                phases?.Mark("student forward");
                 sums.Add(LogitLoss.Backward(studentHidden, studentHead, teacherHidden, teacherHead, targets, LogitLossOptions.From(stage), scale,
                     // bf16: each chunk's head gradient joins the float32 masters at once, not summed in bf16 over the chunks
                     afterChunk: mixed is null ? null : mixed.AccumulateGradients).Loss * scale);
-                mixed?.AccumulateGradients();
+                phases?.Mark("heads, logit loss and backward");
+                if (mixed is not null)
+                {
+                    mixed.AccumulateGradients();
+                    phases?.Mark("float32 gradients");
+                }
             }
         }
         var (total, layers) = sums.Read();

@@ -52,12 +52,24 @@ public sealed class DistillationBenchmarkTests : IDisposable
             Assert.StartsWith("chunkwise (cpu is not a CUDA device", s.CombaPath);
         }
         Assert.Equal("attention_alignment", report.Stages[0].Objective);
+        // the phases of the timed steps, in step order (float32 on the CPU: no master copies), inside the measured step
+        Assert.Equal(["forward (teacher layers, student mixers, alignment loss)", "backward", "loss read, gradient average and clip", "AdamW"],
+            report.Stages[0].Phases.Select(p => p.Phase));
+        Assert.Equal(["teacher forward", "student forward", "heads, logit loss and backward", "loss read, gradient average and clip", "AdamW"],
+            report.Stages[1].Phases.Select(p => p.Phase));
+        foreach (var s in report.Stages)
+        {
+            Assert.All(s.Phases, p => Assert.True(p.MsPerStep >= 0, $"{s.Stage}: {p.Phase} {p.MsPerStep} ms"));
+            var together = s.Phases.Sum(p => p.MsPerStep);
+            Assert.True(together > 0 && together <= s.StepMs, $"{s.Stage}: phases {together} ms of a {s.StepMs} ms step");
+        }
         Assert.False(Directory.Exists(work));
         // the shared result shape: one row per stage, the numbers unchanged
         var shared = report.ToReport();
         Assert.Equal(["align", "kd"], shared.Rows.Select(r => (string)r["stage"]!));
         Assert.Equal(report.Stages.Select(s => (object?)s.TokensPerSecond), shared.Rows.Select(r => r["tokensPerSecond"]));
         Assert.Contains("\"combaPath\"", JsonSerializer.Serialize(shared));
+        Assert.Contains(shared.Notes, n => n.StartsWith("kd phases: teacher forward ", StringComparison.Ordinal));
     }
 
     [Fact]
