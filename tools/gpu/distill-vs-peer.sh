@@ -9,7 +9,7 @@
 #   kernels  the peer's kernel (fla chunk_comba, timed as peer_bench.py does, by tools/kernels/peer_slim.py) and ours through `bench kernel` in
 #            bf16, back to back; with KERNEL_SRC set, also that kernel source checked
 #            against the float64 recurrence and timed by tools/kernels/comba_check.py
-#   lane     the C# GPU test lane (the classes that need CUDA)
+#   lane     the C# GPU test lane (the classes with tests that need CUDA, NCCL's aside)
 # usage: bash tools/gpu/distill-vs-peer.sh [speed] [quality] [stories] [kernels] [lane]
 # PEER=0 leaves the peers out of speed and kernels (when a call has no time for them; compare only within one call)
 set -uo pipefail
@@ -34,7 +34,7 @@ if [[ $steps == *speed* ]]; then
     "{ name: kd, objective: distillation, trainable: all, optimizer: { lr: 1e-5 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO, kl_weight: 1.0, loss_chunk: 128 }" \
     > "$work/speed.yaml"
   cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill.json" 2>&1 | tail -25
-  if [[ -n ${TF32_KERNELS:-} ]]; then
+  if [[ ${TF32_KERNELS:-0} == 1 ]]; then
     echo "== bench distill, bf16, the tf32 Comba kernels (COMBADISTILL_FUSED_BF16=0)"
     COMBADISTILL_FUSED_BF16=0 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-tf32-kernels.json" 2>&1 | tail -25
   fi
@@ -78,7 +78,10 @@ fi
 
 if [[ $steps == *lane* ]]; then
   echo "== GPU test lane"
-  bash .gpu/run.sh tests/CombaDistill.Tests.dll -noColor -parallel none \
-    -class CombaDistill.Tests.Ops.FusedCombaTests -class CombaDistill.Tests.Distillation.DistillationGpuTests > "$OUT/lane.log" 2>&1
+  # every class with a test that needs CUDA (Gpu.Require), but the NCCL ones, which tools/gpu/multi-gpu.sh runs on two GPUs
+  classes=(Runtime.CudaKernelGpuTests Ops.FusedCombaTests Ops.CombaGpuTests Modeling.StudentGpuTests Modeling.LlamaGpuTests
+           IO.CheckpointTests Distillation.DistillationGpuTests Distillation.DistillationBenchmarkTests)
+  args=(); for c in "${classes[@]}"; do args+=(-class "CombaDistill.Tests.$c"); done
+  bash .gpu/run.sh tests/CombaDistill.Tests.dll -noColor -parallel none "${args[@]}" > "$OUT/lane.log" 2>&1
   grep -E "\[FAIL\]|Total:|measured|error" "$OUT/lane.log" | head -30
 fi

@@ -289,7 +289,7 @@ public static class DistillationBenchmark
             if (DeviceInUse() is { } used) times.PeakDeviceBytes = Math.Max(times.PeakDeviceBytes ?? 0, used);
             times.TimedSteps++;
             times.Seconds = Stopwatch.GetElapsedTime(times.StartTicks).TotalSeconds;
-            times.Phases = phases.PerStep();
+            if (p.Step == p.TotalSteps) times.Phases = phases.PerStep();   // after the clock: it waits for the last step
             if (p.Step == p.TotalSteps && ProcessMemory.Read() is { RssBytes: > 0 } memory) times.PeakResidentBytes = memory.PeakRssBytes;
         }
 

@@ -15,6 +15,8 @@ public static class LayerScope
     public static Tensor Run<TLayer>(TLayer layer, Func<TLayer, Tensor> forward)
     {
         using var scope = NewDisposeScope();
-        return forward(layer).MoveToOuterDisposeScope();
+        var output = forward(layer);
+        // only if this scope made it: a layer that handed back a tensor from outside must not pull it out of its own scope
+        return scope.MoveToOuter(output);
     }
 }

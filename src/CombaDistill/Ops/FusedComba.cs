@@ -33,11 +33,12 @@ public static class FusedComba
 
     /// <summary>
     /// Whether Auto takes the bf16 kernels for bf16 inputs at head dim 64 or 128: yes unless
-    /// <c>COMBADISTILL_FUSED_BF16=0</c>, which keeps the tf32 kernels on float32 copies (to compare the two, or to
+    /// <c>COMBADISTILL_FUSED_BF16</c> is 0, false, off or no, which keeps the tf32 kernels on float32 copies (to compare the two, or to
     /// fall back should the bf16 kernels misbehave on a new GPU). Both passed the float64 check on an H100, through
     /// the measuring script and through this class's launches (FusedCombaTests, docs/kernels.md).
     /// </summary>
-    public static bool Bf16ByDefault { get; set; } = Environment.GetEnvironmentVariable("COMBADISTILL_FUSED_BF16") != "0";
+    public static bool Bf16ByDefault { get; set; } =
+        Environment.GetEnvironmentVariable("COMBADISTILL_FUSED_BF16")?.Trim().ToLowerInvariant() is not ("0" or "false" or "off" or "no");
 
     /// <summary>Head dims the bf16 kernels take (at 256 their backward's tiles would not fit shared memory).</summary>
     public static readonly int[] Bf16HeadDims = [64, 128];
@@ -154,8 +155,7 @@ public static class FusedComba
     static CudaModule Module(Device device)
     {
         var cuda = CudaDevice.For(device);
-        return Modules.TryGetValue(cuda.Ordinal, out var known) ? known
-            : Modules.GetOrAdd(cuda.Ordinal, _ => KernelCache.Default.Load(cuda, KernelSource.FromResource(KernelFile), KernelNames));
+        return Modules.GetOrAdd(cuda.Ordinal, _ => KernelCache.Default.Load(cuda, KernelSource.FromResource(KernelFile), KernelNames));
     }
 
     static void Launch(Device device, string stage, int D, string arithmetic, (int, int) grid, params object[] args)
