@@ -67,6 +67,7 @@ public sealed record DistillBenchReport(string Device, string Recipe, int Warmup
         new("teacherForwardMs", "teacher fwd ms", BenchUnit.Milliseconds, InTable: false), new("teacherCallsPerStep", "teacher calls/step", BenchUnit.Count, InTable: false),
         new("combaMs", "Comba op ms", BenchUnit.Milliseconds, InTable: false), new("combaCallsPerStep", "Comba calls/step", BenchUnit.Count, InTable: false),
         new("combaShape", "Comba (B, H, T, Dk, Dv)", BenchUnit.Text, InTable: false), new("combaPath", "Comba path", BenchUnit.Text, InTable: false),
+        new("phasesMs", "phases (ms per step)", BenchUnit.Milliseconds, InTable: false),
     ];
 
     /// <summary>The one result shape of every <c>bench</c> command.</summary>
@@ -87,6 +88,8 @@ public sealed record DistillBenchReport(string Device, string Recipe, int Warmup
             ["tokensPerStep"] = s.TokensPerStep, ["timedSteps"] = s.TimedSteps,
             ["teacherForwardMs"] = s.TeacherForwardMs, ["teacherCallsPerStep"] = s.TeacherCallsPerStep,
             ["combaMs"] = s.CombaMs, ["combaCallsPerStep"] = s.CombaCallsPerStep, ["combaShape"] = s.CombaShape, ["combaPath"] = s.CombaPath,
+            // phase name → ms per step, in step order (the table's note lists them too)
+            ["phasesMs"] = s.Phases.Count == 0 ? null : s.Phases.ToDictionary(p => p.Phase, p => p.MsPerStep),
         }).ToList(),
         Notes =
         [

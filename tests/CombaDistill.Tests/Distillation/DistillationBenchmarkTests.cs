@@ -70,6 +70,9 @@ public sealed class DistillationBenchmarkTests : IDisposable
         Assert.Equal(report.Stages.Select(s => (object?)s.TokensPerSecond), shared.Rows.Select(r => r["tokensPerSecond"]));
         Assert.Contains("\"combaPath\"", JsonSerializer.Serialize(shared));
         Assert.Contains(shared.Notes, n => n.StartsWith("kd phases: teacher forward ", StringComparison.Ordinal));
+        var kdPhases = JsonDocument.Parse(JsonSerializer.Serialize(shared, new JsonSerializerOptions(JsonSerializerDefaults.Web))).RootElement.GetProperty("rows")[1].GetProperty("phasesMs");
+        Assert.Equal(report.Stages[1].Phases.Select(p => p.Phase), kdPhases.EnumerateObject().Select(p => p.Name));
+        Assert.Equal(report.Stages[1].Phases.Select(p => p.MsPerStep), kdPhases.EnumerateObject().Select(p => p.Value.GetDouble()));
     }
 
     [Fact]
