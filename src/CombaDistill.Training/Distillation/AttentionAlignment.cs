@@ -80,20 +80,18 @@ public static class AttentionAlignment
                 // A teacher split by layer (LayerPlacement) runs each layer where it lives; the loss is on the student's device.
                 var device = placement.LayerDevice(i);
                 (h, cos, sin) = (h.to(device), cos.to(device), sin.to(device));
-                var input = h;
-                teacherOutput = LayerScope.Run(teacherLayer, l => l.self_attn.forward(l.input_layernorm.forward(input), cos, sin));
+                teacherOutput = LayerScope.Run(() => teacherLayer.self_attn.forward(teacherLayer.input_layernorm.forward(h), cos, sin));
             }
             if (wanted.Contains(i))
             {
                 // each layer's temporaries go when its loss is formed (LayerScope); autograd keeps what backward needs
                 var studentLayer = student.model.layers[i];
-                var input = h;
-                losses.Add(LayerScope.Run(studentLayer, l =>
+                losses.Add(LayerScope.Run(() =>
                 {
-                    var x = l.input_layernorm.forward(input.to(studentDevice).to(studentType));
+                    var x = studentLayer.input_layernorm.forward(h.to(studentDevice).to(studentType));
                     var studentOutput = checkpointed
-                        ? Ops.ActivationCheckpoint.Run(y => StudentMixer(l, y, studentCos, studentSin), x)
-                        : StudentMixer(l, x, studentCos, studentSin);
+                        ? Ops.ActivationCheckpoint.Run(y => StudentMixer(studentLayer, y, studentCos, studentSin), x)
+                        : StudentMixer(studentLayer, x, studentCos, studentSin);
                     return (studentOutput.to(ScalarType.Float32) - teacherOutput.to(studentDevice).to(ScalarType.Float32)).square().mean();
                 }));
             }
@@ -101,11 +99,10 @@ public static class AttentionAlignment
             using (no_grad())
             {
                 // The rest of the teacher's block (LlamaDecoderLayer.forward), so the next layer sees the teacher's stream.
-                var (input, output) = (h, teacherOutput);
-                h = LayerScope.Run(teacherLayer, l =>
+                h = LayerScope.Run(() =>
                 {
-                    var mid = input + output;
-                    return mid + l.mlp.forward(l.post_attention_layernorm.forward(mid));
+                    var mid = h + teacherOutput;
+                    return mid + teacherLayer.mlp.forward(teacherLayer.post_attention_layernorm.forward(mid));
                 });
             }
         }

@@ -12,10 +12,10 @@ namespace CombaDistill.Modeling;
 /// </summary>
 public static class LayerScope
 {
-    public static Tensor Run<TLayer>(TLayer layer, Func<TLayer, Tensor> forward)
+    public static Tensor Run(Func<Tensor> forward)
     {
         using var scope = NewDisposeScope();
-        var output = forward(layer);
+        var output = forward();
         // only if this scope made it: a layer that handed back a tensor from outside must not pull it out of its own scope
         return scope.MoveToOuter(output);
     }

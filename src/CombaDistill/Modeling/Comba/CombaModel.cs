@@ -42,10 +42,9 @@ public sealed class CombaModel : nn.Module
         {
             layerInputs?.Add(h);
             var layer = layers[i];
-            var input = h;
             h = ActivationCheckpointing && state is null
-                ? Ops.ActivationCheckpoint.Run(x => LayerScope.Run(layer, l => l.forward(x, cos, sin)), input)
-                : LayerScope.Run(layer, l => l.forward(input, cos, sin, state?.Layer(i)));
+                ? Ops.ActivationCheckpoint.Run(x => LayerScope.Run(() => layer.forward(x, cos, sin)), h)
+                : LayerScope.Run(() => layer.forward(h, cos, sin, state?.Layer(i)));
         }
         state?.Advance(inputIds.shape[1]);
         return norm.forward(h);

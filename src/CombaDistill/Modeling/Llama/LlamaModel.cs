@@ -53,7 +53,7 @@ public sealed class LlamaModel : nn.Module
                 (h, cos, sin) = (h.to(device), cos.to(device), sin.to(device));
             }
             layerInputs?.Add(h);
-            h = LayerScope.Run(layers[i], l => l.forward(h, cos, sin, cache?.Layer(i)));
+            h = LayerScope.Run(() => layers[i].forward(h, cos, sin, cache?.Layer(i)));
         }
         return norm.forward(split ? h.to(Placement.Home) : h);
     }
