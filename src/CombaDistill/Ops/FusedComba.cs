@@ -148,8 +148,8 @@ public static class FusedComba
     ];
 
     // The module per device ordinal, looked up once: KernelCache.Load reads the embedded source and hashes it with the
-    // options and names to find its module, some 0.1–0.3 ms of CPU per call, and the op launches 5 to 10 kernels per
-    // call, 16 calls per training step at the 1B shape.
+    // options and names on every call. Done per launch, that cost `bench kernel`'s bf16 forward at (8, 2048, 16, 128)
+    // 2.54 ms against 1.19 ms now on an H100 (the kernels' own change in between: −0.09 ms), about 0.3 ms per launch.
     static readonly System.Collections.Concurrent.ConcurrentDictionary<int, CudaModule> Modules = new();
 
     static CudaModule Module(Device device)
