@@ -5,7 +5,8 @@ Compiles the kernel source with NVRTC (through CuPy, which the host has), runs t
 src/CombaDistill/Ops/FusedComba.cs runs, and compares outputs and every gradient with a float64 step-by-step
 recurrence (autograd for the gradients). Then times each kernel at the benchmark shapes beside causal SDPA.
 
-usage: python3 tools/kernels/comba_check.py [--check] [--time] [--small] [--out DIR]
+usage: python3 tools/kernels/comba_check.py [--check] [--time] [--profile] [--small] [--out DIR]
+(--profile launches each bf16 kernel once at the first benchmark shape, D = 128, for a profiler such as ncu to catch.)
 """
 import argparse, json, math, os, sys, time
 import numpy as np
@@ -352,8 +353,9 @@ def timing(tag="tf32"):
     return out
 
 
-def timing_bf16(shapes=None):
-    """The bf16 path per kernel and end to end (launches only, buffers allocated once), beside causal SDPA."""
+def timing_bf16(shapes=None, once=False):
+    """The bf16 path per kernel and end to end (launches only, buffers allocated once), beside causal SDPA.
+    once: launch each kernel one time (for a profiler) and time nothing."""
     out = []
     for (B, T, H, D) in shapes or SHAPES:
         q, k, v, g, beta, kappa, h0 = inputs(B, H, H, T, D, torch.bfloat16, 7, with_h0=False)
@@ -379,6 +381,10 @@ def timing_bf16(shapes=None):
         rows_ = B * H * T
         NF = lambda: launch("normf", D, "bf16", ((rows_ + 7) // 8, 1), q, k, dd, qt, kh, H, H, T, rows_)
         NB = lambda: launch("normb", D, "bf16", ((rows_ + 7) // 8, 1), q, k, dd, dq, dk, dqr, dkr, ddp, H, H, T, rows_)
+        if once:
+            for fn in (NF, NB, P, S, O, DU, DS, DL): fn()
+            torch.cuda.synchronize()
+            return out
         row = dict(B=B, T=T, H=H, D=D)
         for name, fn in (("normf", NF), ("normb", NB), ("prepare", P), ("state", S), ("output", O), ("dupart", DU), ("bstate", DS), ("local", DL)):
             row[name] = time_ms(fn, reps=30)
@@ -397,6 +403,7 @@ SHAPES = [(8, 2048, 16, 128), (1, 8192, 32, 128), (2, 16384, 16, 128)]
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true"); ap.add_argument("--time", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="launch each bf16 kernel once at the first shape")
     ap.add_argument("--bf16", action="store_true", help="time only the bf16 path"); ap.add_argument("--old", action="store_true", help="also time tf32/tf32s")
     ap.add_argument("--small", action="store_true"); ap.add_argument("--tiny", action="store_true"); ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
     a = ap.parse_args()
@@ -408,5 +415,7 @@ if __name__ == "__main__":
     if a.time:
         res["time"] = {"bf16": timing_bf16()}
         if a.old: res["time"].update({tag: timing(tag) for tag in ("tf32", "tf32s")})
+    if a.profile:
+        timing_bf16(SHAPES[:1], once=True)
     with open(os.path.join(a.out, "comba_check.json"), "w") as f: json.dump(res, f, indent=1)
     sys.exit(0 if ok else 1)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# On the GPU host (device call; needs nothing carried but the repository): where the bf16 Comba kernels spend their
+# time, at the first benchmark shape (B, T, H, D) = (8, 2048, 16, 128).
+#   $OUT/ptxas.txt   registers, spills and shared memory of every kernel (nvcc -Xptxas -v on the same source)
+#   $OUT/ncu.txt     Nsight Compute's speed-of-light, occupancy, launch and warp-stall sections, one launch of each
+#                    kernel (clocks left alone: --clock-control none)
+# KERNEL_SRC picks another kernel source (as tools/kernels/comba_check.py does).
+set -uo pipefail
+src=${KERNEL_SRC:-kernels/comba_chunk.cu}
+nvcc -std=c++17 -arch=sm_90 -cubin -o /tmp/comba.cubin -Xptxas -v "$src" > "$OUT/ptxas.txt" 2>&1
+grep -A1 "_bf16" "$OUT/ptxas.txt" | grep -E "Compiling|registers|spill" | sed 's/ptxas info *: //' | head -60
+timeout 240 ncu --clock-control none -k regex:'_128_bf16' --launch-count 8 \
+  --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+  python3 tools/kernels/comba_check.py --profile > "$OUT/ncu.txt" 2>&1
+grep -E "comba_|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|Block Limit|Stall" "$OUT/ncu.txt" | head -120
