@@ -488,7 +488,7 @@ public sealed class StageTrainer
         var groups = new List<AdamW.ParamGroup>();
         if (decayed.Count > 0) groups.Add(new AdamW.ParamGroup(decayed, new AdamW.Options { LearningRate = o.LearningRate, beta1 = o.Beta1, beta2 = o.Beta2, eps = o.Epsilon, weight_decay = o.WeightDecay }));
         if (plain.Count > 0) groups.Add(new AdamW.ParamGroup(plain, new AdamW.Options { LearningRate = o.LearningRate, beta1 = o.Beta1, beta2 = o.Beta2, eps = o.Epsilon, weight_decay = 0 }));
-        return optim.AdamW(groups, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, weight_decay: 0);
+        return new FusedAdamW(groups, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon);
     }
 
     static string RngState()

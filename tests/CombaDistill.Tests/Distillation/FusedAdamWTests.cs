@@ -1,0 +1,95 @@
+using CombaDistill.Distillation;
+using CombaDistill.Tests.Support;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace CombaDistill.Tests.Distillation;
+
+/// <summary>
+/// <see cref="FusedAdamW"/> against TorchSharp's own AdamW (a second implementation of the same update), step for
+/// step: two groups (decayed and not), a changing learning rate, a parameter whose size is not a multiple of four
+/// (the kernel's scalar form), one that is (the float4 form), and one without a gradient (left alone).
+/// </summary>
+public sealed class FusedAdamWTests
+{
+    static Parameter[] Parameters(Device device)
+    {
+        var g = new Generator(11);
+        return
+        [
+            new Parameter(randn([64, 96], generator: g).to(device)),     // 6144 elements: float4
+            new Parameter(randn([37], generator: g).to(device)),         // scalar form
+            new Parameter(randn([5, 3], generator: g).to(device)),       // no decay
+            new Parameter(randn([8], generator: g).to(device)),          // never gets a gradient
+        ];
+    }
+
+    static List<AdamW.ParamGroup> Groups(Parameter[] p) =>
+    [
+        new AdamW.ParamGroup([p[0], p[1], p[3]], new AdamW.Options { LearningRate = 1e-2, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1 }),
+        new AdamW.ParamGroup([p[2]], new AdamW.Options { LearningRate = 1e-2, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0 }),
+    ];
+
+    /// <summary>Runs <paramref name="steps"/> updates with the same gradients into both optimizers; returns the largest relative difference of any parameter.</summary>
+    static double Compare(Device device, OptimizerHelper fused, Parameter[] a, OptimizerHelper reference, Parameter[] b, int steps, int seed)
+    {
+        var g = new Generator((ulong)seed);
+        var worst = 0.0;
+        for (var step = 0; step < steps; step++)
+        {
+            foreach (var (opt, lr) in new[] { (fused, 1e-2 / (step + 1)), (reference, 1e-2 / (step + 1)) })
+                foreach (var group in opt.ParamGroups) group.LearningRate = lr;
+            for (var i = 0; i < 3; i++)
+            {
+                var grad = (randn(a[i].shape, generator: g) * (i + 1)).to(device);
+                a[i].grad = grad.clone();
+                b[i].grad = grad.clone();
+            }
+            fused.step();
+            reference.step();
+            for (var i = 0; i < a.Length; i++)
+            {
+                var difference = (a[i] - b[i]).abs().max().item<float>() / Math.Max(1e-12, b[i].abs().max().item<float>());
+                worst = Math.Max(worst, difference);
+            }
+        }
+        return worst;
+    }
+
+    [Fact]
+    public void On_the_CPU_it_is_TorchSharps_AdamW_bit_for_bit()
+    {
+        var (a, b) = (Parameters(CPU), Parameters(CPU));
+        var fused = new FusedAdamW(Groups(a), 1e-2, 0.9, 0.95, 1e-8);
+        var reference = optim.AdamW(Groups(b), 1e-2, 0.9, 0.95, 1e-8, weight_decay: 0);
+        Assert.Equal(0.0, Compare(CPU, fused, a, reference, b, steps: 4, seed: 3));
+        Assert.Equal(0, fused.FusedSteps);
+    }
+
+    [Fact]
+    public void On_CUDA_the_kernel_matches_TorchSharps_AdamW_and_shares_its_checkpoint_format()
+    {
+        Gpu.Require();
+        var (a, b) = (Parameters(CUDA), Parameters(CUDA));
+        var fused = new FusedAdamW(Groups(a), 1e-2, 0.9, 0.95, 1e-8);
+        var reference = optim.AdamW(Groups(b), 1e-2, 0.9, 0.95, 1e-8, weight_decay: 0);
+        Assert.True(Compare(CUDA, fused, a, reference, b, steps: 6, seed: 5) < 1e-6);
+        Assert.True(fused.FusedSteps >= 5, $"the kernel ran {fused.FusedSteps} of 6 steps");
+        Assert.True(a[3].equal(Parameters(CUDA)[3]).item<bool>(), "a parameter without a gradient moved");
+
+        // the fused optimizer's state, saved, resumes TorchSharp's AdamW (and the other way) on the same trajectory
+        using var dir = new TempDir();
+        fused.save_state_dict(dir["fused.bin"]);
+        reference.save_state_dict(dir["reference.bin"]);
+        var (c, d) = (Parameters(CUDA), Parameters(CUDA));
+        using (no_grad())
+            for (var i = 0; i < a.Length; i++) { c[i].copy_(a[i]); d[i].copy_(b[i]); }
+        var resumedReference = optim.AdamW(Groups(c), 1e-2, 0.9, 0.95, 1e-8, weight_decay: 0);
+        resumedReference.load_state_dict(dir["fused.bin"]);
+        var resumedFused = new FusedAdamW(Groups(d), 1e-2, 0.9, 0.95, 1e-8);
+        resumedFused.load_state_dict(dir["reference.bin"]);
+        Assert.True(Compare(CUDA, resumedFused, d, resumedReference, c, steps: 3, seed: 9) < 1e-6);
+        Assert.True(resumedFused.FusedSteps >= 2);
+    }
+}
