@@ -36,7 +36,8 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
 
     public override Tensor step(Func<Tensor>? closure = null)
     {
-        if (closure is not null || !Enabled || !Fusable()) return base.step(closure!);
+        if (closure is not null || !Enabled || unavailable || !Fusable()) return base.step(closure!);
+        if (!ModulesLoaded()) return base.step(closure!);
         using var noGrad = no_grad();
         foreach (var group in _parameter_groups)
         {
@@ -56,6 +57,30 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
         FusedSteps++;
         return null!;
     }
+
+    /// <summary>Set once the kernel failed to compile or load: the base class's step from then on.</summary>
+    bool unavailable;
+
+    /// <summary>Compiles (or finds cached) the kernels for every device a parameter is on, before any state changes.</summary>
+    bool ModulesLoaded()
+    {
+        try
+        {
+            foreach (var group in _parameter_groups)
+                foreach (var parameter in group.Parameters)
+                    if (parameter.grad is not null) Module(CudaDevice.For(parameter.device));
+            return true;
+        }
+        catch (Exception e) when (e is CudaException or CudaCompileException or DllNotFoundException)
+        {
+            unavailable = true;
+            Console.Error.WriteLine($"warning: the fused AdamW kernel is unavailable ({e.Message}); TorchSharp's AdamW steps instead");
+            return false;
+        }
+    }
+
+    static CudaModule Module(CudaDevice device) =>
+        Modules.GetOrAdd(device.Ordinal, _ => KernelCache.Default.Load(device, KernelSource.FromResource(KernelFile), KernelNames));
 
     bool Fusable()
     {
@@ -80,7 +105,7 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
     static void Launch(Parameter p, Tensor g, State s, params object[] scalars)
     {
         var device = CudaDevice.For(p.device);
-        var module = Modules.GetOrAdd(device.Ordinal, _ => KernelCache.Default.Load(device, KernelSource.FromResource(KernelFile), KernelNames));
+        var module = Module(device);
         var n = p.numel();
         var aligned = n % 4 == 0 && new[] { p, g, s.exp_avg, s.exp_avg_sq }.All(t => TensorMemory.DataPointer(t) % 16 == 0);
         var items = aligned ? n / 4 : n;
