@@ -46,7 +46,9 @@ if [[ $steps == *quality* ]]; then
     echo "== ${KD_STEPS:-200} KL steps, $p"
     recipe $p 512 2 "{ name: kd, objective: distillation, trainable: all, optimizer: { lr: 1e-4 }, schedule: { warmup_steps: 10 }, steps: ${KD_STEPS:-200}, sequence_length: 512, micro_batch: 2, kl_weight: 1.0, loss_chunk: 256, log_every: 1, eval_every: 100000, checkpoint_every: 100000 }" > "$work/kd-$p.yaml"
     rm -rf "$work/kd-$p"
-    /usr/bin/time -f "%e s" cli distill --recipe "$work/kd-$p.yaml" --run-dir "$work/kd-$p" --device cuda 2>&1 | tail -4
+    SECONDS=0
+    cli distill --recipe "$work/kd-$p.yaml" --run-dir "$work/kd-$p" --device cuda 2>&1 | tail -4
+    echo "$SECONDS s"
     cp "$work/kd-$p/01-kd/metrics.jsonl" "$OUT/kd-$p.jsonl"
   done
 fi

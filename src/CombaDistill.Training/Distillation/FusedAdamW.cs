@@ -93,14 +93,18 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
                 if (parameter.grad is not { } grad) continue;
                 if (!_state.TryGetValue(parameter.Handle, out var s) || s is not State state) return false;
                 if (parameter.device_type != DeviceType.CUDA || parameter.dtype != ScalarType.Float32 || !parameter.is_contiguous()
-                    || grad.dtype != ScalarType.Float32 || grad.device != parameter.device || !grad.is_contiguous()
+                    || grad.dtype != ScalarType.Float32 || !SameDevice(grad, parameter) || !grad.is_contiguous()
                     || state.exp_avg is null || state.exp_avg_sq is null || !state.exp_avg.is_contiguous() || !state.exp_avg_sq.is_contiguous()
-                    || state.exp_avg.dtype != ScalarType.Float32 || state.exp_avg_sq.dtype != ScalarType.Float32 || state.exp_avg.device != parameter.device)
+                    || state.exp_avg.dtype != ScalarType.Float32 || state.exp_avg_sq.dtype != ScalarType.Float32
+                    || !SameDevice(state.exp_avg, parameter) || !SameDevice(state.exp_avg_sq, parameter))
                     return false;
             }
         }
         return true;
     }
+
+    // (torch.Device is a class without value equality: compare what it names)
+    static bool SameDevice(Tensor a, Tensor b) => a.device_type == b.device_type && a.device_index == b.device_index;
 
     static void Launch(Parameter p, Tensor g, State s, params object[] scalars)
     {
