@@ -833,6 +833,7 @@ struct HeadB
 
 // ── forward ──
 // grid (N, B·H). A, M = (I + A)⁻¹ (float32), saved as bf16 for the backward; U = M diag(β) V, W = M diag(κe^{γ⁰}) K.
+// M is written over A (one C×C float matrix in shared memory, 72 KB in all at D = 128: three blocks per SM).
 template <int D>
 __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa,
                               bf16r* W, bf16r* U, bf16r* Msave, int H, int Hkv, int T)
@@ -847,8 +848,8 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     bf16r* Mb = Vs + CH * SD;
     bf16r* Mk = Mb + CH * SCC;
     float* As = (float*)(Mk + CH * SCC);
-    float* Mf = As + CH * SCF;
-    float* gam = Mf + CH * SCF;
+    float* Mf = As;                     // M overwrites A once every column's inverse is in registers
+    float* gam = As + CH * SCF;
     float *gam0 = gam + CH, *bet = gam0 + CH, *kap = bet + CH;
     const size_t kv0 = hd.kv(Hkv, T) + t0;
     stage_b<D>(Ks, SD, k + kv0 * D, D, CH, T - t0);
@@ -857,22 +858,26 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     gates_b(gam, gam0, bet, kap, g, beta, kappa, hd.q(T), t0, T);
     cp_wait<0>();
     __syncthreads();
+    // A's rows are stored with 4 floats of padding after column 31 (column c at c + 4·(c ≥ 32)): the inverse below
+    // reads the four 16-column quarters of a row at once, and unpadded, quarters 0 and 2 (and 1 and 3) share banks
     bmm<CH, CH, false, true>(Ks, SD, Ks, SD, D, [&](int i, int j, float x0, float x1) {
-        As[i * SCF + j] = j < i ? kap[i] * x0 * expf(gam0[i] - gam[j]) : 0.f;
-        As[i * SCF + j + 1] = j + 1 < i ? kap[i] * x1 * expf(gam0[i] - gam[j + 1]) : 0.f;
+        float* a = As + i * SCF + j + ((j >> 5) << 2);
+        a[0] = j < i ? kap[i] * x0 * expf(gam0[i] - gam[j]) : 0.f;
+        a[1] = j + 1 < i ? kap[i] * x1 * expf(gam0[i] - gam[j + 1]) : 0.f;
     });
     __syncthreads();
-    {   // column j by a quad of lanes: lane q holds rows 16q…16q+15 of the column in registers (the loops are fully
-        // unrolled, so every index is a constant) and sums their terms with 16-byte reads of A's row; A_il = 0 for
-        // l ≥ i, so the whole block is summed without a mask
-        const int j = threadIdx.x >> 2, q = threadIdx.x & 3;
+    {   // column j by four lanes q = 0…3, 8 lanes apart in one warp (a warp holds 8 columns): lane q holds rows
+        // 16q…16q+15 of the column in registers (the loops are fully unrolled, so every index is a constant) and sums
+        // their terms with 16-byte reads of A's row, which the warp's 8 columns share (4 distinct addresses per read,
+        // in distinct banks); A_il = 0 for l ≥ i, so the whole block is summed without a mask
+        const int lane = threadIdx.x & 31, q = lane >> 3, j = ((threadIdx.x >> 5) << 3) | (lane & 7);
         float m[16];
 #pragma unroll
         for (int u = 0; u < 16; ++u) m[u] = 16 * q + u == j ? 1.f : 0.f;
 #pragma unroll
         for (int i = 1; i < CH; ++i)
         {
-            const float4* a = reinterpret_cast<const float4*>(As + i * SCF + 16 * q);
+            const float4* a = reinterpret_cast<const float4*>(As + i * SCF + 16 * q + ((q >> 1) << 2));
             float s = 0.f, s2 = 0.f;
 #pragma unroll
             for (int u = 0; u < 4; ++u)
@@ -882,10 +887,11 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
                 s2 += x.z * m[4 * u + 2] + x.w * m[4 * u + 3];
             }
             s += s2;
-            s += __shfl_xor_sync(0xffffffffu, s, 1);
-            s += __shfl_xor_sync(0xffffffffu, s, 2);
+            s += __shfl_xor_sync(0xffffffffu, s, 8);
+            s += __shfl_xor_sync(0xffffffffu, s, 16);
             if (q == i / 16 && i > j) m[i % 16] = -s;
         }
+        __syncthreads();
 #pragma unroll
         for (int u = 0; u < 16; ++u) Mf[(16 * q + u) * SCF + j] = m[u];
     }

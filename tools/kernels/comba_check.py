@@ -8,7 +8,7 @@ recurrence (autograd for the gradients). Then times each kernel at the benchmark
 usage: python3 tools/kernels/comba_check.py [--check] [--time] [--profile] [--small] [--out DIR]
 (--profile launches each bf16 kernel once at the first benchmark shape, D = 128, for a profiler such as ncu to catch.)
 """
-import argparse, json, math, os, sys, time
+import argparse, json, math, os, sys, time, zlib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -221,6 +221,13 @@ def inputs(B, H, Hkv, T, D, dtype, seed, with_h0=True):
     return q, k, v, g.contiguous(), beta.contiguous(), kappa.contiguous(), h0
 
 
+def stable_seed(*case):
+    """A case's seed, the same in every run (Python's hash() of a string changes from process to process, which made
+    every check draw fresh inputs: a T = 1 case's dβ landed at 1.03e-2 once, over the 1e-2 bar, where other runs
+    gave less)."""
+    return zlib.crc32(repr(case).encode()) % 10000
+
+
 def rel(a, b):
     a, b = a.double(), b.double()
     if not torch.isfinite(a).all(): return float("nan")
@@ -240,7 +247,7 @@ def check(small, tiny=False):
         if D <= 128: modes += ((torch.bfloat16, "bf16"),)
         for dtype, tag in modes:
             for with_h0 in (True, False):
-                seed = hash((B, H, T, D, str(dtype), with_h0)) % 10000
+                seed = stable_seed(B, H, T, D, str(dtype), with_h0)
                 q, k, v, g, beta, kappa, h0 = inputs(B, H, Hkv, T, D, dtype, seed, with_h0)
                 scale = 1.0 / math.sqrt(D)
                 f = lambda x: x.float().contiguous()
@@ -277,7 +284,7 @@ def check(small, tiny=False):
     for (B, H, Hkv, T, D) in cases:
         if D > 128: continue
         for with_h0 in (True, False):
-            seed = hash((B, H, T, D, "raw", with_h0)) % 10000
+            seed = stable_seed(B, H, T, D, "raw", with_h0)
             _, _, v, g, beta, kappa, h0 = inputs(B, H, Hkv, T, D, torch.bfloat16, seed, with_h0)
             gen = torch.Generator(device="cuda").manual_seed(seed + 2)
             q = (torch.randn(B, H, T, D, device="cuda", generator=gen) * 3).to(torch.bfloat16)

@@ -127,7 +127,7 @@ public static class FusedComba
         int tile = ChunkSize * (D + 8) * 2, state = D * (D + 8) * 2, cc = ChunkSize * 72 * 2, ccf = ChunkSize * 68 * 4, slice = ChunkSize * 40 * 2;
         return stage switch
         {
-            "fwd_prepare" => 2 * tile + 2 * cc + 2 * ccf + 4 * ChunkSize * 4,
+            "fwd_prepare" => 2 * tile + 2 * cc + ccf + 4 * ChunkSize * 4,   // M written over A
             "fwd_state" => 2 * (2 * tile + slice) + D * 40 * 2 + slice + 2 * ChunkSize * 4,
             "fwd_output" => 3 * tile + state + cc + 2 * ChunkSize * 4,
             "bwd_dupart" => 3 * tile + cc + 2 * ChunkSize * 4,
