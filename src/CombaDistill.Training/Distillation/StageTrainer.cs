@@ -407,8 +407,9 @@ public sealed class StageTrainer
                 var studentHidden = student.model.forward(input);
                 phases?.Mark("student forward");
                 sums.Add(LogitLoss.Backward(studentHidden, studentHead, teacherHidden, teacherHead, targets, LogitLossOptions.From(stage), scale,
-                    // bf16: each chunk's head gradient joins the float32 masters at once, not summed in bf16 over the chunks
-                    afterChunk: mixed is null ? null : mixed.AccumulateGradients).Loss * scale);
+                    // bf16: the head's gradient joins the float32 masters as soon as it is formed
+                    afterHeadGradient: mixed is null ? null : mixed.AccumulateGradients,
+                    studentHeadWeight: student.lm_head?.weight ?? student.model.embed_tokens.weight).Loss * scale);
                 phases?.Mark("heads, logit loss and backward");
                 if (mixed is not null)
                 {

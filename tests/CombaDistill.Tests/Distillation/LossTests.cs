@@ -68,16 +68,29 @@ public sealed class LossTests
         head.grad!.zero_();
 
         var options = new LogitLossOptions(temperature, klWeight, ceWeight, chunk);
-        var value = LogitLoss.Backward(input.matmul(body), h => nn.functional.linear(h, head), teacherHidden, h => nn.functional.linear(h, teacherHeadWeight), targets, options);
-        Assert.Equal(referenceLoss.item<double>(), value.Loss, 5);
-        Assert.Equal(batch * length, value.Tokens);
-        Assert.True(allclose(body.grad!.to_type(ScalarType.Float64), referenceBodyGrad, rtol: 1e-4, atol: 1e-6), "body gradient differs");
-        Assert.True(allclose(head.grad!.to_type(ScalarType.Float64), referenceHeadGrad, rtol: 1e-4, atol: 1e-6), "head gradient differs");
+        LogitLossValue value = default;
+        // through autograd per chunk, and by hand with the head's weight given (one head-gradient product at the end)
+        foreach (var headWeight in new[] { null, head })
+        {
+            body.grad?.zero_();
+            head.grad?.zero_();
+            var headGradients = 0;
+            value = LogitLoss.Backward(input.matmul(body), h => nn.functional.linear(h, head), teacherHidden, h => nn.functional.linear(h, teacherHeadWeight), targets, options,
+                afterHeadGradient: () => headGradients++, studentHeadWeight: headWeight);
+            var path = headWeight is null ? "autograd" : "by hand";
+            Assert.Equal(referenceLoss.item<double>(), value.Loss, 5);
+            Assert.Equal(batch * length, value.Tokens);
+            Assert.True(allclose(body.grad!.to_type(ScalarType.Float64), referenceBodyGrad, rtol: 1e-4, atol: 1e-6), $"body gradient differs ({path})");
+            Assert.True(allclose(head.grad!.to_type(ScalarType.Float64), referenceHeadGrad, rtol: 1e-4, atol: 1e-6), $"head gradient differs ({path})");
+            Assert.Equal(headWeight is null ? (length + chunk - 1) / chunk : 1, headGradients);
 
-        // lossScale scales the gradient only (as 1 / accumulation does), and Evaluate gives the same numbers without one
-        body.grad!.zero_();
-        LogitLoss.Backward(input.matmul(body), h => nn.functional.linear(h, head), teacherHidden, h => nn.functional.linear(h, teacherHeadWeight), targets, options, lossScale: 0.25);
-        Assert.True(allclose(body.grad!.to_type(ScalarType.Float64), referenceBodyGrad * 0.25, rtol: 1e-4, atol: 1e-6));
+            // lossScale scales the gradient only (as 1 / accumulation does), and gradients accumulate across calls
+            body.grad!.zero_();
+            LogitLoss.Backward(input.matmul(body), h => nn.functional.linear(h, head), teacherHidden, h => nn.functional.linear(h, teacherHeadWeight), targets, options,
+                lossScale: 0.25, studentHeadWeight: headWeight);
+            Assert.True(allclose(body.grad!.to_type(ScalarType.Float64), referenceBodyGrad * 0.25, rtol: 1e-4, atol: 1e-6), $"scaled body gradient differs ({path})");
+            Assert.True(allclose(head.grad!.to_type(ScalarType.Float64), referenceHeadGrad * 1.25, rtol: 1e-4, atol: 1e-6), $"accumulated head gradient differs ({path})");
+        }
         using (no_grad())
         {
             var evaluated = LogitLoss.Evaluate(input.matmul(body), h => nn.functional.linear(h, head), teacherHidden, h => nn.functional.linear(h, teacherHeadWeight), targets, options);
