@@ -11,7 +11,8 @@
 #            against the float64 recurrence and timed by tools/kernels/comba_check.py
 #   lane     the C# GPU test lane (the classes with tests that need CUDA, NCCL's aside)
 # usage: bash tools/gpu/distill-vs-peer.sh [speed] [quality] [stories] [kernels] [lane]
-# PEER=0 leaves the peers out of speed and kernels (when a call has no time for them; compare only within one call)
+# PEER=0 leaves the peers out of speed and kernels (when a call has no time for them; compare only within one call);
+# FUSED_LOSS=1 adds a speed run with the fused logit-loss kernel (COMBADISTILL_FUSED_LOGIT_LOSS=1, off by default)
 set -uo pipefail
 source tools/gpu/common.sh
 steps=${*:-speed}
@@ -34,6 +35,10 @@ if [[ $steps == *speed* ]]; then
     "{ name: kd, objective: distillation, trainable: all, optimizer: { lr: 1e-5 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO, kl_weight: 1.0, loss_chunk: 128 }" \
     > "$work/speed.yaml"
   cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill.json" 2>&1 | tail -25
+  if [[ ${FUSED_LOSS:-0} == 1 ]]; then
+    echo "== bench distill, bf16, the fused logit-loss kernel (COMBADISTILL_FUSED_LOGIT_LOSS=1)"
+    COMBADISTILL_FUSED_LOGIT_LOSS=1 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-fused-loss.json" 2>&1 | tail -25
+  fi
   if [[ ${TF32_KERNELS:-0} == 1 ]]; then
     echo "== bench distill, bf16, the tf32 Comba kernels (COMBADISTILL_FUSED_BF16=0)"
     COMBADISTILL_FUSED_BF16=0 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-tf32-kernels.json" 2>&1 | tail -25
@@ -82,7 +87,8 @@ if [[ $steps == *lane* ]]; then
   echo "== GPU test lane"
   # every class with a test that needs CUDA (Gpu.Require), but the NCCL ones, which tools/gpu/multi-gpu.sh runs on two GPUs
   classes=(Runtime.CudaKernelGpuTests Ops.FusedCombaTests Ops.CombaGpuTests Modeling.StudentGpuTests Modeling.LlamaGpuTests
-           IO.CheckpointTests Distillation.DistillationGpuTests Distillation.DistillationBenchmarkTests Distillation.FusedAdamWTests)
+           IO.CheckpointTests Distillation.DistillationGpuTests Distillation.DistillationBenchmarkTests Distillation.FusedAdamWTests
+           Ops.FusedLogitLossTests)
   args=(); for c in "${classes[@]}"; do args+=(-class "CombaDistill.Tests.$c"); done
   bash .gpu/run.sh tests/CombaDistill.Tests.dll -noColor -parallel none "${args[@]}" > "$OUT/lane.log" 2>&1
   grep -E "\[FAIL\]|Total:|measured|error" "$OUT/lane.log" | head -30

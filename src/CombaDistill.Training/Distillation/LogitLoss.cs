@@ -154,13 +154,28 @@ public static class LogitLoss
             var span = Math.Min(options.Chunk, length - start);
             var logits = studentHead(studentHidden.narrow(1, start, span));
             using var noGrad = no_grad();
+            var teacherRaw = useKl ? teacherHead!(teacherHidden!.narrow(1, start, span)) : null;
+            if (Ops.FusedLogitLoss.Enabled && Ops.FusedLogitLoss.Takes(logits, teacherRaw))
+            {
+                // one kernel per chunk (off by default until the GPU lane has checked it: Ops/FusedLogitLoss.cs)
+                var (fusedGradient, klRows, ceRows) = Ops.FusedLogitLoss.Rows(logits.detach(), teacherRaw, useCe ? targets.narrow(1, start, span) : null,
+                    t, options.KlWeight * t * perToken, options.CeWeight * perToken, gradient: backward is not null);
+                if (klRows is not null) klSum.add_(klRows.sum(type: ScalarType.Float64));
+                if (ceRows is not null) ceSum.add_(ceRows.sum(type: ScalarType.Float64));
+                if (backward is not null)
+                {
+                    using var withGrad = enable_grad();
+                    backward(logits, fusedGradient!, start, span);
+                }
+                continue;
+            }
             var studentLogits = logits.detach().to(ScalarType.Float32);
             // log p_S at temperature T (at T = 1 also cross-entropy's)
             var logStudent = nn.functional.log_softmax(t == 1 ? studentLogits : studentLogits / t, -1);
             Tensor? gradient = null;
             if (useKl)
             {
-                var teacherLogits = teacherHead!(teacherHidden!.narrow(1, start, span)).to(ScalarType.Float32);
+                var teacherLogits = teacherRaw!.to(ScalarType.Float32);
                 var logTeacher = nn.functional.log_softmax(t == 1 ? teacherLogits : teacherLogits / t, -1);
                 var pTeacher = logTeacher.exp();
                 klSum.add_((logTeacher - logStudent).mul_(pTeacher).sum());
