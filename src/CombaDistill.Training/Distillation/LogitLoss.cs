@@ -66,25 +66,28 @@ public static class LogitLoss
     /// 128,256 × 2,048 embedding about 2.6 GB of memory traffic per chunk). It keeps G, B × T × vocab in the head's
     /// dtype, until then (2.1 GB at 4 × 2,048 tokens in bf16).
     /// </param>
+    /// <param name="beforeBodyBackward">called once the loss's own work is queued, just before the backward pass through the body (a phase mark)</param>
     public static LogitLossValue Backward(Tensor studentHidden, Func<Tensor, Tensor> studentHead, Tensor? teacherHidden, Func<Tensor, Tensor>? teacherHead,
-        Tensor targets, LogitLossOptions options, double lossScale = 1.0, Action? afterHeadGradient = null, Tensor? studentHeadWeight = null)
+        Tensor targets, LogitLossOptions options, double lossScale = 1.0, Action? afterHeadGradient = null, Tensor? studentHeadWeight = null,
+        Action? beforeBodyBackward = null)
     {
         using var scope = NewDisposeScope();
         if (studentHeadWeight is { } W)
-            return BackwardByHand(studentHidden, W, teacherHidden, teacherHead, targets, options, lossScale, afterHeadGradient);
+            return BackwardByHand(studentHidden, W, teacherHidden, teacherHead, targets, options, lossScale, afterHeadGradient, beforeBodyBackward);
         var cut = studentHidden.detach().requires_grad_(true);
         var sums = Chunks(cut, studentHead, teacherHidden, teacherHead, targets, options, lossScale, (logits, gradient, _, _) =>
         {
             logits.backward([gradient.to(logits.dtype)]);
             afterHeadGradient?.Invoke();
         });
+        beforeBodyBackward?.Invoke();
         studentHidden.backward([cut.grad!]);
         // read only now: a read waits for the device, and everything this micro-batch needs is queued
         return sums.Read();
     }
 
     static LogitLossValue BackwardByHand(Tensor studentHidden, Tensor headWeight, Tensor? teacherHidden, Func<Tensor, Tensor>? teacherHead,
-        Tensor targets, LogitLossOptions options, double lossScale, Action? afterHeadGradient)
+        Tensor targets, LogitLossOptions options, double lossScale, Action? afterHeadGradient, Action? beforeBodyBackward)
     {
         var W = headWeight.detach();
         var hidden = studentHidden.detach();
@@ -109,6 +112,7 @@ public static class LogitLoss
             logitGradient.Dispose();
             afterHeadGradient?.Invoke();
         }
+        beforeBodyBackward?.Invoke();
         studentHidden.backward([hiddenGradient]);
         return sums.Read();
     }

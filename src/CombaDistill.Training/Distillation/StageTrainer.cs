@@ -409,8 +409,9 @@ public sealed class StageTrainer
                 sums.Add(LogitLoss.Backward(studentHidden, studentHead, teacherHidden, teacherHead, targets, LogitLossOptions.From(stage), scale,
                     // bf16: the head's gradient joins the float32 masters as soon as it is formed
                     afterHeadGradient: mixed is null ? null : mixed.AccumulateGradients,
-                    studentHeadWeight: student.lm_head?.weight ?? student.model.embed_tokens.weight).Loss * scale);
-                phases?.Mark("heads, logit loss and backward");
+                    studentHeadWeight: student.lm_head?.weight ?? student.model.embed_tokens.weight,
+                    beforeBodyBackward: phases is null ? null : () => phases.Mark("heads and logit loss")).Loss * scale);
+                phases?.Mark("student backward");
                 if (mixed is not null)
                 {
                     mixed.AccumulateGradients();
