@@ -2,7 +2,8 @@
 // element, where the same step written as tensor ops reads and writes about 90). The arithmetic is the decoupled
 // weight decay form, in this order (float32, as the tensor-op form computes it):
 //   p ← p (1 − lr·wd);  m ← β₁ m + (1 − β₁) g;  v ← β₂ v + (1 − β₂) g²;  p ← p − (lr / bc₁) · m / (√v / √bc₂ + ε)
-// with bc₁ = 1 − β₁ᵗ and bc₂ = 1 − β₂ᵗ computed on the host. Grid-stride; the _v4 form reads and writes float4
+// with bc₁ = 1 − β₁ᵗ and bc₂ = 1 − β₂ᵗ computed on the host. Not bit for bit the tensor ops' result: the compiler may
+// fuse a multiply and an add that those round separately (a few units in the last place per step). Grid-stride; the _v4 form reads and writes float4
 // (every pointer 16-byte aligned and n a multiple of 4, which the caller checks).
 
 __device__ __forceinline__ void adamw_one(float& p, float& m, float& v, float g, float decay, float b1, float b2, float c1, float c2,

@@ -99,6 +99,45 @@ public sealed class LossTests
         }
     }
 
+    [Fact]
+    public void By_hand_a_tied_head_gets_both_its_gradients_when_the_caller_moves_the_heads_part_away()
+    {
+        // the student's body starts with a lookup in the same matrix its head multiplies by (tied embeddings), and the
+        // caller moves the head's gradient away and clears it as mixed precision does (into a float32 master)
+        const int batch = 2, length = 9, hidden = 5, vocab = 13;
+        var g = new Generator(23);
+        var ids = randint(0, vocab, [batch, length], generator: g);
+        var targets = randint(0, vocab, [batch, length], generator: g);
+        var teacherHidden = randn([batch, length, hidden], generator: g);
+        var teacherHeadWeight = randn([vocab, hidden], generator: g);
+        var body = (randn([hidden, hidden], generator: g) / 2).requires_grad_(true);
+        var tied = randn([vocab, hidden], generator: g).requires_grad_(true);
+        var options = new LogitLossOptions(1.0, 1.0, 0.5, 4);
+
+        var reference = ReferenceLoss(tied.to_type(ScalarType.Float64).index_select(0, ids.reshape(-1)).reshape(batch, length, hidden).matmul(body.to_type(ScalarType.Float64)),
+            tied.to_type(ScalarType.Float64), teacherHidden.to_type(ScalarType.Float64), teacherHeadWeight.to_type(ScalarType.Float64), targets, 1.0, 1.0, 0.5);
+        reference.backward();
+        var (referenceTied, referenceBody) = (tied.grad!.to_type(ScalarType.Float64), body.grad!.to_type(ScalarType.Float64));
+        tied.grad = null;
+        body.grad = null;
+
+        var master = zeros([vocab, hidden], ScalarType.Float64);
+        var moves = 0;
+        var studentHidden = tied.index_select(0, ids.reshape(-1)).reshape(batch, length, hidden).matmul(body);
+        LogitLoss.Backward(studentHidden, h => nn.functional.linear(h, tied), teacherHidden, h => nn.functional.linear(h, teacherHeadWeight), targets, options,
+            afterHeadGradient: () =>
+            {
+                moves++;
+                master.add_(tied.grad!.to_type(ScalarType.Float64));
+                tied.grad = null;
+            },
+            studentHeadWeight: tied);
+        Assert.Equal(1, moves);
+        var total = master + tied.grad!.to_type(ScalarType.Float64);   // the head's part, then the lookup's from the body's backward
+        Assert.True(allclose(total, referenceTied, rtol: 1e-4, atol: 1e-6), "tied weight gradient differs");
+        Assert.True(allclose(body.grad!.to_type(ScalarType.Float64), referenceBody, rtol: 1e-4, atol: 1e-6), "body gradient differs");
+    }
+
     static Tensor ReferenceLoss(Tensor studentHidden, Tensor head, Tensor teacherHidden, Tensor teacherHead, Tensor targets, double t, double klWeight, double ceWeight)
     {
         var zs = studentHidden.matmul(head.t());
