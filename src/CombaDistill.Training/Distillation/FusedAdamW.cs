@@ -26,10 +26,8 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
     : AdamW(groups, learningRate, beta1, beta2, epsilon, weight_decay: 0, amsgrad: false, maximize: false)
 {
     public const string EnvironmentVariable = "COMBADISTILL_FUSED_ADAMW";
-    const string KernelFile = "kernels/adamw.cu";
     const int Threads = 256;
-    static readonly string[] KernelNames = ["adamw_step", "adamw_step_v4"];
-    static readonly System.Collections.Concurrent.ConcurrentDictionary<int, CudaModule> Modules = new();
+    static readonly EmbeddedModule Kernels = new("kernels/adamw.cu", ["adamw_step", "adamw_step_v4"]);
 
     /// <summary>Whether the fused kernel may run at all (the environment variable; default on).</summary>
     public static bool Enabled => Environment.GetEnvironmentVariable(EnvironmentVariable)?.Trim().ToLowerInvariant() is not ("0" or "false" or "off" or "no");
@@ -71,7 +69,7 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
         {
             foreach (var group in _parameter_groups)
                 foreach (var parameter in group.Parameters)
-                    if (parameter.grad is not null) Module(CudaDevice.For(parameter.device));
+                    if (parameter.grad is not null) Kernels.For(parameter.device);
             return true;
         }
         catch (Exception e) when (e is CudaException or CudaCompileException or DllNotFoundException)
@@ -81,9 +79,6 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
             return false;
         }
     }
-
-    static CudaModule Module(CudaDevice device) =>
-        Modules.GetOrAdd(device.Ordinal, _ => KernelCache.Default.Load(device, KernelSource.FromResource(KernelFile), KernelNames));
 
     bool Fusable()
     {
@@ -112,7 +107,7 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
     static void Launch(Parameter p, Tensor g, State s, params object[] scalars)
     {
         var device = CudaDevice.For(p.device);
-        var module = Module(device);
+        var module = Kernels.For(device);
         var n = p.numel();
         var aligned = n % 4 == 0 && new[] { p, g, s.exp_avg, s.exp_avg_sq }.All(t => TensorMemory.DataPointer(t) % 16 == 0);
         var items = aligned ? n / 4 : n;

@@ -138,7 +138,7 @@ public static class FusedComba
     }
 
     static void LaunchBf16(Device device, string stage, int D, (int, int) grid, params object[] args) =>
-        Module(device).Kernel($"comba_{stage}_{D}_bf16").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
+        Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
 
     static readonly string[] KernelNames =
     [
@@ -147,22 +147,13 @@ public static class FusedComba
         .. from dim in SupportedHeadDims where dim <= 128 from stage in StagedTiles.Keys select $"comba_{stage}_{dim}_tf32s",
     ];
 
-    // The module per device ordinal, looked up once: KernelCache.Load reads the embedded source and hashes it with the
-    // options and names on every call. Done per launch, that cost `bench kernel`'s bf16 forward at (8, 2048, 16, 128)
-    // 2.54 ms against 1.19 ms now on an H100 (the kernels' own change in between: −0.09 ms), about 0.3 ms per launch.
-    static readonly System.Collections.Concurrent.ConcurrentDictionary<int, CudaModule> Modules = new();
-
-    static CudaModule Module(Device device)
-    {
-        var cuda = CudaDevice.For(device);
-        return Modules.GetOrAdd(cuda.Ordinal, _ => KernelCache.Default.Load(cuda, KernelSource.FromResource(KernelFile), KernelNames));
-    }
+    static readonly EmbeddedModule Kernels = new(KernelFile, KernelNames);
 
     static void Launch(Device device, string stage, int D, string arithmetic, (int, int) grid, params object[] args)
     {
         var staged = arithmetic == "tf32" && D <= 128 && StagedTiles.ContainsKey(stage);
         var floats = Stages[stage](D) + (staged ? StagedTiles[stage] * ChunkSize * (D + 4) : 0);
-        Module(device).Kernel($"comba_{stage}_{D}_{(staged ? "tf32s" : arithmetic)}").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), 4 * floats, args);
+        Kernels.For(device).Kernel($"comba_{stage}_{D}_{(staged ? "tf32s" : arithmetic)}").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), 4 * floats, args);
     }
 
     /// <summary>

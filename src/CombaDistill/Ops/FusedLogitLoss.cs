@@ -18,10 +18,8 @@ namespace CombaDistill.Ops;
 public static class FusedLogitLoss
 {
     public const string EnvironmentVariable = "COMBADISTILL_FUSED_LOGIT_LOSS";
-    const string KernelFile = "kernels/logit_loss.cu";
     const int Threads = 256;
-    static readonly string[] KernelNames = ["logit_loss_rows"];
-    static readonly System.Collections.Concurrent.ConcurrentDictionary<int, CudaModule> Modules = new();
+    static readonly EmbeddedModule Kernels = new("kernels/logit_loss.cu", ["logit_loss_rows"]);
 
     /// <summary>Whether the environment asks for it (1, true, on or yes).</summary>
     public static bool Enabled => Environment.GetEnvironmentVariable(EnvironmentVariable)?.Trim().ToLowerInvariant() is "1" or "true" or "on" or "yes";
@@ -56,9 +54,7 @@ public static class FusedLogitLoss
         var ceRows = useCe ? zeros([rows], ScalarType.Float32, device) : null;
         var grad = gradient ? empty_like(studentLogits) : null;
         if (rows == 0) return (grad, klRows, ceRows);
-        var cuda = CudaDevice.For(device);
-        var module = Modules.GetOrAdd(cuda.Ordinal, _ => KernelCache.Default.Load(cuda, KernelSource.FromResource(KernelFile), KernelNames));
-        module.Kernel("logit_loss_rows").Launch(((int)rows, 1, 1), (Threads, 1, 1), 0,
+        Kernels.For(device).Kernel("logit_loss_rows").Launch(((int)rows, 1, 1), (Threads, 1, 1), 0,
             studentLogits, (object?)teacherLogits ?? IntPtr.Zero, (object?)index ?? IntPtr.Zero, (object?)grad ?? IntPtr.Zero,
             (object?)klRows ?? IntPtr.Zero, (object?)ceRows ?? IntPtr.Zero, vocab, (float)(1 / temperature), (float)klScale, (float)ceScale,
             useKl ? 1 : 0, useCe ? 1 : 0);

@@ -68,7 +68,7 @@ public sealed class KernelCache : IDisposable
     /// <paramref name="kernelNames"/> (extern "C" names or C++ name expressions such as <c>scan&lt;128&gt;</c>).
     /// Throws <see cref="CudaCompileException"/> with NVRTC's log when the source does not compile. Each call hashes
     /// the source with the options and names to find the module, which costs a fraction of a millisecond: callers on
-    /// a hot path keep the module they get (as FusedComba does per device) rather than calling this per launch.
+    /// a hot path keep the module they get (<see cref="EmbeddedModule"/> does, per device) rather than calling this per launch.
     /// </summary>
     public CudaModule Load(CudaDevice device, KernelSource source, IReadOnlyList<string> kernelNames, KernelCompileOptions? options = null)
     {
