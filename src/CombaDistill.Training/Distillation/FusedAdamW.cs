@@ -30,7 +30,7 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
     static readonly EmbeddedModule Kernels = new("kernels/adamw.cu", ["adamw_step", "adamw_step_v4"]);
 
     /// <summary>Whether the fused kernel may run at all (the environment variable; default on).</summary>
-    public static bool Enabled => Environment.GetEnvironmentVariable(EnvironmentVariable)?.Trim().ToLowerInvariant() is not ("0" or "false" or "off" or "no");
+    public static bool Enabled => Runtime.EnvironmentSwitch.IsOn(EnvironmentVariable, whenUnset: true);
 
     /// <summary>How many steps the kernel took (the rest were the base class's): for tests and notes.</summary>
     public long FusedSteps { get; private set; }

@@ -38,7 +38,7 @@ public static class FusedComba
     /// the measuring script and through this class's launches (FusedCombaTests, docs/kernels.md).
     /// </summary>
     public static bool Bf16ByDefault { get; set; } =
-        Environment.GetEnvironmentVariable("COMBADISTILL_FUSED_BF16")?.Trim().ToLowerInvariant() is not ("0" or "false" or "off" or "no");
+        Runtime.EnvironmentSwitch.IsOn("COMBADISTILL_FUSED_BF16", whenUnset: true);
 
     /// <summary>Head dims the bf16 kernels take (at 256 their backward's tiles would not fit shared memory).</summary>
     public static readonly int[] Bf16HeadDims = [64, 128];

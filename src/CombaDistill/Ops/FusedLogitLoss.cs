@@ -22,7 +22,7 @@ public static class FusedLogitLoss
     static readonly EmbeddedModule Kernels = new("kernels/logit_loss.cu", ["logit_loss_rows"]);
 
     /// <summary>Whether the environment asks for it (1, true, on or yes).</summary>
-    public static bool Enabled => Environment.GetEnvironmentVariable(EnvironmentVariable)?.Trim().ToLowerInvariant() is "1" or "true" or "on" or "yes";
+    public static bool Enabled => Runtime.EnvironmentSwitch.IsOn(EnvironmentVariable, whenUnset: false);
 
     /// <summary>Whether the kernel takes these logits: bf16 and contiguous on CUDA, the teacher's (if any) shaped like the student's.</summary>
     public static bool Takes(Tensor studentLogits, Tensor? teacherLogits) =>

@@ -35,7 +35,7 @@ public static class CollectionPause
     public const string EnvironmentVariable = "COMBADISTILL_GC_PAUSE";
 
     /// <summary>Whether <see cref="Begin"/> pauses at all (read once, from <see cref="EnvironmentVariable"/>).</summary>
-    public static bool Enabled { get; } = Environment.GetEnvironmentVariable(EnvironmentVariable) == "1";
+    public static bool Enabled { get; } = EnvironmentSwitch.IsOn(EnvironmentVariable, whenUnset: false);
 
     /// <summary>
     /// Where <see cref="Enabled"/>, pauses collections until the returned scope is disposed; a no-op otherwise, inside
