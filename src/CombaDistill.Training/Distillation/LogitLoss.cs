@@ -25,9 +25,15 @@ public readonly record struct LogitLossValue(double Loss, double Kl, double Cros
 /// </summary>
 public static class LogitLoss
 {
-    /// <summary>hidden → logits: the lm_head, or with tied embeddings the embedding matrix.</summary>
-    public static Func<Tensor, Tensor> Head(TorchSharp.Modules.Linear? lmHead, Tensor embeddingWeight) =>
-        lmHead is not null ? lmHead.forward : h => nn.functional.linear(h, embeddingWeight);
+    /// <summary>
+    /// W of the head h ↦ h Wᵀ: the lm_head's weight, or with tied embeddings the embedding matrix. Both model classes
+    /// make their lm_head without a bias, so the weight is the whole head.
+    /// </summary>
+    public static Tensor HeadWeight(TorchSharp.Modules.Linear? lmHead, Tensor embeddingWeight)
+    {
+        if (lmHead?.bias is not null) throw new ArgumentException("the logit loss takes a head without a bias");
+        return lmHead?.weight ?? embeddingWeight;
+    }
 
     /// <summary>The unchunked KL(teacher ‖ student) per token at temperature T (without the T² factor): the reference.</summary>
     public static Tensor KlDivergence(Tensor teacherLogits, Tensor studentLogits, double temperature)
@@ -41,84 +47,62 @@ public static class LogitLoss
 
     /// <summary>
     /// Computes the loss chunk by chunk and back-propagates <paramref name="lossScale"/> × loss into the student (the
-    /// graph behind <paramref name="studentHidden"/> and the head's parameters). Gradients accumulate, as for
-    /// micro-batches.
+    /// graph behind <paramref name="studentHidden"/> and the head's weight). Gradients accumulate, as for micro-batches.
     /// <para>
-    /// Each chunk's logit gradient is written in closed form rather than taken through autograd of the loss's
-    /// formula: with p = softmax(z / T), ∂(T² KL(p_T ‖ p_S)) / ∂z_S = T (p_S − p_T), and ∂CE / ∂z_S = softmax(z_S) −
-    /// onehot(target). Autograd would keep and revisit every intermediate of log_softmax, exp, the difference and the
+    /// Nothing in the loss goes through autograd. Each chunk's logit gradient G is written in closed form: with
+    /// p = softmax(z / T), ∂(T² KL(p_T ‖ p_S)) / ∂z_S = T (p_S − p_T), and ∂CE / ∂z_S = softmax(z_S) − onehot(target).
+    /// Autograd of the formula would keep and revisit every intermediate of log_softmax, exp, the difference and the
     /// product, each a B × chunk × vocab float32 tensor (263 MB at 512 positions of a 128,256-token vocabulary); the
-    /// closed form makes about half as many passes over them, and only the head's product is back-propagated.
+    /// closed form makes about half as many passes over them. G W is the hidden states' gradient at once, and the
+    /// head's gradient Gᵀ h is one product over the whole micro-batch after the last chunk: per chunk, each product
+    /// would be added into the head's gradient, under mixed precision into its float32 master (for a 128,256 × 2,048
+    /// embedding about 2.6 GB of memory traffic per chunk). G is kept until then, B × T × vocab in the head's dtype
+    /// (2.1 GB at 4 × 2,048 tokens in bf16).
     /// </para>
     /// </summary>
     /// <param name="studentHidden">the student's final-normed hidden states (B, T, hidden), with their graph</param>
-    /// <param name="studentHead">hidden → logits (the lm_head, or the tied embedding)</param>
+    /// <param name="studentHead">the student's head weight W (vocab, hidden): logits = h Wᵀ (<see cref="HeadWeight"/>)</param>
     /// <param name="teacherHidden">the teacher's final-normed hidden states (B, T, hidden), no graph; null when KL's weight is 0</param>
     /// <param name="teacherHead">as <paramref name="studentHead"/>, for the teacher</param>
     /// <param name="targets">next-token ids (B, T)</param>
-    /// <param name="afterHeadGradient">called each time the head's parameters have received gradient (mixed precision
-    /// moves it into float32 there): after every chunk, or once with <paramref name="studentHeadWeight"/></param>
-    /// <param name="studentHeadWeight">
-    /// W where <paramref name="studentHead"/> is h ↦ h Wᵀ (a bias-free lm_head or the tied embedding). Given, no
-    /// autograd runs in the loss: each chunk's logit gradient G gives the hidden states' gradient G W at once, and the
-    /// head's gradient Gᵀ h is one product over the whole micro-batch at the end, where autograd would make one per
-    /// chunk and each would be added into the head's gradient (under mixed precision, into its float32 master: for a
-    /// 128,256 × 2,048 embedding about 2.6 GB of memory traffic per chunk). It keeps G, B × T × vocab in the head's
-    /// dtype, until then (2.1 GB at 4 × 2,048 tokens in bf16).
-    /// </param>
+    /// <param name="afterHeadGradient">called once the head's weight has its gradient, before the body's backward
+    /// (mixed precision moves it into float32 there, so that a tied embedding's lookup gradient is not added to it in bf16)</param>
     /// <param name="beforeBodyBackward">called once the loss's own work is queued, just before the backward pass through the body (a phase mark)</param>
-    public static LogitLossValue Backward(Tensor studentHidden, Func<Tensor, Tensor> studentHead, Tensor? teacherHidden, Func<Tensor, Tensor>? teacherHead,
-        Tensor targets, LogitLossOptions options, double lossScale = 1.0, Action? afterHeadGradient = null, Tensor? studentHeadWeight = null,
-        Action? beforeBodyBackward = null)
+    public static LogitLossValue Backward(Tensor studentHidden, Tensor studentHead, Tensor? teacherHidden, Tensor? teacherHead,
+        Tensor targets, LogitLossOptions options, double lossScale = 1.0, Action? afterHeadGradient = null, Action? beforeBodyBackward = null)
     {
         using var scope = NewDisposeScope();
-        if (studentHeadWeight is { } W)
-            return BackwardByHand(studentHidden, W, teacherHidden, teacherHead, targets, options, lossScale, afterHeadGradient, beforeBodyBackward);
-        var cut = studentHidden.detach().requires_grad_(true);
-        var sums = Chunks(cut, studentHead, teacherHidden, teacherHead, targets, options, lossScale, (logits, gradient, _, _) =>
-        {
-            logits.backward([gradient.to(logits.dtype)]);
-            afterHeadGradient?.Invoke();
-        });
-        beforeBodyBackward?.Invoke();
-        studentHidden.backward([cut.grad!]);
-        // read only now: a read waits for the device, and everything this micro-batch needs is queued
-        return sums.Read();
-    }
-
-    static LogitLossValue BackwardByHand(Tensor studentHidden, Tensor headWeight, Tensor? teacherHidden, Func<Tensor, Tensor>? teacherHead,
-        Tensor targets, LogitLossOptions options, double lossScale, Action? afterHeadGradient, Action? beforeBodyBackward)
-    {
-        var W = headWeight.detach();
+        var W = studentHead.detach();
         var hidden = studentHidden.detach();
         var (batch, length, vocab) = (hidden.shape[0], hidden.shape[1], W.shape[0]);
         var hiddenGradient = zeros_like(hidden);
-        var logitGradient = headWeight.requires_grad ? empty([batch, length, vocab], W.dtype, W.device) : null;
+        var logitGradient = studentHead.requires_grad ? empty([batch, length, vocab], W.dtype, W.device) : null;
         Sums sums;
         using (no_grad())
-            sums = Chunks(hidden, h => nn.functional.linear(h, W), teacherHidden, teacherHead, targets, options, lossScale, (_, gradient, start, span) =>
+        {
+            sums = Chunks(hidden, W, teacherHidden, teacherHead, targets, options, lossScale, (gradient, start, span) =>
             {
-                using var noGrad = no_grad();
                 var g = gradient.to(W.dtype);
                 hiddenGradient.narrow(1, start, span).copy_(g.matmul(W));
                 logitGradient?.narrow(1, start, span).copy_(g);
             });
-        if (logitGradient is not null)
-        {
-            using var noGrad = no_grad();
-            var headGradient = logitGradient.view(-1, vocab).t().mm(hidden.reshape(-1, hidden.shape[2]).to(W.dtype));
-            if (headWeight.grad is { IsInvalid: false } accumulated) accumulated.add_(headGradient);
-            else headWeight.grad = headGradient;   // the gradient slot holds its own reference
-            logitGradient.Dispose();
-            afterHeadGradient?.Invoke();
+            if (logitGradient is not null)
+            {
+                var headGradient = logitGradient.view(-1, vocab).t().mm(hidden.reshape(-1, hidden.shape[2]).to(W.dtype));
+                if (studentHead.grad is { IsInvalid: false } accumulated) accumulated.add_(headGradient);
+                else studentHead.grad = headGradient;   // the gradient slot holds its own reference
+                logitGradient.Dispose();
+                afterHeadGradient?.Invoke();
+            }
         }
         beforeBodyBackward?.Invoke();
         studentHidden.backward([hiddenGradient]);
+        // read only now: a read waits for the device, and everything this micro-batch needs is queued
         return sums.Read();
     }
 
     /// <summary>The same numbers without gradients, for evaluation.</summary>
-    public static LogitLossValue Evaluate(Tensor studentHidden, Func<Tensor, Tensor> studentHead, Tensor? teacherHidden, Func<Tensor, Tensor>? teacherHead,
+    public static LogitLossValue Evaluate(Tensor studentHidden, Tensor studentHead, Tensor? teacherHidden, Tensor? teacherHead,
         Tensor targets, LogitLossOptions options)
     {
         using var scope = NewDisposeScope();
@@ -137,11 +121,10 @@ public static class LogitLoss
         }
     }
 
-    /// <param name="backward">given each chunk's logits (with their graph, if any), the loss's gradient with respect to
-    /// them (already multiplied by <paramref name="lossScale"/> / tokens), and the chunk's first position and length;
-    /// null: values only</param>
-    static Sums Chunks(Tensor studentHidden, Func<Tensor, Tensor> studentHead, Tensor? teacherHidden, Func<Tensor, Tensor>? teacherHead,
-        Tensor targets, LogitLossOptions options, double lossScale, Action<Tensor, Tensor, long, long>? backward)
+    /// <param name="backward">given each chunk's logit gradient (already multiplied by <paramref name="lossScale"/> /
+    /// tokens), the chunk's first position and its length; null: values only. Runs without autograd.</param>
+    static Sums Chunks(Tensor studentHidden, Tensor studentHead, Tensor? teacherHidden, Tensor? teacherHead,
+        Tensor targets, LogitLossOptions options, double lossScale, Action<Tensor, long, long>? backward)
     {
         var (batch, length) = (studentHidden.shape[0], studentHidden.shape[1]);
         var tokens = batch * length;
@@ -156,24 +139,20 @@ public static class LogitLoss
         {
             using var chunkScope = NewDisposeScope();
             var span = Math.Min(options.Chunk, length - start);
-            var logits = studentHead(studentHidden.narrow(1, start, span));
             using var noGrad = no_grad();
-            var teacherRaw = useKl ? teacherHead!(teacherHidden!.narrow(1, start, span)) : null;
+            var logits = nn.functional.linear(studentHidden.narrow(1, start, span), studentHead);
+            var teacherRaw = useKl ? nn.functional.linear(teacherHidden!.narrow(1, start, span), teacherHead!) : null;
             if (Ops.FusedLogitLoss.Enabled && Ops.FusedLogitLoss.Takes(logits, teacherRaw))
             {
                 // one kernel per chunk (off by default until the GPU lane has checked it: Ops/FusedLogitLoss.cs)
-                var (fusedGradient, klRows, ceRows) = Ops.FusedLogitLoss.Rows(logits.detach(), teacherRaw, useCe ? targets.narrow(1, start, span) : null,
+                var (fusedGradient, klRows, ceRows) = Ops.FusedLogitLoss.Rows(logits, teacherRaw, useCe ? targets.narrow(1, start, span) : null,
                     t, options.KlWeight * t * perToken, options.CeWeight * perToken, gradient: backward is not null);
                 if (klRows is not null) klSum.add_(klRows.sum(type: ScalarType.Float64));
                 if (ceRows is not null) ceSum.add_(ceRows.sum(type: ScalarType.Float64));
-                if (backward is not null)
-                {
-                    using var withGrad = enable_grad();
-                    backward(logits, fusedGradient!, start, span);
-                }
+                backward?.Invoke(fusedGradient!, start, span);
                 continue;
             }
-            var studentLogits = logits.detach().to(ScalarType.Float32);
+            var studentLogits = logits.to(ScalarType.Float32);
             // log p_S at temperature T (at T = 1 also cross-entropy's)
             var logStudent = nn.functional.log_softmax(t == 1 ? studentLogits : studentLogits / t, -1);
             Tensor? gradient = null;
@@ -198,11 +177,7 @@ public static class LogitLoss
                     gradient = gradient is null ? ceGradient : gradient.add_(ceGradient);
                 }
             }
-            if (backward is not null)
-            {
-                using var withGrad = enable_grad();
-                backward(logits, gradient ?? zeros_like(studentLogits), start, span);   // both weights 0: the recipe refuses that
-            }
+            backward?.Invoke(gradient ?? zeros_like(studentLogits), start, span);   // both weights 0: the recipe refuses that
         }
         return new Sums(klSum, ceSum, useKl, useCe, tokens, options);
     }

@@ -81,7 +81,10 @@ public sealed class StageTrainer
     readonly IProgress<DistillationProgress>? progress;
     readonly LlamaForCausalLM teacher;
     readonly CombaForCausalLM student;
-    readonly Func<Tensor, Tensor> studentHead, teacherHead;
+    readonly Tensor teacherHead;
+
+    // looked up at each use: under bf16 training the student's parameters are replaced by working copies
+    Tensor StudentHead => LogitLoss.HeadWeight(student.lm_head, student.model.embed_tokens.weight!);
     readonly IReadOnlyList<int> alignedLayers, trainedLayers;
     readonly PackedSequences validation;
     readonly int[] evalWindows;
@@ -97,9 +100,7 @@ public sealed class StageTrainer
         this.progress = progress;
         teacher = inputs.Teacher;
         student = inputs.Student;
-        // looked up at each call: under bf16 training the student's parameters are replaced by working copies
-        studentHead = h => LogitLoss.Head(student.lm_head, student.model.embed_tokens.weight!)(h);
-        teacherHead = LogitLoss.Head(teacher.lm_head, teacher.model.embed_tokens.weight!);
+        teacherHead = LogitLoss.HeadWeight(teacher.lm_head, teacher.model.embed_tokens.weight!);
         alignedLayers = AttentionAlignment.ConvertedLayers(student);
         trainedLayers = alignedLayers;
         if (inputs.Shard is { } shard)
@@ -406,10 +407,9 @@ public sealed class StageTrainer
                 phases?.Mark("teacher forward");
                 var studentHidden = student.model.forward(input);
                 phases?.Mark("student forward");
-                sums.Add(LogitLoss.Backward(studentHidden, studentHead, teacherHidden, teacherHead, targets, LogitLossOptions.From(stage), scale,
+                sums.Add(LogitLoss.Backward(studentHidden, StudentHead, teacherHidden, teacherHead, targets, LogitLossOptions.From(stage), scale,
                     // bf16: the head's gradient joins the float32 masters as soon as it is formed
                     afterHeadGradient: mixed is null ? null : mixed.AccumulateGradients,
-                    studentHeadWeight: student.lm_head?.weight ?? student.model.embed_tokens.weight,
                     beforeBodyBackward: phases is null ? null : () => phases.Mark("heads and logit loss")).Loss * scale);
                 phases?.Mark("student backward");
                 if (mixed is not null)
@@ -460,7 +460,7 @@ public sealed class StageTrainer
             var targets = batch.narrow(1, 1, stage.SequenceLength);
             var teacherHidden = teacherFitsContext ? teacher.model.forward(input) : null;
             var studentHidden = student.model.forward(input);
-            var value = LogitLoss.Evaluate(studentHidden, studentHead, teacherHidden, teacherFitsContext ? teacherHead : null, targets,
+            var value = LogitLoss.Evaluate(studentHidden, StudentHead, teacherHidden, teacherFitsContext ? teacherHead : null, targets,
                 new LogitLossOptions(1.0, teacherFitsContext ? 1.0 : 0.0, 1.0, stage.LossChunk));
             var n = value.Tokens;
             studentCe += value.CrossEntropy * n;

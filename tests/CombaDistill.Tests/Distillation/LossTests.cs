@@ -68,32 +68,22 @@ public sealed class LossTests
         head.grad!.zero_();
 
         var options = new LogitLossOptions(temperature, klWeight, ceWeight, chunk);
-        LogitLossValue value = default;
-        // through autograd per chunk, and by hand with the head's weight given (one head-gradient product at the end)
-        foreach (var headWeight in new[] { null, head })
-        {
-            body.grad?.zero_();
-            head.grad?.zero_();
-            var headGradients = 0;
-            value = LogitLoss.Backward(input.matmul(body), h => nn.functional.linear(h, head), teacherHidden, h => nn.functional.linear(h, teacherHeadWeight), targets, options,
-                afterHeadGradient: () => headGradients++, studentHeadWeight: headWeight);
-            var path = headWeight is null ? "autograd" : "by hand";
-            Assert.Equal(referenceLoss.item<double>(), value.Loss, 5);
-            Assert.Equal(batch * length, value.Tokens);
-            Assert.True(allclose(body.grad!.to_type(ScalarType.Float64), referenceBodyGrad, rtol: 1e-4, atol: 1e-6), $"body gradient differs ({path})");
-            Assert.True(allclose(head.grad!.to_type(ScalarType.Float64), referenceHeadGrad, rtol: 1e-4, atol: 1e-6), $"head gradient differs ({path})");
-            Assert.Equal(headWeight is null ? (length + chunk - 1) / chunk : 1, headGradients);
+        var headGradients = 0;
+        var value = LogitLoss.Backward(input.matmul(body), head, teacherHidden, teacherHeadWeight, targets, options, afterHeadGradient: () => headGradients++);
+        Assert.Equal(referenceLoss.item<double>(), value.Loss, 5);
+        Assert.Equal(batch * length, value.Tokens);
+        Assert.True(allclose(body.grad!.to_type(ScalarType.Float64), referenceBodyGrad, rtol: 1e-4, atol: 1e-6), "body gradient differs");
+        Assert.True(allclose(head.grad!.to_type(ScalarType.Float64), referenceHeadGrad, rtol: 1e-4, atol: 1e-6), "head gradient differs");
+        Assert.Equal(1, headGradients);   // one head-gradient product per call, however many chunks
 
-            // lossScale scales the gradient only (as 1 / accumulation does), and gradients accumulate across calls
-            body.grad!.zero_();
-            LogitLoss.Backward(input.matmul(body), h => nn.functional.linear(h, head), teacherHidden, h => nn.functional.linear(h, teacherHeadWeight), targets, options,
-                lossScale: 0.25, studentHeadWeight: headWeight);
-            Assert.True(allclose(body.grad!.to_type(ScalarType.Float64), referenceBodyGrad * 0.25, rtol: 1e-4, atol: 1e-6), $"scaled body gradient differs ({path})");
-            Assert.True(allclose(head.grad!.to_type(ScalarType.Float64), referenceHeadGrad * 1.25, rtol: 1e-4, atol: 1e-6), $"accumulated head gradient differs ({path})");
-        }
+        // lossScale scales the gradient only (as 1 / accumulation does), and gradients accumulate across calls
+        body.grad!.zero_();
+        LogitLoss.Backward(input.matmul(body), head, teacherHidden, teacherHeadWeight, targets, options, lossScale: 0.25);
+        Assert.True(allclose(body.grad!.to_type(ScalarType.Float64), referenceBodyGrad * 0.25, rtol: 1e-4, atol: 1e-6), "scaled body gradient differs");
+        Assert.True(allclose(head.grad!.to_type(ScalarType.Float64), referenceHeadGrad * 1.25, rtol: 1e-4, atol: 1e-6), "accumulated head gradient differs");
         using (no_grad())
         {
-            var evaluated = LogitLoss.Evaluate(input.matmul(body), h => nn.functional.linear(h, head), teacherHidden, h => nn.functional.linear(h, teacherHeadWeight), targets, options);
+            var evaluated = LogitLoss.Evaluate(input.matmul(body), head, teacherHidden, teacherHeadWeight, targets, options);
             Assert.Equal(value.Loss, evaluated.Loss, 5);
             Assert.True(evaluated.CrossEntropy > 0);
         }
@@ -124,14 +114,13 @@ public sealed class LossTests
         var master = zeros([vocab, hidden], ScalarType.Float64);
         var moves = 0;
         var studentHidden = tied.index_select(0, ids.reshape(-1)).reshape(batch, length, hidden).matmul(body);
-        LogitLoss.Backward(studentHidden, h => nn.functional.linear(h, tied), teacherHidden, h => nn.functional.linear(h, teacherHeadWeight), targets, options,
+        LogitLoss.Backward(studentHidden, tied, teacherHidden, teacherHeadWeight, targets, options,
             afterHeadGradient: () =>
             {
                 moves++;
                 master.add_(tied.grad!.to_type(ScalarType.Float64));
                 tied.grad = null;
-            },
-            studentHeadWeight: tied);
+            });
         Assert.Equal(1, moves);
         var total = master + tied.grad!.to_type(ScalarType.Float64);   // the head's part, then the lookup's from the body's backward
         Assert.True(allclose(total, referenceTied, rtol: 1e-4, atol: 1e-6), "tied weight gradient differs");
