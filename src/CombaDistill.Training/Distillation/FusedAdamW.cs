@@ -37,23 +37,16 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
 
     public override Tensor step(Func<Tensor>? closure = null)
     {
-        if (closure is not null || !Enabled || unavailable || !Fusable()) return base.step(closure!);
-        if (!ModulesLoaded()) return base.step(closure!);
+        if (closure is not null || !Enabled || unavailable || Prepare() is not { } updates) return base.step(closure!);
         using var noGrad = no_grad();
-        foreach (var group in _parameter_groups)
+        foreach (var (o, parameter, grad, state, device) in updates)
         {
-            var o = (Options)group.Options;
             var (lr, b1, b2, eps, wd) = (o.LearningRate!.Value, o.beta1!.Value, o.beta2!.Value, o.eps!.Value, o.weight_decay!.Value);
-            foreach (var parameter in group.Parameters)
-            {
-                if (parameter.grad is not { } grad) continue;
-                var state = (State)_state[parameter.Handle];
-                state.step += 1;
-                var bc1 = 1 - Math.Pow(b1, state.step);
-                var bc2 = 1 - Math.Pow(b2, state.step);
-                Launch(parameter, grad, state, (float)(1 - lr * wd), (float)b1, (float)b2, (float)(1 - b1), (float)(1 - b2),
-                    (float)(lr / bc1), (float)Math.Sqrt(bc2), (float)eps);
-            }
+            state.step += 1;
+            var bc1 = 1 - Math.Pow(b1, state.step);
+            var bc2 = 1 - Math.Pow(b2, state.step);
+            Launch(device, parameter, grad, state, (float)(1 - lr * wd), (float)b1, (float)b2, (float)(1 - b1), (float)(1 - b2),
+                (float)(lr / bc1), (float)Math.Sqrt(bc2), (float)eps);
         }
         FusedSteps++;
         return null!;
@@ -62,51 +55,51 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
     /// <summary>Set once the kernel failed to compile or load: the base class's step from then on.</summary>
     bool unavailable;
 
-    /// <summary>Compiles (or finds cached) the kernels for every device a parameter is on, before any state changes.</summary>
-    bool ModulesLoaded()
+    readonly record struct Update(Options Options, Parameter Parameter, Tensor Grad, State State, CudaDevice Device);
+
+    /// <summary>
+    /// Every parameter with a gradient and what its update needs, in the base class's order, with the kernels
+    /// compiled (or found cached) for their devices before any state changes; null if any of them is not for the
+    /// kernel, or the kernel cannot be built (the base class then steps them all).
+    /// </summary>
+    List<Update>? Prepare()
     {
         try
         {
+            var updates = new List<Update>();
             foreach (var group in _parameter_groups)
+            {
+                var o = (Options)group.Options;
+                if (o.amsgrad == true || o.maximize == true) return null;
                 foreach (var parameter in group.Parameters)
-                    if (parameter.grad is not null) Kernels.For(parameter.device);
-            return true;
+                {
+                    if (parameter.grad is not { } grad) continue;
+                    if (!_state.TryGetValue(parameter.Handle, out var s) || s is not State state) return null;
+                    if (parameter.device_type != DeviceType.CUDA || parameter.dtype != ScalarType.Float32 || !parameter.is_contiguous()
+                        || grad.dtype != ScalarType.Float32 || !SameDevice(grad, parameter) || !grad.is_contiguous()
+                        || state.exp_avg is null || state.exp_avg_sq is null || !state.exp_avg.is_contiguous() || !state.exp_avg_sq.is_contiguous()
+                        || state.exp_avg.dtype != ScalarType.Float32 || state.exp_avg_sq.dtype != ScalarType.Float32
+                        || !SameDevice(state.exp_avg, parameter) || !SameDevice(state.exp_avg_sq, parameter))
+                        return null;
+                    updates.Add(new Update(o, parameter, grad, state, CudaDevice.For(parameter.device)));
+                }
+            }
+            foreach (var device in updates.Select(u => u.Device).Distinct()) Kernels.For(device);
+            return updates;
         }
-        catch (Exception e) when (e is CudaException or CudaCompileException or DllNotFoundException)
+        catch (Exception e) when (e is CudaException or CudaCompileException or CudaUnavailableException or DllNotFoundException)
         {
             unavailable = true;
             Console.Error.WriteLine($"warning: the fused AdamW kernel is unavailable ({e.Message}); TorchSharp's AdamW steps instead");
-            return false;
+            return null;
         }
-    }
-
-    bool Fusable()
-    {
-        foreach (var group in _parameter_groups)
-        {
-            var o = (Options)group.Options;
-            if (o.amsgrad == true || o.maximize == true) return false;
-            foreach (var parameter in group.Parameters)
-            {
-                if (parameter.grad is not { } grad) continue;
-                if (!_state.TryGetValue(parameter.Handle, out var s) || s is not State state) return false;
-                if (parameter.device_type != DeviceType.CUDA || parameter.dtype != ScalarType.Float32 || !parameter.is_contiguous()
-                    || grad.dtype != ScalarType.Float32 || !SameDevice(grad, parameter) || !grad.is_contiguous()
-                    || state.exp_avg is null || state.exp_avg_sq is null || !state.exp_avg.is_contiguous() || !state.exp_avg_sq.is_contiguous()
-                    || state.exp_avg.dtype != ScalarType.Float32 || state.exp_avg_sq.dtype != ScalarType.Float32
-                    || !SameDevice(state.exp_avg, parameter) || !SameDevice(state.exp_avg_sq, parameter))
-                    return false;
-            }
-        }
-        return true;
     }
 
     // (torch.Device is a class without value equality: compare what it names)
     static bool SameDevice(Tensor a, Tensor b) => a.device_type == b.device_type && a.device_index == b.device_index;
 
-    static void Launch(Parameter p, Tensor g, State s, params object[] scalars)
+    static void Launch(CudaDevice device, Parameter p, Tensor g, State s, params object[] scalars)
     {
-        var device = CudaDevice.For(p.device);
         var module = Kernels.For(device);
         var n = p.numel();
         var aligned = n % 4 == 0 && new[] { p, g, s.exp_avg, s.exp_avg_sq }.All(t => TensorMemory.DataPointer(t) % 16 == 0);
