@@ -13,12 +13,11 @@ typedef unsigned short bf16r;
 #define NEG_INF __uint_as_float(0xff800000u)
 
 __device__ __forceinline__ float bf(bf16r x) { return __uint_as_float((unsigned)x << 16); }
-__device__ __forceinline__ bf16r to_bf(float x)
+__device__ __forceinline__ bf16r to_bf(float x)   // to nearest even, as comba_chunk.cu's conversions
 {
-    unsigned u = __float_as_uint(x);
-    if ((u & 0x7f800000u) == 0x7f800000u) return (bf16r)(u >> 16 | ((u & 0xffffu) ? 0x40u : 0u));   // inf, nan
-    u += 0x7fffu + ((u >> 16) & 1u);                                                                // to nearest even
-    return (bf16r)(u >> 16);
+    bf16r r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return r;
 }
 // (m, s) ⊕ (m2, s2): the running maximum and the sum of exp(x − m)
 __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2)
