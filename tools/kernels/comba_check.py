@@ -50,9 +50,8 @@ def smem_bf16(stage, D):
     SD = D + 8
     tile, state, cc, ccf, sl = 64 * SD * 2, D * SD * 2, 64 * 72 * 2, 64 * 68 * 4, 64 * 40 * 2
     if stage in ("normf", "normb"): return 0
-    # a source whose fwd_prepare writes M over A (kernels/comba_chunk.cu since 2026-12-07's third session) needs one C×C float matrix
-    prep_ccf = 1 if "float* Mf = As;" in SRC else 2
-    return {"prepare": 2 * tile + 2 * cc + prep_ccf * ccf + 4 * 64 * 4,
+    # fwd_prepare writes M over A: one C×C float matrix (a source older than v5c needs this file as of its own commit)
+    return {"prepare": 2 * tile + 2 * cc + ccf + 4 * 64 * 4,
             "state": 2 * (2 * tile + sl) + D * 40 * 2 + sl + 2 * 64 * 4,
             "output": 3 * tile + state + cc + 2 * 64 * 4,
             "dupart": 3 * tile + cc + 2 * 64 * 4,
