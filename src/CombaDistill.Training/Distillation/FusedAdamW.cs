@@ -14,8 +14,10 @@ namespace CombaDistill.Distillation;
 /// separately, and PyTorch divides by the scalar √bc₂ as a multiplication by its reciprocal, so a step may differ by a
 /// few units in the last place (the GPU test holds the two within 1e-6 relative over six steps). A run that switches
 /// between the two (the environment variable, a resume on a machine where the kernel cannot build) follows the same
-/// trajectory only to that precision. The moments live in the base class's state, so checkpoints (save_state_dict /
-/// load_state_dict) are TorchSharp's own format and interchangeable with the unfused optimizer's.
+/// trajectory only to that precision. The moments live in the base class's state, so a checkpoint's optimizer file
+/// is TorchSharp's own format; <see cref="OptimizerStateFile"/> writes and reads it under TorchSharp's AdamW's name,
+/// which makes it interchangeable with the unfused optimizer's (TorchSharp's own save_state_dict would write this
+/// class's name, which its AdamW refuses).
 /// <para>
 /// The base class's step runs instead on the CPU, for anything but contiguous float32 CUDA parameters and
 /// gradients, with amsgrad or maximize, before the base class has made a parameter's state, and whenever

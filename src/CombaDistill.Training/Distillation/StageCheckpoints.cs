@@ -50,7 +50,7 @@ public static class StageCheckpoints
         using (var folder = AtomicDirectory.Create(final, force: true))
         {
             SafeTensorsWriter.Write(Path.Combine(folder.Path, WeightsFile), trainable.Select(p => KeyValuePair.Create(p.Name, (Tensor)p.Parameter)));
-            optimizer.save_state_dict(Path.Combine(folder.Path, OptimizerFile));
+            OptimizerStateFile.Save(optimizer, Path.Combine(folder.Path, OptimizerFile));
             AtomicFile.WriteAllText(Path.Combine(folder.Path, StateFile), JsonSerializer.Serialize(state, Json) + "\n");
             WriteChecksums(folder.Path, CheckpointFiles);
             folder.Commit();
@@ -195,7 +195,7 @@ public static class StageCheckpoints
                 parameter.copy_(value);
             }
         }
-        optimizer.load_state_dict(Path.Combine(checkpoint, OptimizerFile));
+        OptimizerStateFile.Load(optimizer, Path.Combine(checkpoint, OptimizerFile));
     }
 
     static string Sha256(string path)

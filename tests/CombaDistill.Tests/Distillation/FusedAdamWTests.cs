@@ -1,3 +1,4 @@
+using CombaDistill;
 using CombaDistill.Distillation;
 using CombaDistill.Tests.Support;
 using TorchSharp;
@@ -64,7 +65,56 @@ public sealed class FusedAdamWTests
         var fused = new FusedAdamW(Groups(a), 1e-2, 0.9, 0.95, 1e-8);
         var reference = optim.AdamW(Groups(b), 1e-2, 0.9, 0.95, 1e-8, weight_decay: 0);
         Assert.Equal(0.0, Compare(CPU, fused, a, reference, b, steps: 4, seed: 3));
+        AssertCheckpointsInterchange(CPU, fused, a, reference, b);
         Assert.Equal(0, fused.FusedSteps);
+    }
+
+    /// <summary>
+    /// Each optimizer's state, saved as a checkpoint saves it, resumes the other on the same trajectory; the file
+    /// TorchSharp's own writer makes (the checkpoints of runs before the fused optimizer) resumes the fused one.
+    /// </summary>
+    static void AssertCheckpointsInterchange(Device device, FusedAdamW fused, Parameter[] a, OptimizerHelper reference, Parameter[] b)
+    {
+        using var dir = new TempDir();
+        OptimizerStateFile.Save(fused, dir["fused.bin"]);
+        reference.save_state_dict(dir["torchsharp.bin"]);
+        var (c, d) = (Parameters(device), Parameters(device));
+        using (no_grad())
+            for (var i = 0; i < a.Length; i++) { c[i].copy_(a[i]); d[i].copy_(b[i]); }
+        var resumedReference = optim.AdamW(Groups(c), 1e-2, 0.9, 0.95, 1e-8, weight_decay: 0);
+        OptimizerStateFile.Load(resumedReference, dir["fused.bin"]);
+        var resumedFused = new FusedAdamW(Groups(d), 1e-2, 0.9, 0.95, 1e-8);
+        OptimizerStateFile.Load(resumedFused, dir["torchsharp.bin"]);
+        // each saved optimizer goes on; the one resumed from its file must go the same way
+        var tolerance = device.type == DeviceType.CPU ? 0 : 1e-6;
+        Assert.True(Compare(device, fused, a, resumedReference, c, steps: 3, seed: 9) <= tolerance, "TorchSharp's AdamW resumed from the fused optimizer's file");
+        Assert.True(Compare(device, resumedFused, d, reference, b, steps: 3, seed: 9) <= tolerance, "the fused optimizer resumed from TorchSharp's file");
+    }
+
+    [Fact]
+    public void A_damaged_or_foreign_optimizer_file_is_refused_with_its_path()
+    {
+        var p = Parameters(CPU);
+        var optimizer = new FusedAdamW(Groups(p), 1e-2, 0.9, 0.95, 1e-8);
+        for (var i = 0; i < 3; i++) p[i].grad = ones_like(p[i]);
+        optimizer.step();
+        using var dir = new TempDir();
+        var path = dir["optimizer.bin"];
+        OptimizerStateFile.Save(optimizer, path);
+        var bytes = File.ReadAllBytes(path);
+
+        File.WriteAllBytes(dir["cut.bin"], bytes[..(bytes.Length / 2)]);
+        var cut = Assert.Throws<InvalidInputException>(() => OptimizerStateFile.Load(new FusedAdamW(Groups(Parameters(CPU)), 1e-2, 0.9, 0.95, 1e-8), dir["cut.bin"]));
+        Assert.Contains("cut.bin", cut.Message);
+        Assert.Contains("not a complete optimizer state", cut.Message);
+
+        var sgd = optim.SGD(Parameters(CPU), 0.1);
+        var foreign = Assert.Throws<InvalidInputException>(() => OptimizerStateFile.Load(sgd, path));
+        Assert.Contains("'AdamW' optimizer; this stage uses SGD", foreign.Message);
+
+        var fewer = new FusedAdamW([Groups(Parameters(CPU))[0]], 1e-2, 0.9, 0.95, 1e-8);
+        var mismatch = Assert.Throws<InvalidInputException>(() => OptimizerStateFile.Load(fewer, path));
+        Assert.Contains("holds 2 parameter group(s)", mismatch.Message);
     }
 
     [Fact]
@@ -78,18 +128,7 @@ public sealed class FusedAdamWTests
         Assert.True(fused.FusedSteps >= 5, $"the kernel ran {fused.FusedSteps} of 6 steps");
         Assert.True((a[3] - Parameters(CUDA)[3]).abs().max().item<float>() == 0, "a parameter without a gradient moved");
 
-        // the fused optimizer's state, saved, resumes TorchSharp's AdamW (and the other way) on the same trajectory
-        using var dir = new TempDir();
-        fused.save_state_dict(dir["fused.bin"]);
-        reference.save_state_dict(dir["reference.bin"]);
-        var (c, d) = (Parameters(CUDA), Parameters(CUDA));
-        using (no_grad())
-            for (var i = 0; i < a.Length; i++) { c[i].copy_(a[i]); d[i].copy_(b[i]); }
-        var resumedReference = optim.AdamW(Groups(c), 1e-2, 0.9, 0.95, 1e-8, weight_decay: 0);
-        resumedReference.load_state_dict(dir["fused.bin"]);
-        var resumedFused = new FusedAdamW(Groups(d), 1e-2, 0.9, 0.95, 1e-8);
-        resumedFused.load_state_dict(dir["reference.bin"]);
-        Assert.True(Compare(CUDA, resumedFused, d, resumedReference, c, steps: 3, seed: 9) < 1e-6);
-        Assert.True(resumedFused.FusedSteps >= 2);
+        AssertCheckpointsInterchange(CUDA, fused, a, reference, b);
+        Assert.True(fused.FusedSteps >= 8, $"the kernel ran {fused.FusedSteps} of 9 steps");
     }
 }
