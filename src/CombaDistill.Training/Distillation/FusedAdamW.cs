@@ -37,22 +37,81 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
     /// <summary>How many steps the kernel took (the rest were the base class's): for tests and notes.</summary>
     public long FusedSteps { get; private set; }
 
+    /// <summary>
+    /// Multiplies these parameters' gradients by <paramref name="scale"/> in the next step, before the update (the
+    /// gradient clip's factor). The kernel folds it into its one pass; the base class's step gets gradients scaled
+    /// in place first, as a clip would have left them. Forgotten at the next <see cref="zero_grad"/> and after a step.
+    /// </summary>
+    public void ScaleGradients(IEnumerable<Parameter> parameters, double scale)
+    {
+        foreach (var parameter in parameters) gradientScales[parameter.Handle] = scale;
+    }
+
+    /// <summary>
+    /// Bf16 working copies of the parameters (mixed precision: the student computes with them): the kernel writes
+    /// each updated parameter rounded into its copy (<see cref="PublishedLastStep"/>).
+    /// </summary>
+    public void SetWorkingCopies(IEnumerable<(Parameter Parameter, Tensor Working)> copies)
+    {
+        workingCopies.Clear();
+        foreach (var (parameter, working) in copies) workingCopies[parameter.Handle] = working;
+    }
+
+    /// <summary>Whether the last step wrote every updated parameter's working copy (only the kernel does).</summary>
+    public bool PublishedLastStep { get; private set; }
+
+    readonly Dictionary<IntPtr, double> gradientScales = [];
+    readonly Dictionary<IntPtr, Tensor> workingCopies = [];
+
+    public override void zero_grad()
+    {
+        gradientScales.Clear();
+        base.zero_grad();
+    }
+
     public override Tensor step(Func<Tensor>? closure = null)
     {
-        if (closure is not null || !Enabled || unavailable || Prepare() is not { } updates) return base.step(closure!);
-        using var noGrad = no_grad();
-        foreach (var (o, parameter, grad, state, device) in updates)
+        PublishedLastStep = false;
+        try
         {
-            var (lr, b1, b2, eps, wd) = (o.LearningRate!.Value, o.beta1!.Value, o.beta2!.Value, o.eps!.Value, o.weight_decay!.Value);
-            state.step += 1;
-            var bc1 = 1 - Math.Pow(b1, state.step);
-            var bc2 = 1 - Math.Pow(b2, state.step);
-            Launch(device, parameter, grad, state, (float)(1 - lr * wd), (float)b1, (float)b2, (float)(1 - b1), (float)(1 - b2),
-                (float)(lr / bc1), (float)Math.Sqrt(bc2), (float)eps);
+            if (closure is not null || !Enabled || unavailable || Prepare() is not { } updates)
+            {
+                ApplyScalesInPlace();
+                return base.step(closure!);
+            }
+            using var noGrad = no_grad();
+            var published = true;
+            foreach (var (o, parameter, grad, state, device) in updates)
+            {
+                var (lr, b1, b2, eps, wd) = (o.LearningRate!.Value, o.beta1!.Value, o.beta2!.Value, o.eps!.Value, o.weight_decay!.Value);
+                state.step += 1;
+                var bc1 = 1 - Math.Pow(b1, state.step);
+                var bc2 = 1 - Math.Pow(b2, state.step);
+                var scale = gradientScales.TryGetValue(parameter.Handle, out var s) ? s : 1.0;
+                var working = workingCopies.TryGetValue(parameter.Handle, out var w) && WritableCopy(w, parameter) ? w : null;
+                published &= working is not null || !workingCopies.ContainsKey(parameter.Handle);
+                Launch(device, parameter, grad, state, working, (float)scale, (float)(1 - lr * wd), (float)b1, (float)b2, (float)(1 - b1), (float)(1 - b2),
+                    (float)(lr / bc1), (float)Math.Sqrt(bc2), (float)eps);
+            }
+            FusedSteps++;
+            PublishedLastStep = published;
+            return null!;
         }
-        FusedSteps++;
-        return null!;
+        finally { gradientScales.Clear(); }
     }
+
+    void ApplyScalesInPlace()
+    {
+        if (gradientScales.Count == 0) return;
+        using var noGrad = no_grad();
+        foreach (var group in _parameter_groups)
+            foreach (var parameter in group.Parameters)
+                if (parameter.grad is { } grad && gradientScales.TryGetValue(parameter.Handle, out var scale))
+                    grad.mul_(scale);
+    }
+
+    static bool WritableCopy(Tensor working, Parameter parameter) =>
+        working.dtype == ScalarType.BFloat16 && working.is_contiguous() && working.numel() == parameter.numel() && SameDevice(working, parameter);
 
     /// <summary>Set once the kernel failed to compile or load: the base class's step from then on.</summary>
     bool unavailable;
@@ -100,15 +159,17 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
     // (torch.Device is a class without value equality: compare what it names)
     static bool SameDevice(Tensor a, Tensor b) => a.device_type == b.device_type && a.device_index == b.device_index;
 
-    static void Launch(CudaDevice device, Parameter p, Tensor g, State s, params object[] scalars)
+    static void Launch(CudaDevice device, Parameter p, Tensor g, State s, Tensor? working, params object[] scalars)
     {
         var module = Kernels.For(device);
         var n = p.numel();
-        var aligned = n % 4 == 0 && new[] { p, g, s.exp_avg, s.exp_avg_sq }.All(t => TensorMemory.DataPointer(t) % 16 == 0);
+        var aligned = n % 4 == 0 && new[] { p, g, s.exp_avg, s.exp_avg_sq }.All(t => TensorMemory.DataPointer(t) % 16 == 0)
+            && (working is null || TensorMemory.DataPointer(working) % 8 == 0);
         var items = aligned ? n / 4 : n;
         var blocks = (int)Math.Min((items + Threads - 1) / Threads, 8L * device.MultiprocessorCount);
         if (blocks == 0) return;
+        var w = working is null ? IntPtr.Zero : TensorMemory.DataPointer(working);
         module.Kernel(aligned ? "adamw_step_v4" : "adamw_step").Launch((blocks, 1, 1), (Threads, 1, 1), 0,
-            [p, s.exp_avg, s.exp_avg_sq, g, items, .. scalars]);
+            [p, s.exp_avg, s.exp_avg_sq, g, w, items, .. scalars]);
     }
 }

@@ -129,6 +129,9 @@ public sealed class MixedPrecision : IDisposable
         }
     }
 
+    /// <summary>Each master with the working copy that <see cref="Publish"/> rounds it into (for an optimizer that writes them as it steps).</summary>
+    public IEnumerable<(Parameter Master, Tensor Working)> WorkingCopies => ownMasters.Select(m => (m.Value, (Tensor)working[m.Key]));
+
     /// <summary>Rounds the masters into the student's working copies (after an optimizer step, a restore or a broadcast).</summary>
     public void Publish()
     {

@@ -128,6 +128,7 @@ public sealed class StageTrainer
         using var mixed = inputs.Precision == Precision.BFloat16 ? MixedPrecision.Begin(student, selected) : null;
         var trainable = mixed?.Masters ?? selected;
         using var optimizer = CreateOptimizer(trainable);
+        if (mixed is not null) optimizer.SetWorkingCopies(mixed.WorkingCopies);
         var loop = new Loop(this, trainable, optimizer, mixed, Resume(trainable, optimizer));
 
         if (loop.Step == 0) loop.Metrics.Add(Evaluate(0, 0));
@@ -265,13 +266,13 @@ public sealed class StageTrainer
                 optimizer.zero_grad();
                 (loss, layerLosses) = trainer.AccumulateGradients(data, mixed);
                 gradients.Average();
-                gradNorm = ClipGradients(clipGroups, stage.GradClip ?? double.PositiveInfinity);
+                gradNorm = ClipGradients(clipGroups, stage.GradClip ?? double.PositiveInfinity, optimizer as FusedAdamW);
                 phases?.Mark("loss read, gradient average and clip");
                 if (nonFinite.Observe(Step + 1, loss, gradNorm))
                 {
                     optimizer.step();
                     phases?.Mark("AdamW");
-                    if (mixed is not null)
+                    if (mixed is not null && optimizer is not FusedAdamW { PublishedLastStep: true })
                     {
                         mixed.Publish();
                         phases?.Mark("bf16 copies of the masters");
@@ -351,17 +352,34 @@ public sealed class StageTrainer
             ? trainable.GroupBy(p => AlignmentShards.LayerOf(p.Name) ?? -1).Select(g => g.Select(p => p.Parameter).ToArray()).ToArray()
             : [trainable.Select(p => p.Parameter).ToArray()];
 
-    /// <summary>Clips each group's gradient norm to <paramref name="maxNorm"/>; returns the norm of all gradients before clipping.</summary>
-    static double ClipGradients(Parameter[][] groups, double maxNorm)
+    /// <summary>
+    /// Clips each group's gradient norm to <paramref name="maxNorm"/>; returns the norm of all gradients before
+    /// clipping. The norm is clip_grad_norm_'s (each gradient's 2-norm, then the norm of those), and so is the factor,
+    /// maxNorm / (norm + 1e-6) where that is below 1; with the fused AdamW the factor goes into its step, which saves
+    /// the clip's own pass over every gradient (about 10 GB of traffic a step at the 1B shape).
+    /// </summary>
+    static double ClipGradients(Parameter[][] groups, double maxNorm, FusedAdamW? fused)
     {
-        if (groups.Length == 1) return nn.utils.clip_grad_norm_(groups[0], maxNorm);
-        var squares = 0.0;
-        foreach (var group in groups)
+        if (fused is null && groups.Length == 1) return nn.utils.clip_grad_norm_(groups[0], maxNorm);
+        var norms = new double[groups.Length];
+        for (var i = 0; i < groups.Length; i++)
         {
-            var norm = nn.utils.clip_grad_norm_(group, maxNorm);
-            squares += norm * norm;
+            if (fused is null) { norms[i] = nn.utils.clip_grad_norm_(groups[i], maxNorm); continue; }
+            norms[i] = GradientNorm(groups[i]);
+            var factor = maxNorm / (norms[i] + 1e-6);
+            if (factor < 1) fused.ScaleGradients(groups[i], factor);
         }
-        return Math.Sqrt(squares);
+        return norms.Length == 1 ? norms[0] : Math.Sqrt(norms.Sum(n => n * n));
+    }
+
+    /// <summary>The 2-norm of all the gradients of <paramref name="group"/> together, as clip_grad_norm_ computes it.</summary>
+    static double GradientNorm(Parameter[] group)
+    {
+        using var scope = NewDisposeScope();
+        var norms = group.Where(p => p.grad is not null).Select(p => p.grad!.norm()).ToArray();
+        if (norms.Length == 0) return 0;
+        var total = norms.Length == 1 ? norms[0] : stack(norms).norm();
+        return total.to(ScalarType.Float64).item<double>();
     }
 
     long DataSeed => inputs.Seed * 1_000_003 + inputs.StageIndex;
@@ -482,7 +500,7 @@ public sealed class StageTrainer
             stage.Objective == Objective.AttentionAlignment ? alignment / batches : null);
     }
 
-    AdamW CreateOptimizer(IReadOnlyList<(string Name, Parameter Parameter)> trainable)
+    FusedAdamW CreateOptimizer(IReadOnlyList<(string Name, Parameter Parameter)> trainable)
     {
         var o = stage.Optimizer;
         var decayed = trainable.Where(p => TrainableParameters.Decays(p.Name, p.Parameter)).Select(p => p.Parameter).ToList();

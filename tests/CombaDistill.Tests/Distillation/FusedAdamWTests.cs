@@ -26,10 +26,10 @@ public sealed class FusedAdamWTests
         ];
     }
 
-    static List<AdamW.ParamGroup> Groups(Parameter[] p) =>
+    static List<AdamW.ParamGroup> Groups(Parameter[] p, double eps = 1e-8) =>
     [
-        new AdamW.ParamGroup([p[0], p[1], p[3]], new AdamW.Options { LearningRate = 1e-2, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1 }),
-        new AdamW.ParamGroup([p[2]], new AdamW.Options { LearningRate = 1e-2, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0 }),
+        new AdamW.ParamGroup([p[0], p[1], p[3]], new AdamW.Options { LearningRate = 1e-2, beta1 = 0.9, beta2 = 0.95, eps = eps, weight_decay = 0.1 }),
+        new AdamW.ParamGroup([p[2]], new AdamW.Options { LearningRate = 1e-2, beta1 = 0.9, beta2 = 0.95, eps = eps, weight_decay = 0 }),
     ];
 
     /// <summary>Runs <paramref name="steps"/> updates with the same gradients into both optimizers; returns the largest relative difference of any parameter.</summary>
@@ -89,6 +89,53 @@ public sealed class FusedAdamWTests
         var tolerance = device.type == DeviceType.CPU ? 0 : 1e-6;
         Assert.True(Compare(device, fused, a, resumedReference, c, steps: 3, seed: 9) <= tolerance, "TorchSharp's AdamW resumed from the fused optimizer's file");
         Assert.True(Compare(device, resumedFused, d, reference, b, steps: 3, seed: 9) <= tolerance, "the fused optimizer resumed from TorchSharp's file");
+    }
+
+    /// <summary>
+    /// A clip factor handed to the fused optimizer and its bf16 working copies, against clip_grad_norm_'s in-place
+    /// scaling, TorchSharp's AdamW and a copy_ into bf16: the same parameters, and working copies equal to the
+    /// parameters rounded (on CUDA by the kernel, on the CPU by the base class's step, which leaves the copies alone).
+    /// </summary>
+    [Theory]
+    [InlineData("cpu")]
+    [InlineData("cuda")]
+    public void A_clip_factor_and_working_copies_match_clipping_in_place_and_copying(string deviceName)
+    {
+        if (deviceName == "cuda") Gpu.Require();
+        var device = deviceName == "cuda" ? CUDA : CPU;
+        var (a, b) = (Parameters(device), Parameters(device));
+        // an ε near the clipped gradients' size, so the update depends on the factor (AdamW is otherwise nearly scale-free)
+        var fused = new FusedAdamW(Groups(a, eps: 1e-2), 1e-2, 0.9, 0.95, 1e-2);
+        var reference = optim.AdamW(Groups(b, eps: 1e-2), 1e-2, 0.9, 0.95, 1e-2, weight_decay: 0);
+        var working = a.Select(p => p.detach().to(ScalarType.BFloat16)).ToArray();
+        fused.SetWorkingCopies(a.Zip(working));
+        var g = new Generator(21);
+        for (var step = 0; step < 4; step++)
+        {
+            fused.zero_grad();
+            reference.zero_grad();
+            for (var i = 0; i < 3; i++)
+            {
+                var grad = (randn(a[i].shape, generator: g) * 3).to(device);
+                a[i].grad = grad.clone();
+                b[i].grad = grad.clone();
+            }
+            var norm = nn.utils.clip_grad_norm_(b, 1.0);   // in place on b's gradients
+            Assert.True(norm > 1, "the test's gradients are meant to be clipped");
+            fused.ScaleGradients(a, 1.0 / (norm + 1e-6));
+            fused.step();
+            reference.step();
+            if (!fused.PublishedLastStep)
+                using (no_grad())
+                    for (var i = 0; i < a.Length; i++) working[i].copy_(a[i]);
+            for (var i = 0; i < a.Length; i++)
+            {
+                var relative = (a[i] - b[i]).abs().max().item<float>() / b[i].abs().max().item<float>();
+                Assert.True(relative <= (device.type == DeviceType.CPU ? 1e-7 : 1e-6), $"step {step}, parameter {i}: {relative}");
+                Assert.True((working[i].to(ScalarType.Float32) - a[i].to(ScalarType.BFloat16).to(ScalarType.Float32)).abs().max().item<float>() == 0, $"step {step}, parameter {i}: the working copy is not the parameter rounded");
+            }
+        }
+        Assert.Equal(device.type == DeviceType.CUDA, fused.PublishedLastStep);
     }
 
     [Fact]
