@@ -360,26 +360,42 @@ public sealed class StageTrainer
     /// </summary>
     static double ClipGradients(Parameter[][] groups, double maxNorm, FusedAdamW? fused)
     {
-        if (fused is null && groups.Length == 1) return nn.utils.clip_grad_norm_(groups[0], maxNorm);
-        var norms = new double[groups.Length];
+        if (fused is null)
+        {
+            if (groups.Length == 1) return nn.utils.clip_grad_norm_(groups[0], maxNorm);
+            return Math.Sqrt(groups.Sum(group => { var n = nn.utils.clip_grad_norm_(group, maxNorm); return n * n; }));
+        }
+        var norms = GradientNorms(groups);
         for (var i = 0; i < groups.Length; i++)
         {
-            if (fused is null) { norms[i] = nn.utils.clip_grad_norm_(groups[i], maxNorm); continue; }
-            norms[i] = GradientNorm(groups[i]);
             var factor = maxNorm / (norms[i] + 1e-6);
             if (factor < 1) fused.ScaleGradients(groups[i], factor);
         }
         return norms.Length == 1 ? norms[0] : Math.Sqrt(norms.Sum(n => n * n));
     }
 
-    /// <summary>The 2-norm of all the gradients of <paramref name="group"/> together, as clip_grad_norm_ computes it.</summary>
-    static double GradientNorm(Parameter[] group)
+    /// <summary>
+    /// The 2-norm of each group's gradients together, as clip_grad_norm_ computes it (each gradient's norm, then the
+    /// norm of those), read back in one transfer: an alignment stage has a group per layer, and clip_grad_norm_
+    /// waits for the device once a group.
+    /// </summary>
+    static double[] GradientNorms(Parameter[][] groups)
     {
         using var scope = NewDisposeScope();
-        var norms = group.Where(p => p.grad is not null).Select(p => p.grad!.norm()).ToArray();
-        if (norms.Length == 0) return 0;
-        var total = norms.Length == 1 ? norms[0] : stack(norms).norm();
-        return total.to(ScalarType.Float64).item<double>();
+        var totals = new List<Tensor>();
+        var withGradients = new List<int>();
+        for (var i = 0; i < groups.Length; i++)
+        {
+            var norms = groups[i].Where(p => p.grad is not null).Select(p => p.grad!.norm()).ToArray();
+            if (norms.Length == 0) continue;
+            totals.Add(norms.Length == 1 ? norms[0] : stack(norms).norm());
+            withGradients.Add(i);
+        }
+        var result = new double[groups.Length];
+        if (totals.Count == 0) return result;
+        var values = stack(totals).to(ScalarType.Float64).cpu().data<double>().ToArray();
+        for (var j = 0; j < withGradients.Count; j++) result[withGradients[j]] = values[j];
+        return result;
     }
 
     long DataSeed => inputs.Seed * 1_000_003 + inputs.StageIndex;
