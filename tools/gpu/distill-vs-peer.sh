@@ -12,7 +12,7 @@
 #   lane     the C# GPU test lane (the classes with tests that need CUDA, NCCL's aside)
 # usage: bash tools/gpu/distill-vs-peer.sh [speed] [quality] [stories] [kernels] [lane]
 # PEER=0 leaves the peers out of speed and kernels (when a call has no time for them; compare only within one call);
-# FUSED_LOSS=1 adds a speed run with the fused logit-loss kernel (COMBADISTILL_FUSED_LOGIT_LOSS=1, off by default)
+# TENSOR_LOSS=1 adds a speed run with the logit loss as tensor ops (COMBADISTILL_FUSED_LOGIT_LOSS=0; the kernel is the default)
 set -uo pipefail
 source tools/gpu/common.sh
 steps=${*:-speed}
@@ -35,9 +35,9 @@ if [[ $steps == *speed* ]]; then
     "{ name: kd, objective: distillation, trainable: all, optimizer: { lr: 1e-5 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO, kl_weight: 1.0, loss_chunk: 128 }" \
     > "$work/speed.yaml"
   cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill.json" 2>&1 | tail -25
-  if [[ ${FUSED_LOSS:-0} == 1 ]]; then
-    echo "== bench distill, bf16, the fused logit-loss kernel (COMBADISTILL_FUSED_LOGIT_LOSS=1)"
-    COMBADISTILL_FUSED_LOGIT_LOSS=1 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-fused-loss.json" 2>&1 | tail -25
+  if [[ ${TENSOR_LOSS:-0} == 1 ]]; then
+    echo "== bench distill, bf16, the logit loss as tensor ops (COMBADISTILL_FUSED_LOGIT_LOSS=0)"
+    COMBADISTILL_FUSED_LOGIT_LOSS=0 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-tensor-loss.json" 2>&1 | tail -25
   fi
   if [[ ${TF32_KERNELS:-0} == 1 ]]; then
     echo "== bench distill, bf16, the tf32 Comba kernels (COMBADISTILL_FUSED_BF16=0)"

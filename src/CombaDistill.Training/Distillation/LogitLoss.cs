@@ -142,9 +142,9 @@ public static class LogitLoss
             using var noGrad = no_grad();
             var logits = nn.functional.linear(studentHidden.narrow(1, start, span), studentHead);
             var teacherRaw = useKl ? nn.functional.linear(teacherHidden!.narrow(1, start, span), teacherHead!) : null;
-            if (Ops.FusedLogitLoss.Enabled && Ops.FusedLogitLoss.Takes(logits, teacherRaw))
+            if (Ops.FusedLogitLoss.Use(logits, teacherRaw))
             {
-                // one kernel per chunk (off by default until the GPU lane has checked it: Ops/FusedLogitLoss.cs)
+                // one kernel per chunk for bf16 logits on CUDA (Ops/FusedLogitLoss.cs)
                 var (fusedGradient, klRows, ceRows) = Ops.FusedLogitLoss.Rows(logits, teacherRaw, useCe ? targets.narrow(1, start, span) : null,
                     t, options.KlWeight * t * perToken, options.CeWeight * perToken, gradient: backward is not null);
                 if (klRows is not null) klSum.add_(klRows.sum(type: ScalarType.Float64));
