@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using CombaDistill.IO;
+using CombaDistill.Modeling;
 using CombaDistill.Modeling.Comba;
 using CombaDistill.Modeling.Llama;
 using CombaDistill.Ops;
@@ -53,6 +54,13 @@ public sealed record StageSpeed(
 {
     /// <summary>Each phase's device time per timed step, in step order (<see cref="StepPhases"/>); empty where not timed.</summary>
     public IReadOnlyList<(string Phase, double MsPerStep)> Phases { get; init; } = [];
+
+    /// <summary>
+    /// One Comba layer's mixer (self_attn) forward+backward, timed alone at the stage's shapes, and parts of it timed
+    /// alone the same way ("mixer" first, then its short convolutions and its projections); empty without Comba layers.
+    /// What the mixer takes beyond the op and these parts is its elementwise work (rotary, gates, layouts, norms).
+    /// </summary>
+    public IReadOnlyList<(string Part, double Ms)> MixerParts { get; init; } = [];
 }
 
 public sealed record DistillBenchReport(string Device, string Recipe, int Warmup, int Steps, IReadOnlyList<StageSpeed> Stages, double Seconds)
@@ -68,6 +76,7 @@ public sealed record DistillBenchReport(string Device, string Recipe, int Warmup
         new("combaMs", "Comba op ms", BenchUnit.Milliseconds, InTable: false), new("combaCallsPerStep", "Comba calls/step", BenchUnit.Count, InTable: false),
         new("combaShape", "Comba (B, H, T, Dk, Dv)", BenchUnit.Text, InTable: false), new("combaPath", "Comba path", BenchUnit.Text, InTable: false),
         new("phasesMs", "phases (ms per step)", BenchUnit.Milliseconds, InTable: false),
+        new("mixerMs", "one Comba mixer fwd+bwd and its parts (ms)", BenchUnit.Milliseconds, InTable: false),
     ];
 
     /// <summary>The one result shape of every <c>bench</c> command.</summary>
@@ -90,12 +99,16 @@ public sealed record DistillBenchReport(string Device, string Recipe, int Warmup
             ["combaMs"] = s.CombaMs, ["combaCallsPerStep"] = s.CombaCallsPerStep, ["combaShape"] = s.CombaShape, ["combaPath"] = s.CombaPath,
             // phase name → ms per step, in step order (the table's note lists them too)
             ["phasesMs"] = s.Phases.Count == 0 ? null : s.Phases.ToDictionary(p => p.Phase, p => p.MsPerStep),
+            ["mixerMs"] = s.MixerParts.Count == 0 ? null : s.MixerParts.ToDictionary(p => p.Part, p => p.Ms),
         }).ToList(),
         Notes =
         [
             "shares: each part timed alone at the stage's shapes, times its calls per step, over the measured step",
             .. Stages.Select(s => $"{s.Stage}: teacher {s.TeacherForwardMs:F2} ms × {s.TeacherCallsPerStep}, Comba op {s.CombaMs:F2} ms × {s.CombaCallsPerStep} " +
                                   $"({s.CombaPath}, (B, H, T, Dk, Dv) = {s.CombaShape})"),
+            .. Stages.Where(s => s.MixerParts.Count > 0).Select(s => $"{s.Stage}: one Comba mixer (self_attn) fwd+bwd {s.MixerParts[0].Ms:F2} ms × {s.CombaCallsPerStep}, " +
+                $"of which, each timed alone: the op {s.CombaMs:F2}, " + string.Join(", ", s.MixerParts.Skip(1).Select(p => $"{p.Part} {p.Ms:F2}")) +
+                $"; the rest {s.MixerParts[0].Ms - s.CombaMs - s.MixerParts.Skip(1).Sum(p => p.Ms):F2}"),
             "phases: device time per timed step between marks inside the step (CUDA events on the default stream; on the CPU, wall time)",
             .. Stages.Where(s => s.Phases.Count > 0).Select(s => $"{s.Stage} phases: " +
                 string.Join("; ", s.Phases.Select(p => $"{p.Phase} {p.MsPerStep:F1} ms")) + $" (together {s.Phases.Sum(p => p.MsPerStep):F1} of {s.StepMs:F1} ms/step)"),
@@ -217,12 +230,62 @@ public static class DistillationBenchmark
                 };
             });
         }
+        var mixerParts = config.CombaLayerCount > 0 ? MeasureMixer(stage, student, precision, options, device, cancellationToken) : [];
         var teacherCalls = stage.Accumulation;
         var combaCalls = config.CombaLayerCount * stage.Accumulation;
         return new StageSpeed(stage.Name, RecipeLoader.NameOf(stage.Objective), stage.TokensPerStep, times.TimedSteps, stepMs, stage.TokensPerStep / (stepMs / 1000),
             times.PeakResidentBytes, times.PeakDeviceBytes,
             teacherMs, teacherCalls, teacherMs * teacherCalls / stepMs,
-            $"({b}, {heads}, {t}, {keyDim}, {valueDim})", path, combaMs, combaCalls, combaMs * combaCalls / stepMs, PrecisionChoice.NameOf(precision));
+            $"({b}, {heads}, {t}, {keyDim}, {valueDim})", path, combaMs, combaCalls, combaMs * combaCalls / stepMs, PrecisionChoice.NameOf(precision))
+            { MixerParts = mixerParts };
+    }
+
+    /// <summary>
+    /// The first Comba layer's mixer forward+backward on random hidden states at the stage's shapes, in the stage's
+    /// compute type, with every parameter of the mixer taking a gradient (as both stages train it) and the input taking
+    /// one where layers below it train (not in attention alignment); then its three short convolutions and its six
+    /// projections the same way. Run last: it turns the student into the compute type.
+    /// </summary>
+    static IReadOnlyList<(string Part, double Ms)> MeasureMixer(StageRecipe stage, CombaForCausalLM student, Precision precision,
+        DistillBenchOptions options, Device device, CancellationToken cancellationToken)
+    {
+        var mixer = student.model.layers.Select(l => l.self_attn).OfType<CombaAttention>().First();
+        var compute = precision == Precision.BFloat16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        if (compute != ScalarType.Float32) student.to(compute);
+        var arch = student.StudentConfig.Architecture;
+        var (b, t) = (stage.MicroBatch, stage.SequenceLength);
+        var inputGradient = stage.Objective != Objective.AttentionAlignment;
+        var parts = new List<(string, double)>();
+
+        // Runs step() forward, then backward from a random gradient of the output's shape; clears the gradients it made.
+        double Time(Func<Tensor[], Tensor> step, params long[][] inputShapes) => Median(options.ProbeRepeats, device, cancellationToken, () =>
+        {
+            var inputs = inputShapes.Select(shape => randn(shape, dtype: compute, device: device).requires_grad_(inputGradient)).ToArray();
+            Tensor? outputGradient = null;
+            return () =>
+            {
+                var output = step(inputs);
+                outputGradient ??= randn_like(output).MoveToOuterDisposeScope();
+                output.backward([outputGradient]);
+                foreach (var p in mixer.parameters()) p.grad = null;
+                foreach (var x in inputs) x.grad = null;
+            };
+        });
+
+        var (cos, sin) = RotaryEmbedding.For(arch).CosSin(0, t, compute, device);
+        parts.Add(("mixer", Time(x => mixer.forward(x[0], cos, sin).Output, [b, t, arch.HiddenSize])));
+        if (mixer.q_conv is { } qc && mixer.k_conv is { } kc && mixer.v_conv is { } vc)
+        {
+            var (qWidth, kvWidth) = (mixer.q_proj.weight!.shape[0], mixer.k_proj.weight!.shape[0]);
+            parts.Add(("short convolutions", Time(x =>
+                cat([qc.forward(x[0], null).Output, kc.forward(x[1], null).Output, vc.forward(x[2], null).Output], -1),
+                [b, t, qWidth], [b, t, kvWidth], [b, t, kvWidth])));
+        }
+        parts.Add(("projections", Time(x =>
+            cat([mixer.q_proj.call(x[0]), mixer.k_proj.call(x[0]), mixer.v_proj.call(x[0]), mixer.a_proj.call(x[0]), mixer.b_proj.call(x[0]),
+                 mixer.o_proj.call(x[1])], -1),
+            [b, t, arch.HiddenSize], [b, t, mixer.o_proj.weight!.shape[1]])));
+        return parts;
     }
 
     /// <summary>The median time of a prepared action (prepared once, outside the timing) on the benchmarks' DeviceTimer, one untimed run first.</summary>

@@ -50,6 +50,10 @@ public sealed class DistillationBenchmarkTests : IDisposable
             Assert.Equal(s.TeacherForwardMs * s.TeacherCallsPerStep / s.StepMs, s.TeacherShare, 9);
             Assert.Equal("(2, 8, 32, 8, 8)", s.CombaShape);                  // micro-batch 2, 8 heads, 32 tokens, head dim 8
             Assert.StartsWith("chunkwise (cpu is not a CUDA device", s.CombaPath);
+            // one mixer and its parts, each timed alone at the stage's shapes
+            Assert.Equal("mixer", s.MixerParts[0].Part);
+            Assert.Contains(s.MixerParts, p => p.Part == "projections");
+            Assert.All(s.MixerParts, p => Assert.True(p.Ms > 0, $"{s.Stage}: {p.Part} {p.Ms} ms"));
         }
         Assert.Equal("attention_alignment", report.Stages[0].Objective);
         // the phases of the timed steps, in step order (float32 on the CPU: no master copies), inside the measured step
@@ -70,6 +74,7 @@ public sealed class DistillationBenchmarkTests : IDisposable
         Assert.Equal(report.Stages.Select(s => (object?)s.TokensPerSecond), shared.Rows.Select(r => r["tokensPerSecond"]));
         Assert.Contains("\"combaPath\"", JsonSerializer.Serialize(shared));
         Assert.Contains(shared.Notes, n => n.StartsWith("kd phases: teacher forward ", StringComparison.Ordinal));
+        Assert.Contains(shared.Notes, n => n.StartsWith("align: one Comba mixer (self_attn) fwd+bwd ", StringComparison.Ordinal));
         var kdPhases = JsonDocument.Parse(JsonSerializer.Serialize(shared, new JsonSerializerOptions(JsonSerializerDefaults.Web))).RootElement.GetProperty("rows")[1].GetProperty("phasesMs");
         Assert.Equal(report.Stages[1].Phases.Select(p => p.Phase), kdPhases.EnumerateObject().Select(p => p.Name));
         Assert.Equal(report.Stages[1].Phases.Select(p => p.MsPerStep), kdPhases.EnumerateObject().Select(p => p.Value.GetDouble()));
