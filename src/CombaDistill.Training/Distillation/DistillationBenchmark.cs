@@ -257,34 +257,37 @@ public static class DistillationBenchmark
         var inputGradient = stage.Objective != Objective.AttentionAlignment;
         var parts = new List<(string, double)>();
 
-        // Runs step() forward, then backward from a random gradient of the output's shape; clears the gradients it made.
-        double Time(Func<Tensor[], Tensor> step, params long[][] inputShapes) => Median(options.ProbeRepeats, device, cancellationToken, () =>
+        // Runs step() forward, then backward from random gradients of its outputs' shapes (each output on its own, so
+        // no concatenation adds a copy); clears the gradients it made.
+        double Time(Func<Tensor[], Tensor[]> step, params long[][] inputShapes) => Median(options.ProbeRepeats, device, cancellationToken, () =>
         {
             var inputs = inputShapes.Select(shape => randn(shape, dtype: compute, device: device).requires_grad_(inputGradient)).ToArray();
-            Tensor? outputGradient = null;
+            Tensor[]? outputGradients = null;
             return () =>
             {
-                var output = step(inputs);
-                outputGradient ??= randn_like(output).MoveToOuterDisposeScope();
-                output.backward([outputGradient]);
+                var outputs = step(inputs);
+                outputGradients ??= outputs.Select(o => randn_like(o).MoveToOuterDisposeScope()).ToArray();
+                autograd.backward(outputs, outputGradients);
                 foreach (var p in mixer.parameters()) p.grad = null;
                 foreach (var x in inputs) x.grad = null;
             };
         });
 
         var (cos, sin) = RotaryEmbedding.For(arch).CosSin(0, t, compute, device);
-        parts.Add(("mixer", Time(x => mixer.forward(x[0], cos, sin).Output, [b, t, arch.HiddenSize])));
-        if (mixer.q_conv is { } qc && mixer.k_conv is { } kc && mixer.v_conv is { } vc)
+        using (cos)
+        using (sin)
         {
-            var (qWidth, kvWidth) = (mixer.q_proj.weight!.shape[0], mixer.k_proj.weight!.shape[0]);
-            parts.Add(("short convolutions", Time(x =>
-                cat([qc.forward(x[0], null).Output, kc.forward(x[1], null).Output, vc.forward(x[2], null).Output], -1),
-                [b, t, qWidth], [b, t, kvWidth], [b, t, kvWidth])));
+            parts.Add(("mixer", Time(x => [mixer.forward(x[0], cos, sin).Output], [b, t, arch.HiddenSize])));
+            if (mixer.q_conv is { } qc && mixer.k_conv is { } kc && mixer.v_conv is { } vc)
+            {
+                var (qWidth, kvWidth) = (mixer.q_proj.weight!.shape[0], mixer.k_proj.weight!.shape[0]);
+                parts.Add(("short convolutions", Time(x => [qc.forward(x[0], null).Output, kc.forward(x[1], null).Output, vc.forward(x[2], null).Output],
+                    [b, t, qWidth], [b, t, kvWidth], [b, t, kvWidth])));
+            }
+            parts.Add(("projections", Time(x =>
+                [mixer.q_proj.call(x[0]), mixer.k_proj.call(x[0]), mixer.v_proj.call(x[0]), mixer.a_proj.call(x[0]), mixer.b_proj.call(x[0]), mixer.o_proj.call(x[1])],
+                [b, t, arch.HiddenSize], [b, t, mixer.o_proj.weight!.shape[1]])));
         }
-        parts.Add(("projections", Time(x =>
-            cat([mixer.q_proj.call(x[0]), mixer.k_proj.call(x[0]), mixer.v_proj.call(x[0]), mixer.a_proj.call(x[0]), mixer.b_proj.call(x[0]),
-                 mixer.o_proj.call(x[1])], -1),
-            [b, t, arch.HiddenSize], [b, t, mixer.o_proj.weight!.shape[1]])));
         return parts;
     }
 

@@ -50,7 +50,7 @@ public static class OptimizerStateFile
             if (stream.Position != stream.Length)
                 throw new InvalidInputException(path, $"has {stream.Length - stream.Position} byte(s) after the optimizer state");
         }
-        catch (Exception e) when (e is EndOfStreamException or FormatException or ArgumentException)
+        catch (Exception e) when (e is IOException or InvalidDataException or FormatException or ArgumentException)
         {
             throw new InvalidInputException(path, $"is not a complete optimizer state ({e.Message})", e);
         }

@@ -197,7 +197,7 @@ public sealed class StageTrainer
         readonly StageTrainer trainer;
         readonly StageRecipe stage;
         readonly IReadOnlyList<(string Name, Parameter Parameter)> trainable;
-        readonly AdamW optimizer;
+        readonly FusedAdamW optimizer;
         readonly MixedPrecision? mixed;
         readonly GradientAverager gradients;
         readonly ShuffledBatches data;
@@ -212,7 +212,7 @@ public sealed class StageTrainer
         public long Tokens { get; private set; }
         public double ElapsedSeconds => secondsBefore + clock.Elapsed.TotalSeconds;
 
-        public Loop(StageTrainer trainer, IReadOnlyList<(string Name, Parameter Parameter)> trainable, AdamW optimizer, MixedPrecision? mixed, TrainingState? resumed)
+        public Loop(StageTrainer trainer, IReadOnlyList<(string Name, Parameter Parameter)> trainable, FusedAdamW optimizer, MixedPrecision? mixed, TrainingState? resumed)
         {
             (this.trainer, stage, this.trainable, this.optimizer, this.mixed) = (trainer, trainer.stage, trainable, optimizer, mixed);
             gradients = new GradientAverager(trainer.group, trainable.Select(p => p.Parameter).ToArray());
@@ -266,13 +266,13 @@ public sealed class StageTrainer
                 optimizer.zero_grad();
                 (loss, layerLosses) = trainer.AccumulateGradients(data, mixed);
                 gradients.Average();
-                gradNorm = ClipGradients(clipGroups, stage.GradClip ?? double.PositiveInfinity, optimizer as FusedAdamW);
+                gradNorm = ClipGradients(clipGroups, stage.GradClip ?? double.PositiveInfinity, optimizer);
                 phases?.Mark("loss read, gradient average and clip");
                 if (nonFinite.Observe(Step + 1, loss, gradNorm))
                 {
                     optimizer.step();
                     phases?.Mark("AdamW");
-                    if (mixed is not null && optimizer is not FusedAdamW { PublishedLastStep: true })
+                    if (mixed is not null && !optimizer.PublishedLastStep)
                     {
                         mixed.Publish();
                         phases?.Mark("bf16 copies of the masters");
@@ -355,21 +355,17 @@ public sealed class StageTrainer
     /// <summary>
     /// Clips each group's gradient norm to <paramref name="maxNorm"/>; returns the norm of all gradients before
     /// clipping. The norm is clip_grad_norm_'s (each gradient's 2-norm, then the norm of those), and so is the factor,
-    /// maxNorm / (norm + 1e-6) where that is below 1; with the fused AdamW the factor goes into its step, which saves
-    /// the clip's own pass over every gradient (about 10 GB of traffic a step at the 1B shape).
+    /// maxNorm / (norm + 1e-6) where that is below 1. The factor goes to the optimizer's next step: its kernel applies
+    /// it as it reads each gradient, which saves the clip's own pass over every gradient (about 10 GB of traffic a step
+    /// at the 1B shape); where the kernel does not step, the gradients are scaled in place first.
     /// </summary>
-    static double ClipGradients(Parameter[][] groups, double maxNorm, FusedAdamW? fused)
+    static double ClipGradients(Parameter[][] groups, double maxNorm, FusedAdamW optimizer)
     {
-        if (fused is null)
-        {
-            if (groups.Length == 1) return nn.utils.clip_grad_norm_(groups[0], maxNorm);
-            return Math.Sqrt(groups.Sum(group => { var n = nn.utils.clip_grad_norm_(group, maxNorm); return n * n; }));
-        }
         var norms = GradientNorms(groups);
         for (var i = 0; i < groups.Length; i++)
         {
             var factor = maxNorm / (norms[i] + 1e-6);
-            if (factor < 1) fused.ScaleGradients(groups[i], factor);
+            if (factor < 1) optimizer.ScaleGradients(groups[i], factor);
         }
         return norms.Length == 1 ? norms[0] : Math.Sqrt(norms.Sum(n => n * n));
     }

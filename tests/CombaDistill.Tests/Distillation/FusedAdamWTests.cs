@@ -81,14 +81,17 @@ public sealed class FusedAdamWTests
         var (c, d) = (Parameters(device), Parameters(device));
         using (no_grad())
             for (var i = 0; i < a.Length; i++) { c[i].copy_(a[i]); d[i].copy_(b[i]); }
+        // read by TorchSharp's own reader: the file is TorchSharp's format
         var resumedReference = optim.AdamW(Groups(c), 1e-2, 0.9, 0.95, 1e-8, weight_decay: 0);
-        OptimizerStateFile.Load(resumedReference, dir["fused.bin"]);
+        resumedReference.load_state_dict(dir["fused.bin"]);
         var resumedFused = new FusedAdamW(Groups(d), 1e-2, 0.9, 0.95, 1e-8);
         OptimizerStateFile.Load(resumedFused, dir["torchsharp.bin"]);
         // each saved optimizer goes on; the one resumed from its file must go the same way
         var tolerance = device.type == DeviceType.CPU ? 0 : 1e-6;
         Assert.True(Compare(device, fused, a, resumedReference, c, steps: 3, seed: 9) <= tolerance, "TorchSharp's AdamW resumed from the fused optimizer's file");
+        var before = resumedFused.FusedSteps;
         Assert.True(Compare(device, resumedFused, d, reference, b, steps: 3, seed: 9) <= tolerance, "the fused optimizer resumed from TorchSharp's file");
+        if (device.type == DeviceType.CUDA) Assert.True(resumedFused.FusedSteps - before >= 2, $"the kernel took {resumedFused.FusedSteps - before} of the 3 resumed steps");
     }
 
     /// <summary>
@@ -123,11 +126,17 @@ public sealed class FusedAdamWTests
             var norm = nn.utils.clip_grad_norm_(b, 1.0);   // in place on b's gradients
             Assert.True(norm > 1, "the test's gradients are meant to be clipped");
             fused.ScaleGradients(a, 1.0 / (norm + 1e-6));
+            var copiesBefore = working.Select(w => w.clone()).ToArray();
             fused.step();
             reference.step();
             if (!fused.PublishedLastStep)
+            {
+                // the base class's step leaves the copies alone, and says so: the caller publishes
+                for (var i = 0; i < a.Length; i++)
+                    Assert.True(working[i].to(ScalarType.Float32).equal(copiesBefore[i].to(ScalarType.Float32)).all().item<bool>(), $"step {step}: copy {i} changed");
                 using (no_grad())
                     for (var i = 0; i < a.Length; i++) working[i].copy_(a[i]);
+            }
             for (var i = 0; i < a.Length; i++)
             {
                 var relative = (a[i] - b[i]).abs().max().item<float>() / b[i].abs().max().item<float>();
