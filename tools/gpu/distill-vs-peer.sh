@@ -88,7 +88,7 @@ if [[ $steps == *lane* ]]; then
   # every class with a test that needs CUDA (Gpu.Require), but the NCCL ones, which tools/gpu/multi-gpu.sh runs on two GPUs
   classes=(Runtime.CudaKernelGpuTests Ops.FusedCombaTests Ops.CombaGpuTests Modeling.StudentGpuTests Modeling.LlamaGpuTests
            IO.CheckpointTests Distillation.DistillationGpuTests Distillation.DistillationBenchmarkTests Distillation.FusedAdamWTests
-           Ops.FusedLogitLossTests)
+           Ops.FusedLogitLossTests Distillation.FusedGradientNormsTests)
   args=(); for c in "${classes[@]}"; do args+=(-class "CombaDistill.Tests.$c"); done
   bash .gpu/run.sh tests/CombaDistill.Tests.dll -noColor -parallel none "${args[@]}" > "$OUT/lane.log" 2>&1
   grep -E "\[FAIL\]|Total:|measured|error" "$OUT/lane.log" | head -30

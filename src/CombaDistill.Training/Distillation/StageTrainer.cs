@@ -377,6 +377,7 @@ public sealed class StageTrainer
     /// </summary>
     static double[] GradientNorms(Parameter[][] groups)
     {
+        if (FusedGradientNorms.TryCompute(groups) is { } fused) return fused;   // one launch (off by default until GPU-checked)
         using var scope = NewDisposeScope();
         var totals = new List<Tensor>();
         var withGradients = new List<int>();
