@@ -12,7 +12,8 @@
 #   lane     the C# GPU test lane (the classes with tests that need CUDA, NCCL's aside)
 # usage: bash tools/gpu/distill-vs-peer.sh [speed] [quality] [stories] [kernels] [lane]
 # PEER=0 leaves the peers out of speed and kernels (when a call has no time for them; compare only within one call);
-# TENSOR_LOSS=1 adds a speed run with the logit loss as tensor ops (COMBADISTILL_FUSED_LOGIT_LOSS=0; the kernel is the default)
+# TENSOR_LOSS=1 adds a speed run with the logit loss as tensor ops (COMBADISTILL_FUSED_LOGIT_LOSS=0; the kernel is the default);
+# CANDIDATES=1 adds one with the kernels that are still off by default (the short convolutions, the gradient norms)
 set -uo pipefail
 source tools/gpu/common.sh
 steps=${*:-speed}
@@ -38,6 +39,10 @@ if [[ $steps == *speed* ]]; then
   if [[ ${TENSOR_LOSS:-0} == 1 ]]; then
     echo "== bench distill, bf16, the logit loss as tensor ops (COMBADISTILL_FUSED_LOGIT_LOSS=0)"
     COMBADISTILL_FUSED_LOGIT_LOSS=0 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-tensor-loss.json" 2>&1 | tail -25
+  fi
+  if [[ ${CANDIDATES:-0} == 1 ]]; then
+    echo "== bench distill, bf16, the kernels still off by default (COMBADISTILL_FUSED_SHORT_CONV=1 COMBADISTILL_FUSED_GRAD_NORM=1)"
+    COMBADISTILL_FUSED_SHORT_CONV=1 COMBADISTILL_FUSED_GRAD_NORM=1 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-candidates.json" 2>&1 | tail -25
   fi
   if [[ ${TF32_KERNELS:-0} == 1 ]]; then
     echo "== bench distill, bf16, the tf32 Comba kernels (COMBADISTILL_FUSED_BF16=0)"
@@ -88,7 +93,7 @@ if [[ $steps == *lane* ]]; then
   # every class with a test that needs CUDA (Gpu.Require), but the NCCL ones, which tools/gpu/multi-gpu.sh runs on two GPUs
   classes=(Runtime.CudaKernelGpuTests Ops.FusedCombaTests Ops.CombaGpuTests Modeling.StudentGpuTests Modeling.LlamaGpuTests
            IO.CheckpointTests Distillation.DistillationGpuTests Distillation.DistillationBenchmarkTests Distillation.FusedAdamWTests
-           Ops.FusedLogitLossTests Distillation.FusedGradientNormsTests)
+           Ops.FusedLogitLossTests Distillation.FusedGradientNormsTests Ops.FusedShortConvolutionTests)
   args=(); for c in "${classes[@]}"; do args+=(-class "CombaDistill.Tests.$c"); done
   bash .gpu/run.sh tests/CombaDistill.Tests.dll -noColor -parallel none "${args[@]}" > "$OUT/lane.log" 2>&1
   grep -E "\[FAIL\]|Total:|measured|error" "$OUT/lane.log" | head -30

@@ -31,6 +31,15 @@ public sealed class ShortConvolution : nn.Module
     {
         using var scope = NewDisposeScope();
         var (batch, channels) = (x.shape[0], x.shape[2]);
+        if (Ops.FusedShortConvolution.Use(x, weight, cache))
+        {
+            // a sequence start on CUDA in bf16: the kernels, in the (B, T, C) layout (off by default until GPU-checked)
+            var fused = Ops.FusedShortConvolution.Forward(x, weight.to(x.dtype));
+            var last = Math.Min(Kernel - 1, x.shape[1]);
+            var tail = x.narrow(1, x.shape[1] - last, last).transpose(1, 2);
+            var fusedCache = last == Kernel - 1 ? tail.contiguous() : cat([zeros([batch, channels, Kernel - 1 - last], dtype: x.dtype, device: x.device), tail], 2);
+            return (fused.MoveToOuterDisposeScope(), fusedCache.MoveToOuterDisposeScope());
+        }
         var past = cache?.to(x.dtype) ?? zeros([batch, channels, Kernel - 1], dtype: x.dtype, device: x.device);
         var window = cat([past, x.transpose(1, 2)], dim: 2);                   // (B, channels, kernel − 1 + T)
         var y = x.shape[1] == 1

@@ -1,0 +1,107 @@
+using CombaDistill.Runtime.Cuda;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace CombaDistill.Ops;
+
+/// <summary>
+/// The Comba layer's short convolution (depthwise, causal, kernel 4) at a sequence start, on (B, T, C) bf16 CUDA
+/// activations, as three kernels (kernels/short_conv.cu): forward, the input's gradient and the weight's. conv1d needs
+/// the (B, C, T) layout, so each call pays a transposed copy of its input (with the zeros in front) and autograd the
+/// layout copies of the gradients, around a depthwise convolution whose weight gradient is a reduction over B·T; here
+/// each pass reads its inputs and writes its output once, in the layout the projections give.
+/// <para>
+/// <b>Off by default</b> (<see cref="EnvironmentVariable"/>=1 turns it on) until its GPU test (FusedShortConvolutionTests,
+/// against conv1d in float64) has passed on the GPU host and `bench distill` has shown it faster. Where the kernels
+/// cannot be built, conv1d takes over with a warning.
+/// </para>
+/// </summary>
+public static class FusedShortConvolution
+{
+    public const string EnvironmentVariable = "COMBADISTILL_FUSED_SHORT_CONV";
+    public const int Kernel = 4;
+    const int Threads = 256, RowsPerBlock = 64;
+    static readonly EmbeddedModule Kernels = new("kernels/short_conv.cu", ["short_conv_fwd", "short_conv_bwd_x", "short_conv_bwd_w"]);
+    static volatile bool unavailable;
+
+    public static bool Enabled => Runtime.EnvironmentSwitch.IsOn(EnvironmentVariable, whenUnset: false);
+
+    /// <summary>Whether the kernels take this call: (B, T, C) bf16 CUDA input, a (C, 1, 4) weight on its device, no cache (a sequence start).</summary>
+    public static bool Takes(Tensor x, Tensor weight, Tensor? cache) =>
+        cache is null && x.device_type == DeviceType.CUDA && x.dtype == ScalarType.BFloat16 && x.dim() == 3 && x.shape[1] > 0
+        && weight.dim() == 3 && weight.shape[0] == x.shape[2] && weight.shape[1] == 1 && weight.shape[2] == Kernel
+        && weight.device_type == DeviceType.CUDA && weight.device_index == x.device_index
+        && x.shape[2] <= int.MaxValue && x.shape[1] <= int.MaxValue;
+
+    /// <summary>Enabled, <see cref="Takes"/> the call, and built for the device (a failure warns once and answers false from then on).</summary>
+    public static bool Use(Tensor x, Tensor weight, Tensor? cache)
+    {
+        if (!Enabled || unavailable || !Takes(x, weight, cache)) return false;
+        try
+        {
+            Kernels.For(x.device);
+            return true;
+        }
+        catch (Exception e) when (e is CudaException or CudaCompileException or CudaUnavailableException or DllNotFoundException)
+        {
+            unavailable = true;
+            Console.Error.WriteLine($"warning: the fused short-convolution kernels are unavailable ({e.Message}); conv1d runs instead");
+            return false;
+        }
+    }
+
+    /// <summary>y (B, T, C) bf16 for x (B, T, C) and the weight (C, 1, 4), zeros before t = 0; differentiable in both.</summary>
+    public static Tensor Forward(Tensor x, Tensor weight)
+    {
+        if (!Takes(x, weight, null)) throw new ArgumentException("FusedShortConvolution takes (B, T, C) bf16 CUDA input and a (C, 1, 4) weight on its device");
+        return Function.apply(x.contiguous(), weight)[0];
+    }
+
+    static int Blocks(CudaDevice device, long items) => (int)Math.Max(1, Math.Min((items + Threads - 1) / Threads, 16L * device.MultiprocessorCount));
+
+    sealed class Function : autograd.MultiTensorFunction<Function>
+    {
+        public override string Name => "FusedShortConvolution";
+
+        public override List<Tensor> forward(autograd.AutogradContext ctx, params object[] vars)
+        {
+            var (x, weight) = ((Tensor)vars[0], (Tensor)vars[1]);
+            var (T, C) = ((int)x.shape[1], (int)x.shape[2]);
+            using var w = weight.detach().to(ScalarType.Float32).reshape(C, Kernel).contiguous();
+            var y = empty_like(x);
+            var device = CudaDevice.For(x.device);
+            Kernels.For(device).Kernel("short_conv_fwd").Launch((Blocks(device, x.numel()), 1, 1), (Threads, 1, 1), 0, x, w, y, T, C, x.numel());
+            ctx.save_for_backward([x, weight]);
+            return [y];
+        }
+
+        public override List<Tensor> backward(autograd.AutogradContext ctx, List<Tensor> grads) =>
+            GradientHandoff.Guard(Name, () => Backward(ctx, grads));
+
+        static List<Tensor> Backward(autograd.AutogradContext ctx, List<Tensor> grads)
+        {
+            var saved = ctx.get_saved_variables();
+            var (x, weight) = (saved[0], saved[1]);
+            var (B, T, C) = (x.shape[0], (int)x.shape[1], (int)x.shape[2]);
+            var device = CudaDevice.For(x.device);
+            var module = Kernels.For(device);
+            Tensor dx, dw;
+            using (var scope = NewDisposeScope())
+            {
+                var dy = grads[0].to(ScalarType.BFloat16).contiguous();
+                using var w = weight.detach().to(ScalarType.Float32).reshape(C, Kernel).contiguous();
+                dx = empty_like(x);
+                module.Kernel("short_conv_bwd_x").Launch((Blocks(device, x.numel()), 1, 1), (Threads, 1, 1), 0, dy, w, dx, T, C, x.numel());
+                var dw32 = zeros([C, Kernel], ScalarType.Float32, x.device);
+                var rows = B * T;
+                var perBlock = (int)Math.Max(RowsPerBlock, (rows + 65534) / 65535);   // the grid's y is at most 65,535
+                module.Kernel("short_conv_bwd_w").Launch(((C + Threads - 1) / Threads, (int)((rows + perBlock - 1) / perBlock), 1), (Threads, 1, 1), 0,
+                    dy, x, dw32, T, C, rows, perBlock);
+                dw = dw32.view(C, 1, Kernel).to(weight.dtype);
+                dx.MoveToOuterDisposeScope();
+                dw.MoveToOuterDisposeScope();
+            }
+            return GradientHandoff.Return(dx, dw);
+        }
+    }
+}
