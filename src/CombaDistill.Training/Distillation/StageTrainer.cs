@@ -86,6 +86,8 @@ public sealed class StageTrainer
     // looked up at each use: under bf16 training the student's parameters are replaced by working copies
     Tensor StudentHead => LogitLoss.HeadWeight(student.lm_head, student.model.embed_tokens.weight!);
     readonly IReadOnlyList<int> alignedLayers, trainedLayers;
+    /// <summary>Aligned layers whose student input norm is the teacher's (AttentionAlignment.SharedInputNorms), set once the stage's student is ready.</summary>
+    IReadOnlySet<int> sharedNorms = new HashSet<int>();
     readonly PackedSequences validation;
     readonly int[] evalWindows;
     readonly bool teacherFitsContext;
@@ -129,6 +131,7 @@ public sealed class StageTrainer
         var trainable = mixed?.Masters ?? selected;
         using var optimizer = CreateOptimizer(trainable);
         if (mixed is not null) optimizer.SetWorkingCopies(mixed.WorkingCopies);
+        if (stage.Objective == Objective.AttentionAlignment) sharedNorms = AttentionAlignment.SharedInputNorms(teacher, student, trainedLayers);
         var loop = new Loop(this, trainable, optimizer, mixed, Resume(trainable, optimizer));
 
         if (loop.Step == 0) loop.Metrics.Add(Evaluate(0, 0));
@@ -419,7 +422,7 @@ public sealed class StageTrainer
             var phases = inputs.Phases;
             if (stage.Objective == Objective.AttentionAlignment)
             {
-                var alignment = AttentionAlignment.Compute(teacher, student, input, trainedLayers, alignedLayers.Count, stage.ActivationCheckpointing);
+                var alignment = AttentionAlignment.Compute(teacher, student, input, trainedLayers, alignedLayers.Count, stage.ActivationCheckpointing, sharedNorms);
                 phases?.Mark("forward (teacher layers, student mixers, alignment loss)");
                 (alignment.Loss * scale).backward();
                 phases?.Mark("backward");
@@ -499,7 +502,7 @@ public sealed class StageTrainer
             if (computeTeacherCe)
                 teacherCe += LogitLoss.Evaluate(teacherHidden!, teacherHead, null, null, targets, new LogitLossOptions(1.0, 0, 1.0, stage.LossChunk)).CrossEntropy * n;
             if (stage.Objective == Objective.AttentionAlignment)
-                alignment += AttentionAlignment.Compute(teacher, student, input, trainedLayers, alignedLayers.Count).Loss.item<float>();
+                alignment += AttentionAlignment.Compute(teacher, student, input, trainedLayers, alignedLayers.Count, sharedNorms: sharedNorms).Loss.item<float>();
             scored += n;
             batches++;
         }

@@ -14,6 +14,9 @@ public sealed class RMSNorm : nn.Module<Tensor, Tensor>
     readonly double eps;
     public Parameter weight;
 
+    /// <summary>The ε added to the mean of squares.</summary>
+    public double Epsilon => eps;
+
     public RMSNorm(long dim, double eps, ScalarType dtype = ScalarType.Float32, Device? device = null) : base(nameof(RMSNorm))
     {
         this.eps = eps;

@@ -221,4 +221,39 @@ public sealed class LossTests
         Assert.NotEqual(before[0], after[0]);
         Assert.Equal(before[1], after[1]);
     }
+    [Fact]
+    public void A_frozen_input_norm_equal_to_the_teachers_is_shared_and_changes_no_bit_of_loss_or_gradient()
+    {
+        var (teacher, student) = Pair(keptAttention: []);
+        using var ids = Ids(2, 20, 6);
+        foreach (var (name, p) in student.named_parameters()) p.requires_grad = name.Contains(".self_attn.");
+
+        // converted from the teacher, frozen: both layers share; a norm that trains, or holds other values, does not
+        Assert.Equal([0, 1], AttentionAlignment.SharedInputNorms(teacher, student, [0, 1]).Order());
+        student.model.layers[0].input_layernorm.weight.requires_grad = true;
+        Assert.Equal([1], AttentionAlignment.SharedInputNorms(teacher, student, [0, 1]).Order());
+        student.model.layers[0].input_layernorm.weight.requires_grad = false;
+        using (no_grad()) student.model.layers[1].input_layernorm.weight[3] += 1e-3f;
+        Assert.Equal([0], AttentionAlignment.SharedInputNorms(teacher, student, [0, 1]).Order());
+        using (no_grad()) student.model.layers[1].input_layernorm.weight[3] -= 1e-3f;
+        var shared = AttentionAlignment.SharedInputNorms(teacher, student, [0, 1]);
+        Assert.Equal(2, shared.Count);
+
+        (float Loss, double[] PerLayer, Dictionary<string, Tensor> Grads) Run(IReadOnlySet<int>? norms)
+        {
+            foreach (var p in student.parameters()) p.grad = null;
+            var (loss, perLayer) = AttentionAlignment.Compute(teacher, student, ids, [0, 1], sharedNorms: norms);
+            loss.backward();
+            return (loss.item<float>(), perLayer, student.named_parameters().Where(p => p.parameter.grad is not null)
+                .ToDictionary(p => p.name, p => p.parameter.grad!.clone()));
+        }
+        var own = Run(null);
+        var teachers = Run(shared);
+        Assert.Equal(own.Loss, teachers.Loss);
+        Assert.Equal(own.PerLayer, teachers.PerLayer);
+        Assert.Equal(own.Grads.Keys.Order(), teachers.Grads.Keys.Order());
+        Assert.NotEmpty(own.Grads);
+        foreach (var (name, g) in own.Grads)
+            Assert.True(g.equal(teachers.Grads[name]).all().item<bool>(), $"{name}: the gradient differs");
+    }
 }
