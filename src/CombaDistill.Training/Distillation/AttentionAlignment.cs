@@ -96,7 +96,9 @@ public static class AttentionAlignment
                     var studentOutput = checkpointed
                         ? Ops.ActivationCheckpoint.Run(y => StudentMixer(studentLayer, y, studentCos, studentSin), x)
                         : StudentMixer(studentLayer, x, studentCos, studentSin);
-                    return (studentOutput.to(ScalarType.Float32) - teacherOutput.to(studentDevice).to(ScalarType.Float32)).square().mean();
+                    // one fused kernel each way (forward: the squared difference and its mean; backward: 2(s − t)/n), where
+                    // the same loss as sub, square and mean makes three passes forward and three back over (B, T, d) float32
+                    return nn.functional.mse_loss(studentOutput.to(ScalarType.Float32), teacherOutput.to(studentDevice).to(ScalarType.Float32));
                 }));
             }
             normed.Dispose();   // autograd holds its own reference where a mixer used it
