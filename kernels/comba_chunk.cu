@@ -605,6 +605,9 @@ __device__ void bwd_local(const float* q, const float* k, const float* v, const 
     { bwd_local<D, TC, STAGE>(q, k, v, g, beta, kappa, W, U, Ut, H0, dH1, dUt, dO, dVb, dKw, dq, dk, dv, dg, dbeta,        \
                        dkappa, scale, H, Hkv, T); }
 
+// COMBA_ONLY_BF16 / COMBA_ONLY_FLOAT32 leave out the other family's entry points: a bf16 run needs only its 16
+// kernels, and compiling the 48 float32/tf32 ones beside them took most of the first step on a fresh machine.
+#ifndef COMBA_ONLY_BF16
 COMBA_ENTRIES(64, false, false, f32)
 COMBA_ENTRIES(64, true, false, tf32)
 COMBA_ENTRIES(64, true, true, tf32s)
@@ -613,6 +616,7 @@ COMBA_ENTRIES(128, true, false, tf32)
 COMBA_ENTRIES(128, true, true, tf32s)
 COMBA_ENTRIES(256, false, false, f32)
 COMBA_ENTRIES(256, true, false, tf32)
+#endif
 
 // ═════════════════════════════ bf16 path ═════════════════════════════
 // q, k, v and dO are bf16 in memory, (B,H,T,D) and (B,Hkv,T,D), with any T: rows past T read as zeros (cp.async
@@ -1557,5 +1561,7 @@ __device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const
         float* ddp, int H, int Hkv, int T, int rows)                                                                 \
     { norm_bwd_b<D>(q, k, d, dqt, dkh, dq, dk, ddp, H, Hkv, T, rows); }
 
+#ifndef COMBA_ONLY_FLOAT32
 COMBA_ENTRIES_BF16(64)
 COMBA_ENTRIES_BF16(128)
+#endif

@@ -138,16 +138,23 @@ public static class FusedComba
     }
 
     static void LaunchBf16(Device device, string stage, int D, (int, int) grid, params object[] args) =>
-        Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
+        Bf16Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
 
-    static readonly string[] KernelNames =
+    static readonly string[] Bf16KernelNames =
     [
         .. from dim in Bf16HeadDims from stage in Stages.Keys.Append("norm_fwd").Append("norm_bwd") select $"comba_{stage}_{dim}_bf16",
+    ];
+
+    static readonly string[] FloatKernelNames =
+    [
         .. from dim in SupportedHeadDims from stage in Stages.Keys from arithmetic in new[] { "f32", "tf32" } select $"comba_{stage}_{dim}_{arithmetic}",
         .. from dim in SupportedHeadDims where dim <= 128 from stage in StagedTiles.Keys select $"comba_{stage}_{dim}_tf32s",
     ];
 
-    static readonly EmbeddedModule Kernels = new(KernelFile, KernelNames);
+    // one module per family, each compiling only its own entry points (the file's COMBA_ONLY_* switches): a bf16 run
+    // builds 16 kernels on a fresh machine instead of 64
+    static readonly EmbeddedModule Bf16Kernels = new(KernelFile, Bf16KernelNames, new KernelCompileOptions { Defines = ["COMBA_ONLY_BF16"] });
+    static readonly EmbeddedModule Kernels = new(KernelFile, FloatKernelNames, new KernelCompileOptions { Defines = ["COMBA_ONLY_FLOAT32"] });
 
     static void Launch(Device device, string stage, int D, string arithmetic, (int, int) grid, params object[] args)
     {

@@ -10,7 +10,8 @@ namespace CombaDistill.Runtime.Cuda;
 /// `bench kernel`'s bf16 forward at (8, 2048, 16, 128) 2.54 ms against 1.19 ms once the module was kept, on an H100
 /// (about 0.3 ms a launch). An op keeps one of these in a static field and asks it for the module at each launch.
 /// </summary>
-public sealed class EmbeddedModule(string resourceName, IReadOnlyList<string> kernelNames)
+/// <param name="options">compile options (e.g. defines that choose which entry points a file compiles); null: the defaults</param>
+public sealed class EmbeddedModule(string resourceName, IReadOnlyList<string> kernelNames, KernelCompileOptions? options = null)
 {
     readonly ConcurrentDictionary<int, CudaModule> modules = new();
 
@@ -18,7 +19,7 @@ public sealed class EmbeddedModule(string resourceName, IReadOnlyList<string> ke
 
     /// <summary>The module on <paramref name="device"/>, compiled or read from the disk cache at the first call (a failure is not kept: the next call tries again).</summary>
     public CudaModule For(CudaDevice device) =>
-        modules.GetOrAdd(device.Ordinal, _ => KernelCache.Default.Load(device, KernelSource.FromResource(ResourceName), kernelNames));
+        modules.GetOrAdd(device.Ordinal, _ => KernelCache.Default.Load(device, KernelSource.FromResource(ResourceName), kernelNames, options));
 
     public CudaModule For(torch.Device device) => For(CudaDevice.For(device));
 }
