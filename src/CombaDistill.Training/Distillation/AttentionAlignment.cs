@@ -84,6 +84,7 @@ public static class AttentionAlignment
                 (h, cos, sin) = (h.to(device), cos.to(device), sin.to(device));
                 normed = LayerScope.Run(() => teacherLayer.input_layernorm.forward(h));
                 teacherOutput = LayerScope.Run(() => teacherLayer.self_attn.forward(normed, cos, sin));
+                if (!wanted.Contains(i) || sharedNorms?.Contains(i) != true) normed.Dispose();   // not needed past the teacher's attention
             }
             if (wanted.Contains(i))
             {
@@ -96,12 +97,12 @@ public static class AttentionAlignment
                     var studentOutput = checkpointed
                         ? Ops.ActivationCheckpoint.Run(y => StudentMixer(studentLayer, y, studentCos, studentSin), x)
                         : StudentMixer(studentLayer, x, studentCos, studentSin);
-                    // one fused kernel each way (forward: the squared difference and its mean; backward: 2(s − t)/n), where
-                    // the same loss as sub, square and mean makes three passes forward and three back over (B, T, d) float32
+                    // mse_loss: the squared difference in one elementwise kernel and its mean, and one kernel back
+                    // (2(s − t)/n), where sub, square and mean made three passes each way over (B, T, d) float32
                     return nn.functional.mse_loss(studentOutput.to(ScalarType.Float32), teacherOutput.to(studentDevice).to(ScalarType.Float32));
                 }));
             }
-            normed.Dispose();   // autograd holds its own reference where a mixer used it
+            if (!normed.IsInvalid) normed.Dispose();   // autograd holds its own reference where a mixer used it
             if (i == last) break;
             using (no_grad())
             {
@@ -128,6 +129,8 @@ public static class AttentionAlignment
     public static IReadOnlySet<int> SharedInputNorms(LlamaForCausalLM teacher, CombaForCausalLM student, IReadOnlyList<int> layers)
     {
         using var scope = NewDisposeScope();
+        // the student's own path normalises the teacher's hidden states cast to its dtype: the same only if they already are
+        if (teacher.model.embed_tokens.weight!.dtype != student.model.embed_tokens.weight!.dtype) return new HashSet<int>();
         var candidates = new List<(int Layer, Tensor Same)>();
         foreach (var i in layers)
         {
@@ -136,7 +139,7 @@ public static class AttentionAlignment
             if (sw.requires_grad || s.Epsilon != t.Epsilon || sw.dtype != tw.dtype || !sw.shape.SequenceEqual(tw.shape)
                 || sw.device_type != tw.device_type || sw.device_index != tw.device_index)
                 continue;
-            candidates.Add((i, (sw == tw).all()));
+            candidates.Add((i, ((sw == tw) & (sw.signbit() == tw.signbit())).all()));   // the same bits (−0 is not +0)
         }
         if (candidates.Count == 0) return new HashSet<int>();
         var same = stack(candidates.Select(c => c.Same).ToArray()).cpu().data<bool>().ToArray();

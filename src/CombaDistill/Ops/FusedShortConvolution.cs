@@ -28,7 +28,7 @@ public static class FusedShortConvolution
 
     /// <summary>Whether the kernels take this call: (B, T, C) bf16 CUDA input, a (C, 1, 4) weight on its device, no cache (a sequence start).</summary>
     public static bool Takes(Tensor x, Tensor weight, Tensor? cache) =>
-        cache is null && x.device_type == DeviceType.CUDA && x.dtype == ScalarType.BFloat16 && x.dim() == 3 && x.shape[1] > 0
+        cache is null && x.device_type == DeviceType.CUDA && x.dtype == ScalarType.BFloat16 && x.dim() == 3 && x.numel() > 0
         && weight.dim() == 3 && weight.shape[0] == x.shape[2] && weight.shape[1] == 1 && weight.shape[2] == Kernel
         && weight.device_type == DeviceType.CUDA && weight.device_index == x.device_index
         && x.shape[2] <= int.MaxValue && x.shape[1] <= int.MaxValue;
@@ -101,6 +101,7 @@ public static class FusedShortConvolution
                 dx.MoveToOuterDisposeScope();
                 dw.MoveToOuterDisposeScope();
             }
+            foreach (var t in saved.Concat(grads)) t?.Dispose();   // the wrappers only: libtorch keeps its own references
             return GradientHandoff.Return(dx, dw);
         }
     }

@@ -239,21 +239,24 @@ public sealed class LossTests
         var shared = AttentionAlignment.SharedInputNorms(teacher, student, [0, 1]);
         Assert.Equal(2, shared.Count);
 
-        (float Loss, double[] PerLayer, Dictionary<string, Tensor> Grads) Run(IReadOnlySet<int>? norms)
+        (float Loss, double[] PerLayer, Dictionary<string, Tensor> Grads) Run(IReadOnlySet<int>? norms, bool checkpointed)
         {
             foreach (var p in student.parameters()) p.grad = null;
-            var (loss, perLayer) = AttentionAlignment.Compute(teacher, student, ids, [0, 1], sharedNorms: norms);
+            var (loss, perLayer) = AttentionAlignment.Compute(teacher, student, ids, [0, 1], checkpointed: checkpointed, sharedNorms: norms);
             loss.backward();
             return (loss.item<float>(), perLayer, student.named_parameters().Where(p => p.parameter.grad is not null)
                 .ToDictionary(p => p.name, p => p.parameter.grad!.clone()));
         }
-        var own = Run(null);
-        var teachers = Run(shared);
-        Assert.Equal(own.Loss, teachers.Loss);
-        Assert.Equal(own.PerLayer, teachers.PerLayer);
-        Assert.Equal(own.Grads.Keys.Order(), teachers.Grads.Keys.Order());
-        Assert.NotEmpty(own.Grads);
-        foreach (var (name, g) in own.Grads)
-            Assert.True(g.equal(teachers.Grads[name]).all().item<bool>(), $"{name}: the gradient differs");
+        foreach (var checkpointed in new[] { false, true })
+        {
+            var own = Run(null, checkpointed);
+            var teachers = Run(shared, checkpointed);
+            Assert.Equal(own.Loss, teachers.Loss);
+            Assert.Equal(own.PerLayer, teachers.PerLayer);
+            Assert.Equal(own.Grads.Keys.Order(), teachers.Grads.Keys.Order());
+            Assert.NotEmpty(own.Grads);
+            foreach (var (name, g) in own.Grads)
+                Assert.True(g.equal(teachers.Grads[name]).all().item<bool>(), $"{name} (checkpointed: {checkpointed}): the gradient differs");
+        }
     }
 }
