@@ -74,7 +74,7 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
         PublishedLastStep = false;
         try
         {
-            if (closure is not null || !Enabled || unavailable || Prepare() is not { } updates)
+            if (closure is not null || !Enabled || Prepare() is not { } updates)
             {
                 ApplyScalesInPlace();
                 return base.step(closure!);
@@ -113,9 +113,6 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
     static bool WritableCopy(Tensor working, Parameter parameter) =>
         working.dtype == ScalarType.BFloat16 && working.is_contiguous() && working.numel() == parameter.numel() && SameDevice(working, parameter);
 
-    /// <summary>Set once the kernel failed to compile or load: the base class's step from then on.</summary>
-    bool unavailable;
-
     readonly record struct Update(Options Options, Parameter Parameter, Tensor Grad, State State, CudaDevice Device);
 
     /// <summary>
@@ -125,35 +122,28 @@ public sealed class FusedAdamW(IEnumerable<AdamW.ParamGroup> groups, double lear
     /// </summary>
     List<Update>? Prepare()
     {
-        try
+        var found = new List<(Options Options, Parameter Parameter, Tensor Grad, State State)>();
+        foreach (var group in _parameter_groups)
         {
-            var updates = new List<Update>();
-            foreach (var group in _parameter_groups)
+            var o = (Options)group.Options;
+            if (o.amsgrad == true || o.maximize == true) return null;
+            foreach (var parameter in group.Parameters)
             {
-                var o = (Options)group.Options;
-                if (o.amsgrad == true || o.maximize == true) return null;
-                foreach (var parameter in group.Parameters)
-                {
-                    if (parameter.grad is not { } grad) continue;
-                    if (!_state.TryGetValue(parameter.Handle, out var s) || s is not State state) return null;
-                    if (parameter.device_type != DeviceType.CUDA || parameter.dtype != ScalarType.Float32 || !parameter.is_contiguous()
-                        || grad.dtype != ScalarType.Float32 || !SameDevice(grad, parameter) || !grad.is_contiguous()
-                        || state.exp_avg is null || state.exp_avg_sq is null || !state.exp_avg.is_contiguous() || !state.exp_avg_sq.is_contiguous()
-                        || state.exp_avg.dtype != ScalarType.Float32 || state.exp_avg_sq.dtype != ScalarType.Float32
-                        || !SameDevice(state.exp_avg, parameter) || !SameDevice(state.exp_avg_sq, parameter))
-                        return null;
-                    updates.Add(new Update(o, parameter, grad, state, CudaDevice.For(parameter.device)));
-                }
+                if (parameter.grad is not { } grad) continue;
+                if (!_state.TryGetValue(parameter.Handle, out var s) || s is not State state) return null;
+                if (parameter.device_type != DeviceType.CUDA || parameter.dtype != ScalarType.Float32 || !parameter.is_contiguous()
+                    || grad.dtype != ScalarType.Float32 || !SameDevice(grad, parameter) || !grad.is_contiguous()
+                    || state.exp_avg is null || state.exp_avg_sq is null || !state.exp_avg.is_contiguous() || !state.exp_avg_sq.is_contiguous()
+                    || state.exp_avg.dtype != ScalarType.Float32 || state.exp_avg_sq.dtype != ScalarType.Float32
+                    || !SameDevice(state.exp_avg, parameter) || !SameDevice(state.exp_avg_sq, parameter))
+                    return null;
+                found.Add((o, parameter, grad, state));
             }
-            foreach (var device in updates.Select(u => u.Device).Distinct()) Kernels.For(device);
-            return updates;
         }
-        catch (Exception e) when (e is CudaException or CudaCompileException or CudaUnavailableException or DllNotFoundException)
-        {
-            unavailable = true;
-            Console.Error.WriteLine($"warning: the fused AdamW kernel is unavailable ({e.Message}); TorchSharp's AdamW steps instead");
-            return null;
-        }
+        foreach (var index in found.Select(f => f.Parameter.device_index).Distinct())
+            if (Kernels.TryFor(found.First(f => f.Parameter.device_index == index).Parameter.device, "the fused AdamW kernel", "TorchSharp's AdamW steps instead") is null)
+                return null;
+        return found.Select(f => new Update(f.Options, f.Parameter, f.Grad, f.State, CudaDevice.For(f.Parameter.device))).ToList();
     }
 
     // (torch.Device is a class without value equality: compare what it names)

@@ -25,28 +25,13 @@ public static class FusedLogitLoss
     /// <summary>Whether the kernel may run at all (the environment variable; default on).</summary>
     public static bool Enabled => Runtime.EnvironmentSwitch.IsOn(EnvironmentVariable, whenUnset: true);
 
-    /// <summary>Set once the kernel failed to compile or load: the tensor ops from then on.</summary>
-    static volatile bool unavailable;
-
     /// <summary>
     /// Whether to use the kernel for these logits: enabled, <see cref="Takes"/> them, and built (or found cached)
     /// for their device; a build or load failure warns once and answers false from then on.
     /// </summary>
-    public static bool Use(Tensor studentLogits, Tensor? teacherLogits)
-    {
-        if (!Enabled || unavailable || !Takes(studentLogits, teacherLogits)) return false;
-        try
-        {
-            Kernels.For(studentLogits.device);
-            return true;
-        }
-        catch (Exception e) when (e is CudaException or CudaCompileException or CudaUnavailableException or DllNotFoundException)
-        {
-            unavailable = true;
-            Console.Error.WriteLine($"warning: the fused logit-loss kernel is unavailable ({e.Message}); tensor ops compute the loss instead");
-            return false;
-        }
-    }
+    public static bool Use(Tensor studentLogits, Tensor? teacherLogits) =>
+        Enabled && Takes(studentLogits, teacherLogits)
+        && Kernels.TryFor(studentLogits.device, "the fused logit-loss kernel", "tensor ops compute the loss instead") is not null;
 
     /// <summary>Whether the kernel takes these logits: bf16 and contiguous on CUDA, the teacher's (if any) shaped like the student's.</summary>
     public static bool Takes(Tensor studentLogits, Tensor? teacherLogits) =>

@@ -22,7 +22,6 @@ public static class FusedShortConvolution
     public const int Kernel = 4;
     const int Threads = 256, RowsPerBlock = 64;
     static readonly EmbeddedModule Kernels = new("kernels/short_conv.cu", ["short_conv_fwd", "short_conv_bwd_x", "short_conv_bwd_w"]);
-    static volatile bool unavailable;
 
     public static bool Enabled => Runtime.EnvironmentSwitch.IsOn(EnvironmentVariable, whenUnset: false);
 
@@ -34,21 +33,9 @@ public static class FusedShortConvolution
         && x.shape[2] <= int.MaxValue && x.shape[1] <= int.MaxValue;
 
     /// <summary>Enabled, <see cref="Takes"/> the call, and built for the device (a failure warns once and answers false from then on).</summary>
-    public static bool Use(Tensor x, Tensor weight, Tensor? cache)
-    {
-        if (!Enabled || unavailable || !Takes(x, weight, cache)) return false;
-        try
-        {
-            Kernels.For(x.device);
-            return true;
-        }
-        catch (Exception e) when (e is CudaException or CudaCompileException or CudaUnavailableException or DllNotFoundException)
-        {
-            unavailable = true;
-            Console.Error.WriteLine($"warning: the fused short-convolution kernels are unavailable ({e.Message}); conv1d runs instead");
-            return false;
-        }
-    }
+    public static bool Use(Tensor x, Tensor weight, Tensor? cache) =>
+        Enabled && Takes(x, weight, cache)
+        && Kernels.TryFor(x.device, "the fused short-convolution kernels", "conv1d runs instead") is not null;
 
     /// <summary>y (B, T, C) bf16 for x (B, T, C) and the weight (C, 1, 4), zeros before t = 0; differentiable in both.</summary>
     public static Tensor Forward(Tensor x, Tensor weight)

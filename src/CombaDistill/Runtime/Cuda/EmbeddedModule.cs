@@ -22,4 +22,27 @@ public sealed class EmbeddedModule(string resourceName, IReadOnlyList<string> ke
         modules.GetOrAdd(device.Ordinal, _ => KernelCache.Default.Load(device, KernelSource.FromResource(ResourceName), kernelNames, options));
 
     public CudaModule For(torch.Device device) => For(CudaDevice.For(device));
+
+    /// <summary>Set once the module could not be built or loaded on some device: <see cref="TryFor"/> answers null from then on.</summary>
+    volatile bool unavailable;
+
+    /// <summary>
+    /// For an op with a tensor-op fallback: the module on <paramref name="device"/>, or null where it cannot be built
+    /// or loaded (no driver, no NVRTC, a compile error). The first failure prints one warning naming
+    /// <paramref name="what"/> and <paramref name="fallback"/>; later calls answer null at once.
+    /// </summary>
+    public CudaModule? TryFor(torch.Device device, string what, string fallback)
+    {
+        if (unavailable) return null;
+        try
+        {
+            return For(device);
+        }
+        catch (Exception e) when (e is CudaException or CudaCompileException or CudaUnavailableException or DllNotFoundException)
+        {
+            if (!unavailable) Console.Error.WriteLine($"warning: {what} is unavailable ({e.Message}); {fallback}");
+            unavailable = true;
+            return null;
+        }
+    }
 }
