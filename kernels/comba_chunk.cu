@@ -1463,15 +1463,45 @@ template <int E> __device__ __forceinline__ float dotE(const float (&a)[E], cons
     return warp_sum(s);
 }
 
+// Rotary position embedding in the rotate_half layout, in registers: element i pairs with i ± D/2, which sits E
+// elements further along in the lane 16 away, so one shuffle fetches it. cs, sn: (T, D) float tables, or null.
+//   forward  y = x cos + rotate_half(x) sin,     rotate_half(x)_i = −x_{i+D/2} (i < D/2), x_{i−D/2} (i ≥ D/2)
+//   backward dx = dy cos + (±) partner(dy sin),   + in the first half, − in the second
+template <int E> __device__ __forceinline__ void rotate(float (&x)[E], const float* cs, const float* sn, int t, int lane, bool transposed)
+{
+    if (cs == nullptr) return;
+    constexpr int D = 32 * E;
+    const float* c = cs + (size_t)t * D + lane * E;
+    const float* s = sn + (size_t)t * D + lane * E;
+    const float sign = (lane < 16) != transposed ? -1.f : 1.f;
+    float y[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+    {
+        const float mine = transposed ? x[e] * s[e] : x[e];
+        const float partner = __shfl_xor_sync(0xffffffffu, mine, 16);
+        y[e] = transposed ? x[e] * c[e] + sign * partner : x[e] * c[e] + sign * partner * s[e];
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e) x[e] = y[e];
+}
+
+// q and k are read, and dq and dk written, through element strides (batch, head, time; the head dim contiguous), so
+// that the (B, T, H, D) layout the projections make needs no transposing copy; q̃, k̂ and their gradients are
+// (B, H, T, D) contiguous, row = (b·Hkv + hk)·T + t for k̂ and (b·H + h)·T + t for q̃.
+#define NORM_STRIDES long long qsb, long long qsh, long long qst, long long ksb, long long ksh, long long kst
+
 template <int D>
-__device__ void norm_fwd_b(const bf16r* q, const bf16r* k, const float* d, bf16r* qt, bf16r* kh, int H, int Hkv, int T, int rows)
+__device__ void norm_fwd_b(const bf16r* q, const bf16r* k, const float* d, const float* cs, const float* sn, bf16r* qt,
+                           bf16r* kh, int H, int Hkv, int T, int rows, NORM_STRIDES)
 {
     constexpr int E = D / 32;
     const int row = blockIdx.x * NW + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (row >= rows) return;
     const int t = row % T, bk = row / T, b = bk / Hkv, hk = bk % Hkv, G = H / Hkv;
     float x[E], y[E];
-    ldE<E>(x, k + (size_t)row * D + lane * E);
+    ldE<E>(x, k + b * ksb + hk * ksh + t * kst + lane * E);
+    rotate<E>(x, cs, sn, t, lane, false);
     const float ik = 1.f / fmaxf(sqrtf(dotE<E>(x, x)), NORM_FLOOR);
 #pragma unroll
     for (int e = 0; e < E; ++e) x[e] *= ik;
@@ -1480,7 +1510,8 @@ __device__ void norm_fwd_b(const bf16r* q, const bf16r* k, const float* d, bf16r
     {
         const int h = hk * G + gi;
         const size_t r = ((size_t)b * H + h) * T + t;
-        ldE<E>(y, q + r * D + lane * E);
+        ldE<E>(y, q + b * qsb + h * qsh + t * qst + lane * E);
+        rotate<E>(y, cs, sn, t, lane, false);
         const float iq = 1.f / fmaxf(sqrtf(dotE<E>(y, y)), NORM_FLOOR), dh = d[h];
 #pragma unroll
         for (int e = 0; e < E; ++e) y[e] = y[e] * iq - dh * x[e];
@@ -1491,15 +1522,16 @@ __device__ void norm_fwd_b(const bf16r* q, const bf16r* k, const float* d, bf16r
 // dq_h = J(q_h) dq̃_h;  dk = J(k) Σ_h (dk̂_h − d_h dq̃_h);  ddp_h = −⟨dq̃_h, k̂⟩ per row (the caller sums over b, t),
 // with J(x) y = (y − x̂⟨x̂, y⟩) / |x| where |x| > ε, and y / ε where the floor holds.
 template <int D>
-__device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const bf16r* dqt, const bf16r* dkh,
-                           bf16r* dq, bf16r* dk, float* ddp, int H, int Hkv, int T, int rows)
+__device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const float* cs, const float* sn, const bf16r* dqt,
+                           const bf16r* dkh, bf16r* dq, bf16r* dk, float* ddp, int H, int Hkv, int T, int rows, NORM_STRIDES)
 {
     constexpr int E = D / 32;
     const int row = blockIdx.x * NW + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (row >= rows) return;
     const int t = row % T, bk = row / T, b = bk / Hkv, hk = bk % Hkv, G = H / Hkv;
     float kx[E], acc[E], x[E], dy[E], z[E];
-    ldE<E>(kx, k + (size_t)row * D + lane * E);
+    ldE<E>(kx, k + b * ksb + hk * ksh + t * kst + lane * E);
+    rotate<E>(kx, cs, sn, t, lane, false);
     const float nk = sqrtf(dotE<E>(kx, kx)), ik = 1.f / fmaxf(nk, NORM_FLOOR);
 #pragma unroll
     for (int e = 0; e < E; ++e) kx[e] *= ik, acc[e] = 0.f;
@@ -1507,7 +1539,8 @@ __device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const
     {
         const int h = hk * G + gi;
         const size_t r = ((size_t)b * H + h) * T + t;
-        ldE<E>(x, q + r * D + lane * E);
+        ldE<E>(x, q + b * qsb + h * qsh + t * qst + lane * E);
+        rotate<E>(x, cs, sn, t, lane, false);
         ldE<E>(dy, dqt + r * D + lane * E);
         ldE<E>(z, dkh + r * D + lane * E);
         const float nq = sqrtf(dotE<E>(x, x)), iq = 1.f / fmaxf(nq, NORM_FLOOR), dh = d[h];
@@ -1518,12 +1551,14 @@ __device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const
         const float s = nq > NORM_FLOOR ? dotE<E>(x, dy) : 0.f;
 #pragma unroll
         for (int e = 0; e < E; ++e) dy[e] = (dy[e] - x[e] * s) * iq;
-        stE<E>(dq + r * D + lane * E, dy);
+        rotate<E>(dy, cs, sn, t, lane, true);
+        stE<E>(dq + b * qsb + h * qsh + t * qst + lane * E, dy);
     }
     const float s = nk > NORM_FLOOR ? dotE<E>(kx, acc) : 0.f;
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[e] = (acc[e] - kx[e] * s) * ik;
-    stE<E>(dk + (size_t)row * D + lane * E, acc);
+    rotate<E>(acc, cs, sn, t, lane, true);
+    stE<E>(dk + b * ksb + hk * ksh + t * kst + lane * E, acc);
 }
 
 // names: comba_<stage>_<d>_bf16
@@ -1554,12 +1589,13 @@ __device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const
         bf16r* dq, bf16r* dk, bf16r* dv, float* dg, float* dbeta, float* dkappa, float scale, int H, int Hkv, int T) \
     { bwd_local_b<D>(q, k, v, g, beta, kappa, M, Ut, H0, dH1, dUt, dO, dq, dk, dv, dg, dbeta, dkappa, scale, H, Hkv, T); } \
     extern "C" __global__ void __launch_bounds__(NT) comba_norm_fwd_##D##_bf16(                                       \
-        const bf16r* q, const bf16r* k, const float* d, bf16r* qt, bf16r* kh, int H, int Hkv, int T, int rows)     \
-    { norm_fwd_b<D>(q, k, d, qt, kh, H, Hkv, T, rows); }                                                             \
+        const bf16r* q, const bf16r* k, const float* d, const float* cs, const float* sn, bf16r* qt, bf16r* kh,      \
+        int H, int Hkv, int T, int rows, NORM_STRIDES)                                                               \
+    { norm_fwd_b<D>(q, k, d, cs, sn, qt, kh, H, Hkv, T, rows, qsb, qsh, qst, ksb, ksh, kst); }                                                             \
     extern "C" __global__ void __launch_bounds__(NT) comba_norm_bwd_##D##_bf16(                                       \
-        const bf16r* q, const bf16r* k, const float* d, const bf16r* dqt, const bf16r* dkh, bf16r* dq, bf16r* dk,   \
-        float* ddp, int H, int Hkv, int T, int rows)                                                                 \
-    { norm_bwd_b<D>(q, k, d, dqt, dkh, dq, dk, ddp, H, Hkv, T, rows); }
+        const bf16r* q, const bf16r* k, const float* d, const float* cs, const float* sn, const bf16r* dqt,         \
+        const bf16r* dkh, bf16r* dq, bf16r* dk, float* ddp, int H, int Hkv, int T, int rows, NORM_STRIDES)           \
+    { norm_bwd_b<D>(q, k, d, cs, sn, dqt, dkh, dq, dk, ddp, H, Hkv, T, rows, qsb, qsh, qst, ksb, ksh, kst); }
 
 #ifndef COMBA_ONLY_FLOAT32
 COMBA_ENTRIES_BF16(64)

@@ -74,6 +74,7 @@ def launch(stage, D, tag, grid, *args):
             assert a.is_cuda and a.is_contiguous(), (stage, a.shape)
             conv.append(np.uint64(a.data_ptr()))
         elif isinstance(a, float): conv.append(np.float32(a))
+        elif isinstance(a, np.int64): conv.append(a)
         else: conv.append(np.int32(a))
     fn(grid, (NT,), tuple(conv), shared_mem=sm)
 
@@ -162,13 +163,18 @@ def fused_backward_bf16(saved, dO, dhT, scale, bufs=None):
                 g=dg, beta=db, kappa=dkap, h0=dh0.view(B, H, D, D), k_per_head=dk)
 
 
+def strides(q, k):
+    """the norm kernels' batch, head and time strides of q and k (in elements, 64-bit)"""
+    return [np.int64(s) for s in (*q.stride()[:3], *k.stride()[:3])]
+
+
 def norm_forward(q, k, d):
     """raw bf16 q (B,H,T,D), k (B,Hkv,T,D), d (H) float → q̃, k̂ (bf16) through comba_norm_fwd."""
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     qt, kh = torch.full_like(q, float("nan")), torch.full_like(k, float("nan"))
     rows = B * Hkv * T
-    launch("normf", D, "bf16", ((rows + 7) // 8, 1), q, k, d, qt, kh, H, Hkv, T, rows)
+    launch("normf", D, "bf16", ((rows + 7) // 8, 1), q, k, d, None, None, qt, kh, H, Hkv, T, rows, *strides(q, k))
     return qt, kh
 
 
@@ -178,7 +184,7 @@ def norm_backward(q, k, d, dqt, dkh):
     dq, dk = torch.full_like(q, float("nan")), torch.full_like(k, float("nan"))
     ddp = torch.full((B, H, T), float("nan"), device=q.device)
     rows = B * Hkv * T
-    launch("normb", D, "bf16", ((rows + 7) // 8, 1), q, k, d, dqt, dkh, dq, dk, ddp, H, Hkv, T, rows)
+    launch("normb", D, "bf16", ((rows + 7) // 8, 1), q, k, d, None, None, dqt, dkh, dq, dk, ddp, H, Hkv, T, rows, *strides(q, k))
     return dq, dk, ddp.sum((0, 2))
 
 
@@ -387,8 +393,8 @@ def timing_bf16(shapes=None, once=False):
         dd = torch.rand(H, device="cuda"); qt, kh = torch.empty_like(q), torch.empty_like(k); ddp = torch.empty_like(g)
         dqr, dkr = torch.empty_like(q), torch.empty_like(k)
         rows_ = B * H * T
-        NF = lambda: launch("normf", D, "bf16", ((rows_ + 7) // 8, 1), q, k, dd, qt, kh, H, H, T, rows_)
-        NB = lambda: launch("normb", D, "bf16", ((rows_ + 7) // 8, 1), q, k, dd, dq, dk, dqr, dkr, ddp, H, H, T, rows_)
+        NF = lambda: launch("normf", D, "bf16", ((rows_ + 7) // 8, 1), q, k, dd, None, None, qt, kh, H, H, T, rows_, *strides(q, k))
+        NB = lambda: launch("normb", D, "bf16", ((rows_ + 7) // 8, 1), q, k, dd, None, None, dq, dk, dqr, dkr, ddp, H, H, T, rows_, *strides(q, k))
         if once:
             for fn in (NF, NB, P, S, O, DU, DS, DL): fn()
             torch.cuda.synchronize()

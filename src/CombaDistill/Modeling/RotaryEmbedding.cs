@@ -61,11 +61,5 @@ public sealed class RotaryEmbedding
     }
 
     /// <summary>Rotates x (B, H, T, D) by tables (T, D) from <see cref="CosSin"/>.</summary>
-    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin) => x * cos + RotateHalf(x) * sin;
-
-    static Tensor RotateHalf(Tensor x)
-    {
-        var halves = x.chunk(2, dim: -1);
-        return cat([-halves[1], halves[0]], dim: -1);
-    }
+    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin) => Ops.Rotary.Apply(x, cos, sin);
 }

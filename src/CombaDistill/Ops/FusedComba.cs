@@ -59,14 +59,26 @@ public static class FusedComba
         return CudaKernels.UnavailableReason(q.device);
     }
 
+    /// <summary>
+    /// The Comba recurrence over a sequence, on the fused kernels where they apply (<see cref="UnsupportedReason"/>) and
+    /// on the chunkwise ops otherwise. q, k, v are (B, H, T, D) and may be transposed views of the projections'
+    /// (B, T, H, D) layout: the bf16 kernels read them through their strides. <paramref name="rotary"/>, (T, D) cos and
+    /// sin tables in the rotate_half layout, rotates q and k first: inside the bf16 kernels, by
+    /// <see cref="Rotary.Apply"/> on every other path.
+    /// </summary>
     public static (Tensor Output, Tensor FinalState) Forward(
         Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, Tensor lambda, Tensor d, double scale,
-        Tensor? initialState = null, int chunkSize = ChunkSize, Arithmetic arithmetic = Arithmetic.Auto)
+        Tensor? initialState = null, int chunkSize = ChunkSize, Arithmetic arithmetic = Arithmetic.Auto,
+        (Tensor Cos, Tensor Sin)? rotary = null)
     {
         var shape = CombaShape.OfSequence(q, k, v, g, beta, lambda, d, initialState);
+        if (rotary is { } tables && (tables.Cos.shape.Length != 2 || tables.Cos.shape[0] != shape.Length || tables.Cos.shape[1] != shape.KeyDim
+                                     || !tables.Sin.shape.SequenceEqual(tables.Cos.shape)))
+            throw new ArgumentException($"rotary tables must be (T, D) = ({shape.Length}, {shape.KeyDim}); got cos [{string.Join(", ", tables.Cos.shape)}] and sin [{string.Join(", ", tables.Sin.shape)}]");
         if (UnsupportedReason(q, k, v, chunkSize) is { } why)
         {
             if (q.device.type == DeviceType.CUDA) CudaKernels.ReportFallback("Comba", why);
+            (q, k) = Rotary.Apply(q, k, rotary);
             return ChunkwiseComba.Forward(q, k, v, g, beta, lambda, d, scale, initialState, chunkSize);
         }
         using var scope = NewDisposeScope();
@@ -82,10 +94,12 @@ public static class FusedComba
             if (!Bf16HeadDims.Contains((int)D)) throw new ArgumentException($"the bf16 kernels take head dims {string.Join("/", Bf16HeadDims)}, not {D}");
             // raw q, k, v in bf16: the kernels normalise q and k and form q̃ = q̂ − d k̂ themselves, and take any T
             var bf = ScalarType.BFloat16;
-            var outs = Bf16Function.apply(q.to(bf).contiguous(), k.to(bf).contiguous(), v.to(bf).contiguous(), d.to(f32),
-                g.to(f32).contiguous(), beta32.contiguous(), kappa.contiguous(), initialState?.to(f32).contiguous(), scale);
+            var outs = Bf16Function.apply(Bf16Function.Operand(q.to(bf)), Bf16Function.Operand(k.to(bf)), v.to(bf).contiguous(), d.to(f32),
+                g.to(f32).contiguous(), beta32.contiguous(), kappa.contiguous(), initialState?.to(f32).contiguous(), scale,
+                rotary?.Cos.to(f32, q.device).contiguous(), rotary?.Sin.to(f32, q.device).contiguous());
             return (outs[0].to(q.dtype).MoveToOuterDisposeScope(), outs[1].MoveToOuterDisposeScope());
         }
+        (q, k) = Rotary.Apply(q, k, rotary);
         var kHat = CombaMath.L2Normalize(k.to(f32));
         var readout = (CombaMath.L2Normalize(q.to(f32)).view(B, Hkv, G, T, D)
                        - d.to(f32).view(1, Hkv, G, 1, 1) * kHat.unsqueeze(2)).view(B, H, T, D);
@@ -164,8 +178,9 @@ public static class FusedComba
     }
 
     /// <summary>
-    /// forward(q, k, v (bf16, raw), d (float32, one per query head), g, β, κ (float32), h0?, scale) → (o bf16, h_T
-    /// float32), any T. comba_norm_fwd forms k̂ and q̃ = q̂ − d k̂ first (and again in backward, rather than keeping
+    /// forward(q, k (bf16, raw, see <see cref="Operand"/>), v (bf16), d (float32, one per query head), g, β, κ
+    /// (float32), h0?, scale, cos?, sin? (float32 (T, D))) → (o bf16, h_T float32), any T. comba_norm_fwd rotates q and
+    /// k by the tables when given and forms k̂ and q̃ = q̂ − d k̂ first (and again in backward, rather than keeping
     /// them); saves q, k, v, d, the gates, W, M, Ũ (bf16, (B·H, Tp, D) and (B·H, N, C, C)) and the chunk-start states
     /// (bf16). U is a forward temporary: the backward uses dA = −dVβ Ũᵀ instead of U and W (docs/kernels.md).
     /// </summary>
@@ -173,13 +188,37 @@ public static class FusedComba
     {
         public override string Name => "FusedCombaBf16";
 
-        static (Tensor Readout, Tensor KHat) Normalized(Tensor q, Tensor k, Tensor d)
+        /// <summary>
+        /// q or k as the norm kernels read it: as it is when (B, H, T, D) is contiguous or a transposed view of a
+        /// contiguous (B, T, H, D) (what the projections make), 8-byte aligned; a contiguous copy otherwise.
+        /// </summary>
+        public static Tensor Operand(Tensor x) =>
+            x.stride(3) == 1 && (x.is_contiguous() || x.transpose(1, 2).is_contiguous()) && (long)TensorMemory.DataPointer(x) % 8 == 0 ? x : x.contiguous();
+
+        /// <summary>An uninitialised tensor in <paramref name="x"/>'s layout (one of the two <see cref="Operand"/> keeps).</summary>
+        static Tensor EmptyInLayoutOf(Tensor x) =>
+            x.is_contiguous() ? empty_like(x) : empty([x.shape[0], x.shape[2], x.shape[1], x.shape[3]], x.dtype, x.device).transpose(1, 2);
+
+        // a strided operand goes to the kernels as its data pointer (the launcher takes contiguous tensors only) and
+        // its batch, head and time strides
+        static object[] Strided(Tensor x)
+        {
+            if (x.device_type != DeviceType.CUDA) throw new ArgumentException($"the Comba norm kernels take CUDA tensors, not {x.device}");
+            return [TensorMemory.DataPointer(x)];
+        }
+
+        static object[] Strides(Tensor q, Tensor k) => [q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2)];
+
+        static object Table(Tensor? t) => (object?)t ?? IntPtr.Zero;
+
+        static (Tensor Readout, Tensor KHat) Normalized(Tensor q, Tensor k, Tensor d, Tensor? cos, Tensor? sin)
         {
             var (B, H, T, D) = ((int)q.shape[0], (int)q.shape[1], (int)q.shape[2], (int)q.shape[3]);
             int Hkv = (int)k.shape[1], rows = B * Hkv * T;
-            var readout = empty_like(q);
-            var kHat = empty_like(k);
-            LaunchBf16(q.device, "norm_fwd", D, ((rows + Warps - 1) / Warps, 1), q, k, d, readout, kHat, H, Hkv, T, rows);
+            var readout = empty([B, H, T, D], q.dtype, q.device);
+            var kHat = empty([B, Hkv, T, D], k.dtype, k.device);
+            LaunchBf16(q.device, "norm_fwd", D, ((rows + Warps - 1) / Warps, 1),
+                [.. Strided(q), .. Strided(k), d, Table(cos), Table(sin), readout, kHat, H, Hkv, T, rows, .. Strides(q, k)]);
             return (readout, kHat);
         }
 
@@ -188,6 +227,7 @@ public static class FusedComba
             var (q, k, v, d, g, beta, kappa) = ((Tensor)vars[0], (Tensor)vars[1], (Tensor)vars[2], ((Tensor)vars[3]).contiguous(), (Tensor)vars[4], (Tensor)vars[5], (Tensor)vars[6]);
             var h0 = vars[7] as Tensor;
             var scale = (float)(double)vars[8];
+            var (cos, sin) = (vars[9] as Tensor, vars[10] as Tensor);
             var (B, H, T, D) = ((int)q.shape[0], (int)q.shape[1], (int)q.shape[2], (int)q.shape[3]);
             int Hkv = (int)k.shape[1], N = (T + ChunkSize - 1) / ChunkSize, Tp = N * ChunkSize, BH = B * H;
             var device = q.device;
@@ -198,7 +238,7 @@ public static class FusedComba
             var H0 = empty([BH, N, D, D], bf, device);
             var hT = empty([B, H, D, D], ScalarType.Float32, device);
             var o = empty([B, H, T, D], bf, device);
-            var (readout, kHat) = Normalized(q, k, d);
+            var (readout, kHat) = Normalized(q, k, d, cos, sin);
             using (var U = empty_like(W))
             {
                 LaunchBf16(device, "fwd_prepare", D, (N, BH), kHat, v, g, beta, kappa, W, U, M, H, Hkv, T);
@@ -207,7 +247,7 @@ public static class FusedComba
             LaunchBf16(device, "fwd_output", D, (N, BH), readout, kHat, g, Ut, H0, o, scale, H, Hkv, T);
             readout.Dispose();
             kHat.Dispose();
-            ctx.save_for_backward([q, k, v, d, g, beta, kappa, W, M, Ut, H0]);
+            ctx.save_for_backward(cos is null || sin is null ? [q, k, v, d, g, beta, kappa, W, M, Ut, H0] : [q, k, v, d, g, beta, kappa, W, M, Ut, H0, cos, sin]);
             ctx.save_data("scale", scale);
             ctx.save_data("h0", h0 is not null);
             ctx.set_materialize_grads(false);
@@ -222,6 +262,7 @@ public static class FusedComba
             var saved = ctx.get_saved_variables();
             var (q, k, v, d, g, beta, kappa) = (saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6]);
             var (W, M, Ut, H0) = (saved[7], saved[8], saved[9], saved[10]);
+            var (cos, sin) = saved.Count > 11 ? (saved[11], saved[12]) : ((Tensor?)null, (Tensor?)null);
             var scale = (float)ctx.get_data("scale");
             var hasInitialState = (bool)ctx.get_data("h0");
             var (B, H, T, D) = ((int)q.shape[0], (int)q.shape[1], (int)q.shape[2], (int)q.shape[3]);
@@ -234,7 +275,7 @@ public static class FusedComba
                 static bool Defined(Tensor? t) => t is not null && !t.IsInvalid;
                 var dO = Defined(grads[0]) ? grads[0].to(bf, device).contiguous() : zeros([B, H, T, D], bf, device);
                 object dhT = Defined(grads[1]) ? (object)grads[1].to(ScalarType.Float32, device).contiguous() : IntPtr.Zero;
-                var (readout, kHat) = Normalized(q, k, d);
+                var (readout, kHat) = Normalized(q, k, d, cos, sin);
                 var dUp = empty([BH, Tp, D], ScalarType.Float32, device);
                 var dUt = empty_like(W);
                 var dH1 = empty_like(H0);
@@ -251,10 +292,12 @@ public static class FusedComba
                     dReadout, dkPerHead, dvPerHead, dg, dbeta, dkappa, scale, H, Hkv, T);
                 // through the normalisation and the readout correction: dq, dk (a KV head's group summed inside) and
                 // d's gradient per (b, h, t), summed here
-                dq = empty_like(q);
-                dk = empty_like(k);
+                // dq and dk in q's and k's own layouts, so that autograd hands them back through the views without copies
+                dq = EmptyInLayoutOf(q);
+                dk = EmptyInLayoutOf(k);
                 var ddPerRow = empty([B, H, T], ScalarType.Float32, device);
-                LaunchBf16(device, "norm_bwd", D, ((rows + Warps - 1) / Warps, 1), q, k, d, dReadout, dkPerHead, dq, dk, ddPerRow, H, Hkv, T, rows);
+                LaunchBf16(device, "norm_bwd", D, ((rows + Warps - 1) / Warps, 1),
+                    [.. Strided(q), .. Strided(k), d, Table(cos), Table(sin), dReadout, dkPerHead, .. Strided(dq), .. Strided(dk), ddPerRow, H, Hkv, T, rows, .. Strides(q, k)]);
                 dd = ddPerRow.sum([0, 2]).view(d.shape);
                 // a KV head's value gradient is the sum over the query heads of its group (in float32, then bf16)
                 dv = H == Hkv ? dvPerHead : dvPerHead.view(B, Hkv, H / Hkv, T, D).sum(2, type: ScalarType.Float32).to(bf);
@@ -262,7 +305,8 @@ public static class FusedComba
             }
             if (!hasInitialState) dh0.Dispose();
             foreach (var t in saved.Concat(grads)) t?.Dispose();
-            return GradientHandoff.Return(dq, dk, dv, dd, dg, dbeta, dkappa, hasInitialState ? dh0 : null, null);
+            // no gradient for the scale and the rotary tables
+            return GradientHandoff.Return(dq, dk, dv, dd, dg, dbeta, dkappa, hasInitialState ? dh0 : null, null, null, null);
         }
     }
 

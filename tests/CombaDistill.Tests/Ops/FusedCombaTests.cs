@@ -1,3 +1,4 @@
+using CombaDistill.Modeling;
 using CombaDistill.Ops;
 using CombaDistill.Runtime.Cuda;
 using CombaDistill.Tests.Support;
@@ -130,5 +131,72 @@ public class FusedCombaTests
         Assert.Contains("head dim 32", FusedComba.UnsupportedReason(G(ScalarType.Float32, 1, 1, 4, 32), G(ScalarType.Float32, 1, 1, 4, 32), G(ScalarType.Float32, 1, 1, 4, 32)));
         Assert.Contains("chunk size 32", FusedComba.UnsupportedReason(G(ScalarType.Float32, 1, 1, 4, 64), G(ScalarType.Float32, 1, 1, 4, 64), G(ScalarType.Float32, 1, 1, 4, 64), 32));
         Assert.Contains("float64", FusedComba.UnsupportedReason(G(ScalarType.Float64, 1, 1, 4, 64), G(ScalarType.Float64, 1, 1, 4, 64), G(ScalarType.Float64, 1, 1, 4, 64)));
+    }
+    /// <summary>
+    /// The bf16 kernels reading q and k through their strides from the projections' (B, T, H, D) layout and rotating
+    /// them in registers, against rotary applied in float64 before the float64 reference: output, state and every
+    /// gradient (q's and k's back in that layout), to the bf16 path's 1e-2.
+    /// </summary>
+    [Theory]
+    [InlineData(2, 2, 2, 150, 64, true)]
+    [InlineData(1, 1, 4, 97, 128, false)]
+    public void Bf16_kernels_rotate_q_and_k_read_in_the_projection_layout(int batch, int kvHeads, int groups, int length, int dim, bool withState)
+    {
+        Gpu.Require();
+        using var scope = NewDisposeScope();
+        var c = new CombaCase(batch, kvHeads, groups, length, dim, dim, 64, withState, Seed: 5 * length + dim);
+        using var source = CombaInputs.Random(c);
+        // tables for positions 5 … 5 + T − 1 (not a sequence start), rounded to bf16 as a bf16 model's are
+        var (cos, sin) = new RotaryEmbedding(dim, 10000).CosSin(5, length, ScalarType.BFloat16, CPU);
+        var weightO = randn([c.Batch, c.Heads, c.Length, c.ValueDim], dtype: ScalarType.Float64).to(ScalarType.BFloat16).to(ScalarType.Float64);
+        var weightS = randn([c.Batch, c.Heads, c.KeyDim, c.ValueDim], dtype: ScalarType.Float64);
+
+        // q and k as (B, T, H, D) leaves, handed to the op as (B, H, T, D) views; v, gates and state as the model has them
+        (Tensor O, Tensor S, Tensor[] Grads) Run(ScalarType activations, Device device, bool fused)
+        {
+            Tensor Leaf(Tensor t, ScalarType type) => t.to(type, device).detach().clone().requires_grad_(true);
+            var bf = ScalarType.BFloat16;
+            var gates = activations == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
+            // the same bf16-rounded numbers on both sides
+            Tensor Rounded(Tensor t) => t.to(bf).to(ScalarType.Float64);
+            var q = Leaf(Rounded(source.Q).transpose(1, 2).contiguous(), activations);
+            var k = Leaf(Rounded(source.K).transpose(1, 2).contiguous(), activations);
+            var v = Leaf(Rounded(source.V), activations);
+            var g = Leaf(source.G, gates);
+            var beta = Leaf(source.Beta, gates);
+            var lambda = Leaf(source.Lambda, gates);
+            var d = Leaf(source.D, gates);
+            var state = source.State is null ? null : Leaf(source.State, gates);
+            var tables = (cos.to(activations, device), sin.to(activations, device));
+            var (o, s) = fused
+                ? FusedComba.Forward(q.transpose(1, 2), k.transpose(1, 2), v, g, beta, lambda, d, source.Scale, state, arithmetic: FusedComba.Arithmetic.Bf16, rotary: tables)
+                : NaiveComba.Forward(Rotary.Apply(q.transpose(1, 2), tables.Item1, tables.Item2), Rotary.Apply(k.transpose(1, 2), tables.Item1, tables.Item2),
+                    v, g, beta, lambda, d, source.Scale, state);
+            ((o.to(ScalarType.Float64, CPU) * weightO).sum() + (s.to(ScalarType.Float64, CPU) * weightS).sum()).backward();
+            Tensor[] leaves = state is null ? [q, k, v, g, beta, lambda, d] : [q, k, v, g, beta, lambda, d, state];
+            return (o.detach().to(ScalarType.Float64, CPU), s.detach().to(ScalarType.Float64, CPU), leaves.Select(t => t.grad!.detach().to(ScalarType.Float64, CPU)).ToArray());
+        }
+        var expected = Run(ScalarType.Float64, CPU, fused: false);
+        var actual = Run(ScalarType.BFloat16, CUDA, fused: true);
+        string[] names = ["q", "k", "v", "g", "beta", "lambda", "d", "initial state"];
+        Compare.Close(actual.O, expected.O, 1e-2, $"rotated bf16 output [{c}]");
+        Compare.Close(actual.S, expected.S, 1e-2, $"rotated bf16 final state [{c}]");
+        for (int i = 0; i < expected.Grads.Length; i++)
+            Compare.Close(actual.Grads[i], expected.Grads[i], 1e-2, $"rotated bf16 gradient of {names[i]} [{c}]");
+    }
+
+    [Fact]
+    public void Rotary_tables_pass_through_the_chunkwise_path_and_wrong_shapes_are_refused()
+    {
+        using var scope = NewDisposeScope();
+        var c = new CombaCase(Batch: 1, KvHeads: 2, Groups: 2, Length: 70, KeyDim: 16, ValueDim: 16, ChunkSize: 64, WithState: false, Seed: 13);
+        using var x = CombaInputs.Random(c, dtype: ScalarType.Float32);
+        var (cos, sin) = new RotaryEmbedding(16, 10000).CosSin(3, 70, ScalarType.Float32, CPU);
+        var (o1, _) = FusedComba.Forward(x.Q, x.K, x.V, x.G, x.Beta, x.Lambda, x.D, x.Scale, rotary: (cos, sin));
+        var (q, k) = (RotaryEmbedding.Apply(x.Q, cos, sin), RotaryEmbedding.Apply(x.K, cos, sin));
+        var (o2, _) = ChunkwiseComba.Forward(q, k, x.V, x.G, x.Beta, x.Lambda, x.D, x.Scale, null, 64);
+        Assert.True(o1.equal(o2).all().item<bool>());
+        var error = Assert.Throws<ArgumentException>(() => FusedComba.Forward(x.Q, x.K, x.V, x.G, x.Beta, x.Lambda, x.D, x.Scale, rotary: (cos.narrow(0, 0, 69), sin)));
+        Assert.Contains("(70, 16)", error.Message);
     }
 }

@@ -101,11 +101,14 @@ public sealed class CombaAttention : nn.Module
         q = q.view(batch, length, heads, headDim).transpose(1, 2);              // (B, H, T, D)
         k = k.view(batch, length, kvHeads, headDim).transpose(1, 2);            // (B, Hkv, T, D)
         v = v.view(batch, length, kvHeads, headDim).transpose(1, 2);
+        (Tensor, Tensor)? rotaryInOp = null;
         if (options.Rotary == "teacher")
         {
             if (cos is null || sin is null) throw new ArgumentException("CombaAttention: rotary is 'teacher' but no cos/sin tables were passed");
-            q = RotaryEmbedding.Apply(q, cos.to(q.dtype), sin.to(q.dtype));
-            k = RotaryEmbedding.Apply(k, cos.to(k.dtype), sin.to(k.dtype));
+            // over a sequence the op rotates q and k itself (the bf16 kernels in registers, with no copy of q and k);
+            // a decoding step, and the Taylor features that come after the rotation, take it here
+            if (length > 1 && options.FeatureMap != "taylor") rotaryInOp = (cos, sin);
+            else (q, k) = Rotary.Apply(q, k, (cos, sin));
         }
         if (options.FeatureMap == "taylor") (q, k) = (TaylorFeatureMap.Apply(q), TaylorFeatureMap.Apply(k));
         // The normaliser z is what a value of constant one reads out; it rides along as one more value channel.
@@ -129,7 +132,7 @@ public sealed class CombaAttention : nn.Module
         else
         {
             // the fused CUDA kernels where they apply (4–14× faster forward+backward on an H200); the chunkwise ops otherwise
-            (o, recurrent) = FusedComba.Forward(q, k, v, g, beta, lambda, dCorrection, options.Scale, state?.Recurrent, options.ChunkSize);
+            (o, recurrent) = FusedComba.Forward(q, k, v, g, beta, lambda, dCorrection, options.Scale, state?.Recurrent, options.ChunkSize, rotary: rotaryInOp);
         }
         if (options.NormalizeReadout)
         {
