@@ -13,7 +13,7 @@
 # usage: bash tools/gpu/distill-vs-peer.sh [speed] [quality] [stories] [kernels] [lane]
 # PEER=0 leaves the peers out of speed and kernels (when a call has no time for them; compare only within one call);
 # TENSOR_LOSS=1 adds a speed run with the logit loss as tensor ops (COMBADISTILL_FUSED_LOGIT_LOSS=0; the kernel is the default);
-# CANDIDATES=1 adds one with the kernels that are still off by default (the short convolutions, the gradient norms)
+# UNFUSED=1 adds one without the short-convolution and gradient-norm kernels (both on by default)
 set -uo pipefail
 source tools/gpu/common.sh
 steps=${*:-speed}
@@ -40,9 +40,9 @@ if [[ $steps == *speed* ]]; then
     echo "== bench distill, bf16, the logit loss as tensor ops (COMBADISTILL_FUSED_LOGIT_LOSS=0)"
     COMBADISTILL_FUSED_LOGIT_LOSS=0 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-tensor-loss.json" 2>&1 | tail -25
   fi
-  if [[ ${CANDIDATES:-0} == 1 ]]; then
-    echo "== bench distill, bf16, the kernels still off by default (COMBADISTILL_FUSED_SHORT_CONV=1 COMBADISTILL_FUSED_GRAD_NORM=1)"
-    COMBADISTILL_FUSED_SHORT_CONV=1 COMBADISTILL_FUSED_GRAD_NORM=1 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-candidates.json" 2>&1 | tail -25
+  if [[ ${UNFUSED:-0} == 1 ]]; then
+    echo "== bench distill, bf16, without the short-convolution and gradient-norm kernels (COMBADISTILL_FUSED_SHORT_CONV=0 COMBADISTILL_FUSED_GRAD_NORM=0)"
+    COMBADISTILL_FUSED_SHORT_CONV=0 COMBADISTILL_FUSED_GRAD_NORM=0 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-unfused.json" 2>&1 | tail -25
   fi
   if [[ ${TF32_KERNELS:-0} == 1 ]]; then
     echo "== bench distill, bf16, the tf32 Comba kernels (COMBADISTILL_FUSED_BF16=0)"

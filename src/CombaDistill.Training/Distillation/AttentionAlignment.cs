@@ -23,7 +23,7 @@ namespace CombaDistill.Distillation;
 /// </summary>
 public sealed class AlignmentLoss(Tensor loss, Tensor perLayerLosses)
 {
-    /// <summary>the mean over the aligned layers, with its graph into the student</summary>
+    /// <summary>the mean over the aligned layers, with its graph into the student (detached when the layers were backpropagated one by one)</summary>
     public Tensor Loss { get; } = loss;
 
     /// <summary>each computed layer's loss, detached, on the device</summary>
@@ -50,8 +50,12 @@ public static class AttentionAlignment
     /// <param name="alignedLayerCount">the divisor: all aligned layers of the student when <paramref name="layers"/> is a shard of them; default <paramref name="layers"/>.Count</param>
     /// <param name="sharedNorms">layers whose student input norm is known to equal the teacher's (<see cref="SharedInputNorms"/>):
     /// their mixers take the teacher's normed input instead of normalising the same hidden states again</param>
+    /// <param name="backwardScale">when given, each layer's share of the loss, times this, is backpropagated as soon as
+    /// it is formed, and the loss returned is detached. A layer's loss depends only on its own mixer (its input is the
+    /// teacher's, without gradient), so the gradients are those of one backward through the whole loss, while only
+    /// one layer's activations are alive at a time instead of every layer's.</param>
     public static AlignmentLoss Compute(LlamaForCausalLM teacher, CombaForCausalLM student, Tensor inputIds, IReadOnlyList<int> layers,
-        int? alignedLayerCount = null, bool checkpointed = false, IReadOnlySet<int>? sharedNorms = null)
+        int? alignedLayerCount = null, bool checkpointed = false, IReadOnlySet<int>? sharedNorms = null, double? backwardScale = null)
     {
         if (layers.Count == 0) throw new ArgumentException("no layer to align");
         using var scope = NewDisposeScope();
@@ -63,6 +67,7 @@ public static class AttentionAlignment
         var placement = teacherModel.Placement;
 
         var losses = new List<Tensor>();
+        var divisor = alignedLayerCount ?? layers.Count;
         Tensor h;
         Tensor cos, sin;
         using (no_grad())
@@ -99,7 +104,10 @@ public static class AttentionAlignment
                         : StudentMixer(studentLayer, x, studentCos, studentSin);
                     // mse_loss: the squared difference in one elementwise kernel and its mean, and one kernel back
                     // (2(s − t)/n), where sub, square and mean made three passes each way over (B, T, d) float32
-                    return nn.functional.mse_loss(studentOutput.to(ScalarType.Float32), teacherOutput.to(studentDevice).to(ScalarType.Float32));
+                    var layerLoss = nn.functional.mse_loss(studentOutput.to(ScalarType.Float32), teacherOutput.to(studentDevice).to(ScalarType.Float32));
+                    if (backwardScale is not { } factor) return layerLoss;
+                    (layerLoss * (factor / divisor)).backward();
+                    return layerLoss.detach();
                 }));
             }
             if (!normed.IsInvalid) normed.Dispose();   // autograd holds its own reference where a mixer used it
@@ -115,7 +123,7 @@ public static class AttentionAlignment
             }
         }
         var perLayer = stack(losses);
-        var loss = perLayer.sum() / (alignedLayerCount ?? layers.Count);
+        var loss = perLayer.sum() / divisor;
         return new AlignmentLoss(loss.MoveToOuterDisposeScope(), perLayer.detach().MoveToOuterDisposeScope());
     }
 

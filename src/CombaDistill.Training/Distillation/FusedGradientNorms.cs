@@ -12,8 +12,9 @@ namespace CombaDistill.Distillation;
 /// in the phase that holds it, on an H100. The squares are summed in float64, so the result is the norm to float64
 /// rounding, where clip_grad_norm_ takes float32 norms of float32 norms (the two agree to float32 rounding).
 /// <para>
-/// <b>Off by default</b> (<see cref="EnvironmentVariable"/>=1 turns it on) until its GPU test (FusedGradientNormsTests,
-/// a float64 reference) has passed on the GPU host. It takes float32 contiguous CUDA gradients on one device; for
+/// <b>On by default</b> (<see cref="EnvironmentVariable"/>=0 turns it off): its GPU test (FusedGradientNormsTests, a
+/// float64 reference) passed on an H100, and the phase that holds the clip went from 3.1 to 1.2 ms in alignment and
+/// from 4.4 to 2.9 ms in KL. It takes float32 contiguous CUDA gradients on one device; for
 /// anything else, or where the kernel cannot be built (a warning, then never again), <see cref="TryCompute"/> returns
 /// null and the caller takes the tensor ops.
 /// </para>
@@ -25,7 +26,7 @@ public static class FusedGradientNorms
     const long ElementsPerBlock = 64 * 1024;
     static readonly EmbeddedModule Kernels = new("kernels/grad_norm.cu", ["group_sum_squares"]);
 
-    public static bool Enabled => Runtime.EnvironmentSwitch.IsOn(EnvironmentVariable, whenUnset: false);
+    public static bool Enabled => Runtime.EnvironmentSwitch.IsOn(EnvironmentVariable, whenUnset: true);
 
     /// <summary>Each group's gradient norm (0 for a group without gradients), or null where the kernel does not apply.</summary>
     public static double[]? TryCompute(Parameter[][] groups) => Enabled ? Compute(groups) : null;

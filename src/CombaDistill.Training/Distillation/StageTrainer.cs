@@ -422,10 +422,10 @@ public sealed class StageTrainer
             var phases = inputs.Phases;
             if (stage.Objective == Objective.AttentionAlignment)
             {
-                var alignment = AttentionAlignment.Compute(teacher, student, input, trainedLayers, alignedLayers.Count, stage.ActivationCheckpointing, sharedNorms);
-                phases?.Mark("forward (teacher layers, student mixers, alignment loss)");
-                (alignment.Loss * scale).backward();
-                phases?.Mark("backward");
+                // each layer's mixer backpropagates as soon as its loss is formed: one layer's activations alive at a time
+                var alignment = AttentionAlignment.Compute(teacher, student, input, trainedLayers, alignedLayers.Count, stage.ActivationCheckpointing, sharedNorms,
+                    backwardScale: scale);
+                phases?.Mark("teacher layers, student mixers forward and backward");
                 if (mixed is not null)
                 {
                     mixed.AccumulateGradients();

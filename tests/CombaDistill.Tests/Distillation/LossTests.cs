@@ -259,4 +259,35 @@ public sealed class LossTests
                 Assert.True(g.equal(teachers.Grads[name]).all().item<bool>(), $"{name} (checkpointed: {checkpointed}): the gradient differs");
         }
     }
+    [Fact]
+    public void Backpropagating_layer_by_layer_gives_the_gradients_of_one_backward_through_the_loss()
+    {
+        var (teacher, student) = Pair(keptAttention: []);
+        using var ids = Ids(2, 20, 8);
+        foreach (var (name, p) in student.named_parameters()) p.requires_grad = name.Contains(".self_attn.");
+        const double scale = 0.375;   // a micro-batch's share, as the trainer passes it
+        Dictionary<string, Tensor> Gradients() => student.named_parameters().Where(p => p.parameter.grad is not null)
+            .ToDictionary(p => p.name, p => p.parameter.grad!.clone());
+        foreach (var checkpointed in new[] { false, true })
+        {
+            foreach (var p in student.parameters()) p.grad = null;
+            var whole = AttentionAlignment.Compute(teacher, student, ids, [0, 1], alignedLayerCount: 3, checkpointed: checkpointed);
+            (whole.Loss * scale).backward();
+            var expected = Gradients();
+
+            foreach (var p in student.parameters()) p.grad = null;
+            var layered = AttentionAlignment.Compute(teacher, student, ids, [0, 1], alignedLayerCount: 3, checkpointed: checkpointed, backwardScale: scale);
+            var actual = Gradients();
+
+            Assert.False(layered.Loss.requires_grad, "the loss comes back detached");
+            Assert.Equal(whole.Loss.item<float>(), layered.Loss.item<float>());
+            Assert.Equal(whole.PerLayer, layered.PerLayer);
+            Assert.Equal(expected.Keys.Order(), actual.Keys.Order());
+            Assert.Contains(expected.Keys, k => k.StartsWith("model.layers.0.") && k.Contains("q_proj"));
+            Assert.Contains(expected.Keys, k => k.StartsWith("model.layers.1.") && k.Contains("q_proj"));
+            // float32 arithmetic in a different order (the factor scale/3 formed in double first): equal to rounding
+            foreach (var (name, g) in expected)
+                Assert.True(allclose(actual[name], g, rtol: 1e-5, atol: 1e-9), $"{name} (checkpointed: {checkpointed}): {(actual[name] - g).abs().max().item<float>():E2} off");
+        }
+    }
 }
