@@ -38,4 +38,4 @@ else
     done
   done
 fi
-column -t -s $'\t' "$OUT/memory-sweep.tsv"
+if command -v column >/dev/null; then column -t -s $'\t' "$OUT/memory-sweep.tsv"; else cat "$OUT/memory-sweep.tsv"; fi
