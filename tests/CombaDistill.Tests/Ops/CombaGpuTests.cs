@@ -174,4 +174,53 @@ public class CombaGpuTests
         Compare.Close(cat(pieces, dim: 1), whole, 1e-2, "bf16 layer: prefill + decode vs one pass");
         Compare.Close(state.Recurrent, wholeState.Recurrent, 1e-2, "bf16 layer state");
     }
+    /// <summary>
+    /// A layer with the teacher's rotary and short convolutions, as the 1B recipe converts it: on CUDA in bf16 the op
+    /// rotates q and k inside the kernels and reads them in the projections' layout, the convolutions run as kernels;
+    /// the same weights in float64 on the CPU take none of that. Their outputs and every parameter's gradient agree to
+    /// bf16's band, and decoding step by step (rotary as tensor ops at each position) continues the kernels' prefill.
+    /// </summary>
+    [Fact]
+    public void A_rotary_layer_on_the_bf16_kernels_matches_float64_on_the_CPU_and_its_own_decoding()
+    {
+        Gpu.Require();
+        using var scope = NewDisposeScope();
+        var model = new LlamaConfig { HiddenSize = 512, NumAttentionHeads = 8, NumKeyValueHeads = 2, HeadDim = 64 };
+        manual_seed(11);
+        var reference = new CombaAttention("self_attn", model, new CombaConfig { ShortConv = 4, Rotary = "teacher", InitialD = 0.02 });
+        reference.to(ScalarType.Float64);
+        using (no_grad())
+            foreach (var p in reference.parameters()) p.add_(randn_like(p) * 0.02);   // convolutions off the identity
+        var layer = new CombaAttention("self_attn", model, new CombaConfig { ShortConv = 4, Rotary = "teacher", InitialD = 0.02 });
+        layer.load_state_dict(reference.state_dict());
+        layer.to(CUDA, ScalarType.BFloat16);
+        var rotary = new CombaDistill.Modeling.RotaryEmbedding(64, 500000);
+        var x = (randn([2, 150, 512], dtype: ScalarType.Float64)).to(ScalarType.BFloat16).to(ScalarType.Float64);
+        var weight = randn([2, 150, 512], dtype: ScalarType.Float64);
+
+        var (cos64, sin64) = rotary.CosSin(0, 150, ScalarType.Float64, CPU);
+        var expected = reference.forward(x, cos64, sin64).Output;
+        (expected * weight).sum().backward();
+        var (cos, sin) = rotary.CosSin(0, 150, ScalarType.BFloat16, CUDA);
+        var actual = layer.forward(x.to(ScalarType.BFloat16, CUDA), cos, sin).Output;
+        (actual.to(ScalarType.Float64) * weight.to(CUDA)).sum().backward();
+        Compare.Close(actual.to(ScalarType.Float64, CPU), expected, 2e-2, "rotary layer output, bf16 kernels vs float64");
+        var grads = layer.named_parameters().ToDictionary(p => p.name, p => p.parameter.grad);
+        foreach (var (name, p) in reference.named_parameters())
+            Compare.Close(grads[name]!.to(ScalarType.Float64, CPU), p.grad!, 3e-2, $"gradient of {name}, bf16 kernels vs float64");
+
+        using (no_grad())
+        {
+            var xc = x.to(ScalarType.BFloat16, CUDA);
+            var (first, state) = layer.forward(xc.narrow(1, 0, 140), cos.narrow(0, 0, 140), sin.narrow(0, 0, 140));
+            var pieces = new List<Tensor> { first };
+            for (int t = 140; t < 150; t++)
+            {
+                var (y, next) = layer.forward(xc.narrow(1, t, 1), cos.narrow(0, t, 1), sin.narrow(0, t, 1), state);
+                pieces.Add(y);
+                state = next;
+            }
+            Compare.Close(cat(pieces, dim: 1).to(ScalarType.Float64, CPU), actual.detach().to(ScalarType.Float64, CPU), 1e-2, "rotary layer: prefill + decode vs one pass");
+        }
+    }
 }
