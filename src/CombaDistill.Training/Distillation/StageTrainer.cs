@@ -380,7 +380,7 @@ public sealed class StageTrainer
     /// </summary>
     static double[] GradientNorms(Parameter[][] groups)
     {
-        if (FusedGradientNorms.TryCompute(groups) is { } fused) return fused;   // one launch (off by default until GPU-checked)
+        if (FusedGradientNorms.TryCompute(groups) is { } fused) return fused;   // one launch (COMBADISTILL_FUSED_GRAD_NORM=0: a norm per gradient)
         using var scope = NewDisposeScope();
         var totals = new List<Tensor>();
         var withGradients = new List<int>();

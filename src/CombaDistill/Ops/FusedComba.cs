@@ -192,8 +192,10 @@ public static class FusedComba
         /// q or k as the norm kernels read it: as it is when (B, H, T, D) is contiguous or a transposed view of a
         /// contiguous (B, T, H, D) (what the projections make), 8-byte aligned; a contiguous copy otherwise.
         /// </summary>
-        public static Tensor Operand(Tensor x) =>
-            x.stride(3) == 1 && (x.is_contiguous() || x.transpose(1, 2).is_contiguous()) && (long)TensorMemory.DataPointer(x) % 8 == 0 ? x : x.contiguous();
+        public static Tensor Operand(Tensor x) => Readable(x) ? x : x.contiguous();
+
+        static bool Readable(Tensor x) =>
+            x.stride(3) == 1 && (x.is_contiguous() || x.transpose(1, 2).is_contiguous()) && (long)TensorMemory.DataPointer(x) % 8 == 0;
 
         /// <summary>An uninitialised tensor in <paramref name="x"/>'s layout (one of the two <see cref="Operand"/> keeps).</summary>
         static Tensor EmptyInLayoutOf(Tensor x) =>
@@ -203,7 +205,9 @@ public static class FusedComba
         // its batch, head and time strides
         static object[] Strided(Tensor x)
         {
+            // the launcher's own checks (contiguous, on the kernel's device) do not apply to a raw pointer: these do
             if (x.device_type != DeviceType.CUDA) throw new ArgumentException($"the Comba norm kernels take CUDA tensors, not {x.device}");
+            if (!Readable(x)) throw new ArgumentException($"the Comba norm kernels read (B, H, T, D) contiguous or a transposed (B, T, H, D), 8-byte aligned; got strides [{string.Join(", ", x.stride())}] (pass it through Operand)");
             return [TensorMemory.DataPointer(x)];
         }
 
@@ -228,6 +232,8 @@ public static class FusedComba
             var h0 = vars[7] as Tensor;
             var scale = (float)(double)vars[8];
             var (cos, sin) = (vars[9] as Tensor, vars[10] as Tensor);
+            if (k.device_index != q.device_index || (cos is not null && cos.device_index != q.device_index))
+                throw new ArgumentException($"FusedComba: q on {q.device}, k on {k.device}{(cos is null ? "" : $", the rotary tables on {cos.device}")}: one device");
             var (B, H, T, D) = ((int)q.shape[0], (int)q.shape[1], (int)q.shape[2], (int)q.shape[3]);
             int Hkv = (int)k.shape[1], N = (T + ChunkSize - 1) / ChunkSize, Tp = N * ChunkSize, BH = B * H;
             var device = q.device;

@@ -276,8 +276,18 @@ public sealed class LossTests
             var expected = Gradients();
 
             foreach (var p in student.parameters()) p.grad = null;
+            // when layer 1's mixer starts, layer 0's has already been backpropagated (its activations are gone)
+            var layer0 = ((CombaAttention)student.model.layers[0].self_attn).q_proj;
+            var seenBeforeLayer1 = new List<bool>();
+            var hook = ((CombaAttention)student.model.layers[1].self_attn).q_proj.register_forward_hook((m, x, y) =>
+            {
+                seenBeforeLayer1.Add(layer0.weight!.grad is { IsInvalid: false });
+                return y;
+            });
             var layered = AttentionAlignment.Compute(teacher, student, ids, [0, 1], alignedLayerCount: 3, checkpointed: checkpointed, backwardScale: scale);
+            hook.remove();
             var actual = Gradients();
+            Assert.True(seenBeforeLayer1.Count > 0 && seenBeforeLayer1[0], "layer 0's gradient was not there when layer 1's mixer ran");
 
             Assert.False(layered.Loss.requires_grad, "the loss comes back detached");
             Assert.Equal(whole.Loss.item<float>(), layered.Loss.item<float>());

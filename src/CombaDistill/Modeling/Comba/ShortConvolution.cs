@@ -33,7 +33,7 @@ public sealed class ShortConvolution : nn.Module
         var (batch, channels) = (x.shape[0], x.shape[2]);
         if (Ops.FusedShortConvolution.Use(x, weight, cache))
         {
-            // a sequence start on CUDA in bf16: the kernels, in the (B, T, C) layout (off by default until GPU-checked)
+            // a sequence start on CUDA in bf16: the kernels, in the (B, T, C) layout (COMBADISTILL_FUSED_SHORT_CONV=0: conv1d)
             var fused = Ops.FusedShortConvolution.Forward(x, weight.to(x.dtype));
             var last = Math.Min(Kernel - 1, x.shape[1]);
             var tail = x.narrow(1, x.shape[1] - last, last).transpose(1, 2);
