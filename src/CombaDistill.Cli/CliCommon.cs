@@ -109,6 +109,8 @@ static class CliCommon
             IOException io when IsOutOfSpace(io) => (RunFailure, $"no space left on device ({io.Message}); nothing was replaced, free space and run again"),
             IOException => (RunFailure, $"I/O error: {e.Message}"),
             OutOfMemoryException => (RunFailure, "out of memory"),
+            // libtorch's allocators (CUDA or CPU) out of memory: what was asked for, and what to change
+            _ when MemoryExhaustion.Describe(e) is { } exhausted => (RunFailure, exhausted),
             _ => (RunFailure, $"{e.GetType().Name}: {e.Message} (an internal error; --verbose prints where)"),
         };
         return (code, Bounded.Line(text, MaxErrorLength));
