@@ -77,3 +77,119 @@ extern "C" __global__ void short_conv_bwd_w(const bf16r* __restrict__ dy, const 
 #pragma unroll
     for (int j = 0; j < K; j++) atomicAdd(&dw[c * K + j], acc[j]);
 }
+
+// ── Eight channels a thread (C a multiple of 8): 16-byte loads and stores of bf16 rows, 32-bit index arithmetic ──
+// The same sums as above. The weight gradient's block is 32 channel groups × 8 row lanes; the lanes' partial sums
+// meet in shared memory and each block adds its 32 × 32 sums into dw once.
+
+__device__ __forceinline__ void unpack8(uint4 u, float (&f)[8])
+{
+    const unsigned v[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+    {
+        f[2 * i] = __uint_as_float(v[i] << 16);
+        f[2 * i + 1] = __uint_as_float(v[i] & 0xffff0000u);
+    }
+}
+__device__ __forceinline__ uint4 pack8(const float (&f)[8])
+{
+    unsigned v[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) v[i] = (unsigned)to_bf(f[2 * i]) | ((unsigned)to_bf(f[2 * i + 1]) << 16);
+    uint4 u;   // (make_uint4 lives in a header NVRTC does not have)
+    u.x = v[0]; u.y = v[1]; u.z = v[2]; u.w = v[3];
+    return u;
+}
+__device__ __forceinline__ float tap(const float4& w, int j) { return j == 0 ? w.x : j == 1 ? w.y : j == 2 ? w.z : w.w; }
+
+// G = C / 8 channel groups; total = B·T·G
+extern "C" __global__ void short_conv_fwd8(const bf16r* __restrict__ x, const float* __restrict__ w, bf16r* __restrict__ y,
+                                           int T, int G, int total)
+{
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x)
+    {
+        const int g = i % G, r = i / G, t = r % T;
+        const float4* wg = reinterpret_cast<const float4*>(w) + (size_t)g * 8;   // channel c's four taps are one float4
+        float4 wc[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) wc[e] = wg[e];
+        float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, v[8];
+#pragma unroll
+        for (int j = 0; j < K; j++)
+        {
+            const int back = K - 1 - j;
+            if (t < back) continue;
+            unpack8(*reinterpret_cast<const uint4*>(x + ((size_t)(r - back) * G + g) * 8), v);
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[e] += tap(wc[e], j) * v[e];
+        }
+        *reinterpret_cast<uint4*>(y + ((size_t)r * G + g) * 8) = pack8(acc);
+    }
+}
+
+extern "C" __global__ void short_conv_bwd_x8(const bf16r* __restrict__ dy, const float* __restrict__ w, bf16r* __restrict__ dx,
+                                             int T, int G, int total)
+{
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x)
+    {
+        const int g = i % G, r = i / G, t = r % T;
+        const float4* wg = reinterpret_cast<const float4*>(w) + (size_t)g * 8;
+        float4 wc[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++) wc[e] = wg[e];
+        float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, v[8];
+#pragma unroll
+        for (int j = 0; j < K; j++)
+        {
+            const int ahead = K - 1 - j;
+            if (t + ahead >= T) continue;
+            unpack8(*reinterpret_cast<const uint4*>(dy + ((size_t)(r + ahead) * G + g) * 8), v);
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[e] += tap(wc[e], j) * v[e];
+        }
+        *reinterpret_cast<uint4*>(dx + ((size_t)r * G + g) * 8) = pack8(acc);
+    }
+}
+
+// block (32, 8), grid (⌈G / 32⌉, row chunks of rowsPerBlock); dynamic shared memory 8 · 32 · 33 floats
+extern "C" __global__ void short_conv_bwd_w8(const bf16r* __restrict__ dy, const bf16r* __restrict__ x, float* __restrict__ dw,
+                                             int T, int G, int rows, int rowsPerBlock)
+{
+    extern __shared__ float part[];
+    const int tx = threadIdx.x, ty = threadIdx.y, g = blockIdx.x * 32 + tx;
+    const int r0 = blockIdx.y * rowsPerBlock, r1 = min(r0 + rowsPerBlock, rows);
+    float acc[32];
+#pragma unroll
+    for (int k = 0; k < 32; k++) acc[k] = 0.f;
+    if (g < G)
+        for (int r = r0 + ty; r < r1; r += 8)
+        {
+            const int t = r % T;
+            float d[8], v[8];
+            unpack8(*reinterpret_cast<const uint4*>(dy + ((size_t)r * G + g) * 8), d);
+#pragma unroll
+            for (int j = 0; j < K; j++)
+            {
+                const int back = K - 1 - j;
+                if (t < back) continue;
+                unpack8(*reinterpret_cast<const uint4*>(x + ((size_t)(r - back) * G + g) * 8), v);
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[e * K + j] += d[e] * v[e];
+            }
+        }
+    // the eight row lanes' sums, each (channel group, e·4 + j) at tx·33 + k (a padded row: no bank conflicts)
+#pragma unroll
+    for (int k = 0; k < 32; k++) part[ty * 32 * 33 + tx * 33 + k] = acc[k];
+    __syncthreads();
+    // dw is (C, 4), so a group's 32 sums are consecutive: the block's are dw[blockIdx.x · 1024 + o], o = tx·32 + k
+    for (int o = ty * 32 + tx; o < 1024; o += 256)
+    {
+        const int gx = o / 32, k = o % 32;
+        if (blockIdx.x * 32 + gx >= G) continue;
+        float s = 0.f;
+#pragma unroll
+        for (int l = 0; l < 8; l++) s += part[l * 32 * 33 + gx * 33 + k];
+        atomicAdd(&dw[(size_t)blockIdx.x * 1024 + o], s);
+    }
+}

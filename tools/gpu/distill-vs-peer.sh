@@ -13,7 +13,8 @@
 # usage: bash tools/gpu/distill-vs-peer.sh [speed] [quality] [stories] [kernels] [lane]
 # PEER=0 leaves the peers out of speed and kernels (when a call has no time for them; compare only within one call);
 # TENSOR_LOSS=1 adds a speed run with the logit loss as tensor ops (COMBADISTILL_FUSED_LOGIT_LOSS=0; the kernel is the default);
-# UNFUSED=1 adds one without the short-convolution and gradient-norm kernels (both on by default)
+# UNFUSED=1 adds one without the short-convolution and gradient-norm kernels (both on by default);
+# WIDE_CONV=1 adds one with the eight-channel short-convolution kernels (COMBADISTILL_SHORT_CONV_WIDE=1, off by default)
 set -uo pipefail
 source tools/gpu/common.sh
 steps=${*:-speed}
@@ -43,6 +44,10 @@ if [[ $steps == *speed* ]]; then
   if [[ ${UNFUSED:-0} == 1 ]]; then
     echo "== bench distill, bf16, without the short-convolution and gradient-norm kernels (COMBADISTILL_FUSED_SHORT_CONV=0 COMBADISTILL_FUSED_GRAD_NORM=0)"
     COMBADISTILL_FUSED_SHORT_CONV=0 COMBADISTILL_FUSED_GRAD_NORM=0 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-unfused.json" 2>&1 | tail -25
+  fi
+  if [[ ${WIDE_CONV:-0} == 1 ]]; then
+    echo "== bench distill, bf16, the eight-channel short-convolution kernels (COMBADISTILL_SHORT_CONV_WIDE=1)"
+    COMBADISTILL_SHORT_CONV_WIDE=1 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-wide-conv.json" 2>&1 | tail -25
   fi
   if [[ ${TF32_KERNELS:-0} == 1 ]]; then
     echo "== bench distill, bf16, the tf32 Comba kernels (COMBADISTILL_FUSED_BF16=0)"

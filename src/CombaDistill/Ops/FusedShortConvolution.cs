@@ -22,9 +22,28 @@ public static class FusedShortConvolution
     public const string EnvironmentVariable = "COMBADISTILL_FUSED_SHORT_CONV";
     public const int Kernel = 4;
     const int Threads = 256, RowsPerBlock = 64;
-    static readonly EmbeddedModule Kernels = new("kernels/short_conv.cu", ["short_conv_fwd", "short_conv_bwd_x", "short_conv_bwd_w"]);
+    static readonly EmbeddedModule Kernels = new("kernels/short_conv.cu",
+        ["short_conv_fwd", "short_conv_bwd_x", "short_conv_bwd_w", "short_conv_fwd8", "short_conv_bwd_x8", "short_conv_bwd_w8"]);
 
     public static bool Enabled => Runtime.EnvironmentSwitch.IsOn(EnvironmentVariable, whenUnset: true);
+
+    /// <summary>
+    /// <see cref="WideVariable"/>=1 takes the kernels that handle eight channels a thread with 16-byte loads (where C is
+    /// a multiple of 8), written to bring the three convolutions of a 1B-shaped layer (0.64 ms forward + backward on
+    /// an H100, several times their traffic at the memory bandwidth) towards that floor. Off until FusedShortConvolutionTests
+    /// has passed with them on a GPU and `bench distill` has measured them.
+    /// </summary>
+    public const string WideVariable = "COMBADISTILL_SHORT_CONV_WIDE";
+
+    /// <summary>Whether a call on these tensors takes the eight-channel kernels (switched on, C a multiple of 8, 16-byte aligned rows, 32-bit counts).</summary>
+    public static bool Wide(params Tensor[] tensors)
+    {
+        if (!Runtime.EnvironmentSwitch.IsOn(WideVariable, whenUnset: false)) return false;
+        var x = tensors[0];
+        var (rows, channels) = (x.shape[0] * x.shape[1], x.shape[2]);
+        return channels % 8 == 0 && rows * (channels / 8) <= int.MaxValue && rows <= int.MaxValue
+               && tensors.All(t => t.is_contiguous() && (long)TensorMemory.DataPointer(t) % 16 == 0);
+    }
 
     /// <summary>Whether the kernels take this call: (B, T, C) bf16 CUDA input, a (C, 1, 4) weight on its device, no cache (a sequence start).</summary>
     public static bool Takes(Tensor x, Tensor weight, Tensor? cache) =>
@@ -58,7 +77,12 @@ public static class FusedShortConvolution
             using var w = weight.detach().to(ScalarType.Float32).reshape(C, Kernel).contiguous();
             var y = empty_like(x);
             var device = CudaDevice.For(x.device);
-            Kernels.For(device).Kernel("short_conv_fwd").Launch((Blocks(device, x.numel()), 1, 1), (Threads, 1, 1), 0, x, w, y, T, C, x.numel());
+            if (Wide(x, y, w))
+            {
+                var groups = (int)(x.numel() / 8);
+                Kernels.For(device).Kernel("short_conv_fwd8").Launch((Blocks(device, groups), 1, 1), (Threads, 1, 1), 0, x, w, y, T, C / 8, groups);
+            }
+            else Kernels.For(device).Kernel("short_conv_fwd").Launch((Blocks(device, x.numel()), 1, 1), (Threads, 1, 1), 0, x, w, y, T, C, x.numel());
             ctx.save_for_backward([x, weight]);
             return [y];
         }
@@ -79,12 +103,28 @@ public static class FusedShortConvolution
                 var dy = grads[0].to(ScalarType.BFloat16).contiguous();
                 using var w = weight.detach().to(ScalarType.Float32).reshape(C, Kernel).contiguous();
                 dx = empty_like(x);
-                module.Kernel("short_conv_bwd_x").Launch((Blocks(device, x.numel()), 1, 1), (Threads, 1, 1), 0, dy, w, dx, T, C, x.numel());
                 var dw32 = zeros([C, Kernel], ScalarType.Float32, x.device);
                 var rows = B * T;
-                var perBlock = (int)Math.Max(RowsPerBlock, (rows + 65534) / 65535);   // the grid's y is at most 65,535
-                module.Kernel("short_conv_bwd_w").Launch(((C + Threads - 1) / Threads, (int)((rows + perBlock - 1) / perBlock), 1), (Threads, 1, 1), 0,
-                    dy, x, dw32, T, C, rows, perBlock);
+                if (Wide(x, dy, dx, w))
+                {
+                    var groups = C / 8;
+                    var total = (int)(rows * groups);
+                    module.Kernel("short_conv_bwd_x8").Launch((Blocks(device, total), 1, 1), (Threads, 1, 1), 0, dy, w, dx, T, groups, total);
+                    // about four blocks an SM in all, each summing a run of rows; the grid's y is at most 65,535
+                    var across = (groups + 31) / 32;
+                    var chunks = (int)Math.Clamp((4L * device.MultiprocessorCount + across - 1) / across, 1, Math.Min(65535, (rows + 7) / 8));
+                    var perBlock = (int)((rows + chunks - 1) / chunks);
+                    chunks = (int)((rows + perBlock - 1) / perBlock);
+                    module.Kernel("short_conv_bwd_w8").Launch((across, chunks, 1), (32, 8, 1), 8 * 32 * 33 * sizeof(float),
+                        dy, x, dw32, T, groups, (int)rows, perBlock);
+                }
+                else
+                {
+                    module.Kernel("short_conv_bwd_x").Launch((Blocks(device, x.numel()), 1, 1), (Threads, 1, 1), 0, dy, w, dx, T, C, x.numel());
+                    var perBlock = (int)Math.Max(RowsPerBlock, (rows + 65534) / 65535);   // the grid's y is at most 65,535
+                    module.Kernel("short_conv_bwd_w").Launch(((C + Threads - 1) / Threads, (int)((rows + perBlock - 1) / perBlock), 1), (Threads, 1, 1), 0,
+                        dy, x, dw32, T, C, rows, perBlock);
+                }
                 dw = dw32.view(C, 1, Kernel).to(weight.dtype);
                 dx.MoveToOuterDisposeScope();
                 dw.MoveToOuterDisposeScope();

@@ -29,24 +29,37 @@ public sealed class FusedShortConvolutionTests
     static double Worst(Tensor actual, Tensor expected) =>
         (actual.to(ScalarType.Float64, CPU) - expected).abs().max().item<double>() / Math.Max(1e-12, expected.abs().max().item<double>());
 
+    /// <summary>Each case with the one-channel kernels and with the eight-channel ones (which take C a multiple of 8).</summary>
     [Theory]
-    [InlineData(2, 37, 300)]
-    [InlineData(1, 2, 64)]
-    [InlineData(3, 129, 512)]
-    public void On_CUDA_output_and_gradients_match_conv1d_in_float64(int batch, int length, int channels)
+    [InlineData(2, 37, 300, false)]
+    [InlineData(2, 37, 300, true)]
+    [InlineData(1, 2, 64, false)]
+    [InlineData(1, 2, 64, true)]
+    [InlineData(3, 129, 512, false)]
+    [InlineData(3, 129, 512, true)]
+    [InlineData(2, 70, 296, true)]
+    [InlineData(1, 300, 2048, true)]
+    public void On_CUDA_output_and_gradients_match_conv1d_in_float64(int batch, int length, int channels, bool wide)
     {
         Gpu.Require();
-        var g = new Generator(7);
-        var x = randn([batch, length, channels], generator: g).to(ScalarType.BFloat16).to(CUDA).requires_grad_();
-        var w = (randn([channels, 1, 4], generator: g) * 0.5).to(CUDA).requires_grad_();
-        var dy = randn([batch, length, channels], generator: g).to(ScalarType.BFloat16).to(CUDA);
-        var y = FusedShortConvolution.Forward(x, w);
-        y.backward([dy]);
-        var (yRef, dxRef, dwRef) = Reference(x, w, dy);
-        // bf16 output and input gradient: a few units of bf16 rounding; the weight gradient is summed in float32
-        Assert.True(Worst(y, yRef) < 1e-2, $"y: {Worst(y, yRef)}");
-        Assert.True(Worst(x.grad!, dxRef) < 1e-2, $"dx: {Worst(x.grad!, dxRef)}");
-        Assert.True(Worst(w.grad!, dwRef) < 1e-4, $"dw: {Worst(w.grad!, dwRef)}");
+        var before = Environment.GetEnvironmentVariable(FusedShortConvolution.WideVariable);
+        try
+        {
+            Environment.SetEnvironmentVariable(FusedShortConvolution.WideVariable, wide ? "1" : "0");
+            var g = new Generator(7);
+            var x = randn([batch, length, channels], generator: g).to(ScalarType.BFloat16).to(CUDA).requires_grad_();
+            var w = (randn([channels, 1, 4], generator: g) * 0.5).to(CUDA).requires_grad_();
+            var dy = randn([batch, length, channels], generator: g).to(ScalarType.BFloat16).to(CUDA);
+            Assert.Equal(wide && channels % 8 == 0, FusedShortConvolution.Wide(x, dy));
+            var y = FusedShortConvolution.Forward(x, w);
+            y.backward([dy]);
+            var (yRef, dxRef, dwRef) = Reference(x, w, dy);
+            // bf16 output and input gradient: a few units of bf16 rounding; the weight gradient is summed in float32
+            Assert.True(Worst(y, yRef) < 1e-2, $"y: {Worst(y, yRef)}");
+            Assert.True(Worst(x.grad!, dxRef) < 1e-2, $"dx: {Worst(x.grad!, dxRef)}");
+            Assert.True(Worst(w.grad!, dwRef) < 1e-4, $"dw: {Worst(w.grad!, dwRef)}");
+        }
+        finally { Environment.SetEnvironmentVariable(FusedShortConvolution.WideVariable, before); }
     }
 
     [Theory]
