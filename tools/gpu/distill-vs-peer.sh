@@ -14,7 +14,8 @@
 # PEER=0 leaves the peers out of speed and kernels (when a call has no time for them; compare only within one call);
 # TENSOR_LOSS=1 adds a speed run with the logit loss as tensor ops (COMBADISTILL_FUSED_LOGIT_LOSS=0; the kernel is the default);
 # UNFUSED=1 adds one without the short-convolution and gradient-norm kernels (both on by default);
-# WIDE_CONV=1 adds one with the eight-channel short-convolution kernels (COMBADISTILL_SHORT_CONV_WIDE=1, off by default)
+# WIDE_CONV=1 adds one with the eight-channel short-convolution kernels (COMBADISTILL_SHORT_CONV_WIDE=1, off by default);
+# CANDIDATES=1 adds one with every kernel still off by default (those and the fused RMSNorm, COMBADISTILL_FUSED_RMSNORM=1)
 set -uo pipefail
 source tools/gpu/common.sh
 steps=${*:-speed}
@@ -48,6 +49,10 @@ if [[ $steps == *speed* ]]; then
   if [[ ${WIDE_CONV:-0} == 1 ]]; then
     echo "== bench distill, bf16, the eight-channel short-convolution kernels (COMBADISTILL_SHORT_CONV_WIDE=1)"
     COMBADISTILL_SHORT_CONV_WIDE=1 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-wide-conv.json" 2>&1 | tail -25
+  fi
+  if [[ ${CANDIDATES:-0} == 1 ]]; then
+    echo "== bench distill, bf16, the kernels still off by default (COMBADISTILL_SHORT_CONV_WIDE=1 COMBADISTILL_FUSED_RMSNORM=1)"
+    COMBADISTILL_SHORT_CONV_WIDE=1 COMBADISTILL_FUSED_RMSNORM=1 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-candidates.json" 2>&1 | tail -25
   fi
   if [[ ${TF32_KERNELS:-0} == 1 ]]; then
     echo "== bench distill, bf16, the tf32 Comba kernels (COMBADISTILL_FUSED_BF16=0)"
@@ -98,7 +103,8 @@ if [[ $steps == *lane* ]]; then
   # every class with a test that needs CUDA (Gpu.Require), but the NCCL ones, which tools/gpu/multi-gpu.sh runs on two GPUs
   classes=(Runtime.CudaKernelGpuTests Ops.FusedCombaTests Ops.CombaGpuTests Modeling.StudentGpuTests Modeling.LlamaGpuTests
            IO.CheckpointTests Distillation.DistillationGpuTests Distillation.DistillationBenchmarkTests Distillation.FusedAdamWTests
-           Ops.FusedLogitLossTests Distillation.FusedGradientNormsTests Ops.FusedShortConvolutionTests)
+           Ops.FusedLogitLossTests Distillation.FusedGradientNormsTests Ops.FusedShortConvolutionTests Ops.FusedRmsNormTests
+           Runtime.MemoryExhaustionTests)
   args=(); for c in "${classes[@]}"; do args+=(-class "CombaDistill.Tests.$c"); done
   bash .gpu/run.sh tests/CombaDistill.Tests.dll -noColor -parallel none "${args[@]}" > "$OUT/lane.log" 2>&1
   grep -E "\[FAIL\]|Total:|measured|error" "$OUT/lane.log" | head -30

@@ -26,6 +26,8 @@ public sealed class RMSNorm : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
+        // bf16 on CUDA: one kernel each way with the same arithmetic (Ops.FusedRmsNorm; off unless switched on)
+        if (Ops.FusedRmsNorm.Use(x, weight)) return Ops.FusedRmsNorm.Forward(x, weight, eps);
         var x32 = x.to(ScalarType.Float32);
         var normed = x32 * (x32.square().mean([-1], keepdim: true) + eps).rsqrt();
         return weight * normed.to(x.dtype);
