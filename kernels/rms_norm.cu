@@ -106,7 +106,7 @@ extern "C" __global__ void __launch_bounds__(NT) rms_norm_bwd(const bf16r* __res
             {
                 const float xh = f[e] * r;
                 dot += rounded(d[e] * g[e]) * xh;   // the bf16 product dy · w that the tensor ops' backward forms
-                if (dw != nullptr) atomicAdd(&dwPart[8 * v + e], d[e] * rounded(xh));
+                if (dw != nullptr) atomicAdd(&dwPart[e * V + v], d[e] * rounded(xh));   // element 8v + e, lanes on distinct banks
             }
         }
         const float c = warp_sum(dot) / (float)D;
@@ -123,6 +123,6 @@ extern "C" __global__ void __launch_bounds__(NT) rms_norm_bwd(const bf16r* __res
     if (dw != nullptr)
     {
         __syncthreads();
-        for (int i = threadIdx.x; i < D; i += NT) atomicAdd(&dw[i], dwPart[i]);
+        for (int i = threadIdx.x; i < D; i += NT) atomicAdd(&dw[i], dwPart[(i % 8) * V + i / 8]);
     }
 }

@@ -28,7 +28,8 @@ public static class FusedRmsNorm
     {
         if (x.device_type != DeviceType.CUDA || x.dtype != ScalarType.BFloat16 || x.dim() < 1 || x.numel() == 0) return false;
         var d = x.shape[^1];
-        return d % 8 == 0 && d <= int.MaxValue && x.numel() / d <= int.MaxValue
+        // the backward sums the weight gradient of a block in D floats of shared memory: at most 48 KB without opting in
+        return d % 8 == 0 && d * sizeof(float) <= 48 * 1024 && x.numel() / d <= int.MaxValue
                && weight.dtype == ScalarType.BFloat16 && weight.dim() == 1 && weight.shape[0] == d
                && weight.device_type == DeviceType.CUDA && weight.device_index == x.device_index && weight.is_contiguous()
                && (!x.is_contiguous() || (long)TensorMemory.DataPointer(x) % 16 == 0)
@@ -90,6 +91,7 @@ public static class FusedRmsNorm
             using (var scope = NewDisposeScope())
             {
                 var dy = grads[0].to(ScalarType.BFloat16).contiguous();
+                if ((long)TensorMemory.DataPointer(dy) % 16 != 0) dy = dy.clone();   // a view at an odd offset: the kernel loads 16 bytes at a time
                 dx = empty_like(x);
                 var dw32 = wantWeight ? zeros([d], ScalarType.Float32, x.device) : null;
                 // about two blocks an SM, each a run of rows, so that few blocks add their weight-gradient sums into dw

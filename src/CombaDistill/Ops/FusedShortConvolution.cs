@@ -41,7 +41,8 @@ public static class FusedShortConvolution
         if (!Runtime.EnvironmentSwitch.IsOn(WideVariable, whenUnset: false)) return false;
         var x = tensors[0];
         var (rows, channels) = (x.shape[0] * x.shape[1], x.shape[2]);
-        return channels % 8 == 0 && rows * (channels / 8) <= int.MaxValue && rows <= int.MaxValue
+        // the kernels count in 32-bit ints and step by the grid (at most 16 blocks of 256 threads an SM on any device we know): room for one stride
+        return channels % 8 == 0 && rows * (channels / 8) <= int.MaxValue - (1L << 24) && rows <= int.MaxValue
                && tensors.All(t => t.is_contiguous() && (long)TensorMemory.DataPointer(t) % 16 == 0);
     }
 
