@@ -10,21 +10,7 @@
 // _v4 form reads and writes float4 (every pointer 16-byte aligned, w 8-byte aligned, and n a multiple of 4, which
 // the caller checks).
 
-typedef unsigned short bf16r;
-
-__device__ __forceinline__ bf16r to_bf(float x)
-{
-#if __CUDA_ARCH__ >= 800
-    bf16r r;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
-    return r;
-#else
-    // no bf16 conversion instruction before sm_80 (float32 runs there still take this kernel): the same rounding by hand
-    unsigned u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16r)((u >> 16) | 0x40u);   // NaN stays a (quiet) NaN
-    return (bf16r)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);                   // to nearest, ties to even
-#endif
-}
+#include "bf16.cuh"
 
 __device__ __forceinline__ void adamw_one(float& p, float& m, float& v, float g, float scale, float decay, float b1, float b2, float c1,
                                           float c2, float stepSize, float bc2Sqrt, float eps)

@@ -8,17 +8,10 @@
 // Pass 1 finds each softmax's maximum and sum of exponentials (online, per thread, then across the block); pass 2
 // forms the terms. Row sums go to rowKl and rowCe (float32, one per row). grad may be null (values only).
 
-typedef unsigned short bf16r;
+#include "bf16.cuh"
 #define LT 256
 #define NEG_INF __uint_as_float(0xff800000u)
 
-__device__ __forceinline__ float bf(bf16r x) { return __uint_as_float((unsigned)x << 16); }
-__device__ __forceinline__ bf16r to_bf(float x)   // to nearest even, as comba_chunk.cu's conversions
-{
-    bf16r r;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
-    return r;
-}
 // (m, s) ⊕ (m2, s2): the running maximum and the sum of exp(x − m)
 __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2)
 {

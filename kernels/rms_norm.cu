@@ -5,42 +5,9 @@
 // Backward, with g = dy · w:   dx = r · (g − x̂ · Σ(g · x̂) / D),  x̂ = x · r;   dw = Σ_rows dy · n,
 // each block summing its rows' dw in shared memory and adding it into dw (float32, zeroed by the caller) once.
 
-typedef unsigned short bf16r;
+#include "bf16.cuh"
 #define NT 256
 #define NW (NT / 32)
-
-__device__ __forceinline__ bf16r to_bf(float x)   // to nearest even
-{
-    bf16r r;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
-    return r;
-}
-__device__ __forceinline__ float bf(bf16r x) { return __uint_as_float((unsigned)x << 16); }
-__device__ __forceinline__ float rounded(float x) { return bf(to_bf(x)); }
-__device__ __forceinline__ void unpack8(uint4 u, float (&f)[8])
-{
-    const unsigned v[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-    {
-        f[2 * i] = __uint_as_float(v[i] << 16);
-        f[2 * i + 1] = __uint_as_float(v[i] & 0xffff0000u);
-    }
-}
-__device__ __forceinline__ uint4 pack8(const float (&f)[8])
-{
-    unsigned v[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) v[i] = (unsigned)to_bf(f[2 * i]) | ((unsigned)to_bf(f[2 * i + 1]) << 16);
-    uint4 u;   // (make_uint4 lives in a header NVRTC does not have)
-    u.x = v[0]; u.y = v[1]; u.z = v[2]; u.w = v[3];
-    return u;
-}
-__device__ __forceinline__ float warp_sum(float s)
-{
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-    return s;
-}
 
 // rstd: the row's r (float32, (rows)), or null when no backward will need it
 extern "C" __global__ void __launch_bounds__(NT) rms_norm_fwd(const bf16r* __restrict__ x, const bf16r* __restrict__ w,

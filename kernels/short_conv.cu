@@ -7,16 +7,8 @@
 // registers and adding into dw (float32, zeroed by the caller) atomically. Each pass reads its inputs once and writes
 // once, where conv1d over the transposed (B, C, T) layout needs the layout copies around it.
 
-typedef unsigned short bf16r;
+#include "bf16.cuh"
 #define K 4
-
-__device__ __forceinline__ float bf(bf16r x) { return __uint_as_float((unsigned)x << 16); }
-__device__ __forceinline__ bf16r to_bf(float x)   // to nearest even
-{
-    bf16r r;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
-    return r;
-}
 
 extern "C" __global__ void short_conv_fwd(const bf16r* __restrict__ x, const float* __restrict__ w, bf16r* __restrict__ y,
                                           int T, int C, long long total)
@@ -82,25 +74,6 @@ extern "C" __global__ void short_conv_bwd_w(const bf16r* __restrict__ dy, const 
 // The same sums as above. The weight gradient's block is 32 channel groups × 8 row lanes; the lanes' partial sums
 // meet in shared memory and each block adds its 32 × 32 sums into dw once.
 
-__device__ __forceinline__ void unpack8(uint4 u, float (&f)[8])
-{
-    const unsigned v[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-    {
-        f[2 * i] = __uint_as_float(v[i] << 16);
-        f[2 * i + 1] = __uint_as_float(v[i] & 0xffff0000u);
-    }
-}
-__device__ __forceinline__ uint4 pack8(const float (&f)[8])
-{
-    unsigned v[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) v[i] = (unsigned)to_bf(f[2 * i]) | ((unsigned)to_bf(f[2 * i + 1]) << 16);
-    uint4 u;   // (make_uint4 lives in a header NVRTC does not have)
-    u.x = v[0]; u.y = v[1]; u.z = v[2]; u.w = v[3];
-    return u;
-}
 __device__ __forceinline__ float tap(const float4& w, int j) { return j == 0 ? w.x : j == 1 ? w.y : j == 2 ? w.z : w.w; }
 
 // G = C / 8 channel groups; total = B·T·G

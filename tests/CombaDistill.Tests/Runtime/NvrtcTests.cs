@@ -38,6 +38,39 @@ public class NvrtcTests
         Assert.Equal(CudaKernels.ProbeKernel, output.LoweredNames[CudaKernels.ProbeKernel]);
     }
 
+    /// <summary>The embedded kernels that take the shared header compile once it is expanded, each with every kernel it declares.</summary>
+    [Fact]
+    public void Embedded_kernels_with_the_shared_header_compile()
+    {
+        RequireNvrtc();
+        var withHeader = KernelSource.EmbeddedKernels().Where(k => KernelSourceText(k).Contains("#include \"bf16.cuh\"")).ToList();
+        Assert.Equal(["kernels/adamw.cu", "kernels/logit_loss.cu", "kernels/rms_norm.cu", "kernels/short_conv.cu"], withHeader);
+        foreach (var kernel in withHeader)
+        {
+            var source = KernelSource.FromResource(kernel);
+            var names = System.Text.RegularExpressions.Regex.Matches(source.Text, @"extern ""C"" __global__ void (?:__launch_bounds__\(\w+\) )?(\w+)\(")
+                .Select(m => m.Groups[1].Value).ToArray();
+            Assert.NotEmpty(names);
+            var output = Nvrtc.Compile(source.Text, source.FileName, names, Sm80);
+            Assert.Equal(names.Length, output.LoweredNames.Count);
+        }
+    }
+
+    [Fact]
+    public void An_error_after_the_shared_header_is_reported_on_its_own_files_line()
+    {
+        RequireNvrtc();
+        var text = KernelSource.Expanded("after.cu", "// one\n#include \"bf16.cuh\"\nextern \"C\" __global__ void after(float* y) { y[0] = rounded(1.f) + not_declared; }\n");
+        var e = Assert.Throws<CudaCompileException>(() => Nvrtc.Compile(text, "after.cu", ["after"], Sm80));
+        Assert.Matches(@"after\.cu\(3\): error: identifier ""not_declared"" is undefined", e.Log);
+    }
+
+    static string KernelSourceText(string resource)
+    {
+        using var stream = typeof(KernelSource).Assembly.GetManifestResourceStream(resource)!;
+        return new StreamReader(stream).ReadToEnd();
+    }
+
     [Fact]
     public void A_syntax_error_names_the_file_and_line_with_NVRTCs_log()
     {
