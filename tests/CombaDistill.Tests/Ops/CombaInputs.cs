@@ -76,6 +76,16 @@ public static class Compare
         return denominator == 0 ? difference : difference / denominator;
     }
 
+    /// <summary>max |a − b| / max |b| in float64: the largest elementwise difference against the largest reference value.</summary>
+    public static double WorstRelative(Tensor actual, Tensor expected)
+    {
+        using var scope = NewDisposeScope();
+        var e = expected.detach().to(ScalarType.Float64, CPU);
+        var a = actual.detach().to(ScalarType.Float64, CPU);
+        Assert.Equal(e.shape, a.shape);
+        return (a - e).abs().max().item<double>() / Math.Max(1e-12, e.abs().max().item<double>());
+    }
+
     public static void Close(Tensor actual, Tensor expected, double tolerance, string what)
     {
         Assert.True(actual.isfinite().all().item<bool>(), $"{what}: non-finite values");

@@ -25,9 +25,6 @@ public sealed class FusedRmsNormTests
         return (y.detach(), x64.grad!, w64.grad!);
     }
 
-    // the largest difference relative to the largest reference value
-    static double Worst(Tensor actual, Tensor expected) =>
-        (actual.to(ScalarType.Float64, CPU) - expected).abs().max().item<double>() / Math.Max(1e-12, expected.abs().max().item<double>());
 
     [Theory]
     [InlineData(2, 37, 896)]
@@ -47,9 +44,9 @@ public sealed class FusedRmsNormTests
         var (yRef, dxRef, dwRef) = Reference(x, w, dy);
         // y carries two bf16 roundings (the normalised row, then the product), dx one (and dy · w rounded as the tensor
         // ops round it); the weight's gradient is summed over the rows in float32
-        Assert.True(Worst(y, yRef) < 1e-2, $"y: {Worst(y, yRef)}");
-        Assert.True(Worst(x.grad!, dxRef) < 2e-2, $"dx: {Worst(x.grad!, dxRef)}");
-        Assert.True(Worst(w.grad!, dwRef) < 1e-2, $"dw: {Worst(w.grad!, dwRef)}");
+        Assert.True(Compare.WorstRelative(y, yRef) < 1e-2, $"y: {Compare.WorstRelative(y, yRef)}");
+        Assert.True(Compare.WorstRelative(x.grad!, dxRef) < 2e-2, $"dx: {Compare.WorstRelative(x.grad!, dxRef)}");
+        Assert.True(Compare.WorstRelative(w.grad!, dwRef) < 1e-2, $"dw: {Compare.WorstRelative(w.grad!, dwRef)}");
 
         // without gradients it is the same kernel with nothing saved: the same bits
         using (no_grad())
@@ -80,9 +77,9 @@ public sealed class FusedRmsNormTests
             var fused = Run("1");
             Assert.True(FusedRmsNorm.Use(x, norm.weight));
             // the same roundings but the row's statistics summed in another order: at most a unit of bf16 apart
-            Assert.True(Worst(fused.Y, plain.Y.to(ScalarType.Float64, CPU)) < 1e-2, $"y: {Worst(fused.Y, plain.Y.to(ScalarType.Float64, CPU))}");
-            Assert.True(Worst(fused.Dx, plain.Dx.to(ScalarType.Float64, CPU)) < 2e-2, $"dx: {Worst(fused.Dx, plain.Dx.to(ScalarType.Float64, CPU))}");
-            Assert.True(Worst(fused.Dw, plain.Dw.to(ScalarType.Float64, CPU)) < 2e-2, $"dw: {Worst(fused.Dw, plain.Dw.to(ScalarType.Float64, CPU))}");
+            Assert.True(Compare.WorstRelative(fused.Y, plain.Y.to(ScalarType.Float64, CPU)) < 1e-2, $"y: {Compare.WorstRelative(fused.Y, plain.Y.to(ScalarType.Float64, CPU))}");
+            Assert.True(Compare.WorstRelative(fused.Dx, plain.Dx.to(ScalarType.Float64, CPU)) < 2e-2, $"dx: {Compare.WorstRelative(fused.Dx, plain.Dx.to(ScalarType.Float64, CPU))}");
+            Assert.True(Compare.WorstRelative(fused.Dw, plain.Dw.to(ScalarType.Float64, CPU)) < 2e-2, $"dw: {Compare.WorstRelative(fused.Dw, plain.Dw.to(ScalarType.Float64, CPU))}");
         }
         finally { Environment.SetEnvironmentVariable(FusedRmsNorm.EnvironmentVariable, before); }
     }

@@ -26,8 +26,6 @@ public sealed class FusedShortConvolutionTests
         return (y.detach(), x64.grad!, w64.grad!);
     }
 
-    static double Worst(Tensor actual, Tensor expected) =>
-        (actual.to(ScalarType.Float64, CPU) - expected).abs().max().item<double>() / Math.Max(1e-12, expected.abs().max().item<double>());
 
     /// <summary>Each case with the one-channel kernels and with the eight-channel ones (which take C a multiple of 8).</summary>
     [Theory]
@@ -55,9 +53,9 @@ public sealed class FusedShortConvolutionTests
             y.backward([dy]);
             var (yRef, dxRef, dwRef) = Reference(x, w, dy);
             // bf16 output and input gradient: a few units of bf16 rounding; the weight gradient is summed in float32
-            Assert.True(Worst(y, yRef) < 1e-2, $"y: {Worst(y, yRef)}");
-            Assert.True(Worst(x.grad!, dxRef) < 1e-2, $"dx: {Worst(x.grad!, dxRef)}");
-            Assert.True(Worst(w.grad!, dwRef) < 1e-4, $"dw: {Worst(w.grad!, dwRef)}");
+            Assert.True(Compare.WorstRelative(y, yRef) < 1e-2, $"y: {Compare.WorstRelative(y, yRef)}");
+            Assert.True(Compare.WorstRelative(x.grad!, dxRef) < 1e-2, $"dx: {Compare.WorstRelative(x.grad!, dxRef)}");
+            Assert.True(Compare.WorstRelative(w.grad!, dwRef) < 1e-4, $"dw: {Compare.WorstRelative(w.grad!, dwRef)}");
         }
         finally { Environment.SetEnvironmentVariable(FusedShortConvolution.WideVariable, before); }
     }
@@ -80,7 +78,7 @@ public sealed class FusedShortConvolutionTests
             Environment.SetEnvironmentVariable(FusedShortConvolution.EnvironmentVariable, "1");
             Assert.True(FusedShortConvolution.Use(x, conv.weight, null));
             var (fused, fusedCache) = conv.forward(x, null);
-            Assert.True(Worst(fused, plain.to(ScalarType.Float64, CPU)) < 1e-2);
+            Assert.True(Compare.WorstRelative(fused, plain.to(ScalarType.Float64, CPU)) < 1e-2);
             Assert.Equal(plainCache.shape, fusedCache.shape);
             Assert.Equal(0, (fusedCache.to(ScalarType.Float32) - plainCache.to(ScalarType.Float32)).abs().max().item<float>());
         }
