@@ -76,8 +76,10 @@ extern "C" __global__ void short_conv_bwd_w(const bf16r* __restrict__ dy, const 
 
 __device__ __forceinline__ float tap(const float4& w, int j) { return j == 0 ? w.x : j == 1 ? w.y : j == 2 ? w.z : w.w; }
 
-// G = C / 8 channel groups; total = B·T·G
-extern "C" __global__ void short_conv_fwd8(const bf16r* __restrict__ x, const float* __restrict__ w, bf16r* __restrict__ y,
+// G = C / 8 channel groups; total = B·T·G. out[r] = Σ_j w[j] · in[r + o_j] over rows of the same sequence, with
+// o_j = −(K − 1 − j) for the output (rows back) and o_j = K − 1 − j for the input's gradient (rows ahead).
+template <bool Ahead>
+__device__ __forceinline__ void conv_rows8(const bf16r* __restrict__ in, const float* __restrict__ w, bf16r* __restrict__ out,
                                            int T, int G, int total)
 {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x)
@@ -91,38 +93,26 @@ extern "C" __global__ void short_conv_fwd8(const bf16r* __restrict__ x, const fl
 #pragma unroll
         for (int j = 0; j < K; j++)
         {
-            const int back = K - 1 - j;
-            if (t < back) continue;
-            unpack8(*reinterpret_cast<const uint4*>(x + ((size_t)(r - back) * G + g) * 8), v);
+            const int o = Ahead ? K - 1 - j : -(K - 1 - j);
+            if (t + o < 0 || t + o >= T) continue;
+            unpack8(*reinterpret_cast<const uint4*>(in + ((size_t)(r + o) * G + g) * 8), v);
 #pragma unroll
             for (int e = 0; e < 8; e++) acc[e] += tap(wc[e], j) * v[e];
         }
-        *reinterpret_cast<uint4*>(y + ((size_t)r * G + g) * 8) = pack8(acc);
+        *reinterpret_cast<uint4*>(out + ((size_t)r * G + g) * 8) = pack8(acc);
     }
+}
+
+extern "C" __global__ void short_conv_fwd8(const bf16r* __restrict__ x, const float* __restrict__ w, bf16r* __restrict__ y,
+                                           int T, int G, int total)
+{
+    conv_rows8<false>(x, w, y, T, G, total);
 }
 
 extern "C" __global__ void short_conv_bwd_x8(const bf16r* __restrict__ dy, const float* __restrict__ w, bf16r* __restrict__ dx,
                                              int T, int G, int total)
 {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x)
-    {
-        const int g = i % G, r = i / G, t = r % T;
-        const float4* wg = reinterpret_cast<const float4*>(w) + (size_t)g * 8;
-        float4 wc[8];
-#pragma unroll
-        for (int e = 0; e < 8; e++) wc[e] = wg[e];
-        float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, v[8];
-#pragma unroll
-        for (int j = 0; j < K; j++)
-        {
-            const int ahead = K - 1 - j;
-            if (t + ahead >= T) continue;
-            unpack8(*reinterpret_cast<const uint4*>(dy + ((size_t)(r + ahead) * G + g) * 8), v);
-#pragma unroll
-            for (int e = 0; e < 8; e++) acc[e] += tap(wc[e], j) * v[e];
-        }
-        *reinterpret_cast<uint4*>(dx + ((size_t)r * G + g) * 8) = pack8(acc);
-    }
+    conv_rows8<true>(dy, w, dx, T, G, total);
 }
 
 // block (32, 8), grid (⌈G / 32⌉, row chunks of rowsPerBlock); dynamic shared memory 8 · 32 · 33 floats
