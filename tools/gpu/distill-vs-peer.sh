@@ -37,27 +37,25 @@ if [[ $steps == *speed* ]]; then
     "{ name: align, objective: attention_alignment, trainable: attention, optimizer: { lr: 1e-3 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO }" \
     "{ name: kd, objective: distillation, trainable: all, optimizer: { lr: 1e-5 }, steps: 100, sequence_length: $SEQ, micro_batch: $MICRO, kl_weight: 1.0, loss_chunk: 128 }" \
     > "$work/speed.yaml"
-  cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill.json" 2>&1 | tail -25
-  if [[ ${TENSOR_LOSS:-0} == 1 ]]; then
-    echo "== bench distill, bf16, the logit loss as tensor ops (COMBADISTILL_FUSED_LOGIT_LOSS=0)"
-    COMBADISTILL_FUSED_LOGIT_LOSS=0 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-tensor-loss.json" 2>&1 | tail -25
-  fi
-  if [[ ${UNFUSED:-0} == 1 ]]; then
-    echo "== bench distill, bf16, without the short-convolution and gradient-norm kernels (COMBADISTILL_FUSED_SHORT_CONV=0 COMBADISTILL_FUSED_GRAD_NORM=0)"
-    COMBADISTILL_FUSED_SHORT_CONV=0 COMBADISTILL_FUSED_GRAD_NORM=0 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-unfused.json" 2>&1 | tail -25
-  fi
-  if [[ ${WIDE_CONV:-0} == 1 ]]; then
-    echo "== bench distill, bf16, the eight-channel short-convolution kernels (COMBADISTILL_SHORT_CONV_WIDE=1)"
-    COMBADISTILL_SHORT_CONV_WIDE=1 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-wide-conv.json" 2>&1 | tail -25
-  fi
-  if [[ ${CANDIDATES:-0} == 1 ]]; then
-    echo "== bench distill, bf16, the kernels still off by default (COMBADISTILL_SHORT_CONV_WIDE=1 COMBADISTILL_FUSED_RMSNORM=1)"
-    COMBADISTILL_SHORT_CONV_WIDE=1 COMBADISTILL_FUSED_RMSNORM=1 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-candidates.json" 2>&1 | tail -25
-  fi
-  if [[ ${TF32_KERNELS:-0} == 1 ]]; then
-    echo "== bench distill, bf16, the tf32 Comba kernels (COMBADISTILL_FUSED_BF16=0)"
-    COMBADISTILL_FUSED_BF16=0 cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill-tf32-kernels.json" 2>&1 | tail -25
-  fi
+  # one `bench distill` of speed.yaml: results in $OUT/bench-distill$1.json, with the environment settings that follow
+  bench() {
+    local suffix=$1; shift
+    ( (( $# )) && export "$@"
+      cli bench distill --recipe "$work/speed.yaml" --device cuda --steps "${STEPS:-8}" --warmup 2 --json "$OUT/bench-distill$suffix.json" < /dev/null 2>&1 | tail -25 )
+  }
+  bench ""
+  # switch  what it measures  file suffix  settings
+  while IFS='|' read -r switch what suffix settings; do
+    [[ ${!switch:-0} == 1 ]] || continue
+    echo "== bench distill, bf16, $what ($settings)"
+    bench "$suffix" $settings
+  done <<'EOF_VARIANTS'
+TENSOR_LOSS|the logit loss as tensor ops|-tensor-loss|COMBADISTILL_FUSED_LOGIT_LOSS=0
+UNFUSED|without the short-convolution and gradient-norm kernels|-unfused|COMBADISTILL_FUSED_SHORT_CONV=0 COMBADISTILL_FUSED_GRAD_NORM=0
+WIDE_CONV|the eight-channel short-convolution kernels|-wide-conv|COMBADISTILL_SHORT_CONV_WIDE=1
+CANDIDATES|the kernels still off by default|-candidates|COMBADISTILL_SHORT_CONV_WIDE=1 COMBADISTILL_FUSED_RMSNORM=1
+TF32_KERNELS|the tf32 Comba kernels|-tf32-kernels|COMBADISTILL_FUSED_BF16=0
+EOF_VARIANTS
 fi
 
 if [[ $steps == *quality* ]]; then
