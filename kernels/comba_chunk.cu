@@ -915,35 +915,41 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     bmm<CH, D, false, false>(Mk, SCC, Ks, SD, CH, [&](int i, int c, float x0, float x1) { st2(W + (row0 + i) * D + c, x0, x1); });
 }
 
-// The slice of h (D × BV, columns v0…) that one warp holds in registers across chunks: a 16-row band, HW 8-column tiles.
-template <int D> struct SliceB
+// The forward state pass's slice width: 64 columns of h per block (at BV = 32, each of D/32 blocks of a head reads
+// every chunk's W and K; at 64 half as many do). COMBA_FWD_SLICE=32 builds the older width.
+#ifndef COMBA_FWD_SLICE
+#define COMBA_FWD_SLICE 64
+#endif
+
+// The slice of h (D × SV, columns v0…) that one warp holds in registers across chunks: a 16-row band, HW 8-column tiles.
+template <int D, int SV = BV> struct SliceB
 {
-    static constexpr int HW = (D / 16) * (BV / 8) / NW;   // 4 at D = 128, 2 at D = 64
+    static constexpr int HW = (D / 16) * (SV / 8) / NW;   // SV = 32: 4 at D = 128, 2 at D = 64; SV = 64: 8 and 4
     int r0, c0;
     __device__ SliceB() { int w = threadIdx.x >> 5; r0 = (w % (D / 16)) * 16; c0 = (w / (D / 16)) * 8 * HW; }
 };
 
-// grid (D/BV, B·H): the sequential pass, the next chunk's W, K, U and g prefetched while this one computes.
+// grid (D/SV, B·H): the sequential pass, the next chunk's W, K, U and g prefetched while this one computes.
 template <int D>
 __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, const bf16r* U, const float* h0,
                             bf16r* Ut, bf16r* H0, float* hT, int H, int Hkv, int T, int N)
 {
     extern __shared__ float4 smq[];
     unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
-    constexpr int SD = D + 8, BUF = 2 * CH * SD + CH * SBV;
-    const int v0 = blockIdx.x * BV, Tp = N * CH, lane = threadIdx.x & 31;
+    constexpr int SV = COMBA_FWD_SLICE, SS = SV + 8, SD = D + 8, BUF = 2 * CH * SD + CH * SS;
+    const int v0 = blockIdx.x * SV, Tp = N * CH, lane = threadIdx.x & 31;
     HeadB hd(blockIdx.y, H, Hkv);
     bf16r* buf = (bf16r*)smb;                 // 2 × [W | K | U slice]
-    bf16r* hb = buf + 2 * BUF;                // D × BV, bf16 copy of h
-    bf16r* Xs = hb + D * SBV;                 // CH × BV: e^{γ_C − γ} ⊙ Ũ
-    float* gam = (float*)(Xs + CH * SBV);
+    bf16r* hb = buf + 2 * BUF;                // D × SV, bf16 copy of h
+    bf16r* Xs = hb + D * SS;                  // CH × SV: e^{γ_C − γ} ⊙ Ũ
+    float* gam = (float*)(Xs + CH * SS);
     float* gam0 = gam + CH;
     auto fetch = [&](int n) {
         bf16r* b = buf + (n & 1) * BUF;
         const size_t r = (size_t)hd.bh * Tp + n * CH;
         stage_b<D>(b, SD, W + r * D, D, CH, CH);
         stage_b<D>(b + CH * SD, SD, k + (hd.kv(Hkv, T) + n * CH) * D, D, CH, T - n * CH);
-        stage_b<BV>(b + 2 * CH * SD, SBV, U + r * D + v0, D, CH, CH);
+        stage_b<SV>(b + 2 * CH * SD, SS, U + r * D + v0, D, CH, CH);
         cp_commit();
     };
     auto gfetch = [&](int n, float& a, float& b) {
@@ -951,8 +957,8 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
         a = t < T ? g[hd.q(T) + t] : 0.f;
         b = t + 1 < T ? g[hd.q(T) + t + 1] : 0.f;
     };
-    SliceB<D> sl;
-    constexpr int HW = SliceB<D>::HW;
+    SliceB<D, SV> sl;
+    constexpr int HW = SliceB<D, SV>::HW;
     float h[HW][4];
     each2(h, sl.r0, sl.c0, [&](int r, int c, float& x0, float& x1) {
         x0 = h0 ? h0[(size_t)hd.bh * D * D + r * D + v0 + c] : 0.f;
@@ -968,7 +974,7 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
         const bf16r* Uc = Kc + CH * SD;
         bf16r* Hn = H0 + ((size_t)hd.bh * N + n) * D * D;
         each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) {
-            st2(hb + r * SBV + c, x0, x1);
+            st2(hb + r * SS + c, x0, x1);
             st2(Hn + r * D + v0 + c, x0, x1);
         });
         if (threadIdx.x < 32)
@@ -981,16 +987,16 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
         if (n + 1 < N) fetch(n + 1);
         const float gC = gam[CH - 1], aC = expf(gC);
         const size_t row0 = (size_t)hd.bh * Tp + n * CH;
-        bmm<CH, BV, false, false>(Wc, SD, hb, SBV, D, [&](int i, int c, float x0, float x1) {
-            float2 u = ld2(Uc + i * SBV + c);
+        bmm<CH, SV, false, false>(Wc, SD, hb, SS, D, [&](int i, int c, float x0, float x1) {
+            float2 u = ld2(Uc + i * SS + c);
             float u0 = u.x - x0, u1 = u.y - x1, e = expf(gC - gam[i]);
             st2(Ut + (row0 + i) * D + v0 + c, u0, u1);
-            st2(Xs + i * SBV + c, e * u0, e * u1);
+            st2(Xs + i * SS + c, e * u0, e * u1);
         });
         __syncthreads();
 #pragma unroll
         for (int w = 0; w < HW; ++w) h[w][0] *= aC, h[w][1] *= aC, h[w][2] *= aC, h[w][3] *= aC;
-        wmma<HW, true, false>(h, Kc, SD, Xs, SBV, sl.r0, sl.c0, CH);
+        wmma<HW, true, false>(h, Kc, SD, Xs, SS, sl.r0, sl.c0, CH);
     }
     if (hT)
         each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) {

@@ -28,12 +28,16 @@ static class BenchKernelCommand
         var inputSets = new Option<int>("--input-sets") { Description = "random input sets generated up front and rotated through", DefaultValueFactory = _ => defaults.InputSets };
         var chunk = new Option<int>("--chunk-size") { Description = "chunk size of the Comba ops: 16, 32, 64 or 128", DefaultValueFactory = _ => defaults.ChunkSize };
         var forwardOnly = new Option<bool>("--forward-only") { Description = "skip forward+backward" };
+        var synchronized = new Option<bool>("--synchronized")
+        {
+            Description = "synchronise before and after each repeat (the host's launch time counts); by default repeats are queued back to back after an L2 flush, as the peers' do_bench times them",
+        };
         var peakTflops = new Option<double>("--peak-tflops") { Description = "compute ceiling for the roofline (measured bf16 matmul on the H200)", DefaultValueFactory = _ => defaults.PeakTflops };
         var peakTBps = new Option<double>("--peak-tbps") { Description = "memory ceiling for the roofline (measured device copy on the H200)", DefaultValueFactory = _ => defaults.PeakTBps };
 
         var command = new Command("kernel", "Time the fused Comba kernels, the TorchSharp chunkwise op and causal SDPA against their roofline floors")
         {
-            shapes, dtype, ops, warmup, repeats, inputSets, chunk, forwardOnly, peakTflops, peakTBps,
+            shapes, dtype, ops, warmup, repeats, inputSets, chunk, forwardOnly, synchronized, peakTflops, peakTBps,
         };
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
@@ -51,7 +55,7 @@ static class BenchKernelCommand
             var options = new KernelBenchOptions
             {
                 Ops = opList, Warmup = parse.GetValue(warmup), Repeats = parse.GetValue(repeats), InputSets = parse.GetValue(inputSets),
-                ChunkSize = parse.GetValue(chunk), Backward = !parse.GetValue(forwardOnly),
+                ChunkSize = parse.GetValue(chunk), Backward = !parse.GetValue(forwardOnly), Queued = !parse.GetValue(synchronized),
                 PeakTflops = parse.GetValue(peakTflops), PeakTBps = parse.GetValue(peakTBps),
             };
 

@@ -8,17 +8,22 @@ recurrence (autograd for the gradients). Then times each kernel at the benchmark
 usage: python3 tools/kernels/comba_check.py [--check] [--time] [--profile] [--small] [--out DIR]
 (--profile launches each bf16 kernel once at the first benchmark shape, D = 128, for a profiler such as ncu to catch.)
 """
-import argparse, json, math, os, sys, time, zlib
+import argparse, json, math, os, re, sys, time, zlib
 import numpy as np
 import torch
 import torch.nn.functional as F
 import cupy as cp
 
 CH, NT, BV = 64, 256, 32
+# the bf16 forward state pass's slice width: the source's COMBA_FWD_SLICE (32 in sources older than it), or FSV to build another
+FSV = int(os.environ.get("FSV") or 0)
 BF16_ONLY = bool(os.environ.get("BF16_ONLY"))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # KERNEL_SRC picks another version of the source (e.g. the v5b candidate: patch -o /tmp/v5b.cu kernels/comba_chunk.cu tools/kernels/candidates/comba_chunk_v5b.patch) to check and time
 SRC = open(os.environ.get("KERNEL_SRC") or os.path.join(ROOT, "kernels", "comba_chunk.cu")).read()
+if not FSV:
+    _m = re.search(r"#define COMBA_FWD_SLICE (\d+)", SRC)
+    FSV = int(_m.group(1)) if _m else 32
 _mod = None
 
 
@@ -26,9 +31,9 @@ def module():
     global _mod
     if _mod is None:
         t = time.time()
-        _mod = cp.RawModule(code=SRC, options=("-std=c++17", "-arch=sm_90"))
+        _mod = cp.RawModule(code=SRC, options=("-std=c++17", "-arch=sm_90", f"-DCOMBA_FWD_SLICE={FSV}"))
         _mod.compile()
-        print(f"compiled in {time.time() - t:.1f} s", flush=True)
+        print(f"compiled in {time.time() - t:.1f} s (forward state slice {FSV})", flush=True)
     return _mod
 
 
@@ -52,7 +57,7 @@ def smem_bf16(stage, D):
     if stage in ("normf", "normb"): return 0
     # fwd_prepare writes M over A: one C×C float matrix (a source older than v5c needs this file as of its own commit)
     return {"prepare": 2 * tile + 2 * cc + ccf + 4 * 64 * 4,
-            "state": 2 * (2 * tile + sl) + D * 40 * 2 + sl + 2 * 64 * 4,
+            "state": 2 * (2 * tile + 64 * (FSV + 8) * 2) + D * (FSV + 8) * 2 + 64 * (FSV + 8) * 2 + 2 * 64 * 4,
             "output": 3 * tile + state + cc + 2 * 64 * 4,
             "dupart": 3 * tile + cc + 2 * 64 * 4,
             "bstate": 2 * (3 * tile + sl + 64 * 32 * 4) + D * 40 * 2 + 2 * sl + 2 * 64 * 4,
@@ -137,7 +142,7 @@ def fused_forward_bf16(q, k, v, g, beta, kappa, h0, scale):
     hT = torch.full((B * H, D, D), float("nan"), device=q.device)
     o = torch.full((B, H, T, D), float("nan"), **bf)
     launch("prepare", D, "bf16", (N, B * H), k, v, g, beta, kappa, W, U, M, H, Hkv, T)
-    launch("state", D, "bf16", (D // BV, B * H), k, g, W, U, h0, Ut, H0, hT, H, Hkv, T, N)
+    launch("state", D, "bf16", (D // FSV, B * H), k, g, W, U, h0, Ut, H0, hT, H, Hkv, T, N)
     launch("output", D, "bf16", (N, B * H), q, k, g, Ut, H0, o, scale, H, Hkv, T)
     return o, hT.view(B, H, D, D), (q, k, v, g, beta, kappa, W, M, Ut, H0)
 
@@ -384,7 +389,7 @@ def timing_bf16(shapes=None, once=False):
         dq, dk, dv = torch.empty_like(q), torch.empty_like(q), torch.empty_like(q)
         dg, db, dkap = torch.empty_like(g), torch.empty_like(g), torch.empty_like(g)
         P = lambda: launch("prepare", D, "bf16", (N, B * H), k, v, g, beta, kappa, W, U, M, H, H, T)
-        S = lambda: launch("state", D, "bf16", (D // BV, B * H), k, g, W, U, None, Ut, H0, hT, H, H, T, N)
+        S = lambda: launch("state", D, "bf16", (D // FSV, B * H), k, g, W, U, None, Ut, H0, hT, H, H, T, N)
         O = lambda: launch("output", D, "bf16", (N, B * H), q, k, g, Ut, H0, o, scale, H, H, T)
         DU = lambda: launch("dupart", D, "bf16", (N, B * H), q, k, g, dO, dUp, scale, H, H, T)
         DS = lambda: launch("bstate", D, "bf16", (D // BV, B * H), q, k, g, W, dO, dUp, None, dUt, dH1, None, scale, H, H, T, N)

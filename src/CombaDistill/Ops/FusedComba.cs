@@ -47,6 +47,8 @@ public static class FusedComba
     public const int ChunkSize = 64;
     public static readonly int[] SupportedHeadDims = [64, 128, 256];
     const int Threads = 256, Warps = Threads / 32, StateSlice = 32;
+    // the bf16 forward state pass's slice of h, 64 columns a block (the module is built with COMBA_FWD_SLICE set to it)
+    const int Bf16ForwardStateSlice = 64;
 
     /// <summary>Null when the fused kernels take this call; otherwise why not, in one line.</summary>
     public static string? UnsupportedReason(Tensor q, Tensor k, Tensor v, int chunkSize = ChunkSize)
@@ -139,10 +141,11 @@ public static class FusedComba
     {
         if (stage.StartsWith("norm_")) return 0;
         int tile = ChunkSize * (D + 8) * 2, state = D * (D + 8) * 2, cc = ChunkSize * 72 * 2, ccf = ChunkSize * 68 * 4, slice = ChunkSize * 40 * 2;
+        int wide = Bf16ForwardStateSlice + 8;   // row stride of the forward state pass's slices
         return stage switch
         {
             "fwd_prepare" => 2 * tile + 2 * cc + ccf + 4 * ChunkSize * 4,   // M written over A
-            "fwd_state" => 2 * (2 * tile + slice) + D * 40 * 2 + slice + 2 * ChunkSize * 4,
+            "fwd_state" => 2 * (2 * tile + ChunkSize * wide * 2) + D * wide * 2 + ChunkSize * wide * 2 + 2 * ChunkSize * 4,
             "fwd_output" => 3 * tile + state + cc + 2 * ChunkSize * 4,
             "bwd_dupart" => 3 * tile + cc + 2 * ChunkSize * 4,
             "bwd_state" => 2 * (3 * tile + slice + ChunkSize * StateSlice * 4) + D * 40 * 2 + 2 * slice + 2 * ChunkSize * 4,
@@ -167,7 +170,8 @@ public static class FusedComba
 
     // one module per family, each compiling only its own entry points (the file's COMBA_ONLY_* switches): a bf16 run
     // builds 16 kernels on a fresh machine instead of 64
-    static readonly EmbeddedModule Bf16Kernels = new(KernelFile, Bf16KernelNames, new KernelCompileOptions { Defines = ["COMBA_ONLY_BF16"] });
+    static readonly EmbeddedModule Bf16Kernels = new(KernelFile, Bf16KernelNames,
+        new KernelCompileOptions { Defines = ["COMBA_ONLY_BF16", $"COMBA_FWD_SLICE={Bf16ForwardStateSlice}"] });
     static readonly EmbeddedModule Kernels = new(KernelFile, FloatKernelNames, new KernelCompileOptions { Defines = ["COMBA_ONLY_FLOAT32"] });
 
     static void Launch(Device device, string stage, int D, string arithmetic, (int, int) grid, params object[] args)
@@ -180,9 +184,10 @@ public static class FusedComba
     /// <summary>
     /// forward(q, k (bf16, raw, see <see cref="Operand"/>), v (bf16), d (float32, one per query head), g, β, κ
     /// (float32), h0?, scale, cos?, sin? (float32 (T, D))) → (o bf16, h_T float32), any T. comba_norm_fwd rotates q and
-    /// k by the tables when given and forms k̂ and q̃ = q̂ − d k̂ first (and again in backward, rather than keeping
-    /// them); saves q, k, v, d, the gates, W, M, Ũ (bf16, (B·H, Tp, D) and (B·H, N, C, C)) and the chunk-start states
-    /// (bf16). U is a forward temporary: the backward uses dA = −dVβ Ũᵀ instead of U and W (docs/kernels.md).
+    /// k by the tables when given and forms k̂ and q̃ = q̂ − d k̂ first; saves q, k, v, d, the gates, W, M, Ũ (bf16,
+    /// (B·H, Tp, D) and (B·H, N, C, C)), the chunk-start states (bf16), and q̃ and k̂ (the backward's kernels read them,
+    /// and comba_norm_bwd reads the raw q and k). U is a forward temporary: the backward uses dA = −dVβ Ũᵀ instead of U
+    /// and W (docs/kernels.md).
     /// </summary>
     sealed class Bf16Function : autograd.MultiTensorFunction<Bf16Function>
     {
@@ -248,12 +253,13 @@ public static class FusedComba
             using (var U = empty_like(W))
             {
                 LaunchBf16(device, "fwd_prepare", D, (N, BH), kHat, v, g, beta, kappa, W, U, M, H, Hkv, T);
-                LaunchBf16(device, "fwd_state", D, (D / StateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
+                LaunchBf16(device, "fwd_state", D, (D / Bf16ForwardStateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
             }
             LaunchBf16(device, "fwd_output", D, (N, BH), readout, kHat, g, Ut, H0, o, scale, H, Hkv, T);
-            readout.Dispose();
-            kHat.Dispose();
-            ctx.save_for_backward(cos is null || sin is null ? [q, k, v, d, g, beta, kappa, W, M, Ut, H0] : [q, k, v, d, g, beta, kappa, W, M, Ut, H0, cos, sin]);
+            // q̃ and k̂ are kept for the backward (one bf16 copy of q and of k: cheaper than a second norm_fwd)
+            ctx.save_for_backward(cos is null || sin is null
+                ? [q, k, v, d, g, beta, kappa, W, M, Ut, H0, readout, kHat]
+                : [q, k, v, d, g, beta, kappa, W, M, Ut, H0, readout, kHat, cos, sin]);
             ctx.save_data("scale", scale);
             ctx.save_data("h0", h0 is not null);
             ctx.set_materialize_grads(false);
@@ -267,8 +273,8 @@ public static class FusedComba
         {
             var saved = ctx.get_saved_variables();
             var (q, k, v, d, g, beta, kappa) = (saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6]);
-            var (W, M, Ut, H0) = (saved[7], saved[8], saved[9], saved[10]);
-            var (cos, sin) = saved.Count > 11 ? (saved[11], saved[12]) : ((Tensor?)null, (Tensor?)null);
+            var (W, M, Ut, H0, readout, kHat) = (saved[7], saved[8], saved[9], saved[10], saved[11], saved[12]);
+            var (cos, sin) = saved.Count > 13 ? (saved[13], saved[14]) : ((Tensor?)null, (Tensor?)null);
             var scale = (float)ctx.get_data("scale");
             var hasInitialState = (bool)ctx.get_data("h0");
             var (B, H, T, D) = ((int)q.shape[0], (int)q.shape[1], (int)q.shape[2], (int)q.shape[3]);
@@ -281,7 +287,6 @@ public static class FusedComba
                 static bool Defined(Tensor? t) => t is not null && !t.IsInvalid;
                 var dO = Defined(grads[0]) ? grads[0].to(bf, device).contiguous() : zeros([B, H, T, D], bf, device);
                 object dhT = Defined(grads[1]) ? (object)grads[1].to(ScalarType.Float32, device).contiguous() : IntPtr.Zero;
-                var (readout, kHat) = Normalized(q, k, d, cos, sin);
                 var dUp = empty([BH, Tp, D], ScalarType.Float32, device);
                 var dUt = empty_like(W);
                 var dH1 = empty_like(H0);

@@ -85,6 +85,12 @@ public sealed record KernelBenchOptions
     public int ChunkSize { get; init; } = 64;
     public IReadOnlyList<string> Ops { get; init; } = KernelBenchmark.Ops;
     public bool Backward { get; init; } = true;
+    /// <summary>
+    /// Repeats queued back to back with an L2 flush before each, as triton's do_bench times the peers
+    /// (<see cref="DeviceTimer.Queued"/>); false synchronises before and after every repeat, so the host's launch time
+    /// before the first kernel counts too.
+    /// </summary>
+    public bool Queued { get; init; } = true;
     /// <summary>The H200's measured bf16 matmul rate (docs/gpu: ~785–790 TFLOP/s on 8192³).</summary>
     public double PeakTflops { get; init; } = 790;
     /// <summary>The H200's measured device-to-device copy rate.</summary>
@@ -180,7 +186,9 @@ public static class KernelBenchmark
             throw new ArgumentException($"peak rates must be positive (got {options.PeakTflops} TFLOP/s, {options.PeakTBps} TB/s)");
 
         var timer = DeviceTimer.For(device);
-        var timing = timer.Description;
+        var timing = !timer.Description.StartsWith("CUDA events") ? timer.Description
+            : options.Queued ? timer.Description + ", repeats queued back to back, each after a 256 MB L2 flush (as triton's do_bench)"
+            : timer.Description + ", synchronised before and after each repeat";
         var fused = CudaKernels.UnavailableReason(device) is { } reason ? $"unavailable ({reason}); FusedComba falls back" : "available";
         var elementBytes = (int)empty(0, dtype: dtype).element_size();
         var results = new List<KernelBenchResult>();
@@ -248,6 +256,22 @@ public static class KernelBenchmark
             _ => throw new ArgumentException($"unknown op '{op}'"),
         };
 
+        // one call, with its gradients cleared after (host work, so nothing accumulates); ops freed as it ends
+        void Run(CombaBenchInputs x)
+        {
+            using var inner = NewDisposeScope();
+            if (backward)
+            {
+                Forward(x).backward([x.GradOut]);
+                foreach (var t in x.All.Where(t => t.requires_grad)) t.grad = null;
+            }
+            else
+            {
+                using var _ = no_grad();
+                Forward(x);
+            }
+        }
+
         double Once(CombaBenchInputs x)
         {
             using var inner = NewDisposeScope();
@@ -266,6 +290,12 @@ public static class KernelBenchmark
         }
 
         for (int i = 0; i < options.Warmup; i++) Once(sets[i % sets.Length]);
+        if (options.Queued)
+            return Statistics.Median(timer.Queued(i =>
+            {
+                cancellation.ThrowIfCancellationRequested();
+                Run(sets[(options.Warmup + i) % sets.Length]);
+            }, options.Repeats));
         var samples = new List<double>();
         for (int i = 0; i < options.Repeats; i++)
         {

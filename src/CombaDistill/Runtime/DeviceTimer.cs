@@ -53,6 +53,38 @@ public sealed class DeviceTimer
         return end.MillisecondsSince(start);
     }
 
+    /// <summary>
+    /// Milliseconds of each of <paramref name="repeats"/> runs of <paramref name="work"/> (given the run's index), timed
+    /// as triton's <c>do_bench</c> times the peers: every run is queued behind the previous one without waiting for
+    /// it, after a write of <paramref name="flushBytes"/> bytes that evicts the L2 cache, between two CUDA events of its
+    /// own; one synchronisation at the end. The host runs ahead of the device as it does in training, so a run's host
+    /// time (launches, allocations) shows only where it exceeds the device's. Without CUDA events, each run is a
+    /// <see cref="Measure"/> (synchronised before and after).
+    /// </summary>
+    public List<double> Queued(Action<int> work, int repeats, long flushBytes = 256L << 20)
+    {
+        if (events is null) return [.. Enumerable.Range(0, repeats).Select(i => Measure(() => work(i)))];
+        var marks = Enumerable.Range(0, 2 * repeats).Select(_ => new CudaEvent(events)).ToArray();
+        try
+        {
+            using var flush = empty(flushBytes, ScalarType.Int8, device);
+            Synchronize(device);
+            for (var i = 0; i < repeats; i++)
+            {
+                flush.zero_();
+                marks[2 * i].Record();
+                work(i);
+                marks[2 * i + 1].Record();
+            }
+            marks[^1].Synchronize();
+            return [.. Enumerable.Range(0, repeats).Select(i => (double)marks[2 * i + 1].MillisecondsSince(marks[2 * i]))];
+        }
+        finally
+        {
+            foreach (var mark in marks) mark.Dispose();
+        }
+    }
+
     /// <summary>The median of <paramref name="repeats"/> measurements (at least one), after <paramref name="warmup"/> untimed runs.</summary>
     public double Median(Action work, int warmup, int repeats, CancellationToken cancellationToken = default)
     {

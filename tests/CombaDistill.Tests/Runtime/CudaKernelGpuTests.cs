@@ -1,6 +1,7 @@
 using CombaDistill.Ops;
 using CombaDistill.Tests.Ops;
 using CombaDistill.Runtime.Cuda;
+using CombaDistill.Runtime;
 using CombaDistill.Tests.Support;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -199,6 +200,29 @@ public class CudaKernelGpuTests
         var output = zeros(device.MultiprocessorCount * 256, device: CUDA);
         var ms = CudaEvent.Time(device, () => spin.Launch((device.MultiprocessorCount, 1, 1), (256, 1, 1), 0, output, 100_000));
         Assert.True(ms > 0 && float.IsFinite(ms), $"{ms} ms");
+        Assert.True(output.isfinite().all().item<bool>());
+    }
+
+    [Fact]
+    public void Queued_timing_brackets_each_run_with_its_own_events()
+    {
+        Gpu.Require();
+        using var fx = new Fixture();
+        using var scope = NewDisposeScope();
+        var spin = Compile(fx.NewCache()).Kernel("spin");
+        var device = spin.Device;
+        var output = zeros(device.MultiprocessorCount * 256, device: CUDA);
+        var order = new List<int>();
+        // runs 0 and 2 spin 8 times as long as run 1: each sample must be its own run's
+        var ms = DeviceTimer.For(CUDA).Queued(i =>
+        {
+            order.Add(i);
+            spin.Launch((device.MultiprocessorCount, 1, 1), (256, 1, 1), 0, output, i == 1 ? 50_000 : 400_000);
+        }, repeats: 3, flushBytes: 64L << 20);
+        Assert.Equal([0, 1, 2], order);
+        Assert.Equal(3, ms.Count);
+        Assert.True(ms.All(x => x > 0 && double.IsFinite(x)), string.Join(", ", ms));
+        Assert.True(ms[0] > 3 * ms[1] && ms[2] > 3 * ms[1], string.Join(", ", ms));
         Assert.True(output.isfinite().all().item<bool>());
     }
 

@@ -20,6 +20,16 @@ public class DeviceTimerTests
     }
 
     [Fact]
+    public void Queued_runs_each_repeat_once_in_order_and_off_CUDA_times_each_on_its_own()
+    {
+        var order = new List<int>();
+        var samples = DeviceTimer.For(CPU).Queued(i => { order.Add(i); Thread.Sleep(i == 1 ? 30 : 1); }, repeats: 3);
+        Assert.Equal([0, 1, 2], order);
+        Assert.Equal(3, samples.Count);
+        Assert.True(samples[1] >= 30 && samples[0] < samples[1], string.Join(", ", samples));   // each sample is its own run's
+    }
+
+    [Fact]
     public void Cancellation_stops_between_runs()
     {
         using var cancel = new CancellationTokenSource();
