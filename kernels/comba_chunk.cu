@@ -835,12 +835,115 @@ struct HeadB
     __device__ size_t kv(int Hkv, int T) const { return ((size_t)b * Hkv + hk) * T; }
 };
 
+// ── L2 normalisation and the readout correction, forward and backward ──
+// One warp per (b, KV head, t) row, D/32 contiguous elements per lane; the row's G query heads ride along.
+//   k̂ = k / max(|k|, ε),  q̃_h = q_h / max(|q_h|, ε) − d_h k̂   (ε = 1e-6, as CombaMath.L2Normalize)
+#define NORM_FLOOR 1e-6f
+
+template <int E> __device__ __forceinline__ void ldE(float (&x)[E], const bf16r* p)
+{
+    if (E == 4)
+    {
+        uint2 u = *reinterpret_cast<const uint2*>(p);
+        x[0] = __uint_as_float(u.x << 16); x[1] = __uint_as_float(u.x & 0xffff0000u);
+        x[2 % E] = __uint_as_float(u.y << 16); x[3 % E] = __uint_as_float(u.y & 0xffff0000u);
+    }
+    else
+    {
+        float2 f = ld2(p);
+        x[0] = f.x; x[1 % E] = f.y;
+    }
+}
+template <int E> __device__ __forceinline__ void stE(bf16r* p, const float (&x)[E])
+{
+    if (E == 4) *reinterpret_cast<uint2*>(p) = u2(pack2(x[0], x[1]), pack2(x[2 % E], x[3 % E]));
+    else st2(p, x[0], x[1 % E]);
+}
+__device__ __forceinline__ float warp_sum(float s)
+{
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    return s;
+}
+template <int E> __device__ __forceinline__ float dotE(const float (&a)[E], const float (&b)[E])
+{
+    float s = 0.f;
+#pragma unroll
+    for (int e = 0; e < E; ++e) s += a[e] * b[e];
+    return warp_sum(s);
+}
+
+// Rotary position embedding in the rotate_half layout, in registers: element i pairs with i ± D/2, which sits E
+// elements further along in the lane 16 away, so one shuffle fetches it. cs, sn: (T, D) float tables, or null.
+//   forward  y = x cos + rotate_half(x) sin,     rotate_half(x)_i = −x_{i+D/2} (i < D/2), x_{i−D/2} (i ≥ D/2)
+//   backward dx = dy cos + (±) partner(dy sin),   + in the first half, − in the second
+template <int E> __device__ __forceinline__ void rotate(float (&x)[E], const float* cs, const float* sn, int t, int lane, bool transposed)
+{
+    if (cs == nullptr) return;
+    constexpr int D = 32 * E;
+    const float* c = cs + (size_t)t * D + lane * E;
+    const float* s = sn + (size_t)t * D + lane * E;
+    const float sign = (lane < 16) != transposed ? -1.f : 1.f;
+    float y[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+    {
+        const float mine = transposed ? x[e] * s[e] : x[e];
+        const float partner = __shfl_xor_sync(0xffffffffu, mine, 16);
+        y[e] = transposed ? x[e] * c[e] + sign * partner : x[e] * c[e] + sign * partner * s[e];
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e) x[e] = y[e];
+}
+
+// Un-normalised q or k rows as the projections leave them: element strides for batch, head and time (the head dim
+// contiguous, every stride a multiple of 8 elements and the base 16-byte aligned, for cp.async), and the rotary
+// tables (T, D) or null. The `n` entry points stage such rows and normalise them in shared memory (normalise_rows),
+// so that no separate pass over q and k (comba_norm_fwd) runs in the forward.
+struct RawRows
+{
+    const bf16r* p;
+    long long sb, sh, st;
+    const float *cs, *sn;
+    __device__ const bf16r* row(int b, int h, int t) const { return p + b * sb + h * sh + t * st; }
+};
+
+// Rows r < CH of a staged chunk S (row stride ss; rows at t0 + r ≥ T are the zeros the staging wrote and stay so),
+// one warp a row: rotated, scaled to unit length, minus dsub × row r of sub (the chunk's k̂) where sub is given;
+// written back over S and, where out is given, to out + r·D. Ends without a barrier.
+template <int D>
+__device__ void normalise_rows(bf16r* S, int ss, int t0, int T, const float* cs, const float* sn, const bf16r* sub,
+                               float dsub, bf16r* out)
+{
+    constexpr int E = D / 32;
+    const int lane = threadIdx.x & 31;
+    for (int r = threadIdx.x >> 5; r < CH && t0 + r < T; r += NW)
+    {
+        float x[E];
+        ldE<E>(x, S + r * ss + lane * E);
+        rotate<E>(x, cs, sn, t0 + r, lane, false);
+        const float inv = 1.f / fmaxf(sqrtf(dotE<E>(x, x)), NORM_FLOOR);
+#pragma unroll
+        for (int e = 0; e < E; ++e) x[e] *= inv;
+        if (sub)
+        {
+            float y[E];
+            ldE<E>(y, sub + r * ss + lane * E);
+#pragma unroll
+            for (int e = 0; e < E; ++e) x[e] -= dsub * y[e];
+        }
+        stE<E>(S + r * ss + lane * E, x);
+        if (out) stE<E>(out + (size_t)r * D + lane * E, x);
+    }
+}
+
 // ── forward ──
 // grid (N, B·H). A, M = (I + A)⁻¹ (float32), saved as bf16 for the backward; U = M diag(β) V, W = M diag(κe^{γ⁰}) K.
 // M is written over A (one C×C float matrix in shared memory, 72 KB in all at D = 128: three blocks per SM).
-template <int D>
+// RAW: k is un-normalised (kr); the chunk's rows are normalised after staging, and the first query head of each KV
+// group writes them to kh (B, Hkv, T, D) for the other kernels.
+template <int D, bool RAW = false>
 __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa,
-                              bf16r* W, bf16r* U, bf16r* Msave, int H, int Hkv, int T)
+                              bf16r* W, bf16r* U, bf16r* Msave, int H, int Hkv, int T, RawRows kr = {}, bf16r* kh = nullptr)
 {
     extern __shared__ float4 smq[];
     unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
@@ -856,12 +959,18 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     float* gam = As + CH * SCF;
     float *gam0 = gam + CH, *bet = gam0 + CH, *kap = bet + CH;
     const size_t kv0 = hd.kv(Hkv, T) + t0;
-    stage_b<D>(Ks, SD, k + kv0 * D, D, CH, T - t0);
+    if (RAW) stage_b<D>(Ks, SD, kr.row(hd.b, hd.hk, t0), kr.st, CH, T - t0);
+    else stage_b<D>(Ks, SD, k + kv0 * D, D, CH, T - t0);
     stage_b<D>(Vs, SD, v + kv0 * D, D, CH, T - t0);
     cp_commit();
     gates_b(gam, gam0, bet, kap, g, beta, kappa, hd.q(T), t0, T);
     cp_wait<0>();
     __syncthreads();
+    if (RAW)
+    {
+        normalise_rows<D>(Ks, SD, t0, T, kr.cs, kr.sn, nullptr, 0.f, hd.hq % (H / Hkv) == 0 ? kh + kv0 * D : nullptr);
+        __syncthreads();
+    }
     // A's rows are stored with 4 floats of padding after column 31 (column c at c + 4·(c ≥ 32)): the inverse below
     // reads the four 16-column quarters of a row at once, and unpadded, quarters 0 and 2 (and 1 and 3) share banks
     bmm<CH, CH, false, true>(Ks, SD, Ks, SD, D, [&](int i, int j, float x0, float x1) {
@@ -1006,9 +1115,12 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
 }
 
 // grid (N, B·H): O = s [e^{γ} ⊙ (Q h) + S Ũ], S = (Q Kᵀ) ⊙ e^{γ_i − γ_j} ⊙ causal.
-template <int D>
+// RAW: q is un-normalised (qr); the chunk's rows become q̃ = q̂ − d k̂ after staging (k is k̂ already) and are
+// written to qt (B, H, T, D) for the backward.
+template <int D, bool RAW = false>
 __device__ void fwd_output_b(const bf16r* q, const bf16r* k, const float* g, const bf16r* Ut, const bf16r* H0,
-                             bf16r* o, float scale, int H, int Hkv, int T)
+                             bf16r* o, float scale, int H, int Hkv, int T, RawRows qr = {}, const float* d = nullptr,
+                             bf16r* qt = nullptr)
 {
     extern __shared__ float4 smq[];
     unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
@@ -1022,7 +1134,8 @@ __device__ void fwd_output_b(const bf16r* q, const bf16r* k, const float* g, con
     bf16r* Sb = Hs + D * SD;
     float* gam = (float*)(Sb + CH * SCC);
     float* gam0 = gam + CH;
-    stage_b<D>(Qs, SD, q + (hd.q(T) + t0) * D, D, CH, T - t0);
+    if (RAW) stage_b<D>(Qs, SD, qr.row(hd.b, hd.hq, t0), qr.st, CH, T - t0);
+    else stage_b<D>(Qs, SD, q + (hd.q(T) + t0) * D, D, CH, T - t0);
     stage_b<D>(Ks, SD, k + (hd.kv(Hkv, T) + t0) * D, D, CH, T - t0);
     cp_commit();
     stage_b<D>(Us, SD, Ut + ((size_t)hd.bh * Tp + t0) * D, D, CH, CH);
@@ -1031,6 +1144,11 @@ __device__ void fwd_output_b(const bf16r* q, const bf16r* k, const float* g, con
     gates_b(gam, gam0, nullptr, nullptr, g, nullptr, nullptr, hd.q(T), t0, T);
     cp_wait<1>();
     __syncthreads();
+    if (RAW)
+    {
+        normalise_rows<D>(Qs, SD, t0, T, qr.cs, qr.sn, Ks, d[hd.hq], qt + (hd.q(T) + t0) * D);
+        __syncthreads();
+    }
     bmm<CH, CH, false, true>(Qs, SD, Ks, SD, D, [&](int i, int j, float x0, float x1) {
         st2(Sb + i * SCC + j, j <= i ? x0 * expf(gam[i] - gam[j]) : 0.f, j + 1 <= i ? x1 * expf(gam[i] - gam[j + 1]) : 0.f);
     });
@@ -1432,66 +1550,6 @@ __device__ void bwd_local_b(const bf16r* q, const bf16r* k, const bf16r* v, cons
     }
 }
 
-// ── L2 normalisation and the readout correction, forward and backward ──
-// One warp per (b, KV head, t) row, D/32 contiguous elements per lane; the row's G query heads ride along.
-//   k̂ = k / max(|k|, ε),  q̃_h = q_h / max(|q_h|, ε) − d_h k̂   (ε = 1e-6, as CombaMath.L2Normalize)
-#define NORM_FLOOR 1e-6f
-
-template <int E> __device__ __forceinline__ void ldE(float (&x)[E], const bf16r* p)
-{
-    if (E == 4)
-    {
-        uint2 u = *reinterpret_cast<const uint2*>(p);
-        x[0] = __uint_as_float(u.x << 16); x[1] = __uint_as_float(u.x & 0xffff0000u);
-        x[2 % E] = __uint_as_float(u.y << 16); x[3 % E] = __uint_as_float(u.y & 0xffff0000u);
-    }
-    else
-    {
-        float2 f = ld2(p);
-        x[0] = f.x; x[1 % E] = f.y;
-    }
-}
-template <int E> __device__ __forceinline__ void stE(bf16r* p, const float (&x)[E])
-{
-    if (E == 4) *reinterpret_cast<uint2*>(p) = u2(pack2(x[0], x[1]), pack2(x[2 % E], x[3 % E]));
-    else st2(p, x[0], x[1 % E]);
-}
-__device__ __forceinline__ float warp_sum(float s)
-{
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-    return s;
-}
-template <int E> __device__ __forceinline__ float dotE(const float (&a)[E], const float (&b)[E])
-{
-    float s = 0.f;
-#pragma unroll
-    for (int e = 0; e < E; ++e) s += a[e] * b[e];
-    return warp_sum(s);
-}
-
-// Rotary position embedding in the rotate_half layout, in registers: element i pairs with i ± D/2, which sits E
-// elements further along in the lane 16 away, so one shuffle fetches it. cs, sn: (T, D) float tables, or null.
-//   forward  y = x cos + rotate_half(x) sin,     rotate_half(x)_i = −x_{i+D/2} (i < D/2), x_{i−D/2} (i ≥ D/2)
-//   backward dx = dy cos + (±) partner(dy sin),   + in the first half, − in the second
-template <int E> __device__ __forceinline__ void rotate(float (&x)[E], const float* cs, const float* sn, int t, int lane, bool transposed)
-{
-    if (cs == nullptr) return;
-    constexpr int D = 32 * E;
-    const float* c = cs + (size_t)t * D + lane * E;
-    const float* s = sn + (size_t)t * D + lane * E;
-    const float sign = (lane < 16) != transposed ? -1.f : 1.f;
-    float y[E];
-#pragma unroll
-    for (int e = 0; e < E; ++e)
-    {
-        const float mine = transposed ? x[e] * s[e] : x[e];
-        const float partner = __shfl_xor_sync(0xffffffffu, mine, 16);
-        y[e] = transposed ? x[e] * c[e] + sign * partner : x[e] * c[e] + sign * partner * s[e];
-    }
-#pragma unroll
-    for (int e = 0; e < E; ++e) x[e] = y[e];
-}
-
 // q and k are read, and dq and dk written, through element strides (batch, head, time; the head dim contiguous), so
 // that the (B, T, H, D) layout the projections make needs no transposing copy; q̃, k̂ and their gradients are
 // (B, H, T, D) contiguous, row = (b·Hkv + hk)·T + t for k̂ and (b·H + h)·T + t for q̃.
@@ -1594,6 +1652,16 @@ __device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const
         const bf16r* M, const bf16r* Ut, const bf16r* H0, const bf16r* dH1, const bf16r* dUt, const bf16r* dO,      \
         bf16r* dq, bf16r* dk, bf16r* dv, float* dg, float* dbeta, float* dkappa, float scale, int H, int Hkv, int T) \
     { bwd_local_b<D>(q, k, v, g, beta, kappa, M, Ut, H0, dH1, dUt, dO, dq, dk, dv, dg, dbeta, dkappa, scale, H, Hkv, T); } \
+    extern "C" __global__ void __launch_bounds__(NT) comba_fwd_prepare_##D##_bf16n(                                   \
+        const bf16r* k, long long ksb, long long ksh, long long kst, const float* cs, const float* sn, const bf16r* v, \
+        const float* g, const float* beta, const float* kappa, bf16r* W, bf16r* U, bf16r* M, bf16r* kh, int H,       \
+        int Hkv, int T)                                                                                              \
+    { fwd_prepare_b<D, true>(nullptr, v, g, beta, kappa, W, U, M, H, Hkv, T, RawRows{k, ksb, ksh, kst, cs, sn}, kh); } \
+    extern "C" __global__ void __launch_bounds__(NT) comba_fwd_output_##D##_bf16n(                                    \
+        const bf16r* q, long long qsb, long long qsh, long long qst, const float* cs, const float* sn, const float* d, \
+        const bf16r* kh, const float* g, const bf16r* Ut, const bf16r* H0, bf16r* o, bf16r* qt, float scale, int H,  \
+        int Hkv, int T)                                                                                              \
+    { fwd_output_b<D, true>(nullptr, kh, g, Ut, H0, o, scale, H, Hkv, T, RawRows{q, qsb, qsh, qst, cs, sn}, d, qt); } \
     extern "C" __global__ void __launch_bounds__(NT) comba_norm_fwd_##D##_bf16(                                       \
         const bf16r* q, const bf16r* k, const float* d, const float* cs, const float* sn, bf16r* qt, bf16r* kh,      \
         int H, int Hkv, int T, int rows, NORM_STRIDES)                                                               \

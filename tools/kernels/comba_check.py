@@ -64,13 +64,13 @@ def smem_bf16(stage, D):
             "local": 6 * tile + 2 * state + 3 * cc + ccf + (8 * 64 + 1) * 4}[stage]
 
 
-NAMES = {"prepare": "fwd_prepare", "state": "fwd_state", "output": "fwd_output",
+NAMES = {"prepare": "fwd_prepare", "state": "fwd_state", "output": "fwd_output", "preparen": "fwd_prepare", "outputn": "fwd_output",
          "dupart": "bwd_dupart", "bstate": "bwd_state", "local": "bwd_local", "normf": "norm_fwd", "normb": "norm_bwd"}
 
 
 def launch(stage, D, tag, grid, *args):
-    fn = module().get_function(f"comba_{NAMES[stage]}_{D}_{tag}")
-    sm = smem_bf16(stage, D) if tag == "bf16" else smem(stage, D, tag)
+    fn = module().get_function(f"comba_{NAMES[stage]}_{D}_{tag}" + ("n" if stage.endswith("n") else ""))
+    sm = smem_bf16(stage.rstrip("n") if stage.endswith("n") else stage, D) if tag == "bf16" else smem(stage, D, tag)
     fn.max_dynamic_shared_size_bytes = sm
     conv = []
     for a in args:
@@ -145,6 +145,26 @@ def fused_forward_bf16(q, k, v, g, beta, kappa, h0, scale):
     launch("state", D, "bf16", (D // FSV, B * H), k, g, W, U, h0, Ut, H0, hT, H, Hkv, T, N)
     launch("output", D, "bf16", (N, B * H), q, k, g, Ut, H0, o, scale, H, Hkv, T)
     return o, hT.view(B, H, D, D), (q, k, v, g, beta, kappa, W, M, Ut, H0)
+
+
+def fused_forward_bf16n(q, k, v, g, beta, kappa, d, h0, scale):
+    """The forward from raw q, k (bf16, any strides the kernels take) through the `n` entry points, which normalise q
+    and k in their tiles: fwd_prepare writes k̂, fwd_output writes q̃. Returns o, hT, saved (with q̃ and k̂), q̃, k̂."""
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    N = (T + CH - 1) // CH
+    Tp = N * CH
+    bf = dict(device=q.device, dtype=torch.bfloat16)
+    W = torch.empty(B * H, Tp, D, **bf); U = torch.empty_like(W); Ut = torch.empty_like(W)
+    M = torch.empty(B * H, N, CH, CH, **bf); H0 = torch.empty(B * H, N, D, D, **bf)
+    hT = torch.full((B * H, D, D), float("nan"), device=q.device)
+    o = torch.full((B, H, T, D), float("nan"), **bf)
+    qt, kh = torch.full((B, H, T, D), float("nan"), **bf), torch.full((B, Hkv, T, D), float("nan"), **bf)
+    st = strides(q, k)
+    launch("preparen", D, "bf16", (N, B * H), k, *st[3:], None, None, v, g, beta, kappa, W, U, M, kh, H, Hkv, T)
+    launch("state", D, "bf16", (D // FSV, B * H), kh, g, W, U, h0, Ut, H0, hT, H, Hkv, T, N)
+    launch("outputn", D, "bf16", (N, B * H), q, *st[:3], None, None, d, kh, g, Ut, H0, o, qt, scale, H, Hkv, T)
+    return o, hT.view(B, H, D, D), (qt, kh, v, g, beta, kappa, W, M, Ut, H0), qt, kh
 
 
 def fused_backward_bf16(saved, dO, dhT, scale, bufs=None):
@@ -290,8 +310,10 @@ def check(small, tiny=False):
                 rows.append(dict(B=B, H=H, Hkv=Hkv, T=T, D=D, mode=tag, h0=with_h0, worst=worst, ok=good, **errs))
                 print(f"{'ok ' if good else 'BAD'} B{B} H{H}/{Hkv} T{T} D{D} {tag:5s} h0={int(with_h0)} worst {worst:.2e}  " +
                       " ".join(f"{n}={e:.1e}" for n, e in errs.items()), flush=True)
-    # the whole bf16 op from raw q, k: normalisation and readout correction in the kernels, gradients through them
-    for (B, H, Hkv, T, D) in cases:
+    # the whole bf16 op from raw q, k: normalisation and readout correction in the kernels, gradients through them;
+    # "norm" through comba_norm_fwd, "tiles" through the entry points that normalise in their tiles (if the source has them)
+    variants = ("norm", "tiles") if "bf16n(" in SRC else ("norm",)
+    for (B, H, Hkv, T, D), variant in [(c, v_) for c in cases for v_ in variants]:
         if D > 128: continue
         for with_h0 in (True, False):
             seed = stable_seed(B, H, T, D, "raw", with_h0)
@@ -301,8 +323,14 @@ def check(small, tiny=False):
             k = (torch.randn(B, Hkv, T, D, device="cuda", generator=gen) * 0.5).to(torch.bfloat16)
             d = torch.rand(H, device="cuda", generator=gen) - 0.5
             scale = 1.0 / math.sqrt(D)
-            qt, kh = norm_forward(q, k, d)
-            o, hT, saved = fused_forward_bf16(qt, kh, v, g, beta, kappa, h0, scale)
+            if variant == "tiles":
+                o, hT, saved, qt, kh = fused_forward_bf16n(q, k, v, g, beta, kappa, d, h0, scale)
+                qt0, kh0 = norm_forward(q, k, d)   # the same rows through the norm kernel, compared below
+                errs_rows = {"qt_vs_norm": rel(qt, qt0), "kh_vs_norm": rel(kh, kh0)}
+            else:
+                qt, kh = norm_forward(q, k, d)
+                o, hT, saved = fused_forward_bf16(qt, kh, v, g, beta, kappa, h0, scale)
+                errs_rows = {}
             dO = torch.randn(o.shape, device="cuda", generator=gen).to(torch.bfloat16)
             dhT = torch.randn(hT.shape, device="cuda", generator=gen) * 0.1
             grads = fused_backward_bf16(saved, dO, dhT, scale)
@@ -317,11 +345,13 @@ def check(small, tiny=False):
             rg = torch.autograd.grad(loss, [ref_in[n] for n in names])
             errs = {"o": rel(o, ro), "hT": rel(hT, rh)}
             for n, x in zip(names, rg): errs["d" + n] = rel(grads[n], x)
+            errs.update(errs_rows)   # q̃, k̂ of the tiles against the norm kernel's: bf16 rounding apart (k̂ enters q̃ as bf16)
             worst = max(errs.values()) if all(math.isfinite(e) for e in errs.values()) else float("nan")
             good = worst <= 1e-2
             ok &= good
-            rows.append(dict(B=B, H=H, Hkv=Hkv, T=T, D=D, mode="bf16+norm", h0=with_h0, worst=worst, ok=good, **errs))
-            print(f"{'ok ' if good else 'BAD'} B{B} H{H}/{Hkv} T{T} D{D} bf16+norm h0={int(with_h0)} worst {worst:.2e}  " +
+            mode = "bf16+norm" if variant == "norm" else "bf16+tiles"
+            rows.append(dict(B=B, H=H, Hkv=Hkv, T=T, D=D, mode=mode, h0=with_h0, worst=worst, ok=good, **errs))
+            print(f"{'ok ' if good else 'BAD'} B{B} H{H}/{Hkv} T{T} D{D} {mode} h0={int(with_h0)} worst {worst:.2e}  " +
                   " ".join(f"{n}={e:.1e}" for n, e in errs.items()), flush=True)
     return ok, rows
 
@@ -400,8 +430,12 @@ def timing_bf16(shapes=None, once=False):
         rows_ = B * H * T
         NF = lambda: launch("normf", D, "bf16", ((rows_ + 7) // 8, 1), q, k, dd, None, None, qt, kh, H, H, T, rows_, *strides(q, k))
         NB = lambda: launch("normb", D, "bf16", ((rows_ + 7) // 8, 1), q, k, dd, None, None, dq, dk, dqr, dkr, ddp, H, H, T, rows_, *strides(q, k))
+        tiles = "bf16n(" in SRC
+        st_ = strides(q, k)
+        PN = lambda: launch("preparen", D, "bf16", (N, B * H), k, *st_[3:], None, None, v, g, beta, kappa, W, U, M, kh, H, H, T)
+        ON = lambda: launch("outputn", D, "bf16", (N, B * H), q, *st_[:3], None, None, dd, kh, g, Ut, H0, o, qt, scale, H, H, T)
         if once:
-            for fn in (NF, NB, P, S, O, DU, DS, DL): fn()
+            for fn in (NF, NB, P, S, O, DU, DS, DL) + ((PN, ON) if tiles else ()): fn()
             torch.cuda.synchronize()
             return out
         row = dict(B=B, T=T, H=H, D=D)
@@ -411,6 +445,13 @@ def timing_bf16(shapes=None, once=False):
         row["fwdbwd"] = time_ms(lambda: (P(), S(), O(), DU(), DS(), DL()), reps=30)
         row["fwd_norm"] = time_ms(lambda: (NF(), P(), S(), O()), reps=30)
         row["fwdbwd_norm"] = time_ms(lambda: (NF(), P(), S(), O(), NF(), DU(), DS(), DL(), NB()), reps=30)
+        # FusedComba since 612baef: q̃ and k̂ kept from the forward, so the backward runs no second norm_fwd
+        row["fwdbwd_norm_kept"] = time_ms(lambda: (NF(), P(), S(), O(), DU(), DS(), DL(), NB()), reps=30)
+        if tiles:
+            row["prepare_tiles"] = time_ms(PN, reps=30)
+            row["output_tiles"] = time_ms(ON, reps=30)
+            row["fwd_tiles"] = time_ms(lambda: (PN(), S(), ON()), reps=30)   # the whole forward from raw q, k
+            row["fwdbwd_tiles"] = time_ms(lambda: (PN(), S(), ON(), DU(), DS(), DL(), NB()), reps=30)
         out.append(row)
         print("bf16", "  ".join(f"{k_}={v_:.3f}" if isinstance(v_, float) else f"{k_}={v_}" for k_, v_ in row.items()), flush=True)
     return out

@@ -40,6 +40,15 @@ public static class FusedComba
     public static bool Bf16ByDefault { get; set; } =
         Runtime.EnvironmentSwitch.IsOn("COMBADISTILL_FUSED_BF16", whenUnset: true);
 
+    /// <summary>
+    /// Whether the bf16 forward normalises q and k inside its tiles: <c>fwd_prepare</c> stages the raw k rows and
+    /// normalises (and rotates) them, writing k̂ for the other kernels, and <c>fwd_output</c> does the same with q,
+    /// forming q̃ = q̂ − d k̂ and writing it for the backward; no separate pass over q and k (comba_norm_fwd) runs.
+    /// On unless <c>COMBADISTILL_COMBA_NORM_IN_TILES</c> is 0, false, off or no.
+    /// </summary>
+    public static bool NormInTiles { get; set; } =
+        Runtime.EnvironmentSwitch.IsOn("COMBADISTILL_COMBA_NORM_IN_TILES", whenUnset: true);
+
     /// <summary>Head dims the bf16 kernels take (at 256 their backward's tiles would not fit shared memory).</summary>
     public static readonly int[] Bf16HeadDims = [64, 128];
 
@@ -157,9 +166,14 @@ public static class FusedComba
     static void LaunchBf16(Device device, string stage, int D, (int, int) grid, params object[] args) =>
         Bf16Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
 
+    // the entry points that take raw q or k rows and normalise them in their tiles (NormInTiles): same shared memory
+    static void LaunchBf16Raw(Device device, string stage, int D, (int, int) grid, params object[] args) =>
+        Bf16Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16n").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
+
     static readonly string[] Bf16KernelNames =
     [
         .. from dim in Bf16HeadDims from stage in Stages.Keys.Append("norm_fwd").Append("norm_bwd") select $"comba_{stage}_{dim}_bf16",
+        .. from dim in Bf16HeadDims from stage in new[] { "fwd_prepare", "fwd_output" } select $"comba_{stage}_{dim}_bf16n",
     ];
 
     static readonly string[] FloatKernelNames =
@@ -194,13 +208,15 @@ public static class FusedComba
         public override string Name => "FusedCombaBf16";
 
         /// <summary>
-        /// q or k as the norm kernels read it: as it is when (B, H, T, D) is contiguous or a transposed view of a
-        /// contiguous (B, T, H, D) (what the projections make), 8-byte aligned; a contiguous copy otherwise.
+        /// q or k as the kernels read it raw: as it is when (B, H, T, D) is contiguous or a transposed view of a
+        /// contiguous (B, T, H, D) (what the projections make), 16-byte aligned (the tiles are staged with 16-byte
+        /// copies); a contiguous copy otherwise.
         /// </summary>
         public static Tensor Operand(Tensor x) => Readable(x) ? x : x.contiguous();
 
         static bool Readable(Tensor x) =>
-            x.stride(3) == 1 && (x.is_contiguous() || x.transpose(1, 2).is_contiguous()) && (long)TensorMemory.DataPointer(x) % 8 == 0;
+            x.stride(3) == 1 && (x.is_contiguous() || x.transpose(1, 2).is_contiguous()) && x.shape[3] % 8 == 0
+            && (long)TensorMemory.DataPointer(x) % 16 == 0;
 
         /// <summary>An uninitialised tensor in <paramref name="x"/>'s layout (one of the two <see cref="Operand"/> keeps).</summary>
         static Tensor EmptyInLayoutOf(Tensor x) =>
@@ -212,7 +228,7 @@ public static class FusedComba
         {
             // the launcher's own checks (contiguous, on the kernel's device) do not apply to a raw pointer: these do
             if (x.device_type != DeviceType.CUDA) throw new ArgumentException($"the Comba norm kernels take CUDA tensors, not {x.device}");
-            if (!Readable(x)) throw new ArgumentException($"the Comba norm kernels read (B, H, T, D) contiguous or a transposed (B, T, H, D), 8-byte aligned; got strides [{string.Join(", ", x.stride())}] (pass it through Operand)");
+            if (!Readable(x)) throw new ArgumentException($"the Comba norm kernels read (B, H, T, D) contiguous or a transposed (B, T, H, D), 16-byte aligned; got strides [{string.Join(", ", x.stride())}] (pass it through Operand)");
             return [TensorMemory.DataPointer(x)];
         }
 
@@ -249,13 +265,30 @@ public static class FusedComba
             var H0 = empty([BH, N, D, D], bf, device);
             var hT = empty([B, H, D, D], ScalarType.Float32, device);
             var o = empty([B, H, T, D], bf, device);
-            var (readout, kHat) = Normalized(q, k, d, cos, sin);
-            using (var U = empty_like(W))
+            Tensor readout, kHat;
+            if (NormInTiles)
             {
-                LaunchBf16(device, "fwd_prepare", D, (N, BH), kHat, v, g, beta, kappa, W, U, M, H, Hkv, T);
-                LaunchBf16(device, "fwd_state", D, (D / Bf16ForwardStateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
+                // prepare normalises k in its tiles and writes k̂; output normalises q and writes q̃ (for the backward)
+                (readout, kHat) = (empty([B, H, T, D], bf, device), empty([B, Hkv, T, D], bf, device));
+                using (var U = empty_like(W))
+                {
+                    LaunchBf16Raw(device, "fwd_prepare", D, (N, BH),
+                        [.. Strided(k), k.stride(0), k.stride(1), k.stride(2), Table(cos), Table(sin), v, g, beta, kappa, W, U, M, kHat, H, Hkv, T]);
+                    LaunchBf16(device, "fwd_state", D, (D / Bf16ForwardStateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
+                }
+                LaunchBf16Raw(device, "fwd_output", D, (N, BH),
+                    [.. Strided(q), q.stride(0), q.stride(1), q.stride(2), Table(cos), Table(sin), d, kHat, g, Ut, H0, o, readout, scale, H, Hkv, T]);
             }
-            LaunchBf16(device, "fwd_output", D, (N, BH), readout, kHat, g, Ut, H0, o, scale, H, Hkv, T);
+            else
+            {
+                (readout, kHat) = Normalized(q, k, d, cos, sin);
+                using (var U = empty_like(W))
+                {
+                    LaunchBf16(device, "fwd_prepare", D, (N, BH), kHat, v, g, beta, kappa, W, U, M, H, Hkv, T);
+                    LaunchBf16(device, "fwd_state", D, (D / Bf16ForwardStateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
+                }
+                LaunchBf16(device, "fwd_output", D, (N, BH), readout, kHat, g, Ut, H0, o, scale, H, Hkv, T);
+            }
             // q̃ and k̂ are kept for the backward (one bf16 copy of q and of k: cheaper than a second norm_fwd)
             ctx.save_for_backward(cos is null || sin is null
                 ? [q, k, v, d, g, beta, kappa, W, M, Ut, H0, readout, kHat]
