@@ -1024,10 +1024,10 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     bmm<CH, D, false, false>(Mk, SCC, Ks, SD, CH, [&](int i, int c, float x0, float x1) { st2(W + (row0 + i) * D + c, x0, x1); });
 }
 
-// The forward state pass's slice width: 64 columns of h per block (at BV = 32, each of D/32 blocks of a head reads
-// every chunk's W and K; at 64 half as many do). COMBA_FWD_SLICE=32 builds the older width.
+// The forward state pass's slice width: 32 columns of h per block, or 64 (COMBA_FWD_SLICE=64: at 32, each of D/32
+// blocks of a head reads every chunk's W and K; at 64 half as many do). FusedComba sets it.
 #ifndef COMBA_FWD_SLICE
-#define COMBA_FWD_SLICE 64
+#define COMBA_FWD_SLICE 32
 #endif
 
 // The slice of h (D × SV, columns v0…) that one warp holds in registers across chunks: a 16-row band, HW 8-column tiles.

@@ -44,10 +44,10 @@ public static class FusedComba
     /// Whether the bf16 forward normalises q and k inside its tiles: <c>fwd_prepare</c> stages the raw k rows and
     /// normalises (and rotates) them, writing k̂ for the other kernels, and <c>fwd_output</c> does the same with q,
     /// forming q̃ = q̂ − d k̂ and writing it for the backward; no separate pass over q and k (comba_norm_fwd) runs.
-    /// On unless <c>COMBADISTILL_COMBA_NORM_IN_TILES</c> is 0, false, off or no.
+    /// Off unless <c>COMBADISTILL_COMBA_NORM_IN_TILES</c> is 1, true, on or yes: it has not yet run on a GPU.
     /// </summary>
     public static bool NormInTiles { get; set; } =
-        Runtime.EnvironmentSwitch.IsOn("COMBADISTILL_COMBA_NORM_IN_TILES", whenUnset: true);
+        Runtime.EnvironmentSwitch.IsOn("COMBADISTILL_COMBA_NORM_IN_TILES", whenUnset: false);
 
     /// <summary>Head dims the bf16 kernels take (at 256 their backward's tiles would not fit shared memory).</summary>
     public static readonly int[] Bf16HeadDims = [64, 128];
@@ -56,8 +56,9 @@ public static class FusedComba
     public const int ChunkSize = 64;
     public static readonly int[] SupportedHeadDims = [64, 128, 256];
     const int Threads = 256, Warps = Threads / 32, StateSlice = 32;
-    // the bf16 forward state pass's slice of h, 64 columns a block (the module is built with COMBA_FWD_SLICE set to it)
-    const int Bf16ForwardStateSlice = 64;
+    // the bf16 forward state pass's slice of h: 32 columns a block, or 64 with COMBADISTILL_COMBA_WIDE_STATE=1 (half the
+    // blocks re-read each chunk's W and K; not yet run on a GPU). The module is built with COMBA_FWD_SLICE set to it.
+    static readonly int Bf16ForwardStateSlice = Runtime.EnvironmentSwitch.IsOn("COMBADISTILL_COMBA_WIDE_STATE", whenUnset: false) ? 64 : 32;
 
     /// <summary>Null when the fused kernels take this call; otherwise why not, in one line.</summary>
     public static string? UnsupportedReason(Tensor q, Tensor k, Tensor v, int chunkSize = ChunkSize)
