@@ -1025,7 +1025,8 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
 }
 
 // The forward state pass's slice width: 32 columns of h per block, or 64 (COMBA_FWD_SLICE=64: at 32, each of D/32
-// blocks of a head reads every chunk's W and K; at 64 half as many do). FusedComba sets it.
+// blocks of a head reads every chunk's W and K; at 64 half as many do, but with B·H = 32 only 64 blocks share the
+// sequential pass, and it measured slower: docs/kernels.md, v5d). FusedComba builds 32.
 #ifndef COMBA_FWD_SLICE
 #define COMBA_FWD_SLICE 32
 #endif

@@ -44,7 +44,10 @@ public static class FusedComba
     /// Whether the bf16 forward normalises q and k inside its tiles: <c>fwd_prepare</c> stages the raw k rows and
     /// normalises (and rotates) them, writing k̂ for the other kernels, and <c>fwd_output</c> does the same with q,
     /// forming q̃ = q̂ − d k̂ and writing it for the backward; no separate pass over q and k (comba_norm_fwd) runs.
-    /// Off unless <c>COMBADISTILL_COMBA_NORM_IN_TILES</c> is 1, true, on or yes: it has not yet run on a GPU.
+    /// Off unless <c>COMBADISTILL_COMBA_NORM_IN_TILES</c> is 1, true, on or yes. On an H100 it took 2–3 % off the
+    /// forward (0.893 → 0.869 ms at (1, 8192, 32, 128)) and passed the float64 checks but one: with it, one lane case's
+    /// gradient of λ landed at 2.1e-2, over the bf16 bar of 1e-2 (q̃ is formed from the bf16 k̂ of the tile, not from
+    /// k̂ in float32 as comba_norm_fwd forms it); docs/kernels.md, v5d.
     /// </summary>
     public static bool NormInTiles { get; set; } =
         Runtime.EnvironmentSwitch.IsOn("COMBADISTILL_COMBA_NORM_IN_TILES", whenUnset: false);
@@ -56,9 +59,10 @@ public static class FusedComba
     public const int ChunkSize = 64;
     public static readonly int[] SupportedHeadDims = [64, 128, 256];
     const int Threads = 256, Warps = Threads / 32, StateSlice = 32;
-    // the bf16 forward state pass's slice of h: 32 columns a block, or 64 with COMBADISTILL_COMBA_WIDE_STATE=1 (half the
-    // blocks re-read each chunk's W and K; not yet run on a GPU). The module is built with COMBA_FWD_SLICE set to it.
-    static readonly int Bf16ForwardStateSlice = Runtime.EnvironmentSwitch.IsOn("COMBADISTILL_COMBA_WIDE_STATE", whenUnset: false) ? 64 : 32;
+    // the bf16 forward state pass's slice of h, 32 columns a block; the module is built with COMBA_FWD_SLICE set to it.
+    // 64 (half the blocks re-read each chunk's W and K) measured slower where B·H is small, 0.36 → 0.54 ms at
+    // (1, 8192, 32, 128) on an H100, because only 64 blocks then share the sequential pass (docs/kernels.md, v5d)
+    const int Bf16ForwardStateSlice = 32;
 
     /// <summary>Null when the fused kernels take this call; otherwise why not, in one line.</summary>
     public static string? UnsupportedReason(Tensor q, Tensor k, Tensor v, int chunkSize = ChunkSize)
