@@ -674,6 +674,11 @@ __device__ __forceinline__ void cp16(void* dst, const void* src, bool valid)
 {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(saddr(dst)), "l"(src), "r"(valid ? 16 : 0));
 }
+// 4 bytes, zero-filled where !valid (src must still be a valid address)
+__device__ __forceinline__ void cp4(void* dst, const void* src, bool valid)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(saddr(dst)), "l"(src), "r"(valid ? 4 : 0));
+}
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
@@ -1039,8 +1044,10 @@ template <int D, int SV = BV> struct SliceB
     __device__ SliceB() { int w = threadIdx.x >> 5; r0 = (w % (D / 16)) * 16; c0 = (w / (D / 16)) * 8 * HW; }
 };
 
-// grid (D/SV, B·H): the sequential pass, the next chunk's W, K, U and g prefetched while this one computes.
-template <int D>
+// grid (D/SV, B·H): the sequential pass, the next chunk's W, K, U and g prefetched while this one computes. With
+// S = 3 stages (the `s3` entry points) two chunks are in flight ahead of the one computing, and g travels through
+// shared memory with the tiles (4-byte cp.async by warp 0, zero-filled past T) instead of one chunk ahead in registers.
+template <int D, int S = 2>
 __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, const bf16r* U, const float* h0,
                             bf16r* Ut, bf16r* H0, float* hT, int H, int Hkv, int T, int N)
 {
@@ -1049,13 +1056,21 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
     constexpr int SV = COMBA_FWD_SLICE, SS = SV + 8, SD = D + 8, BUF = 2 * CH * SD + CH * SS;
     const int v0 = blockIdx.x * SV, Tp = N * CH, lane = threadIdx.x & 31;
     HeadB hd(blockIdx.y, H, Hkv);
-    bf16r* buf = (bf16r*)smb;                 // 2 × [W | K | U slice]
-    bf16r* hb = buf + 2 * BUF;                // D × SV, bf16 copy of h
+    bf16r* buf = (bf16r*)smb;                 // S × [W | K | U slice]
+    bf16r* hb = buf + S * BUF;                // D × SV, bf16 copy of h
     bf16r* Xs = hb + D * SS;                  // CH × SV: e^{γ_C − γ} ⊙ Ũ
     float* gam = (float*)(Xs + CH * SS);
     float* gam0 = gam + CH;
+    float* gs = gam0 + CH;                    // S ≥ 3: S × CH staged g
+    auto slot = [](int n) { return S == 2 ? (n & 1) : n % S; };   // a chunk's stage buffer
     auto fetch = [&](int n) {
-        bf16r* b = buf + (n & 1) * BUF;
+        bf16r* b = buf + slot(n) * BUF;
+        if (S >= 3 && threadIdx.x < 32)
+            for (int e = 0; e < 2; ++e)
+            {
+                const int i = 2 * lane + e, t = n * CH + i;
+                cp4(gs + slot(n) * CH + i, g + hd.q(T) + (t < T ? t : 0), t < T);
+            }
         const size_t r = (size_t)hd.bh * Tp + n * CH;
         stage_b<D>(b, SD, W + r * D, D, CH, CH);
         stage_b<D>(b + CH * SD, SD, k + (hd.kv(Hkv, T) + n * CH) * D, D, CH, T - n * CH);
@@ -1074,12 +1089,14 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
         x0 = h0 ? h0[(size_t)hd.bh * D * D + r * D + v0 + c] : 0.f;
         x1 = h0 ? h0[(size_t)hd.bh * D * D + r * D + v0 + c + 1] : 0.f;
     });
-    fetch(0);
+    for (int n = 0; n < S - 1; ++n)
+        if (n < N) fetch(n);
+        else cp_commit();   // empty groups keep every wait below counting chunks
     float ga = 0.f, gb = 0.f;
-    if (threadIdx.x < 32) gfetch(0, ga, gb);
+    if (S == 2 && threadIdx.x < 32) gfetch(0, ga, gb);
     for (int n = 0; n < N; ++n)
     {
-        const bf16r* Wc = buf + (n & 1) * BUF;
+        const bf16r* Wc = buf + slot(n) * BUF;
         const bf16r* Kc = Wc + CH * SD;
         const bf16r* Uc = Kc + CH * SD;
         bf16r* Hn = H0 + ((size_t)hd.bh * N + n) * D * D;
@@ -1087,14 +1104,17 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
             st2(hb + r * SS + c, x0, x1);
             st2(Hn + r * D + v0 + c, x0, x1);
         });
-        if (threadIdx.x < 32)
+        if (S == 2 && threadIdx.x < 32)
         {
             scan_pairs(ga, gb, gam, gam0);
             if (n + 1 < N) gfetch(n + 1, ga, gb);
         }
-        cp_wait<0>();
+        cp_wait<S - 2>();   // this thread's copies of chunk n have landed (warp 0's include g)
+        if (S >= 3 && threadIdx.x < 32)
+            scan_pairs(gs[slot(n) * CH + 2 * lane], gs[slot(n) * CH + 2 * lane + 1], gam, gam0);
         __syncthreads();
-        if (n + 1 < N) fetch(n + 1);
+        if (n + S - 1 < N) fetch(n + S - 1);
+        else if (S >= 3) cp_commit();
         const float gC = gam[CH - 1], aC = expf(gC);
         const size_t row0 = (size_t)hd.bh * Tp + n * CH;
         bmm<CH, SV, false, false>(Wc, SD, hb, SS, D, [&](int i, int c, float x0, float x1) {
@@ -1636,6 +1656,10 @@ __device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const
         const bf16r* k, const float* g, const bf16r* W, const bf16r* U, const float* h0, bf16r* Ut, bf16r* H0,      \
         float* hT, int H, int Hkv, int T, int N)                                                                     \
     { fwd_state_b<D>(k, g, W, U, h0, Ut, H0, hT, H, Hkv, T, N); }                                                   \
+    extern "C" __global__ void __launch_bounds__(NT) comba_fwd_state_##D##_bf16s3(                                    \
+        const bf16r* k, const float* g, const bf16r* W, const bf16r* U, const float* h0, bf16r* Ut, bf16r* H0,      \
+        float* hT, int H, int Hkv, int T, int N)                                                                     \
+    { fwd_state_b<D, 3>(k, g, W, U, h0, Ut, H0, hT, H, Hkv, T, N); }                                                \
     extern "C" __global__ void __launch_bounds__(NT) comba_fwd_output_##D##_bf16(                                     \
         const bf16r* q, const bf16r* k, const float* g, const bf16r* Ut, const bf16r* H0, bf16r* o, float scale,    \
         int H, int Hkv, int T)                                                                                       \

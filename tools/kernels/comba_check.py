@@ -17,6 +17,8 @@ import cupy as cp
 CH, NT, BV = 64, 256, 32
 # the bf16 forward state pass's slice width: the source's COMBA_FWD_SLICE (32 in sources older than it), or FSV to build another
 FSV = int(os.environ.get("FSV") or 0)
+# chunks in flight in the bf16 forward state pass: 2, or FSTAGES=3 for the `s3` entry points (every "state" launch)
+FSTAGES = int(os.environ.get("FSTAGES") or 2)
 BF16_ONLY = bool(os.environ.get("BF16_ONLY"))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # KERNEL_SRC picks another version of the source (e.g. the v5b candidate: patch -o /tmp/v5b.cu kernels/comba_chunk.cu tools/kernels/candidates/comba_chunk_v5b.patch) to check and time
@@ -33,7 +35,7 @@ def module():
         t = time.time()
         _mod = cp.RawModule(code=SRC, options=("-std=c++17", "-arch=sm_90", f"-DCOMBA_FWD_SLICE={FSV}"))
         _mod.compile()
-        print(f"compiled in {time.time() - t:.1f} s (forward state slice {FSV})", flush=True)
+        print(f"compiled in {time.time() - t:.1f} s (forward state slice {FSV}, {FSTAGES} stages)", flush=True)
     return _mod
 
 
@@ -51,13 +53,14 @@ def smem(stage, D, tag="tf32"):
     return 4 * f
 
 
-def smem_bf16(stage, D):
+def smem_bf16(stage, D, stages=2):
     SD = D + 8
     tile, state, cc, ccf, sl = 64 * SD * 2, D * SD * 2, 64 * 72 * 2, 64 * 68 * 4, 64 * 40 * 2
     if stage in ("normf", "normb"): return 0
     # fwd_prepare writes M over A: one C×C float matrix (a source older than v5c needs this file as of its own commit)
     return {"prepare": 2 * tile + 2 * cc + ccf + 4 * 64 * 4,
-            "state": 2 * (2 * tile + 64 * (FSV + 8) * 2) + D * (FSV + 8) * 2 + 64 * (FSV + 8) * 2 + 2 * 64 * 4,
+            "state": stages * (2 * tile + 64 * (FSV + 8) * 2) + D * (FSV + 8) * 2 + 64 * (FSV + 8) * 2 + 2 * 64 * 4
+                     + (stages * 64 * 4 if stages > 2 else 0),
             "output": 3 * tile + state + cc + 2 * 64 * 4,
             "dupart": 3 * tile + cc + 2 * 64 * 4,
             "bstate": 2 * (3 * tile + sl + 64 * 32 * 4) + D * 40 * 2 + 2 * sl + 2 * 64 * 4,
@@ -65,12 +68,18 @@ def smem_bf16(stage, D):
 
 
 NAMES = {"prepare": "fwd_prepare", "state": "fwd_state", "output": "fwd_output", "preparen": "fwd_prepare", "outputn": "fwd_output",
+         "state2": "fwd_state", "state3": "fwd_state",
          "dupart": "bwd_dupart", "bstate": "bwd_state", "local": "bwd_local", "normf": "norm_fwd", "normb": "norm_bwd"}
 
 
 def launch(stage, D, tag, grid, *args):
-    fn = module().get_function(f"comba_{NAMES[stage]}_{D}_{tag}" + ("n" if stage.endswith("n") else ""))
-    sm = smem_bf16(stage.rstrip("n") if stage.endswith("n") else stage, D) if tag == "bf16" else smem(stage, D, tag)
+    # "preparen"/"outputn": the entry points that normalise in their tiles; "state" the forward state pass with
+    # FSTAGES stages, "state2"/"state3" with that many
+    stages = {"state": FSTAGES, "state2": 2, "state3": 3}.get(stage, 2) if tag == "bf16" else 2
+    suffix = "n" if stage in ("preparen", "outputn") else ("s3" if stages == 3 else "")
+    fn = module().get_function(f"comba_{NAMES[stage]}_{D}_{tag}{suffix}")
+    base = {"preparen": "prepare", "outputn": "output", "state2": "state", "state3": "state"}.get(stage, stage)
+    sm = smem_bf16(base, D, stages) if tag == "bf16" else smem(stage, D, tag)
     fn.max_dynamic_shared_size_bytes = sm
     conv = []
     for a in args:
@@ -447,6 +456,12 @@ def timing_bf16(shapes=None, once=False):
         row["fwdbwd_norm"] = time_ms(lambda: (NF(), P(), S(), O(), NF(), DU(), DS(), DL(), NB()), reps=30)
         # FusedComba since 612baef: q̃ and k̂ kept from the forward, so the backward runs no second norm_fwd
         row["fwdbwd_norm_kept"] = time_ms(lambda: (NF(), P(), S(), O(), DU(), DS(), DL(), NB()), reps=30)
+        if "bf16s3(" in SRC:
+            S2 = lambda: launch("state2", D, "bf16", (D // FSV, B * H), k, g, W, U, None, Ut, H0, hT, H, H, T, N)
+            S3 = lambda: launch("state3", D, "bf16", (D // FSV, B * H), k, g, W, U, None, Ut, H0, hT, H, H, T, N)
+            row["state_2stages"] = time_ms(S2, reps=30)
+            row["state_3stages"] = time_ms(S3, reps=30)
+            row["fwd_norm_3stages"] = time_ms(lambda: (NF(), P(), S3(), O()), reps=30)
         if tiles:
             row["prepare_tiles"] = time_ms(PN, reps=30)
             row["output_tiles"] = time_ms(ON, reps=30)

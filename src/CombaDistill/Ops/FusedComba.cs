@@ -64,6 +64,14 @@ public static class FusedComba
     // (1, 8192, 32, 128) on an H100, because only 64 blocks then share the sequential pass (docs/kernels.md, v5d)
     const int Bf16ForwardStateSlice = 32;
 
+    /// <summary>
+    /// Chunks the bf16 forward state pass keeps in flight: 2 (the one computing and the next), or 3 with
+    /// <c>COMBADISTILL_COMBA_STATE_STAGES=3</c> (the `s3` entry points: two chunks' loads ahead, g staged with the tiles;
+    /// 136 KB of shared memory at D = 128, one block per SM). The pass is latency-bound at small B·H (docs/kernels.md,
+    /// v5d), which a deeper pipeline addresses; not yet run on a GPU.
+    /// </summary>
+    static readonly int Bf16ForwardStateStages = Environment.GetEnvironmentVariable("COMBADISTILL_COMBA_STATE_STAGES") == "3" ? 3 : 2;
+
     /// <summary>Null when the fused kernels take this call; otherwise why not, in one line.</summary>
     public static string? UnsupportedReason(Tensor q, Tensor k, Tensor v, int chunkSize = ChunkSize)
     {
@@ -159,7 +167,8 @@ public static class FusedComba
         return stage switch
         {
             "fwd_prepare" => 2 * tile + 2 * cc + ccf + 4 * ChunkSize * 4,   // M written over A
-            "fwd_state" => 2 * (2 * tile + ChunkSize * wide * 2) + D * wide * 2 + ChunkSize * wide * 2 + 2 * ChunkSize * 4,
+            "fwd_state" => Bf16ForwardStateStages * (2 * tile + ChunkSize * wide * 2) + D * wide * 2 + ChunkSize * wide * 2 + 2 * ChunkSize * 4
+                           + (Bf16ForwardStateStages > 2 ? Bf16ForwardStateStages * ChunkSize * 4 : 0),
             "fwd_output" => 3 * tile + state + cc + 2 * ChunkSize * 4,
             "bwd_dupart" => 3 * tile + cc + 2 * ChunkSize * 4,
             "bwd_state" => 2 * (3 * tile + slice + ChunkSize * StateSlice * 4) + D * 40 * 2 + 2 * slice + 2 * ChunkSize * 4,
@@ -171,6 +180,10 @@ public static class FusedComba
     static void LaunchBf16(Device device, string stage, int D, (int, int) grid, params object[] args) =>
         Bf16Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
 
+    static void LaunchBf16State(Device device, int D, (int, int) grid, params object[] args) =>
+        Bf16Kernels.For(device).Kernel($"comba_fwd_state_{D}_bf16{(Bf16ForwardStateStages == 3 ? "s3" : "")}")
+            .Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared("fwd_state", D), args);
+
     // the entry points that take raw q or k rows and normalise them in their tiles (NormInTiles): same shared memory
     static void LaunchBf16Raw(Device device, string stage, int D, (int, int) grid, params object[] args) =>
         Bf16Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16n").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
@@ -179,6 +192,7 @@ public static class FusedComba
     [
         .. from dim in Bf16HeadDims from stage in Stages.Keys.Append("norm_fwd").Append("norm_bwd") select $"comba_{stage}_{dim}_bf16",
         .. from dim in Bf16HeadDims from stage in new[] { "fwd_prepare", "fwd_output" } select $"comba_{stage}_{dim}_bf16n",
+        .. from dim in Bf16HeadDims select $"comba_fwd_state_{dim}_bf16s3",
     ];
 
     static readonly string[] FloatKernelNames =
@@ -279,7 +293,7 @@ public static class FusedComba
                 {
                     LaunchBf16Raw(device, "fwd_prepare", D, (N, BH),
                         [.. Strided(k), k.stride(0), k.stride(1), k.stride(2), Table(cos), Table(sin), v, g, beta, kappa, W, U, M, kHat, H, Hkv, T]);
-                    LaunchBf16(device, "fwd_state", D, (D / Bf16ForwardStateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
+                    LaunchBf16State(device, D, (D / Bf16ForwardStateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
                 }
                 LaunchBf16Raw(device, "fwd_output", D, (N, BH),
                     [.. Strided(q), q.stride(0), q.stride(1), q.stride(2), Table(cos), Table(sin), d, kHat, g, Ut, H0, o, readout, scale, H, Hkv, T]);
@@ -290,7 +304,7 @@ public static class FusedComba
                 using (var U = empty_like(W))
                 {
                     LaunchBf16(device, "fwd_prepare", D, (N, BH), kHat, v, g, beta, kappa, W, U, M, H, Hkv, T);
-                    LaunchBf16(device, "fwd_state", D, (D / Bf16ForwardStateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
+                    LaunchBf16State(device, D, (D / Bf16ForwardStateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
                 }
                 LaunchBf16(device, "fwd_output", D, (N, BH), readout, kHat, g, Ut, H0, o, scale, H, Hkv, T);
             }
