@@ -44,7 +44,7 @@ public static class FusedComba
     /// Whether the bf16 forward normalises q and k inside its tiles: <c>fwd_prepare</c> stages the raw k rows and
     /// normalises (and rotates) them, writing k̂ for the other kernels, and <c>fwd_output</c> does the same with q,
     /// forming q̃ = q̂ − d k̂ and writing it for the backward; no separate pass over q and k (comba_norm_fwd) runs.
-    /// Off unless <c>COMBADISTILL_COMBA_NORM_IN_TILES</c> is 1, true, on or yes. On an H100 it took 2–3 % off the
+    /// Off unless <c>COMBADISTILL_COMBA_NORM_IN_TILES</c> is 1, true, on or yes. On an H100 it took 0.5–3 % off the
     /// forward (0.893 → 0.869 ms at (1, 8192, 32, 128)) and passed the float64 checks but one: with it, one lane case's
     /// gradient of λ landed at 2.1e-2, over the bf16 bar of 1e-2 (q̃ is formed from the bf16 k̂ of the tile, not from
     /// k̂ in float32 as comba_norm_fwd forms it); docs/kernels.md, v5d.
@@ -202,7 +202,7 @@ public static class FusedComba
     ];
 
     // one module per family, each compiling only its own entry points (the file's COMBA_ONLY_* switches): a bf16 run
-    // builds 16 kernels on a fresh machine instead of 64
+    // builds 22 kernels on a fresh machine (16 and the 6 opt-in variants) instead of 70
     static readonly EmbeddedModule Bf16Kernels = new(KernelFile, Bf16KernelNames,
         new KernelCompileOptions { Defines = ["COMBA_ONLY_BF16", $"COMBA_FWD_SLICE={Bf16ForwardStateSlice}"] });
     static readonly EmbeddedModule Kernels = new(KernelFile, FloatKernelNames, new KernelCompileOptions { Defines = ["COMBA_ONLY_FLOAT32"] });
@@ -231,7 +231,7 @@ public static class FusedComba
         /// contiguous (B, T, H, D) (what the projections make), 16-byte aligned (the tiles are staged with 16-byte
         /// copies); a contiguous copy otherwise.
         /// </summary>
-        public static Tensor Operand(Tensor x) => Readable(x) ? x : x.contiguous();
+        public static Tensor Operand(Tensor x) => Readable(x) ? x : x.is_contiguous() ? x.clone() : x.contiguous();
 
         static bool Readable(Tensor x) =>
             x.stride(3) == 1 && (x.is_contiguous() || x.transpose(1, 2).is_contiguous()) && x.shape[3] % 8 == 0

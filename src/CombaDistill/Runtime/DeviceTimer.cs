@@ -63,10 +63,12 @@ public sealed class DeviceTimer
     /// </summary>
     public List<double> Queued(Action<int> work, int repeats, long flushBytes = 256L << 20)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(repeats, 1);
         if (events is null) return [.. Enumerable.Range(0, repeats).Select(i => Measure(() => work(i)))];
-        var marks = Enumerable.Range(0, 2 * repeats).Select(_ => new CudaEvent(events)).ToArray();
+        var marks = new List<CudaEvent>(2 * repeats);
         try
         {
+            for (var i = 0; i < 2 * repeats; i++) marks.Add(new CudaEvent(events));
             using var flush = empty(flushBytes, ScalarType.Int8, device);
             Synchronize(device);
             for (var i = 0; i < repeats; i++)

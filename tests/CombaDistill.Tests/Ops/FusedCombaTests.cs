@@ -136,7 +136,8 @@ public class FusedCombaTests
     /// The bf16 kernels reading q and k through their strides from the projections' (B, T, H, D) layout and rotating
     /// them in registers, against rotary applied in float64 before the float64 reference: output, state and every
     /// gradient (q's and k's back in that layout), to the bf16 path's 1e-2. Both ways the forward normalises: in the
-    /// tiles of fwd_prepare and fwd_output (the default) and through the separate comba_norm_fwd pass.
+    /// tiles of fwd_prepare and fwd_output (opt-in, FusedComba.NormInTiles) and through the separate comba_norm_fwd pass
+    /// (the default).
     /// </summary>
     [Theory]
     [InlineData(2, 2, 2, 150, 64, true, true)]

@@ -27,6 +27,7 @@ public class DeviceTimerTests
         Assert.Equal([0, 1, 2], order);
         Assert.Equal(3, samples.Count);
         Assert.True(samples[1] >= 30 && samples[0] < samples[1], string.Join(", ", samples));   // each sample is its own run's
+        Assert.Throws<ArgumentOutOfRangeException>(() => DeviceTimer.For(CPU).Queued(_ => { }, repeats: 0));
     }
 
     [Fact]
