@@ -256,7 +256,7 @@ public static class KernelBenchmark
             _ => throw new ArgumentException($"unknown op '{op}'"),
         };
 
-        // one call, with its gradients cleared after (host work, so nothing accumulates); ops freed as it ends
+        // one call, with its gradients cleared after (so nothing accumulates); its tensors freed as it ends
         void Run(CombaBenchInputs x)
         {
             using var inner = NewDisposeScope();
@@ -272,22 +272,8 @@ public static class KernelBenchmark
             }
         }
 
-        double Once(CombaBenchInputs x)
-        {
-            using var inner = NewDisposeScope();
-            double ms;
-            if (backward)
-            {
-                ms = timer.Measure(() => Forward(x).backward([x.GradOut]));
-                foreach (var t in x.All.Where(t => t.requires_grad)) t.grad = null;   // outside the timing; nothing accumulates
-            }
-            else
-            {
-                using var _ = no_grad();
-                ms = timer.Measure(() => Forward(x));
-            }
-            return ms;
-        }
+        // synchronised before and after (clearing the gradients is host work: it adds nothing to the device's time)
+        double Once(CombaBenchInputs x) => timer.Measure(() => Run(x));
 
         for (int i = 0; i < options.Warmup; i++) Once(sets[i % sets.Length]);
         if (options.Queued)
