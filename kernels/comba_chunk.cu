@@ -1089,9 +1089,11 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
         x0 = h0 ? h0[(size_t)hd.bh * D * D + r * D + v0 + c] : 0.f;
         x1 = h0 ? h0[(size_t)hd.bh * D * D + r * D + v0 + c + 1] : 0.f;
     });
-    for (int n = 0; n < S - 1; ++n)
-        if (n < N) fetch(n);
-        else cp_commit();   // empty groups keep every wait below counting chunks
+    if (S == 2) fetch(0);
+    else
+        for (int n = 0; n < S - 1; ++n)
+            if (n < N) fetch(n);
+            else cp_commit();   // empty groups keep every wait below counting chunks
     float ga = 0.f, gb = 0.f;
     if (S == 2 && threadIdx.x < 32) gfetch(0, ga, gb);
     for (int n = 0; n < N; ++n)
@@ -1226,7 +1228,7 @@ __device__ void bwd_dupart_b(const bf16r* q, const bf16r* k, const float* g, con
 }
 
 // grid (D/BV, B·H), chunks in reverse: dŨ = dUp + e^{γ_C − γ} ⊙ (K dh'), dh ← e^{γ_C} dh' + Qᵀ(s e^{γ} ⊙ dO) − Wᵀ dŨ.
-template <int D>
+template <int D, int S = 2>
 __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, const bf16r* W, const bf16r* dO,
                             const float* dUp, const float* dhT, bf16r* dUt, bf16r* dH1, float* dh0, float scale,
                             int H, int Hkv, int T, int N)
@@ -1236,14 +1238,22 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
     constexpr int SD = D + 8, BUF = 3 * CH * SD + CH * SBV + CH * BV * 2;   // bf16 units; the float slice is 2 each
     const int v0 = blockIdx.x * BV, Tp = N * CH, lane = threadIdx.x & 31;
     HeadB hd(blockIdx.y, H, Hkv);
-    bf16r* buf = (bf16r*)smb;                 // 2 × [K | Q | W | dO slice | dUp slice (float)]
-    bf16r* hb = buf + 2 * BUF;                // D × BV: dh' in bf16
+    bf16r* buf = (bf16r*)smb;                 // S × [K | Q | W | dO slice | dUp slice (float)]
+    bf16r* hb = buf + S * BUF;                // D × BV: dh' in bf16
     bf16r* Xd = hb + D * SBV;                 // s e^{γ} ⊙ dO slice
     bf16r* Xu = Xd + CH * SBV;                // −dŨ slice
     float* gam = (float*)(Xu + CH * SBV);
     float* gam0 = gam + CH;
+    float* gs = gam0 + CH;                    // S ≥ 3: S × CH staged g
+    auto slot = [](int n) { return S == 2 ? (n & 1) : n % S; };   // a chunk's stage buffer
     auto fetch = [&](int n) {
-        bf16r* b = buf + (n & 1) * BUF;
+        bf16r* b = buf + slot(n) * BUF;
+        if (S >= 3 && threadIdx.x < 32)
+            for (int e = 0; e < 2; ++e)
+            {
+                const int i = 2 * lane + e, t = n * CH + i;
+                cp4(gs + slot(n) * CH + i, g + hd.q(T) + (t < T ? t : 0), t < T);
+            }
         const int t0 = n * CH;
         const size_t r = (size_t)hd.bh * Tp + t0;
         stage_b<D>(b, SD, k + (hd.kv(Hkv, T) + t0) * D, D, CH, T - t0);
@@ -1265,12 +1275,16 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
         x0 = dhT ? dhT[(size_t)hd.bh * D * D + r * D + v0 + c] : 0.f;
         x1 = dhT ? dhT[(size_t)hd.bh * D * D + r * D + v0 + c + 1] : 0.f;
     });
-    fetch(N - 1);
+    if (S == 2) fetch(N - 1);
+    else
+        for (int n = N - 1; n > N - S; --n)
+            if (n >= 0) fetch(n);
+            else cp_commit();   // empty groups keep every wait below counting chunks
     float ga = 0.f, gb = 0.f;
-    if (threadIdx.x < 32) gfetch(N - 1, ga, gb);
+    if (S == 2 && threadIdx.x < 32) gfetch(N - 1, ga, gb);
     for (int n = N - 1; n >= 0; --n)
     {
-        const bf16r* Kc = buf + (n & 1) * BUF;
+        const bf16r* Kc = buf + slot(n) * BUF;
         const bf16r* Qc = Kc + CH * SD;
         const bf16r* Wc = Qc + CH * SD;
         const bf16r* Oc = Wc + CH * SD;
@@ -1280,14 +1294,17 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
             st2(hb + r * SBV + c, x0, x1);
             st2(Hn + r * D + v0 + c, x0, x1);
         });
-        if (threadIdx.x < 32)
+        if (S == 2 && threadIdx.x < 32)
         {
             scan_pairs(ga, gb, gam, gam0);
             if (n > 0) gfetch(n - 1, ga, gb);
         }
-        cp_wait<0>();
+        cp_wait<S - 2>();   // this thread's copies of chunk n have landed (warp 0's include g)
+        if (S >= 3 && threadIdx.x < 32)
+            scan_pairs(gs[slot(n) * CH + 2 * lane], gs[slot(n) * CH + 2 * lane + 1], gam, gam0);
         __syncthreads();
-        if (n > 0) fetch(n - 1);
+        if (n - (S - 1) >= 0) fetch(n - (S - 1));
+        else if (S >= 3) cp_commit();
         const float gC = gam[CH - 1], aC = expf(gC);
         const size_t row0 = (size_t)hd.bh * Tp + n * CH;
         for (int idx = threadIdx.x; idx < CH * BV / 2; idx += NT)
@@ -1672,6 +1689,10 @@ __device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const
         const bf16r* q, const bf16r* k, const float* g, const bf16r* W, const bf16r* dO, const float* dUp,          \
         const float* dhT, bf16r* dUt, bf16r* dH1, float* dh0, float scale, int H, int Hkv, int T, int N)             \
     { bwd_state_b<D>(q, k, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, T, N); }                               \
+    extern "C" __global__ void __launch_bounds__(NT) comba_bwd_state_##D##_bf16s3(                                    \
+        const bf16r* q, const bf16r* k, const float* g, const bf16r* W, const bf16r* dO, const float* dUp,          \
+        const float* dhT, bf16r* dUt, bf16r* dH1, float* dh0, float scale, int H, int Hkv, int T, int N)             \
+    { bwd_state_b<D, 3>(q, k, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, T, N); }                            \
     extern "C" __global__ void __launch_bounds__(NT) comba_bwd_local_##D##_bf16(                                      \
         const bf16r* q, const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa,     \
         const bf16r* M, const bf16r* Ut, const bf16r* H0, const bf16r* dH1, const bf16r* dUt, const bf16r* dO,      \

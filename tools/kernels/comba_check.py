@@ -17,7 +17,7 @@ import cupy as cp
 CH, NT, BV = 64, 256, 32
 # the bf16 forward state pass's slice width: the source's COMBA_FWD_SLICE (32 in sources older than it), or FSV to build another
 FSV = int(os.environ.get("FSV") or 0)
-# chunks in flight in the bf16 forward state pass: 2, or FSTAGES=3 for the `s3` entry points (every "state" launch)
+# chunks in flight in the bf16 state passes: 2, or FSTAGES=3 for the `s3` entry points (every "state"/"bstate" launch)
 FSTAGES = int(os.environ.get("FSTAGES") or 2)
 BF16_ONLY = bool(os.environ.get("BF16_ONLY"))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -63,22 +63,22 @@ def smem_bf16(stage, D, stages=2):
                      + (stages * 64 * 4 if stages > 2 else 0),
             "output": 3 * tile + state + cc + 2 * 64 * 4,
             "dupart": 3 * tile + cc + 2 * 64 * 4,
-            "bstate": 2 * (3 * tile + sl + 64 * 32 * 4) + D * 40 * 2 + 2 * sl + 2 * 64 * 4,
+            "bstate": stages * (3 * tile + sl + 64 * 32 * 4) + D * 40 * 2 + 2 * sl + 2 * 64 * 4 + (stages * 64 * 4 if stages > 2 else 0),
             "local": 6 * tile + 2 * state + 3 * cc + ccf + (8 * 64 + 1) * 4}[stage]
 
 
 NAMES = {"prepare": "fwd_prepare", "state": "fwd_state", "output": "fwd_output", "preparen": "fwd_prepare", "outputn": "fwd_output",
-         "state2": "fwd_state", "state3": "fwd_state",
+         "state2": "fwd_state", "state3": "fwd_state", "bstate2": "bwd_state", "bstate3": "bwd_state",
          "dupart": "bwd_dupart", "bstate": "bwd_state", "local": "bwd_local", "normf": "norm_fwd", "normb": "norm_bwd"}
 
 
 def launch(stage, D, tag, grid, *args):
     # "preparen"/"outputn": the entry points that normalise in their tiles; "state" the forward state pass with
     # FSTAGES stages, "state2"/"state3" with that many
-    stages = {"state": FSTAGES, "state2": 2, "state3": 3}.get(stage, 2) if tag == "bf16" else 2
+    stages = {"state": FSTAGES, "bstate": FSTAGES, "state2": 2, "state3": 3, "bstate2": 2, "bstate3": 3}.get(stage, 2) if tag == "bf16" else 2
     suffix = "n" if stage in ("preparen", "outputn") else ("s3" if stages == 3 else "")
     fn = module().get_function(f"comba_{NAMES[stage]}_{D}_{tag}{suffix}")
-    base = {"preparen": "prepare", "outputn": "output", "state2": "state", "state3": "state"}.get(stage, stage)
+    base = {"preparen": "prepare", "outputn": "output", "state2": "state", "state3": "state", "bstate2": "bstate", "bstate3": "bstate"}.get(stage, stage)
     sm = smem_bf16(base, D, stages) if tag == "bf16" else smem(stage, D, tag)
     fn.max_dynamic_shared_size_bytes = sm
     conv = []
@@ -462,6 +462,11 @@ def timing_bf16(shapes=None, once=False):
             row["state_2stages"] = time_ms(S2, reps=30)
             row["state_3stages"] = time_ms(S3, reps=30)
             row["fwd_norm_3stages"] = time_ms(lambda: (NF(), P(), S3(), O()), reps=30)
+            DS2 = lambda: launch("bstate2", D, "bf16", (D // BV, B * H), q, k, g, W, dO, dUp, None, dUt, dH1, None, scale, H, H, T, N)
+            DS3 = lambda: launch("bstate3", D, "bf16", (D // BV, B * H), q, k, g, W, dO, dUp, None, dUt, dH1, None, scale, H, H, T, N)
+            row["bstate_2stages"] = time_ms(DS2, reps=30)
+            row["bstate_3stages"] = time_ms(DS3, reps=30)
+            row["fwdbwd_norm_kept_3stages"] = time_ms(lambda: (NF(), P(), S3(), O(), DU(), DS3(), DL(), NB()), reps=30)
         if tiles:
             row["prepare_tiles"] = time_ms(PN, reps=30)
             row["output_tiles"] = time_ms(ON, reps=30)

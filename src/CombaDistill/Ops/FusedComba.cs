@@ -65,12 +65,12 @@ public static class FusedComba
     const int Bf16ForwardStateSlice = 32;
 
     /// <summary>
-    /// Chunks the bf16 forward state pass keeps in flight: 2 (the one computing and the next), or 3 with
-    /// <c>COMBADISTILL_COMBA_STATE_STAGES=3</c> (the `s3` entry points: two chunks' loads ahead, g staged with the tiles;
-    /// 136 KB of shared memory at D = 128, one block per SM). The pass is latency-bound at small B·H (docs/kernels.md,
-    /// v5d), which a deeper pipeline addresses; not yet run on a GPU.
+    /// Chunks the bf16 state passes (forward and backward) keep in flight: 2 (the one computing and the next), or 3
+    /// with <c>COMBADISTILL_COMBA_STATE_STAGES=3</c> (the `s3` entry points: two chunks' loads ahead, g staged with the
+    /// tiles; at D = 128, 136 KB of shared memory forward and 218 KB backward, one block per SM). The passes are
+    /// latency-bound at small B·H (docs/kernels.md, v5d), which a deeper pipeline addresses; not yet run on a GPU.
     /// </summary>
-    static readonly int Bf16ForwardStateStages = Environment.GetEnvironmentVariable("COMBADISTILL_COMBA_STATE_STAGES") == "3" ? 3 : 2;
+    static readonly int Bf16StateStages = Environment.GetEnvironmentVariable("COMBADISTILL_COMBA_STATE_STAGES") == "3" ? 3 : 2;
 
     /// <summary>Null when the fused kernels take this call; otherwise why not, in one line.</summary>
     public static string? UnsupportedReason(Tensor q, Tensor k, Tensor v, int chunkSize = ChunkSize)
@@ -167,11 +167,12 @@ public static class FusedComba
         return stage switch
         {
             "fwd_prepare" => 2 * tile + 2 * cc + ccf + 4 * ChunkSize * 4,   // M written over A
-            "fwd_state" => Bf16ForwardStateStages * (2 * tile + ChunkSize * wide * 2) + D * wide * 2 + ChunkSize * wide * 2 + 2 * ChunkSize * 4
-                           + (Bf16ForwardStateStages > 2 ? Bf16ForwardStateStages * ChunkSize * 4 : 0),
+            "fwd_state" => Bf16StateStages * (2 * tile + ChunkSize * wide * 2) + D * wide * 2 + ChunkSize * wide * 2 + 2 * ChunkSize * 4
+                           + (Bf16StateStages > 2 ? Bf16StateStages * ChunkSize * 4 : 0),
             "fwd_output" => 3 * tile + state + cc + 2 * ChunkSize * 4,
             "bwd_dupart" => 3 * tile + cc + 2 * ChunkSize * 4,
-            "bwd_state" => 2 * (3 * tile + slice + ChunkSize * StateSlice * 4) + D * 40 * 2 + 2 * slice + 2 * ChunkSize * 4,
+            "bwd_state" => Bf16StateStages * (3 * tile + slice + ChunkSize * StateSlice * 4) + D * 40 * 2 + 2 * slice + 2 * ChunkSize * 4
+                           + (Bf16StateStages > 2 ? Bf16StateStages * ChunkSize * 4 : 0),
             "bwd_local" => 6 * tile + 2 * state + 3 * cc + ccf + (8 * ChunkSize + 1) * 4,
             _ => throw new ArgumentException(stage),
         };
@@ -180,9 +181,10 @@ public static class FusedComba
     static void LaunchBf16(Device device, string stage, int D, (int, int) grid, params object[] args) =>
         Bf16Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
 
-    static void LaunchBf16State(Device device, int D, (int, int) grid, params object[] args) =>
-        Bf16Kernels.For(device).Kernel($"comba_fwd_state_{D}_bf16{(Bf16ForwardStateStages == 3 ? "s3" : "")}")
-            .Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared("fwd_state", D), args);
+    // a state pass ("fwd_state" or "bwd_state") with Bf16StateStages stages
+    static void LaunchBf16State(Device device, string stage, int D, (int, int) grid, params object[] args) =>
+        Bf16Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16{(Bf16StateStages == 3 ? "s3" : "")}")
+            .Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
 
     // the entry points that take raw q or k rows and normalise them in their tiles (NormInTiles): same shared memory
     static void LaunchBf16Raw(Device device, string stage, int D, (int, int) grid, params object[] args) =>
@@ -192,7 +194,7 @@ public static class FusedComba
     [
         .. from dim in Bf16HeadDims from stage in Stages.Keys.Append("norm_fwd").Append("norm_bwd") select $"comba_{stage}_{dim}_bf16",
         .. from dim in Bf16HeadDims from stage in new[] { "fwd_prepare", "fwd_output" } select $"comba_{stage}_{dim}_bf16n",
-        .. from dim in Bf16HeadDims select $"comba_fwd_state_{dim}_bf16s3",
+        .. from dim in Bf16HeadDims from stage in new[] { "fwd_state", "bwd_state" } select $"comba_{stage}_{dim}_bf16s3",
     ];
 
     static readonly string[] FloatKernelNames =
@@ -202,7 +204,7 @@ public static class FusedComba
     ];
 
     // one module per family, each compiling only its own entry points (the file's COMBA_ONLY_* switches): a bf16 run
-    // builds 22 kernels on a fresh machine (16 and the 6 opt-in variants) instead of 70
+    // builds 24 kernels on a fresh machine (16 and the 8 opt-in variants) instead of 72
     static readonly EmbeddedModule Bf16Kernels = new(KernelFile, Bf16KernelNames,
         new KernelCompileOptions { Defines = ["COMBA_ONLY_BF16", $"COMBA_FWD_SLICE={Bf16ForwardStateSlice}"] });
     static readonly EmbeddedModule Kernels = new(KernelFile, FloatKernelNames, new KernelCompileOptions { Defines = ["COMBA_ONLY_FLOAT32"] });
@@ -293,7 +295,7 @@ public static class FusedComba
                 {
                     LaunchBf16Raw(device, "fwd_prepare", D, (N, BH),
                         [.. Strided(k), k.stride(0), k.stride(1), k.stride(2), Table(cos), Table(sin), v, g, beta, kappa, W, U, M, kHat, H, Hkv, T]);
-                    LaunchBf16State(device, D, (D / Bf16ForwardStateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
+                    LaunchBf16State(device, "fwd_state", D, (D / Bf16ForwardStateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
                 }
                 LaunchBf16Raw(device, "fwd_output", D, (N, BH),
                     [.. Strided(q), q.stride(0), q.stride(1), q.stride(2), Table(cos), Table(sin), d, kHat, g, Ut, H0, o, readout, scale, H, Hkv, T]);
@@ -304,7 +306,7 @@ public static class FusedComba
                 using (var U = empty_like(W))
                 {
                     LaunchBf16(device, "fwd_prepare", D, (N, BH), kHat, v, g, beta, kappa, W, U, M, H, Hkv, T);
-                    LaunchBf16State(device, D, (D / Bf16ForwardStateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
+                    LaunchBf16State(device, "fwd_state", D, (D / Bf16ForwardStateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
                 }
                 LaunchBf16(device, "fwd_output", D, (N, BH), readout, kHat, g, Ut, H0, o, scale, H, Hkv, T);
             }
@@ -350,7 +352,7 @@ public static class FusedComba
                 dbeta = empty_like(dg);
                 dkappa = empty_like(dg);
                 LaunchBf16(device, "bwd_dupart", D, (N, BH), readout, kHat, g, dO, dUp, scale, H, Hkv, T);
-                LaunchBf16(device, "bwd_state", D, (D / StateSlice, BH), readout, kHat, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, T, N);
+                LaunchBf16State(device, "bwd_state", D, (D / StateSlice, BH), readout, kHat, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, T, N);
                 LaunchBf16(device, "bwd_local", D, (N, BH), readout, kHat, v, g, beta, kappa, M, Ut, H0, dH1, dUt, dO,
                     dReadout, dkPerHead, dvPerHead, dg, dbeta, dkappa, scale, H, Hkv, T);
                 // through the normalisation and the readout correction: dq, dk (a KV head's group summed inside) and
