@@ -1228,6 +1228,8 @@ __device__ void bwd_dupart_b(const bf16r* q, const bf16r* k, const float* g, con
 }
 
 // grid (D/BV, B·H), chunks in reverse: dŨ = dUp + e^{γ_C − γ} ⊙ (K dh'), dh ← e^{γ_C} dh' + Qᵀ(s e^{γ} ⊙ dO) − Wᵀ dŨ.
+// The previous chunk's tiles and g are prefetched while this one computes; with S = 3 stages (the `s3` entry points),
+// two chunks are in flight and g travels through shared memory with the tiles, as in fwd_state_b.
 template <int D, int S = 2>
 __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, const bf16r* W, const bf16r* dO,
                             const float* dUp, const float* dhT, bf16r* dUt, bf16r* dH1, float* dh0, float scale,

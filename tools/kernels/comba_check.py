@@ -73,8 +73,8 @@ NAMES = {"prepare": "fwd_prepare", "state": "fwd_state", "output": "fwd_output",
 
 
 def launch(stage, D, tag, grid, *args):
-    # "preparen"/"outputn": the entry points that normalise in their tiles; "state" the forward state pass with
-    # FSTAGES stages, "state2"/"state3" with that many
+    # "preparen"/"outputn": the entry points that normalise in their tiles; "state"/"bstate" the forward/backward
+    # state pass with FSTAGES stages, "state2"/"state3"/"bstate2"/"bstate3" with that many
     stages = {"state": FSTAGES, "bstate": FSTAGES, "state2": 2, "state3": 3, "bstate2": 2, "bstate3": 3}.get(stage, 2) if tag == "bf16" else 2
     suffix = "n" if stage in ("preparen", "outputn") else ("s3" if stages == 3 else "")
     fn = module().get_function(f"comba_{NAMES[stage]}_{D}_{tag}{suffix}")
