@@ -900,55 +900,12 @@ template <int E> __device__ __forceinline__ void rotate(float (&x)[E], const flo
     for (int e = 0; e < E; ++e) x[e] = y[e];
 }
 
-// Un-normalised q or k rows as the projections leave them: element strides for batch, head and time (the head dim
-// contiguous, every stride a multiple of 8 elements and the base 16-byte aligned, for cp.async), and the rotary
-// tables (T, D) or null. The `n` entry points stage such rows and normalise them in shared memory (normalise_rows),
-// so that no separate pass over q and k (comba_norm_fwd) runs in the forward.
-struct RawRows
-{
-    const bf16r* p;
-    long long sb, sh, st;
-    const float *cs, *sn;
-    __device__ const bf16r* row(int b, int h, int t) const { return p + b * sb + h * sh + t * st; }
-};
-
-// Rows r < CH of a staged chunk S (row stride ss; rows at t0 + r ≥ T are the zeros the staging wrote and stay so),
-// one warp a row: rotated, scaled to unit length, minus dsub × row r of sub (the chunk's k̂) where sub is given;
-// written back over S and, where out is given, to out + r·D. Ends without a barrier.
-template <int D>
-__device__ void normalise_rows(bf16r* S, int ss, int t0, int T, const float* cs, const float* sn, const bf16r* sub,
-                               float dsub, bf16r* out)
-{
-    constexpr int E = D / 32;
-    const int lane = threadIdx.x & 31;
-    for (int r = threadIdx.x >> 5; r < CH && t0 + r < T; r += NW)
-    {
-        float x[E];
-        ldE<E>(x, S + r * ss + lane * E);
-        rotate<E>(x, cs, sn, t0 + r, lane, false);
-        const float inv = 1.f / fmaxf(sqrtf(dotE<E>(x, x)), NORM_FLOOR);
-#pragma unroll
-        for (int e = 0; e < E; ++e) x[e] *= inv;
-        if (sub)
-        {
-            float y[E];
-            ldE<E>(y, sub + r * ss + lane * E);
-#pragma unroll
-            for (int e = 0; e < E; ++e) x[e] -= dsub * y[e];
-        }
-        stE<E>(S + r * ss + lane * E, x);
-        if (out) stE<E>(out + (size_t)r * D + lane * E, x);
-    }
-}
-
 // ── forward ──
 // grid (N, B·H). A, M = (I + A)⁻¹ (float32), saved as bf16 for the backward; U = M diag(β) V, W = M diag(κe^{γ⁰}) K.
 // M is written over A (one C×C float matrix in shared memory, 72 KB in all at D = 128: three blocks per SM).
-// RAW: k is un-normalised (kr); the chunk's rows are normalised after staging, and the first query head of each KV
-// group writes them to kh (B, Hkv, T, D) for the other kernels.
-template <int D, bool RAW = false>
+template <int D>
 __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa,
-                              bf16r* W, bf16r* U, bf16r* Msave, int H, int Hkv, int T, RawRows kr = {}, bf16r* kh = nullptr)
+                              bf16r* W, bf16r* U, bf16r* Msave, int H, int Hkv, int T)
 {
     extern __shared__ float4 smq[];
     unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
@@ -964,18 +921,12 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     float* gam = As + CH * SCF;
     float *gam0 = gam + CH, *bet = gam0 + CH, *kap = bet + CH;
     const size_t kv0 = hd.kv(Hkv, T) + t0;
-    if (RAW) stage_b<D>(Ks, SD, kr.row(hd.b, hd.hk, t0), kr.st, CH, T - t0);
-    else stage_b<D>(Ks, SD, k + kv0 * D, D, CH, T - t0);
+    stage_b<D>(Ks, SD, k + kv0 * D, D, CH, T - t0);
     stage_b<D>(Vs, SD, v + kv0 * D, D, CH, T - t0);
     cp_commit();
     gates_b(gam, gam0, bet, kap, g, beta, kappa, hd.q(T), t0, T);
     cp_wait<0>();
     __syncthreads();
-    if (RAW)
-    {
-        normalise_rows<D>(Ks, SD, t0, T, kr.cs, kr.sn, nullptr, 0.f, hd.hq % (H / Hkv) == 0 ? kh + kv0 * D : nullptr);
-        __syncthreads();
-    }
     // A's rows are stored with 4 floats of padding after column 31 (column c at c + 4·(c ≥ 32)): the inverse below
     // reads the four 16-column quarters of a row at once, and unpadded, quarters 0 and 2 (and 1 and 3) share banks
     bmm<CH, CH, false, true>(Ks, SD, Ks, SD, D, [&](int i, int j, float x0, float x1) {
@@ -1029,22 +980,15 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     bmm<CH, D, false, false>(Mk, SCC, Ks, SD, CH, [&](int i, int c, float x0, float x1) { st2(W + (row0 + i) * D + c, x0, x1); });
 }
 
-// The forward state pass's slice width: 32 columns of h per block, or 64 (COMBA_FWD_SLICE=64: at 32, each of D/32
-// blocks of a head reads every chunk's W and K; at 64 half as many do, but with B·H = 32 only 64 blocks share the
-// sequential pass, and it measured slower: docs/kernels.md, v5d). FusedComba builds 32.
-#ifndef COMBA_FWD_SLICE
-#define COMBA_FWD_SLICE 32
-#endif
-
-// The slice of h (D × SV, columns v0…) that one warp holds in registers across chunks: a 16-row band, HW 8-column tiles.
-template <int D, int SV = BV> struct SliceB
+// The slice of h (D × BV, columns v0…) that one warp holds in registers across chunks: a 16-row band, HW 8-column tiles.
+template <int D> struct SliceB
 {
-    static constexpr int HW = (D / 16) * (SV / 8) / NW;   // SV = 32: 4 at D = 128, 2 at D = 64; SV = 64: 8 and 4
+    static constexpr int HW = (D / 16) * (BV / 8) / NW;   // 4 at D = 128, 2 at D = 64
     int r0, c0;
     __device__ SliceB() { int w = threadIdx.x >> 5; r0 = (w % (D / 16)) * 16; c0 = (w / (D / 16)) * 8 * HW; }
 };
 
-// grid (D/SV, B·H): the sequential pass, the next chunk's W, K, U and g prefetched while this one computes. With
+// grid (D/BV, B·H): the sequential pass, the next chunk's W, K, U and g prefetched while this one computes. With
 // S = 3 stages (the `s3` entry points) two chunks are in flight ahead of the one computing, and g travels through
 // shared memory with the tiles (4-byte cp.async by warp 0, zero-filled past T) instead of one chunk ahead in registers.
 template <int D, int S = 2>
@@ -1053,13 +997,13 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
 {
     extern __shared__ float4 smq[];
     unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
-    constexpr int SV = COMBA_FWD_SLICE, SS = SV + 8, SD = D + 8, BUF = 2 * CH * SD + CH * SS;
-    const int v0 = blockIdx.x * SV, Tp = N * CH, lane = threadIdx.x & 31;
+    constexpr int SD = D + 8, BUF = 2 * CH * SD + CH * SBV;
+    const int v0 = blockIdx.x * BV, Tp = N * CH, lane = threadIdx.x & 31;
     HeadB hd(blockIdx.y, H, Hkv);
     bf16r* buf = (bf16r*)smb;                 // S × [W | K | U slice]
-    bf16r* hb = buf + S * BUF;                // D × SV, bf16 copy of h
-    bf16r* Xs = hb + D * SS;                  // CH × SV: e^{γ_C − γ} ⊙ Ũ
-    float* gam = (float*)(Xs + CH * SS);
+    bf16r* hb = buf + S * BUF;                // D × BV, bf16 copy of h
+    bf16r* Xs = hb + D * SBV;                  // CH × BV: e^{γ_C − γ} ⊙ Ũ
+    float* gam = (float*)(Xs + CH * SBV);
     float* gam0 = gam + CH;
     float* gs = gam0 + CH;                    // S ≥ 3: S × CH staged g
     auto slot = [](int n) { return S == 2 ? (n & 1) : n % S; };   // a chunk's stage buffer
@@ -1074,7 +1018,7 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
         const size_t r = (size_t)hd.bh * Tp + n * CH;
         stage_b<D>(b, SD, W + r * D, D, CH, CH);
         stage_b<D>(b + CH * SD, SD, k + (hd.kv(Hkv, T) + n * CH) * D, D, CH, T - n * CH);
-        stage_b<SV>(b + 2 * CH * SD, SS, U + r * D + v0, D, CH, CH);
+        stage_b<BV>(b + 2 * CH * SD, SBV, U + r * D + v0, D, CH, CH);
         cp_commit();
     };
     auto gfetch = [&](int n, float& a, float& b) {
@@ -1082,8 +1026,8 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
         a = t < T ? g[hd.q(T) + t] : 0.f;
         b = t + 1 < T ? g[hd.q(T) + t + 1] : 0.f;
     };
-    SliceB<D, SV> sl;
-    constexpr int HW = SliceB<D, SV>::HW;
+    SliceB<D> sl;
+    constexpr int HW = SliceB<D>::HW;
     float h[HW][4];
     each2(h, sl.r0, sl.c0, [&](int r, int c, float& x0, float& x1) {
         x0 = h0 ? h0[(size_t)hd.bh * D * D + r * D + v0 + c] : 0.f;
@@ -1103,7 +1047,7 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
         const bf16r* Uc = Kc + CH * SD;
         bf16r* Hn = H0 + ((size_t)hd.bh * N + n) * D * D;
         each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) {
-            st2(hb + r * SS + c, x0, x1);
+            st2(hb + r * SBV + c, x0, x1);
             st2(Hn + r * D + v0 + c, x0, x1);
         });
         if (S == 2 && threadIdx.x < 32)
@@ -1119,16 +1063,16 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
         else if (S >= 3) cp_commit();
         const float gC = gam[CH - 1], aC = expf(gC);
         const size_t row0 = (size_t)hd.bh * Tp + n * CH;
-        bmm<CH, SV, false, false>(Wc, SD, hb, SS, D, [&](int i, int c, float x0, float x1) {
-            float2 u = ld2(Uc + i * SS + c);
+        bmm<CH, BV, false, false>(Wc, SD, hb, SBV, D, [&](int i, int c, float x0, float x1) {
+            float2 u = ld2(Uc + i * SBV + c);
             float u0 = u.x - x0, u1 = u.y - x1, e = expf(gC - gam[i]);
             st2(Ut + (row0 + i) * D + v0 + c, u0, u1);
-            st2(Xs + i * SS + c, e * u0, e * u1);
+            st2(Xs + i * SBV + c, e * u0, e * u1);
         });
         __syncthreads();
 #pragma unroll
         for (int w = 0; w < HW; ++w) h[w][0] *= aC, h[w][1] *= aC, h[w][2] *= aC, h[w][3] *= aC;
-        wmma<HW, true, false>(h, Kc, SD, Xs, SS, sl.r0, sl.c0, CH);
+        wmma<HW, true, false>(h, Kc, SD, Xs, SBV, sl.r0, sl.c0, CH);
     }
     if (hT)
         each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) {
@@ -1138,12 +1082,9 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
 }
 
 // grid (N, B·H): O = s [e^{γ} ⊙ (Q h) + S Ũ], S = (Q Kᵀ) ⊙ e^{γ_i − γ_j} ⊙ causal.
-// RAW: q is un-normalised (qr); the chunk's rows become q̃ = q̂ − d k̂ after staging (k is k̂ already) and are
-// written to qt (B, H, T, D) for the backward.
-template <int D, bool RAW = false>
+template <int D>
 __device__ void fwd_output_b(const bf16r* q, const bf16r* k, const float* g, const bf16r* Ut, const bf16r* H0,
-                             bf16r* o, float scale, int H, int Hkv, int T, RawRows qr = {}, const float* d = nullptr,
-                             bf16r* qt = nullptr)
+                             bf16r* o, float scale, int H, int Hkv, int T)
 {
     extern __shared__ float4 smq[];
     unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
@@ -1157,8 +1098,7 @@ __device__ void fwd_output_b(const bf16r* q, const bf16r* k, const float* g, con
     bf16r* Sb = Hs + D * SD;
     float* gam = (float*)(Sb + CH * SCC);
     float* gam0 = gam + CH;
-    if (RAW) stage_b<D>(Qs, SD, qr.row(hd.b, hd.hq, t0), qr.st, CH, T - t0);
-    else stage_b<D>(Qs, SD, q + (hd.q(T) + t0) * D, D, CH, T - t0);
+    stage_b<D>(Qs, SD, q + (hd.q(T) + t0) * D, D, CH, T - t0);
     stage_b<D>(Ks, SD, k + (hd.kv(Hkv, T) + t0) * D, D, CH, T - t0);
     cp_commit();
     stage_b<D>(Us, SD, Ut + ((size_t)hd.bh * Tp + t0) * D, D, CH, CH);
@@ -1167,11 +1107,6 @@ __device__ void fwd_output_b(const bf16r* q, const bf16r* k, const float* g, con
     gates_b(gam, gam0, nullptr, nullptr, g, nullptr, nullptr, hd.q(T), t0, T);
     cp_wait<1>();
     __syncthreads();
-    if (RAW)
-    {
-        normalise_rows<D>(Qs, SD, t0, T, qr.cs, qr.sn, Ks, d[hd.hq], qt + (hd.q(T) + t0) * D);
-        __syncthreads();
-    }
     bmm<CH, CH, false, true>(Qs, SD, Ks, SD, D, [&](int i, int j, float x0, float x1) {
         st2(Sb + i * SCC + j, j <= i ? x0 * expf(gam[i] - gam[j]) : 0.f, j + 1 <= i ? x1 * expf(gam[i] - gam[j + 1]) : 0.f);
     });
@@ -1700,16 +1635,6 @@ __device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const
         const bf16r* M, const bf16r* Ut, const bf16r* H0, const bf16r* dH1, const bf16r* dUt, const bf16r* dO,      \
         bf16r* dq, bf16r* dk, bf16r* dv, float* dg, float* dbeta, float* dkappa, float scale, int H, int Hkv, int T) \
     { bwd_local_b<D>(q, k, v, g, beta, kappa, M, Ut, H0, dH1, dUt, dO, dq, dk, dv, dg, dbeta, dkappa, scale, H, Hkv, T); } \
-    extern "C" __global__ void __launch_bounds__(NT) comba_fwd_prepare_##D##_bf16n(                                   \
-        const bf16r* k, long long ksb, long long ksh, long long kst, const float* cs, const float* sn, const bf16r* v, \
-        const float* g, const float* beta, const float* kappa, bf16r* W, bf16r* U, bf16r* M, bf16r* kh, int H,       \
-        int Hkv, int T)                                                                                              \
-    { fwd_prepare_b<D, true>(nullptr, v, g, beta, kappa, W, U, M, H, Hkv, T, RawRows{k, ksb, ksh, kst, cs, sn}, kh); } \
-    extern "C" __global__ void __launch_bounds__(NT) comba_fwd_output_##D##_bf16n(                                    \
-        const bf16r* q, long long qsb, long long qsh, long long qst, const float* cs, const float* sn, const float* d, \
-        const bf16r* kh, const float* g, const bf16r* Ut, const bf16r* H0, bf16r* o, bf16r* qt, float scale, int H,  \
-        int Hkv, int T)                                                                                              \
-    { fwd_output_b<D, true>(nullptr, kh, g, Ut, H0, o, scale, H, Hkv, T, RawRows{q, qsb, qsh, qst, cs, sn}, d, qt); } \
     extern "C" __global__ void __launch_bounds__(NT) comba_norm_fwd_##D##_bf16(                                       \
         const bf16r* q, const bf16r* k, const float* d, const float* cs, const float* sn, bf16r* qt, bf16r* kh,      \
         int H, int Hkv, int T, int rows, NORM_STRIDES)                                                               \

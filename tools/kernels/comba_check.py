@@ -8,24 +8,19 @@ recurrence (autograd for the gradients). Then times each kernel at the benchmark
 usage: python3 tools/kernels/comba_check.py [--check] [--time] [--profile] [--small] [--out DIR]
 (--profile launches each bf16 kernel once at the first benchmark shape, D = 128, for a profiler such as ncu to catch.)
 """
-import argparse, json, math, os, re, sys, time, zlib
+import argparse, json, math, os, sys, time, zlib
 import numpy as np
 import torch
 import torch.nn.functional as F
 import cupy as cp
 
 CH, NT, BV = 64, 256, 32
-# the bf16 forward state pass's slice width: the source's COMBA_FWD_SLICE (32 in sources older than it), or FSV to build another
-FSV = int(os.environ.get("FSV") or 0)
 # chunks in flight in the bf16 state passes: 2, or FSTAGES=3 for the `s3` entry points (every "state"/"bstate" launch)
 FSTAGES = int(os.environ.get("FSTAGES") or 2)
 BF16_ONLY = bool(os.environ.get("BF16_ONLY"))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # KERNEL_SRC picks another version of the source (e.g. the v5b candidate: patch -o /tmp/v5b.cu kernels/comba_chunk.cu tools/kernels/candidates/comba_chunk_v5b.patch) to check and time
 SRC = open(os.environ.get("KERNEL_SRC") or os.path.join(ROOT, "kernels", "comba_chunk.cu")).read()
-if not FSV:
-    _m = re.search(r"#define COMBA_FWD_SLICE (\d+)", SRC)
-    FSV = int(_m.group(1)) if _m else 32
 _mod = None
 
 
@@ -33,9 +28,9 @@ def module():
     global _mod
     if _mod is None:
         t = time.time()
-        _mod = cp.RawModule(code=SRC, options=("-std=c++17", "-arch=sm_90", f"-DCOMBA_FWD_SLICE={FSV}"))
+        _mod = cp.RawModule(code=SRC, options=("-std=c++17", "-arch=sm_90"))
         _mod.compile()
-        print(f"compiled in {time.time() - t:.1f} s (forward state slice {FSV}, {FSTAGES} stages)", flush=True)
+        print(f"compiled in {time.time() - t:.1f} s (state passes at {FSTAGES} stages)", flush=True)
     return _mod
 
 
@@ -59,27 +54,22 @@ def smem_bf16(stage, D, stages=2):
     if stage in ("normf", "normb"): return 0
     # fwd_prepare writes M over A: one C×C float matrix (a source older than v5c needs this file as of its own commit)
     return {"prepare": 2 * tile + 2 * cc + ccf + 4 * 64 * 4,
-            "state": stages * (2 * tile + 64 * (FSV + 8) * 2) + D * (FSV + 8) * 2 + 64 * (FSV + 8) * 2 + 2 * 64 * 4
-                     + (stages * 64 * 4 if stages > 2 else 0),
+            "state": stages * (2 * tile + sl) + D * 40 * 2 + sl + 2 * 64 * 4 + (stages * 64 * 4 if stages > 2 else 0),
             "output": 3 * tile + state + cc + 2 * 64 * 4,
             "dupart": 3 * tile + cc + 2 * 64 * 4,
             "bstate": stages * (3 * tile + sl + 64 * 32 * 4) + D * 40 * 2 + 2 * sl + 2 * 64 * 4 + (stages * 64 * 4 if stages > 2 else 0),
             "local": 6 * tile + 2 * state + 3 * cc + ccf + (8 * 64 + 1) * 4}[stage]
 
 
-NAMES = {"prepare": "fwd_prepare", "state": "fwd_state", "output": "fwd_output", "preparen": "fwd_prepare", "outputn": "fwd_output",
-         "state2": "fwd_state", "state3": "fwd_state", "bstate2": "bwd_state", "bstate3": "bwd_state",
+NAMES = {"prepare": "fwd_prepare", "state": "fwd_state", "output": "fwd_output", "state3": "fwd_state", "bstate3": "bwd_state",
          "dupart": "bwd_dupart", "bstate": "bwd_state", "local": "bwd_local", "normf": "norm_fwd", "normb": "norm_bwd"}
 
 
 def launch(stage, D, tag, grid, *args):
-    # "preparen"/"outputn": the entry points that normalise in their tiles; "state"/"bstate" the forward/backward
-    # state pass with FSTAGES stages, "state2"/"state3"/"bstate2"/"bstate3" with that many
-    stages = {"state": FSTAGES, "bstate": FSTAGES, "state2": 2, "state3": 3, "bstate2": 2, "bstate3": 3}.get(stage, 2) if tag == "bf16" else 2
-    suffix = "n" if stage in ("preparen", "outputn") else ("s3" if stages == 3 else "")
-    fn = module().get_function(f"comba_{NAMES[stage]}_{D}_{tag}{suffix}")
-    base = {"preparen": "prepare", "outputn": "output", "state2": "state", "state3": "state", "bstate2": "bstate", "bstate3": "bstate"}.get(stage, stage)
-    sm = smem_bf16(base, D, stages) if tag == "bf16" else smem(stage, D, tag)
+    # bf16 "state"/"bstate": the state passes at FSTAGES stages; "state3"/"bstate3": at three
+    stages = {"state": FSTAGES, "bstate": FSTAGES, "state3": 3, "bstate3": 3}.get(stage, 2) if tag == "bf16" else 2
+    fn = module().get_function(f"comba_{NAMES[stage]}_{D}_{tag}" + ("s3" if stages == 3 else ""))
+    sm = smem_bf16(stage.rstrip("3"), D, stages) if tag == "bf16" else smem(stage, D, tag)
     fn.max_dynamic_shared_size_bytes = sm
     conv = []
     for a in args:
@@ -151,29 +141,9 @@ def fused_forward_bf16(q, k, v, g, beta, kappa, h0, scale):
     hT = torch.full((B * H, D, D), float("nan"), device=q.device)
     o = torch.full((B, H, T, D), float("nan"), **bf)
     launch("prepare", D, "bf16", (N, B * H), k, v, g, beta, kappa, W, U, M, H, Hkv, T)
-    launch("state", D, "bf16", (D // FSV, B * H), k, g, W, U, h0, Ut, H0, hT, H, Hkv, T, N)
+    launch("state", D, "bf16", (D // BV, B * H), k, g, W, U, h0, Ut, H0, hT, H, Hkv, T, N)
     launch("output", D, "bf16", (N, B * H), q, k, g, Ut, H0, o, scale, H, Hkv, T)
     return o, hT.view(B, H, D, D), (q, k, v, g, beta, kappa, W, M, Ut, H0)
-
-
-def fused_forward_bf16n(q, k, v, g, beta, kappa, d, h0, scale):
-    """The forward from raw q, k (bf16, any strides the kernels take) through the `n` entry points, which normalise q
-    and k in their tiles: fwd_prepare writes k̂, fwd_output writes q̃. Returns o, hT, saved (with q̃ and k̂), q̃, k̂."""
-    B, H, T, D = q.shape
-    Hkv = k.shape[1]
-    N = (T + CH - 1) // CH
-    Tp = N * CH
-    bf = dict(device=q.device, dtype=torch.bfloat16)
-    W = torch.empty(B * H, Tp, D, **bf); U = torch.empty_like(W); Ut = torch.empty_like(W)
-    M = torch.empty(B * H, N, CH, CH, **bf); H0 = torch.empty(B * H, N, D, D, **bf)
-    hT = torch.full((B * H, D, D), float("nan"), device=q.device)
-    o = torch.full((B, H, T, D), float("nan"), **bf)
-    qt, kh = torch.full((B, H, T, D), float("nan"), **bf), torch.full((B, Hkv, T, D), float("nan"), **bf)
-    st = strides(q, k)
-    launch("preparen", D, "bf16", (N, B * H), k, *st[3:], None, None, v, g, beta, kappa, W, U, M, kh, H, Hkv, T)
-    launch("state", D, "bf16", (D // FSV, B * H), kh, g, W, U, h0, Ut, H0, hT, H, Hkv, T, N)
-    launch("outputn", D, "bf16", (N, B * H), q, *st[:3], None, None, d, kh, g, Ut, H0, o, qt, scale, H, Hkv, T)
-    return o, hT.view(B, H, D, D), (qt, kh, v, g, beta, kappa, W, M, Ut, H0), qt, kh
 
 
 def fused_backward_bf16(saved, dO, dhT, scale, bufs=None):
@@ -319,10 +289,8 @@ def check(small, tiny=False):
                 rows.append(dict(B=B, H=H, Hkv=Hkv, T=T, D=D, mode=tag, h0=with_h0, worst=worst, ok=good, **errs))
                 print(f"{'ok ' if good else 'BAD'} B{B} H{H}/{Hkv} T{T} D{D} {tag:5s} h0={int(with_h0)} worst {worst:.2e}  " +
                       " ".join(f"{n}={e:.1e}" for n, e in errs.items()), flush=True)
-    # the whole bf16 op from raw q, k: normalisation and readout correction in the kernels, gradients through them;
-    # "norm" through comba_norm_fwd, "tiles" through the entry points that normalise in their tiles (if the source has them)
-    variants = ("norm", "tiles") if "bf16n(" in SRC else ("norm",)
-    for (B, H, Hkv, T, D), variant in [(c, v_) for c in cases for v_ in variants]:
+    # the whole bf16 op from raw q, k: normalisation and readout correction in the kernels, gradients through them
+    for (B, H, Hkv, T, D) in cases:
         if D > 128: continue
         for with_h0 in (True, False):
             seed = stable_seed(B, H, T, D, "raw", with_h0)
@@ -332,14 +300,8 @@ def check(small, tiny=False):
             k = (torch.randn(B, Hkv, T, D, device="cuda", generator=gen) * 0.5).to(torch.bfloat16)
             d = torch.rand(H, device="cuda", generator=gen) - 0.5
             scale = 1.0 / math.sqrt(D)
-            if variant == "tiles":
-                o, hT, saved, qt, kh = fused_forward_bf16n(q, k, v, g, beta, kappa, d, h0, scale)
-                qt0, kh0 = norm_forward(q, k, d)   # the same rows through the norm kernel, compared below
-                errs_rows = {"qt_vs_norm": rel(qt, qt0), "kh_vs_norm": rel(kh, kh0)}
-            else:
-                qt, kh = norm_forward(q, k, d)
-                o, hT, saved = fused_forward_bf16(qt, kh, v, g, beta, kappa, h0, scale)
-                errs_rows = {}
+            qt, kh = norm_forward(q, k, d)
+            o, hT, saved = fused_forward_bf16(qt, kh, v, g, beta, kappa, h0, scale)
             dO = torch.randn(o.shape, device="cuda", generator=gen).to(torch.bfloat16)
             dhT = torch.randn(hT.shape, device="cuda", generator=gen) * 0.1
             grads = fused_backward_bf16(saved, dO, dhT, scale)
@@ -354,13 +316,11 @@ def check(small, tiny=False):
             rg = torch.autograd.grad(loss, [ref_in[n] for n in names])
             errs = {"o": rel(o, ro), "hT": rel(hT, rh)}
             for n, x in zip(names, rg): errs["d" + n] = rel(grads[n], x)
-            errs.update(errs_rows)   # q̃, k̂ of the tiles against the norm kernel's: bf16 rounding apart (k̂ enters q̃ as bf16)
             worst = max(errs.values()) if all(math.isfinite(e) for e in errs.values()) else float("nan")
             good = worst <= 1e-2
             ok &= good
-            mode = "bf16+norm" if variant == "norm" else "bf16+tiles"
-            rows.append(dict(B=B, H=H, Hkv=Hkv, T=T, D=D, mode=mode, h0=with_h0, worst=worst, ok=good, **errs))
-            print(f"{'ok ' if good else 'BAD'} B{B} H{H}/{Hkv} T{T} D{D} {mode} h0={int(with_h0)} worst {worst:.2e}  " +
+            rows.append(dict(B=B, H=H, Hkv=Hkv, T=T, D=D, mode="bf16+norm", h0=with_h0, worst=worst, ok=good, **errs))
+            print(f"{'ok ' if good else 'BAD'} B{B} H{H}/{Hkv} T{T} D{D} bf16+norm h0={int(with_h0)} worst {worst:.2e}  " +
                   " ".join(f"{n}={e:.1e}" for n, e in errs.items()), flush=True)
     return ok, rows
 
@@ -428,7 +388,7 @@ def timing_bf16(shapes=None, once=False):
         dq, dk, dv = torch.empty_like(q), torch.empty_like(q), torch.empty_like(q)
         dg, db, dkap = torch.empty_like(g), torch.empty_like(g), torch.empty_like(g)
         P = lambda: launch("prepare", D, "bf16", (N, B * H), k, v, g, beta, kappa, W, U, M, H, H, T)
-        S = lambda: launch("state", D, "bf16", (D // FSV, B * H), k, g, W, U, None, Ut, H0, hT, H, H, T, N)
+        S = lambda: launch("state", D, "bf16", (D // BV, B * H), k, g, W, U, None, Ut, H0, hT, H, H, T, N)
         O = lambda: launch("output", D, "bf16", (N, B * H), q, k, g, Ut, H0, o, scale, H, H, T)
         DU = lambda: launch("dupart", D, "bf16", (N, B * H), q, k, g, dO, dUp, scale, H, H, T)
         DS = lambda: launch("bstate", D, "bf16", (D // BV, B * H), q, k, g, W, dO, dUp, None, dUt, dH1, None, scale, H, H, T, N)
@@ -439,12 +399,8 @@ def timing_bf16(shapes=None, once=False):
         rows_ = B * H * T
         NF = lambda: launch("normf", D, "bf16", ((rows_ + 7) // 8, 1), q, k, dd, None, None, qt, kh, H, H, T, rows_, *strides(q, k))
         NB = lambda: launch("normb", D, "bf16", ((rows_ + 7) // 8, 1), q, k, dd, None, None, dq, dk, dqr, dkr, ddp, H, H, T, rows_, *strides(q, k))
-        tiles = "bf16n(" in SRC
-        st_ = strides(q, k)
-        PN = lambda: launch("preparen", D, "bf16", (N, B * H), k, *st_[3:], None, None, v, g, beta, kappa, W, U, M, kh, H, H, T)
-        ON = lambda: launch("outputn", D, "bf16", (N, B * H), q, *st_[:3], None, None, dd, kh, g, Ut, H0, o, qt, scale, H, H, T)
         if once:
-            for fn in (NF, NB, P, S, O, DU, DS, DL) + ((PN, ON) if tiles else ()): fn()
+            for fn in (NF, NB, P, S, O, DU, DS, DL): fn()
             torch.cuda.synchronize()
             return out
         row = dict(B=B, T=T, H=H, D=D)
@@ -456,22 +412,13 @@ def timing_bf16(shapes=None, once=False):
         row["fwdbwd_norm"] = time_ms(lambda: (NF(), P(), S(), O(), NF(), DU(), DS(), DL(), NB()), reps=30)
         # FusedComba since 612baef: q̃ and k̂ kept from the forward, so the backward runs no second norm_fwd
         row["fwdbwd_norm_kept"] = time_ms(lambda: (NF(), P(), S(), O(), DU(), DS(), DL(), NB()), reps=30)
-        if "bf16s3(" in SRC:
-            S2 = lambda: launch("state2", D, "bf16", (D // FSV, B * H), k, g, W, U, None, Ut, H0, hT, H, H, T, N)
-            S3 = lambda: launch("state3", D, "bf16", (D // FSV, B * H), k, g, W, U, None, Ut, H0, hT, H, H, T, N)
-            row["state_2stages"] = time_ms(S2, reps=30)
-            row["state_3stages"] = time_ms(S3, reps=30)
-            row["fwd_norm_3stages"] = time_ms(lambda: (NF(), P(), S3(), O()), reps=30)
-            DS2 = lambda: launch("bstate2", D, "bf16", (D // BV, B * H), q, k, g, W, dO, dUp, None, dUt, dH1, None, scale, H, H, T, N)
+        if "bf16s3(" in SRC:   # the three-stage state passes beside the FSTAGES ones above
+            S3 = lambda: launch("state3", D, "bf16", (D // BV, B * H), k, g, W, U, None, Ut, H0, hT, H, H, T, N)
             DS3 = lambda: launch("bstate3", D, "bf16", (D // BV, B * H), q, k, g, W, dO, dUp, None, dUt, dH1, None, scale, H, H, T, N)
-            row["bstate_2stages"] = time_ms(DS2, reps=30)
+            row["state_3stages"] = time_ms(S3, reps=30)
             row["bstate_3stages"] = time_ms(DS3, reps=30)
+            row["fwd_norm_3stages"] = time_ms(lambda: (NF(), P(), S3(), O()), reps=30)
             row["fwdbwd_norm_kept_3stages"] = time_ms(lambda: (NF(), P(), S3(), O(), DU(), DS3(), DL(), NB()), reps=30)
-        if tiles:
-            row["prepare_tiles"] = time_ms(PN, reps=30)
-            row["output_tiles"] = time_ms(ON, reps=30)
-            row["fwd_tiles"] = time_ms(lambda: (PN(), S(), ON()), reps=30)   # the whole forward from raw q, k
-            row["fwdbwd_tiles"] = time_ms(lambda: (PN(), S(), ON(), DU(), DS(), DL(), NB()), reps=30)
         out.append(row)
         print("bf16", "  ".join(f"{k_}={v_:.3f}" if isinstance(v_, float) else f"{k_}={v_}" for k_, v_ in row.items()), flush=True)
     return out

@@ -40,18 +40,6 @@ public static class FusedComba
     public static bool Bf16ByDefault { get; set; } =
         Runtime.EnvironmentSwitch.IsOn("COMBADISTILL_FUSED_BF16", whenUnset: true);
 
-    /// <summary>
-    /// Whether the bf16 forward normalises q and k inside its tiles: <c>fwd_prepare</c> stages the raw k rows and
-    /// normalises (and rotates) them, writing k̂ for the other kernels, and <c>fwd_output</c> does the same with q,
-    /// forming q̃ = q̂ − d k̂ and writing it for the backward; no separate pass over q and k (comba_norm_fwd) runs.
-    /// Off unless <c>COMBADISTILL_COMBA_NORM_IN_TILES</c> is 1, true, on or yes. On an H100 it took 0.5–3 % off the
-    /// forward (0.893 → 0.869 ms at (1, 8192, 32, 128)) and passed the float64 checks but one: with it, one lane case's
-    /// gradient of λ landed at 2.1e-2, over the bf16 bar of 1e-2 (q̃ is formed from the bf16 k̂ of the tile, not from
-    /// k̂ in float32 as comba_norm_fwd forms it); docs/kernels.md, v5d.
-    /// </summary>
-    public static bool NormInTiles { get; set; } =
-        Runtime.EnvironmentSwitch.IsOn("COMBADISTILL_COMBA_NORM_IN_TILES", whenUnset: false);
-
     /// <summary>Head dims the bf16 kernels take (at 256 their backward's tiles would not fit shared memory).</summary>
     public static readonly int[] Bf16HeadDims = [64, 128];
 
@@ -59,10 +47,6 @@ public static class FusedComba
     public const int ChunkSize = 64;
     public static readonly int[] SupportedHeadDims = [64, 128, 256];
     const int Threads = 256, Warps = Threads / 32, StateSlice = 32;
-    // the bf16 forward state pass's slice of h, 32 columns a block; the module is built with COMBA_FWD_SLICE set to it.
-    // 64 (half the blocks re-read each chunk's W and K) measured slower where B·H is small, 0.36 → 0.54 ms at
-    // (1, 8192, 32, 128) on an H100, because only 64 blocks then share the sequential pass (docs/kernels.md, v5d)
-    const int Bf16ForwardStateSlice = 32;
 
     /// <summary>
     /// Chunks the bf16 state passes (forward and backward) keep in flight: 2 (the one computing and the next), or 3
@@ -163,11 +147,10 @@ public static class FusedComba
     {
         if (stage.StartsWith("norm_")) return 0;
         int tile = ChunkSize * (D + 8) * 2, state = D * (D + 8) * 2, cc = ChunkSize * 72 * 2, ccf = ChunkSize * 68 * 4, slice = ChunkSize * 40 * 2;
-        int wide = Bf16ForwardStateSlice + 8;   // row stride of the forward state pass's slices
         return stage switch
         {
             "fwd_prepare" => 2 * tile + 2 * cc + ccf + 4 * ChunkSize * 4,   // M written over A
-            "fwd_state" => Bf16StateStages * (2 * tile + ChunkSize * wide * 2) + D * wide * 2 + ChunkSize * wide * 2 + 2 * ChunkSize * 4
+            "fwd_state" => Bf16StateStages * (2 * tile + slice) + D * 40 * 2 + slice + 2 * ChunkSize * 4
                            + (Bf16StateStages > 2 ? Bf16StateStages * ChunkSize * 4 : 0),
             "fwd_output" => 3 * tile + state + cc + 2 * ChunkSize * 4,
             "bwd_dupart" => 3 * tile + cc + 2 * ChunkSize * 4,
@@ -186,14 +169,9 @@ public static class FusedComba
         Bf16Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16{(Bf16StateStages == 3 ? "s3" : "")}")
             .Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
 
-    // the entry points that take raw q or k rows and normalise them in their tiles (NormInTiles): same shared memory
-    static void LaunchBf16Raw(Device device, string stage, int D, (int, int) grid, params object[] args) =>
-        Bf16Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16n").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
-
     static readonly string[] Bf16KernelNames =
     [
         .. from dim in Bf16HeadDims from stage in Stages.Keys.Append("norm_fwd").Append("norm_bwd") select $"comba_{stage}_{dim}_bf16",
-        .. from dim in Bf16HeadDims from stage in new[] { "fwd_prepare", "fwd_output" } select $"comba_{stage}_{dim}_bf16n",
         .. from dim in Bf16HeadDims from stage in new[] { "fwd_state", "bwd_state" } select $"comba_{stage}_{dim}_bf16s3",
     ];
 
@@ -204,9 +182,9 @@ public static class FusedComba
     ];
 
     // one module per family, each compiling only its own entry points (the file's COMBA_ONLY_* switches): a bf16 run
-    // builds 24 kernels on a fresh machine (16 and the 8 opt-in variants) instead of 72
+    // builds 20 kernels on a fresh machine (16 and the 4 opt-in three-stage passes) instead of 68
     static readonly EmbeddedModule Bf16Kernels = new(KernelFile, Bf16KernelNames,
-        new KernelCompileOptions { Defines = ["COMBA_ONLY_BF16", $"COMBA_FWD_SLICE={Bf16ForwardStateSlice}"] });
+        new KernelCompileOptions { Defines = ["COMBA_ONLY_BF16"] });
     static readonly EmbeddedModule Kernels = new(KernelFile, FloatKernelNames, new KernelCompileOptions { Defines = ["COMBA_ONLY_FLOAT32"] });
 
     static void Launch(Device device, string stage, int D, string arithmetic, (int, int) grid, params object[] args)
@@ -229,15 +207,14 @@ public static class FusedComba
         public override string Name => "FusedCombaBf16";
 
         /// <summary>
-        /// q or k as the kernels read it raw: as it is when (B, H, T, D) is contiguous or a transposed view of a
-        /// contiguous (B, T, H, D) (what the projections make), 16-byte aligned (the tiles are staged with 16-byte
-        /// copies); a contiguous copy otherwise.
+        /// q or k as the norm kernels read it: as it is when (B, H, T, D) is contiguous or a transposed view of a
+        /// contiguous (B, T, H, D) (what the projections make), 8-byte aligned; an aligned copy otherwise (a clone
+        /// where the tensor is contiguous but misaligned, since contiguous() would hand back the same storage).
         /// </summary>
         public static Tensor Operand(Tensor x) => Readable(x) ? x : x.is_contiguous() ? x.clone() : x.contiguous();
 
         static bool Readable(Tensor x) =>
-            x.stride(3) == 1 && (x.is_contiguous() || x.transpose(1, 2).is_contiguous()) && x.shape[3] % 8 == 0
-            && (long)TensorMemory.DataPointer(x) % 16 == 0;
+            x.stride(3) == 1 && (x.is_contiguous() || x.transpose(1, 2).is_contiguous()) && (long)TensorMemory.DataPointer(x) % 8 == 0;
 
         /// <summary>An uninitialised tensor in <paramref name="x"/>'s layout (one of the two <see cref="Operand"/> keeps).</summary>
         static Tensor EmptyInLayoutOf(Tensor x) =>
@@ -249,7 +226,7 @@ public static class FusedComba
         {
             // the launcher's own checks (contiguous, on the kernel's device) do not apply to a raw pointer: these do
             if (x.device_type != DeviceType.CUDA) throw new ArgumentException($"the Comba norm kernels take CUDA tensors, not {x.device}");
-            if (!Readable(x)) throw new ArgumentException($"the Comba norm kernels read (B, H, T, D) contiguous or a transposed (B, T, H, D), 16-byte aligned; got strides [{string.Join(", ", x.stride())}] (pass it through Operand)");
+            if (!Readable(x)) throw new ArgumentException($"the Comba norm kernels read (B, H, T, D) contiguous or a transposed (B, T, H, D), 8-byte aligned; got strides [{string.Join(", ", x.stride())}] (pass it through Operand)");
             return [TensorMemory.DataPointer(x)];
         }
 
@@ -286,30 +263,13 @@ public static class FusedComba
             var H0 = empty([BH, N, D, D], bf, device);
             var hT = empty([B, H, D, D], ScalarType.Float32, device);
             var o = empty([B, H, T, D], bf, device);
-            Tensor readout, kHat;
-            if (NormInTiles)
+            var (readout, kHat) = Normalized(q, k, d, cos, sin);
+            using (var U = empty_like(W))
             {
-                // prepare normalises k in its tiles and writes k̂; output normalises q and writes q̃ (for the backward)
-                (readout, kHat) = (empty([B, H, T, D], bf, device), empty([B, Hkv, T, D], bf, device));
-                using (var U = empty_like(W))
-                {
-                    LaunchBf16Raw(device, "fwd_prepare", D, (N, BH),
-                        [.. Strided(k), k.stride(0), k.stride(1), k.stride(2), Table(cos), Table(sin), v, g, beta, kappa, W, U, M, kHat, H, Hkv, T]);
-                    LaunchBf16State(device, "fwd_state", D, (D / Bf16ForwardStateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
-                }
-                LaunchBf16Raw(device, "fwd_output", D, (N, BH),
-                    [.. Strided(q), q.stride(0), q.stride(1), q.stride(2), Table(cos), Table(sin), d, kHat, g, Ut, H0, o, readout, scale, H, Hkv, T]);
+                LaunchBf16(device, "fwd_prepare", D, (N, BH), kHat, v, g, beta, kappa, W, U, M, H, Hkv, T);
+                LaunchBf16State(device, "fwd_state", D, (D / StateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
             }
-            else
-            {
-                (readout, kHat) = Normalized(q, k, d, cos, sin);
-                using (var U = empty_like(W))
-                {
-                    LaunchBf16(device, "fwd_prepare", D, (N, BH), kHat, v, g, beta, kappa, W, U, M, H, Hkv, T);
-                    LaunchBf16State(device, "fwd_state", D, (D / Bf16ForwardStateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
-                }
-                LaunchBf16(device, "fwd_output", D, (N, BH), readout, kHat, g, Ut, H0, o, scale, H, Hkv, T);
-            }
+            LaunchBf16(device, "fwd_output", D, (N, BH), readout, kHat, g, Ut, H0, o, scale, H, Hkv, T);
             // q̃ and k̂ are kept for the backward (one bf16 copy of q and of k: cheaper than a second norm_fwd)
             ctx.save_for_backward(cos is null || sin is null
                 ? [q, k, v, d, g, beta, kappa, W, M, Ut, H0, readout, kHat]
