@@ -189,16 +189,23 @@ public class CudaKernelGpuTests
         Assert.Equal(0f, y.abs().sum().item<float>());   // none of them ran
     }
 
+    // the test module's spin kernel over every SM: a launcher taking the iterations, and the output it writes
+    static (CudaDevice Device, Tensor Output, Action<int> Spin) Spinner(Fixture fx)
+    {
+        var kernel = Compile(fx.NewCache()).Kernel("spin");
+        var device = kernel.Device;
+        var output = zeros(device.MultiprocessorCount * 256, device: CUDA);
+        return (device, output, iterations => kernel.Launch((device.MultiprocessorCount, 1, 1), (256, 1, 1), 0, output, iterations));
+    }
+
     [Fact]
     public void Events_time_device_work()
     {
         Gpu.Require();
         using var fx = new Fixture();
         using var scope = NewDisposeScope();
-        var spin = Compile(fx.NewCache()).Kernel("spin");
-        var device = spin.Device;
-        var output = zeros(device.MultiprocessorCount * 256, device: CUDA);
-        var ms = CudaEvent.Time(device, () => spin.Launch((device.MultiprocessorCount, 1, 1), (256, 1, 1), 0, output, 100_000));
+        var (device, output, spin) = Spinner(fx);
+        var ms = CudaEvent.Time(device, () => spin(100_000));
         Assert.True(ms > 0 && float.IsFinite(ms), $"{ms} ms");
         Assert.True(output.isfinite().all().item<bool>());
     }
@@ -209,15 +216,13 @@ public class CudaKernelGpuTests
         Gpu.Require();
         using var fx = new Fixture();
         using var scope = NewDisposeScope();
-        var spin = Compile(fx.NewCache()).Kernel("spin");
-        var device = spin.Device;
-        var output = zeros(device.MultiprocessorCount * 256, device: CUDA);
+        var (_, output, spin) = Spinner(fx);
         var order = new List<int>();
         // runs 0 and 2 spin 8 times as long as run 1: each sample must be its own run's
         var ms = DeviceTimer.For(CUDA).Queued(i =>
         {
             order.Add(i);
-            spin.Launch((device.MultiprocessorCount, 1, 1), (256, 1, 1), 0, output, i == 1 ? 50_000 : 400_000);
+            spin(i == 1 ? 50_000 : 400_000);
         }, repeats: 3, flushBytes: 64L << 20);
         Assert.Equal([0, 1, 2], order);
         Assert.Equal(3, ms.Count);
