@@ -10,7 +10,10 @@
 #include "bf16.cuh"
 #define K 4
 
-extern "C" __global__ void short_conv_fwd(const bf16r* __restrict__ x, const float* __restrict__ w, bf16r* __restrict__ y,
+// out[i] = Σ_j w[c, j] · in[i + o_j · C] over rows of the same sequence, with o_j = −(K − 1 − j) for the output
+// (rows back) and o_j = K − 1 − j for the input's gradient (the output row that read x[t] through tap j, rows ahead).
+template <bool Ahead>
+__device__ __forceinline__ void conv_rows(const bf16r* __restrict__ in, const float* __restrict__ w, bf16r* __restrict__ out,
                                           int T, int C, long long total)
 {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
@@ -21,29 +24,23 @@ extern "C" __global__ void short_conv_fwd(const bf16r* __restrict__ x, const flo
 #pragma unroll
         for (int j = 0; j < K; j++)
         {
-            const int back = K - 1 - j;   // rows before t
-            if (t >= back) s += w[c * K + j] * bf(x[i - (long long)back * C]);
+            const int o = K - 1 - j;
+            if (Ahead ? t + o < T : t >= o) s += w[c * K + j] * bf(in[Ahead ? i + (long long)o * C : i - (long long)o * C]);
         }
-        y[i] = to_bf(s);
+        out[i] = to_bf(s);
     }
+}
+
+extern "C" __global__ void short_conv_fwd(const bf16r* __restrict__ x, const float* __restrict__ w, bf16r* __restrict__ y,
+                                          int T, int C, long long total)
+{
+    conv_rows<false>(x, w, y, T, C, total);
 }
 
 extern "C" __global__ void short_conv_bwd_x(const bf16r* __restrict__ dy, const float* __restrict__ w, bf16r* __restrict__ dx,
                                             int T, int C, long long total)
 {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x)
-    {
-        const int c = (int)(i % C);
-        const int t = (int)((i / C) % T);
-        float s = 0.f;
-#pragma unroll
-        for (int j = 0; j < K; j++)
-        {
-            const int ahead = K - 1 - j;  // the output row that read x[t] through tap j
-            if (t + ahead < T) s += w[c * K + j] * bf(dy[i + (long long)ahead * C]);
-        }
-        dx[i] = to_bf(s);
-    }
+    conv_rows<true>(dy, w, dx, T, C, total);
 }
 
 // grid (⌈C / blockDim.x⌉, ⌈B·T / rowsPerBlock⌉): one channel a thread, one run of rows (b, t flattened) a block row
