@@ -37,7 +37,10 @@ sealed class CliSignals : IDisposable
 
     public void Dispose()
     {
-        foreach (var r in registrations) r.Dispose();
         exitTimer?.Dispose();
+        // Once a signal has come, the process is on its way out: the handlers stay until it is gone, so that a second
+        // signal during the runtime's shutdown is acknowledged and ignored, not given its default action (exit 143)
+        if (Volatile.Read(ref received) > 0) return;
+        foreach (var r in registrations) r.Dispose();
     }
 }
