@@ -6,11 +6,14 @@
 #   quality  KD_STEPS (200) KL steps at the 1B shape (sequence 512 × micro-batch 2) in bf16 and in float32 from the
 #            same converted student: the two loss curves, $OUT/kd-bf16.jsonl and $OUT/kd-float32.jsonl
 #   stories  recipes/stories260k.yaml on this GPU (precision auto = bf16): $OUT/stories260k-summary.json
-#   kernels  the peer's kernel (fla chunk_comba, timed as peer_bench.py does, by tools/kernels/peer_slim.py) and ours through `bench kernel` in
-#            bf16, back to back; with KERNEL_SRC set, also that kernel source checked
+#   kernels  ours through `bench kernel` in bf16, then the peer's kernel (fla chunk_comba, timed as peer_bench.py does,
+#            by tools/kernels/peer_slim.py, PEER_TIMEOUT s, 240 by default), back to back; with KERNEL_SRC set, also that kernel source checked
 #            against the float64 recurrence and timed by tools/kernels/comba_check.py; with STAGES3=1, `bench kernel`
 #            again with the three-stage state passes (COMBADISTILL_COMBA_STATE_STAGES=3) and the checker's check on them
 #            (FSTAGES=3)
+#            With BASELINE_SRC, that source (one from before v6) timed by the checker too.
+#            With PROFILE=1, Nsight Compute on the kernels NCU_KERNELS names (fwd_prepare_128_bf16 by default,
+#            tools/gpu/profile-kernels.sh): $OUT/ncu.txt
 #   lane     the C# GPU test lane (the classes with tests that need CUDA, NCCL's aside)
 # usage: bash tools/gpu/distill-vs-peer.sh [speed] [quality] [stories] [kernels] [lane]
 # PEER=0 leaves the peers out of speed and kernels (when a call has no time for them; compare only within one call);
@@ -83,12 +86,6 @@ if [[ $steps == *stories* ]]; then
 fi
 
 if [[ $steps == *kernels* ]]; then
-  if [[ ${PEER:-1} != 0 ]]; then
-    echo "== fla chunk_comba alone (tools/kernels/peer_slim.py: peer_bench.py's inputs and timing)"
-    unpack_peers
-    (cd $peers && FLA_PATH=$PWD timeout 240 python3 "$OLDPWD/tools/kernels/peer_slim.py") > "$OUT/peer-slim.log" 2>&1
-    tail -8 "$OUT/peer-slim.log"
-  fi
   echo "== bench kernel, bf16 kernels"
   cli bench kernel --device cuda --ops fused,sdpa --json "$OUT/bench-kernel-bf16.json" 2>&1 | tail -14
   if [[ ${STAGES3:-0} == 1 ]]; then
@@ -102,6 +99,26 @@ if [[ $steps == *kernels* ]]; then
     echo "== $KERNEL_SRC: check against float64 and time"
     BF16_ONLY=1 timeout 200 python3 tools/kernels/comba_check.py --check --time > "$OUT/kernel-candidate.log" 2>&1
     tail -20 "$OUT/kernel-candidate.log"
+  fi
+  if [[ -n ${BASELINE_SRC:-} ]]; then
+    echo "== $BASELINE_SRC (a source from before v6: OLD_PREPARE=1), timed beside"
+    OLD_PREPARE=1 KERNEL_SRC=$BASELINE_SRC BF16_ONLY=1 timeout 150 python3 tools/kernels/comba_check.py --time > "$OUT/kernel-baseline.log" 2>&1
+    grep -E "^bf16|Error" "$OUT/kernel-baseline.log" | cut -c1-600
+  fi
+  if [[ ${PROFILE:-0} == 1 ]]; then
+    echo "== Nsight Compute on ${NCU_KERNELS:=fwd_prepare_128_bf16}"
+    SOURCE=1 NCU_TIMEOUT=120 bash tools/gpu/profile-kernels.sh | tail -40
+  fi
+  if [[ ${PEER:-1} != 0 ]]; then
+    # Triton compiles and autotunes every configuration on a fresh machine, which took more than 240 s for the three
+    # shapes; the cache comes back in $OUT/triton-cache.tar and, put in .peerpack, spares the next call that work
+    echo "== fla chunk_comba alone (tools/kernels/peer_slim.py: peer_bench.py's inputs and timing)"
+    unpack_peers
+    export TRITON_CACHE_DIR=/tmp/triton-cache; mkdir -p $TRITON_CACHE_DIR
+    [[ -f .peerpack/triton-cache.tar ]] && tar -xf .peerpack/triton-cache.tar -C $TRITON_CACHE_DIR
+    (cd $peers && FLA_PATH=$PWD timeout ${PEER_TIMEOUT:-240} python3 "$OLDPWD/tools/kernels/peer_slim.py") > "$OUT/peer-slim.log" 2>&1
+    tail -8 "$OUT/peer-slim.log"
+    tar -cf "$OUT/triton-cache.tar" -C $TRITON_CACHE_DIR .
   fi
 fi
 

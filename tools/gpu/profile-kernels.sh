@@ -4,12 +4,14 @@
 #   $OUT/ptxas.txt   registers, spills and shared memory of every kernel (nvcc -Xptxas -v on the same source)
 #   $OUT/ncu.txt     Nsight Compute's speed-of-light, occupancy, launch and warp-stall sections, one launch of each
 #                    kernel (clocks left alone: --clock-control none)
-# KERNEL_SRC picks another kernel source (as tools/kernels/comba_check.py does).
+# KERNEL_SRC picks another kernel source (as tools/kernels/comba_check.py does); NCU_KERNELS narrows the kernels
+# profiled (a regular expression over the names, '_128_bf16' by default); SOURCE=1 adds the source counters (the
+# instructions where warps stall most).
 set -uo pipefail
 src=${KERNEL_SRC:-kernels/comba_chunk.cu}
 nvcc -std=c++17 -arch=sm_90 -cubin -o /tmp/comba.cubin -Xptxas -v "$src" > "$OUT/ptxas.txt" 2>&1
 grep -A1 "_bf16" "$OUT/ptxas.txt" | grep -E "Compiling|registers|spill" | sed 's/ptxas info *: //' | head -60
-timeout 240 ncu --clock-control none -k regex:'_128_bf16' --launch-count 8 \
-  --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+timeout ${NCU_TIMEOUT:-240} ncu --clock-control none -k regex:"${NCU_KERNELS:-_128_bf16}" --launch-count 8 \
+  $([[ ${SOURCE:-0} == 1 ]] && echo --section SourceCounters) --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
   python3 tools/kernels/comba_check.py --profile > "$OUT/ncu.txt" 2>&1
 grep -E "comba_|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|Block Limit|Stall" "$OUT/ncu.txt" | head -120
