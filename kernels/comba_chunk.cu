@@ -902,7 +902,9 @@ template <int E> __device__ __forceinline__ void rotate(float (&x)[E], const flo
 
 // ── forward ──
 // grid (N, B·H). A, M = (I + A)⁻¹ (float32), saved as bf16 for the backward; U = M diag(β) V, W = M diag(κe^{γ⁰}) K.
-// M is written over A (one C×C float matrix in shared memory, 72 KB in all at D = 128: three blocks per SM).
+// Shared memory: the K and V tiles, one region that holds A (float, stride SCF) and, once the inverse is in registers,
+// the two scaled bf16 copies of M, and the gates: 53 KB at D = 128, four blocks per SM. V's tile arrives while A and
+// the inverse are computed.
 template <int D>
 __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa,
                               bf16r* W, bf16r* U, bf16r* Msave, int H, int Hkv, int T)
@@ -914,18 +916,18 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     HeadB hd(blockIdx.y, H, Hkv);
     bf16r* Ks = (bf16r*)smb;
     bf16r* Vs = Ks + CH * SD;
-    bf16r* Mb = Vs + CH * SD;
+    float* As = (float*)(Vs + CH * SD);
+    bf16r* Mb = (bf16r*)As;             // M diag(β) and M diag(κe^{γ⁰}) over A, once A has been read
     bf16r* Mk = Mb + CH * SCC;
-    float* As = (float*)(Mk + CH * SCC);
-    float* Mf = As;                     // M overwrites A once every column's inverse is in registers
-    float* gam = As + CH * SCF;
+    float* gam = (float*)(Mk + CH * SCC);
     float *gam0 = gam + CH, *bet = gam0 + CH, *kap = bet + CH;
     const size_t kv0 = hd.kv(Hkv, T) + t0;
     stage_b<D>(Ks, SD, k + kv0 * D, D, CH, T - t0);
+    cp_commit();
     stage_b<D>(Vs, SD, v + kv0 * D, D, CH, T - t0);
     cp_commit();
     gates_b(gam, gam0, bet, kap, g, beta, kappa, hd.q(T), t0, T);
-    cp_wait<0>();
+    cp_wait<1>();
     __syncthreads();
     // A's rows are stored with 4 floats of padding after column 31 (column c at c + 4·(c ≥ 32)): the inverse below
     // reads the four 16-column quarters of a row at once, and unpadded, quarters 0 and 2 (and 1 and 3) share banks
@@ -935,45 +937,115 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
         a[1] = j + 1 < i ? kap[i] * x1 * expf(gam0[i] - gam[j + 1]) : 0.f;
     });
     __syncthreads();
-    {   // column j by four lanes q = 0…3, 8 lanes apart in one warp (a warp holds 8 columns): lane q holds rows
-        // 16q…16q+15 of the column in registers (the loops are fully unrolled, so every index is a constant) and sums
-        // their terms with 16-byte reads of A's row, which the warp's 8 columns share (4 distinct addresses per read,
-        // in distinct banks); A_il = 0 for l ≥ i, so the whole block is summed without a mask
-        const int lane = threadIdx.x & 31, q = lane >> 3, j = ((threadIdx.x >> 5) << 3) | (lane & 7);
-        float m[16];
+    // column j by four lanes q = 0…3, 8 lanes apart in one warp (a warp holds 8 columns): lane q holds rows
+    // 16q…16q+15 of the column in registers (the loops are fully unrolled, so every index is a constant) and sums
+    // their terms with 16-byte reads of A's row, which the warp's 8 columns share (4 distinct addresses per read,
+    // in distinct banks); A_il = 0 for l ≥ i, so the whole block is summed without a mask. Rows i ≤ j keep their
+    // start (δ_ij), so a warp begins at the first row below its first column: warp w does 63 − 8w of the 63 rows
+    const int lane = threadIdx.x & 31, q = lane >> 3, j0 = (threadIdx.x >> 5) << 3, j = j0 | (lane & 7);
+    float m[16];
 #pragma unroll
-        for (int u = 0; u < 16; ++u) m[u] = 16 * q + u == j ? 1.f : 0.f;
+    for (int u = 0; u < 16; ++u) m[u] = 16 * q + u == j ? 1.f : 0.f;
+#ifdef COMBA_INV_QUARTERS
+    // Quarter by quarter (a candidate): when lane Q's rows begin, the terms from the quarters above them are final,
+    // so lanes q < Q sum those for all 16 rows at once (no chain) and shuffles add the four lanes' sums; lane Q then
+    // runs the chain inside its quarter from registers, one FMA deep per row. Quarters above the warp's columns
+    // (jq) hold zeros throughout.
+    const int jq = j0 >> 4;
 #pragma unroll
-        for (int i = 1; i < CH; ++i)
-        {
-            const float4* a = reinterpret_cast<const float4*>(As + i * SCF + 16 * q + ((q >> 1) << 2));
-            float s = 0.f, s2 = 0.f;
-#pragma unroll
-            for (int u = 0; u < 4; ++u)
-            {
-                float4 x = a[u];
-                s += x.x * m[4 * u] + x.y * m[4 * u + 1];
-                s2 += x.z * m[4 * u + 2] + x.w * m[4 * u + 3];
-            }
-            s += s2;
-            s += __shfl_xor_sync(0xffffffffu, s, 8);
-            s += __shfl_xor_sync(0xffffffffu, s, 16);
-            if (q == i / 16 && i > j) m[i % 16] = -s;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int u = 0; u < 16; ++u) Mf[(16 * q + u) * SCF + j] = m[u];
-    }
-    __syncthreads();
-    bf16r* Mg = Msave + ((size_t)hd.bh * N + n) * CH * CH;
-    for (int idx = threadIdx.x; idx < CH * CH / 2; idx += NT)
+    for (int Q = 0; Q < 4; ++Q)
     {
-        int i = idx / (CH / 2), j = 2 * (idx % (CH / 2));
-        float m0 = Mf[i * SCF + j], m1 = Mf[i * SCF + j + 1];
-        st2(Mg + i * CH + j, m0, m1);
-        st2(Mb + i * SCC + j, m0 * bet[j], m1 * bet[j + 1]);
-        st2(Mk + i * SCC + j, m0 * kap[j] * expf(gam0[j]), m1 * kap[j + 1] * expf(gam0[j + 1]));
+        if (Q < jq) continue;   // the same for the whole warp
+        float p[16];
+#pragma unroll
+        for (int u = 0; u < 16; ++u) p[u] = 0.f;
+        if (Q > jq)
+        {
+            if (q < Q)
+            {
+#pragma unroll
+                for (int u = 0; u < 16; ++u)
+                {
+                    const float4* a = reinterpret_cast<const float4*>(As + (16 * Q + u) * SCF + 16 * q + ((q >> 1) << 2));
+                    float s = 0.f, s2 = 0.f;
+#pragma unroll
+                    for (int w = 0; w < 4; ++w)
+                    {
+                        float4 x = a[w];
+                        s += x.x * m[4 * w] + x.y * m[4 * w + 1];
+                        s2 += x.z * m[4 * w + 2] + x.w * m[4 * w + 3];
+                    }
+                    p[u] = s + s2;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 16; ++u)
+            {
+                p[u] += __shfl_xor_sync(0xffffffffu, p[u], 8);
+                p[u] += __shfl_xor_sync(0xffffffffu, p[u], 16);
+            }
+        }
+        if (q == Q)
+        {
+            if (16 * Q > j) m[0] = -p[0];
+#pragma unroll
+            for (int u = 1; u < 16; ++u)
+            {
+                const float* a = As + (16 * Q + u) * SCF + 16 * Q + ((Q >> 1) << 2);
+                float s = p[u];
+#pragma unroll
+                for (int l = 0; l < u; ++l) s += a[l] * m[l];
+                if (16 * Q + u > j) m[u] = -s;
+            }
+        }
     }
+#else
+#pragma unroll
+    for (int i = 1; i < CH; ++i)
+    {
+        if (i <= j0) continue;   // the same for the whole warp
+        const float4* a = reinterpret_cast<const float4*>(As + i * SCF + 16 * q + ((q >> 1) << 2));
+        float s = 0.f, s2 = 0.f;
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+        {
+            float4 x = a[u];
+            s += x.x * m[4 * u] + x.y * m[4 * u + 1];
+            s2 += x.z * m[4 * u + 2] + x.w * m[4 * u + 3];
+        }
+        s += s2;
+        s += __shfl_xor_sync(0xffffffffu, s, 8);
+        s += __shfl_xor_sync(0xffffffffu, s, 16);
+        if (q == i / 16 && i > j) m[i % 16] = -s;
+    }
+#endif
+    __syncthreads();   // A is read; its region takes the scaled copies of M
+    {   // rows in pairs: lanes j and j ^ 1 hold adjacent columns, so one shuffle gives each the other's half of a
+        // 4-byte pair; the even lane writes row u, the odd lane row u + 1
+        const bool odd = j & 1;
+        const float sb = bet[j], sk = kap[j] * expf(gam0[j]);
+        const float ob = __shfl_xor_sync(0xffffffffu, sb, 1), ok = __shfl_xor_sync(0xffffffffu, sk, 1);
+        bf16r* Mg = Msave + ((size_t)hd.bh * N + n) * CH * CH;
+#pragma unroll
+        for (int u = 0; u < 16; u += 2)
+        {
+            const float mine = odd ? m[u + 1] : m[u], other = __shfl_xor_sync(0xffffffffu, odd ? m[u] : m[u + 1], 1);
+            const int r = 16 * q + u + odd, c = j & ~1;
+            if (odd)
+            {
+                st2(Mg + r * CH + c, other, mine);
+                st2(Mb + r * SCC + c, other * ob, mine * sb);
+                st2(Mk + r * SCC + c, other * ok, mine * sk);
+            }
+            else
+            {
+                st2(Mg + r * CH + c, mine, other);
+                st2(Mb + r * SCC + c, mine * sb, other * ob);
+                st2(Mk + r * SCC + c, mine * sk, other * ok);
+            }
+        }
+    }
+    cp_wait<0>();
     __syncthreads();
     const size_t row0 = (size_t)hd.bh * Tp + t0;
     bmm<CH, D, false, false>(Mb, SCC, Vs, SD, CH, [&](int i, int c, float x0, float x1) { st2(U + (row0 + i) * D + c, x0, x1); });
@@ -1600,9 +1672,10 @@ __device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const
     stE<E>(dk + b * ksb + hk * ksh + t * kst + lane * E, acc);
 }
 
-// names: comba_<stage>_<d>_bf16
+// names: comba_<stage>_<d>_bf16. fwd_prepare asks for four blocks per SM (at most 64 registers), which its shared
+// memory allows at D = 128
 #define COMBA_ENTRIES_BF16(D)                                                                                          \
-    extern "C" __global__ void __launch_bounds__(NT) comba_fwd_prepare_##D##_bf16(                                    \
+    extern "C" __global__ void __launch_bounds__(NT, 4) comba_fwd_prepare_##D##_bf16(                                    \
         const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa, bf16r* W, bf16r* U,   \
         bf16r* M, int H, int Hkv, int T)                                                                             \
     { fwd_prepare_b<D>(k, v, g, beta, kappa, W, U, M, H, Hkv, T); }                                                  \

@@ -11,6 +11,7 @@
 #            against the float64 recurrence and timed by tools/kernels/comba_check.py; with STAGES3=1, `bench kernel`
 #            again with the three-stage state passes (COMBADISTILL_COMBA_STATE_STAGES=3) and the checker's check on them
 #            (FSTAGES=3)
+#            VARIANTS (macro names) checks and times the source with each defined (state passes at VARIANT_STAGES).
 #            With BASELINE_SRC, that source (one from before v6) timed by the checker too.
 #            With PROFILE=1, Nsight Compute on the kernels NCU_KERNELS names (fwd_prepare_128_bf16 by default,
 #            tools/gpu/profile-kernels.sh): $OUT/ncu.txt
@@ -89,8 +90,10 @@ if [[ $steps == *kernels* ]]; then
   echo "== bench kernel, bf16 kernels"
   cli bench kernel --device cuda --ops fused,sdpa --json "$OUT/bench-kernel-bf16.json" 2>&1 | tail -14
   if [[ ${STAGES3:-0} == 1 ]]; then
-    echo "== bench kernel, bf16 kernels, three-stage state passes"
-    COMBADISTILL_COMBA_STATE_STAGES=3 cli bench kernel --device cuda --ops fused --json "$OUT/bench-kernel-bf16-3stages.json" 2>&1 | tail -8
+    if [[ ${STAGES3_BENCH:-1} == 1 ]]; then
+      echo "== bench kernel, bf16 kernels, three-stage state passes"
+      COMBADISTILL_COMBA_STATE_STAGES=3 cli bench kernel --device cuda --ops fused --json "$OUT/bench-kernel-bf16-3stages.json" 2>&1 | tail -8
+    fi
     echo "== three-stage state passes: check against float64 and time"
     FSTAGES=3 BF16_ONLY=1 timeout 200 python3 tools/kernels/comba_check.py --check --time --out /tmp > "$OUT/kernel-3stages.log" 2>&1
     grep -E "BAD|CHECK|^bf16" "$OUT/kernel-3stages.log" | cut -c1-600
@@ -100,14 +103,19 @@ if [[ $steps == *kernels* ]]; then
     BF16_ONLY=1 timeout 200 python3 tools/kernels/comba_check.py --check --time > "$OUT/kernel-candidate.log" 2>&1
     tail -20 "$OUT/kernel-candidate.log"
   fi
+  for d in ${VARIANTS:-}; do
+    echo "== the source with $d defined: check against float64 and time"
+    DEFINES=$d FSTAGES=${VARIANT_STAGES:-2} BF16_ONLY=1 timeout 200 python3 tools/kernels/comba_check.py --check --time > "$OUT/kernel-$d.log" 2>&1
+    grep -E "BAD|CHECK|^bf16|Error" "$OUT/kernel-$d.log" | cut -c1-600
+  done
+  if [[ ${PROFILE:-0} == 1 ]]; then
+    echo "== Nsight Compute on ${NCU_KERNELS:=fwd_prepare_128_bf16}"
+    SOURCE=1 NCU_TIMEOUT=120 bash tools/gpu/profile-kernels.sh | tail -40
+  fi
   if [[ -n ${BASELINE_SRC:-} ]]; then
     echo "== $BASELINE_SRC (a source from before v6: OLD_PREPARE=1), timed beside"
     OLD_PREPARE=1 KERNEL_SRC=$BASELINE_SRC BF16_ONLY=1 timeout 150 python3 tools/kernels/comba_check.py --time > "$OUT/kernel-baseline.log" 2>&1
     grep -E "^bf16|Error" "$OUT/kernel-baseline.log" | cut -c1-600
-  fi
-  if [[ ${PROFILE:-0} == 1 ]]; then
-    echo "== Nsight Compute on ${NCU_KERNELS:=fwd_prepare_128_bf16}"
-    SOURCE=1 NCU_TIMEOUT=120 bash tools/gpu/profile-kernels.sh | tail -40
   fi
   if [[ ${PEER:-1} != 0 ]]; then
     # Triton compiles and autotunes every configuration on a fresh machine, which took more than 240 s for the three

@@ -21,6 +21,8 @@ BF16_ONLY = bool(os.environ.get("BF16_ONLY"))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # KERNEL_SRC picks another version of the source (e.g. the v5b candidate: patch -o /tmp/v5b.cu kernels/comba_chunk.cu tools/kernels/candidates/comba_chunk_v5b.patch) to check and time
 SRC = open(os.environ.get("KERNEL_SRC") or os.path.join(ROOT, "kernels", "comba_chunk.cu")).read()
+# DEFINES (space-separated names) switches on a candidate the source keeps behind #ifdef, e.g. COMBA_INV_QUARTERS
+SRC = "".join(f"#define {d}\n" for d in (os.environ.get("DEFINES") or "").split()) + SRC
 _mod = None
 
 
@@ -52,8 +54,9 @@ def smem_bf16(stage, D, stages=2):
     SD = D + 8
     tile, state, cc, ccf, sl = 64 * SD * 2, D * SD * 2, 64 * 72 * 2, 64 * 68 * 4, 64 * 40 * 2
     if stage in ("normf", "normb"): return 0
-    # fwd_prepare writes M over A: one C×C float matrix (a source older than v5c needs this file as of its own commit)
-    return {"prepare": 2 * tile + 2 * cc + ccf + 4 * 64 * 4,
+    # fwd_prepare keeps A (float) and then M's two bf16 copies in one region of 2·cc bytes; a source from before v6
+    # writes M over A beside those copies (OLD_PREPARE=1), and one older than v5c needs this file as of its own commit
+    return {"prepare": 2 * tile + 2 * cc + 4 * 64 * 4 + (ccf if os.environ.get("OLD_PREPARE") else 0),
             "state": stages * (2 * tile + sl) + D * 40 * 2 + sl + 2 * 64 * 4 + (stages * 64 * 4 if stages > 2 else 0),
             "output": 3 * tile + state + cc + 2 * 64 * 4,
             "dupart": 3 * tile + cc + 2 * 64 * 4,

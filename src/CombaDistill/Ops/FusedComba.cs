@@ -149,7 +149,7 @@ public static class FusedComba
         int tile = ChunkSize * (D + 8) * 2, state = D * (D + 8) * 2, cc = ChunkSize * 72 * 2, ccf = ChunkSize * 68 * 4, slice = ChunkSize * 40 * 2;
         return stage switch
         {
-            "fwd_prepare" => 2 * tile + 2 * cc + ccf + 4 * ChunkSize * 4,   // M written over A
+            "fwd_prepare" => 2 * tile + 2 * cc + 4 * ChunkSize * 4,   // A (a float C×C) and then M's two copies share 2·cc
             "fwd_state" => Bf16StateStages * (2 * tile + slice) + D * 40 * 2 + slice + 2 * ChunkSize * 4
                            + (Bf16StateStages > 2 ? Bf16StateStages * ChunkSize * 4 : 0),
             "fwd_output" => 3 * tile + state + cc + 2 * ChunkSize * 4,
