@@ -11,7 +11,7 @@
 #            against the float64 recurrence and timed by tools/kernels/comba_check.py; with STAGES3=1, `bench kernel`
 #            again with the three-stage state passes (COMBADISTILL_COMBA_STATE_STAGES=3) and the checker's check on them
 #            (FSTAGES=3)
-#            VARIANTS (macro names) checks and times the source with each defined (state passes at VARIANT_STAGES).
+#            BENCH=0 leaves `bench kernel` out. VARIANTS (macro names) checks (VARIANT_CHECK=0: only times) and times the source with each defined (state passes at VARIANT_STAGES).
 #            With BASELINE_SRC, that source (one from before v6) timed by the checker too.
 #            With PROFILE=1, Nsight Compute on the kernels NCU_KERNELS names (fwd_prepare_128_bf16 by default,
 #            tools/gpu/profile-kernels.sh): $OUT/ncu.txt
@@ -87,8 +87,10 @@ if [[ $steps == *stories* ]]; then
 fi
 
 if [[ $steps == *kernels* ]]; then
-  echo "== bench kernel, bf16 kernels"
-  cli bench kernel --device cuda --ops fused,sdpa --json "$OUT/bench-kernel-bf16.json" 2>&1 | tail -14
+  if [[ ${BENCH:-1} == 1 ]]; then
+    echo "== bench kernel, bf16 kernels"
+    cli bench kernel --device cuda --ops fused,sdpa --json "$OUT/bench-kernel-bf16.json" 2>&1 | tail -14
+  fi
   if [[ ${STAGES3:-0} == 1 ]]; then
     if [[ ${STAGES3_BENCH:-1} == 1 ]]; then
       echo "== bench kernel, bf16 kernels, three-stage state passes"
@@ -105,12 +107,12 @@ if [[ $steps == *kernels* ]]; then
   fi
   for d in ${VARIANTS:-}; do
     echo "== the source with $d defined: check against float64 and time"
-    DEFINES=$d FSTAGES=${VARIANT_STAGES:-2} BF16_ONLY=1 timeout 200 python3 tools/kernels/comba_check.py --check --time > "$OUT/kernel-$d.log" 2>&1
+    DEFINES=$d FSTAGES=${VARIANT_STAGES:-2} BF16_ONLY=1 timeout 200 python3 tools/kernels/comba_check.py $([[ ${VARIANT_CHECK:-1} == 1 ]] && echo --check) --time > "$OUT/kernel-$d.log" 2>&1
     grep -E "BAD|CHECK|^bf16|Error" "$OUT/kernel-$d.log" | cut -c1-600
   done
   if [[ ${PROFILE:-0} == 1 ]]; then
     echo "== Nsight Compute on ${NCU_KERNELS:=fwd_prepare_128_bf16}"
-    SOURCE=1 NCU_TIMEOUT=120 bash tools/gpu/profile-kernels.sh | tail -40
+    SOURCE=1 NCU_TIMEOUT=${NCU_TIMEOUT:-120} bash tools/gpu/profile-kernels.sh | tail -40
   fi
   if [[ -n ${BASELINE_SRC:-} ]]; then
     echo "== $BASELINE_SRC (a source from before v6: OLD_PREPARE=1), timed beside"
