@@ -1048,8 +1048,49 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     cp_wait<0>();
     __syncthreads();
     const size_t row0 = (size_t)hd.bh * Tp + t0;
+#ifdef COMBA_PREP_STAGED_OUT
+    // (a candidate) U and W leave through shared memory: each warp keeps its product tiles as bf16 pairs in
+    // registers, puts them into the operand's own region once every warp has read it, and the block writes whole
+    // rows with 16-byte stores (a 4-byte store per lane covers eight 16-byte pieces of eight rows)
+    auto product = [&](const bf16r* Mx, bf16r* X, bf16r* out) {
+        constexpr int WN = 4, TN = D / (8 * WN), PER = (CH / 16) * TN / NW;   // 16 × 32 tiles, PER a warp
+        const int warp = threadIdx.x >> 5, l = threadIdx.x & 31;
+        unsigned pk[PER][WN][2];
+#pragma unroll
+        for (int e = 0; e < PER; ++e)
+        {
+            const int t = warp + e * NW, r0 = (t / TN) * 16, c0 = (t % TN) * 8 * WN;
+            float acc[WN][4];
+            zero(acc);
+            wmma<WN, false, false>(acc, Mx, SCC, X, SD, r0, c0, CH);
+#pragma unroll
+            for (int w = 0; w < WN; ++w) pk[e][w][0] = pack2(acc[w][0], acc[w][1]), pk[e][w][1] = pack2(acc[w][2], acc[w][3]);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int e = 0; e < PER; ++e)
+        {
+            const int t = warp + e * NW, r = (t / TN) * 16 + (l >> 2), c = (t % TN) * 8 * WN + 2 * (l & 3);
+#pragma unroll
+            for (int w = 0; w < WN; ++w)
+            {
+                *reinterpret_cast<unsigned*>(X + r * SD + c + 8 * w) = pk[e][w][0];
+                *reinterpret_cast<unsigned*>(X + (r + 8) * SD + c + 8 * w) = pk[e][w][1];
+            }
+        }
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < CH * (D / 8); idx += NT)
+        {
+            const int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
+            *reinterpret_cast<uint4*>(out + (row0 + r) * D + c) = *reinterpret_cast<const uint4*>(X + r * SD + c);
+        }
+    };
+    product(Mb, Vs, U);
+    product(Mk, Ks, W);
+#else
     bmm<CH, D, false, false>(Mb, SCC, Vs, SD, CH, [&](int i, int c, float x0, float x1) { st2(U + (row0 + i) * D + c, x0, x1); });
     bmm<CH, D, false, false>(Mk, SCC, Ks, SD, CH, [&](int i, int c, float x0, float x1) { st2(W + (row0 + i) * D + c, x0, x1); });
+#endif
 }
 
 // The slice of h (D × BV, columns v0…) that one warp holds in registers across chunks: a 16-row band, HW 8-column tiles.

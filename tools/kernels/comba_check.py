@@ -407,21 +407,25 @@ def timing_bf16(shapes=None, once=False):
             torch.cuda.synchronize()
             return out
         row = dict(B=B, T=T, H=H, D=D)
+        # TIME_ONLY (comma-separated row names, e.g. prepare,fwd_norm) times just those
+        only = [x for x in (os.environ.get("TIME_ONLY") or "").split(",") if x]
+        def put(name, fn):
+            if not only or name in only: row[name] = time_ms(fn, reps=30)
         for name, fn in (("normf", NF), ("normb", NB), ("prepare", P), ("state", S), ("output", O), ("dupart", DU), ("bstate", DS), ("local", DL)):
-            row[name] = time_ms(fn, reps=30)
-        row["fwd"] = time_ms(lambda: (P(), S(), O()), reps=30)
-        row["fwdbwd"] = time_ms(lambda: (P(), S(), O(), DU(), DS(), DL()), reps=30)
-        row["fwd_norm"] = time_ms(lambda: (NF(), P(), S(), O()), reps=30)
-        row["fwdbwd_norm"] = time_ms(lambda: (NF(), P(), S(), O(), NF(), DU(), DS(), DL(), NB()), reps=30)
+            put(name, fn)
+        put("fwd", lambda: (P(), S(), O()))
+        put("fwdbwd", lambda: (P(), S(), O(), DU(), DS(), DL()))
+        put("fwd_norm", lambda: (NF(), P(), S(), O()))
+        put("fwdbwd_norm", lambda: (NF(), P(), S(), O(), NF(), DU(), DS(), DL(), NB()))
         # FusedComba since 612baef: q̃ and k̂ kept from the forward, so the backward runs no second norm_fwd
-        row["fwdbwd_norm_kept"] = time_ms(lambda: (NF(), P(), S(), O(), DU(), DS(), DL(), NB()), reps=30)
+        put("fwdbwd_norm_kept", lambda: (NF(), P(), S(), O(), DU(), DS(), DL(), NB()))
         if "bf16s3(" in SRC:   # the three-stage state passes beside the FSTAGES ones above
             S3 = lambda: launch("state3", D, "bf16", (D // BV, B * H), k, g, W, U, None, Ut, H0, hT, H, H, T, N)
             DS3 = lambda: launch("bstate3", D, "bf16", (D // BV, B * H), q, k, g, W, dO, dUp, None, dUt, dH1, None, scale, H, H, T, N)
-            row["state_3stages"] = time_ms(S3, reps=30)
-            row["bstate_3stages"] = time_ms(DS3, reps=30)
-            row["fwd_norm_3stages"] = time_ms(lambda: (NF(), P(), S3(), O()), reps=30)
-            row["fwdbwd_norm_kept_3stages"] = time_ms(lambda: (NF(), P(), S3(), O(), DU(), DS3(), DL(), NB()), reps=30)
+            put("state_3stages", S3)
+            put("bstate_3stages", DS3)
+            put("fwd_norm_3stages", lambda: (NF(), P(), S3(), O()))
+            put("fwdbwd_norm_kept_3stages", lambda: (NF(), P(), S3(), O(), DU(), DS3(), DL(), NB()))
         out.append(row)
         print("bf16", "  ".join(f"{k_}={v_:.3f}" if isinstance(v_, float) else f"{k_}={v_}" for k_, v_ in row.items()), flush=True)
     return out
