@@ -901,6 +901,86 @@ template <int E> __device__ __forceinline__ void rotate(float (&x)[E], const flo
 }
 
 // ── forward ──
+// grid (N, B·H). fwd_prepare_b's maths at three blocks per SM (the default until the four-block version below has
+// passed its GPU checks): M is written over A (one C×C float matrix in shared memory, 72 KB in all at D = 128) and
+// copied from there.
+template <int D>
+__device__ void fwd_prepare_b3(const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa,
+                              bf16r* W, bf16r* U, bf16r* Msave, int H, int Hkv, int T)
+{
+    extern __shared__ float4 smq[];
+    unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
+    constexpr int SD = D + 8;
+    const int n = blockIdx.x, N = gridDim.x, t0 = n * CH, Tp = N * CH;
+    HeadB hd(blockIdx.y, H, Hkv);
+    bf16r* Ks = (bf16r*)smb;
+    bf16r* Vs = Ks + CH * SD;
+    bf16r* Mb = Vs + CH * SD;
+    bf16r* Mk = Mb + CH * SCC;
+    float* As = (float*)(Mk + CH * SCC);
+    float* Mf = As;                     // M overwrites A once every column's inverse is in registers
+    float* gam = As + CH * SCF;
+    float *gam0 = gam + CH, *bet = gam0 + CH, *kap = bet + CH;
+    const size_t kv0 = hd.kv(Hkv, T) + t0;
+    stage_b<D>(Ks, SD, k + kv0 * D, D, CH, T - t0);
+    stage_b<D>(Vs, SD, v + kv0 * D, D, CH, T - t0);
+    cp_commit();
+    gates_b(gam, gam0, bet, kap, g, beta, kappa, hd.q(T), t0, T);
+    cp_wait<0>();
+    __syncthreads();
+    // A's rows are stored with 4 floats of padding after column 31 (column c at c + 4·(c ≥ 32)): the inverse below
+    // reads the four 16-column quarters of a row at once, and unpadded, quarters 0 and 2 (and 1 and 3) share banks
+    bmm<CH, CH, false, true>(Ks, SD, Ks, SD, D, [&](int i, int j, float x0, float x1) {
+        float* a = As + i * SCF + j + ((j >> 5) << 2);
+        a[0] = j < i ? kap[i] * x0 * expf(gam0[i] - gam[j]) : 0.f;
+        a[1] = j + 1 < i ? kap[i] * x1 * expf(gam0[i] - gam[j + 1]) : 0.f;
+    });
+    __syncthreads();
+    {   // column j by four lanes q = 0…3, 8 lanes apart in one warp (a warp holds 8 columns): lane q holds rows
+        // 16q…16q+15 of the column in registers (the loops are fully unrolled, so every index is a constant) and sums
+        // their terms with 16-byte reads of A's row, which the warp's 8 columns share (4 distinct addresses per read,
+        // in distinct banks); A_il = 0 for l ≥ i, so the whole block is summed without a mask
+        const int lane = threadIdx.x & 31, q = lane >> 3, j = ((threadIdx.x >> 5) << 3) | (lane & 7);
+        float m[16];
+#pragma unroll
+        for (int u = 0; u < 16; ++u) m[u] = 16 * q + u == j ? 1.f : 0.f;
+#pragma unroll
+        for (int i = 1; i < CH; ++i)
+        {
+            const float4* a = reinterpret_cast<const float4*>(As + i * SCF + 16 * q + ((q >> 1) << 2));
+            float s = 0.f, s2 = 0.f;
+#pragma unroll
+            for (int u = 0; u < 4; ++u)
+            {
+                float4 x = a[u];
+                s += x.x * m[4 * u] + x.y * m[4 * u + 1];
+                s2 += x.z * m[4 * u + 2] + x.w * m[4 * u + 3];
+            }
+            s += s2;
+            s += __shfl_xor_sync(0xffffffffu, s, 8);
+            s += __shfl_xor_sync(0xffffffffu, s, 16);
+            if (q == i / 16 && i > j) m[i % 16] = -s;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < 16; ++u) Mf[(16 * q + u) * SCF + j] = m[u];
+    }
+    __syncthreads();
+    bf16r* Mg = Msave + ((size_t)hd.bh * N + n) * CH * CH;
+    for (int idx = threadIdx.x; idx < CH * CH / 2; idx += NT)
+    {
+        int i = idx / (CH / 2), j = 2 * (idx % (CH / 2));
+        float m0 = Mf[i * SCF + j], m1 = Mf[i * SCF + j + 1];
+        st2(Mg + i * CH + j, m0, m1);
+        st2(Mb + i * SCC + j, m0 * bet[j], m1 * bet[j + 1]);
+        st2(Mk + i * SCC + j, m0 * kap[j] * expf(gam0[j]), m1 * kap[j + 1] * expf(gam0[j + 1]));
+    }
+    __syncthreads();
+    const size_t row0 = (size_t)hd.bh * Tp + t0;
+    bmm<CH, D, false, false>(Mb, SCC, Vs, SD, CH, [&](int i, int c, float x0, float x1) { st2(U + (row0 + i) * D + c, x0, x1); });
+    bmm<CH, D, false, false>(Mk, SCC, Ks, SD, CH, [&](int i, int c, float x0, float x1) { st2(W + (row0 + i) * D + c, x0, x1); });
+}
+
 // grid (N, B·H). A, M = (I + A)⁻¹ (float32), saved as bf16 for the backward; U = M diag(β) V, W = M diag(κe^{γ⁰}) K.
 // Shared memory: the K and V tiles, one region that holds A (float, stride SCF) and, once the inverse is in registers,
 // the two scaled bf16 copies of M, and the gates: 53 KB at D = 128, four blocks per SM. V's tile arrives while A and
@@ -1713,10 +1793,14 @@ __device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const
     stE<E>(dk + b * ksb + hk * ksh + t * kst + lane * E, acc);
 }
 
-// names: comba_<stage>_<d>_bf16. fwd_prepare asks for four blocks per SM (at most 64 registers), which its shared
-// memory allows at D = 128
+// names: comba_<stage>_<d>_bf16; the `p4` fwd_prepare asks for four blocks per SM (at most 64 registers), which its
+// shared memory allows at D = 128
 #define COMBA_ENTRIES_BF16(D)                                                                                          \
-    extern "C" __global__ void __launch_bounds__(NT, 4) comba_fwd_prepare_##D##_bf16(                                    \
+    extern "C" __global__ void __launch_bounds__(NT) comba_fwd_prepare_##D##_bf16(                                    \
+        const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa, bf16r* W, bf16r* U,   \
+        bf16r* M, int H, int Hkv, int T)                                                                             \
+    { fwd_prepare_b3<D>(k, v, g, beta, kappa, W, U, M, H, Hkv, T); }                                                 \
+    extern "C" __global__ void __launch_bounds__(NT, 4) comba_fwd_prepare_##D##_bf16p4(                               \
         const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa, bf16r* W, bf16r* U,   \
         bf16r* M, int H, int Hkv, int T)                                                                             \
     { fwd_prepare_b<D>(k, v, g, beta, kappa, W, U, M, H, Hkv, T); }                                                  \

@@ -17,6 +17,8 @@ import cupy as cp
 CH, NT, BV = 64, 256, 32
 # chunks in flight in the bf16 state passes: 2, or FSTAGES=3 for the `s3` entry points (every "state"/"bstate" launch)
 FSTAGES = int(os.environ.get("FSTAGES") or 2)
+# blocks per SM of the bf16 fwd_prepare: 3, or FPREP=4 for the `p4` entry point (every "prepare" launch)
+FPREP = int(os.environ.get("FPREP") or 3)
 BF16_ONLY = bool(os.environ.get("BF16_ONLY"))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # KERNEL_SRC picks another version of the source (e.g. the v5b candidate: patch -o /tmp/v5b.cu kernels/comba_chunk.cu tools/kernels/candidates/comba_chunk_v5b.patch) to check and time
@@ -54,9 +56,9 @@ def smem_bf16(stage, D, stages=2):
     SD = D + 8
     tile, state, cc, ccf, sl = 64 * SD * 2, D * SD * 2, 64 * 72 * 2, 64 * 68 * 4, 64 * 40 * 2
     if stage in ("normf", "normb"): return 0
-    # fwd_prepare keeps A (float) and then M's two bf16 copies in one region of 2·cc bytes; a source from before v6
-    # writes M over A beside those copies (OLD_PREPARE=1), and one older than v5c needs this file as of its own commit
-    return {"prepare": 2 * tile + 2 * cc + 4 * 64 * 4 + (ccf if os.environ.get("OLD_PREPARE") else 0),
+    # fwd_prepare writes M over A beside M's two bf16 copies; the `p4` one ("prepare4") keeps A and then the copies in
+    # one region of 2·cc bytes (a source older than v5c needs this file as of its own commit)
+    return {"prepare": 2 * tile + 2 * cc + ccf + 4 * 64 * 4, "prepare4": 2 * tile + 2 * cc + 4 * 64 * 4,
             "state": stages * (2 * tile + sl) + D * 40 * 2 + sl + 2 * 64 * 4 + (stages * 64 * 4 if stages > 2 else 0),
             "output": 3 * tile + state + cc + 2 * 64 * 4,
             "dupart": 3 * tile + cc + 2 * 64 * 4,
@@ -64,14 +66,15 @@ def smem_bf16(stage, D, stages=2):
             "local": 6 * tile + 2 * state + 3 * cc + ccf + (8 * 64 + 1) * 4}[stage]
 
 
-NAMES = {"prepare": "fwd_prepare", "state": "fwd_state", "output": "fwd_output", "state3": "fwd_state", "bstate3": "bwd_state",
+NAMES = {"prepare": "fwd_prepare", "prepare4": "fwd_prepare", "state": "fwd_state", "output": "fwd_output", "state3": "fwd_state", "bstate3": "bwd_state",
          "dupart": "bwd_dupart", "bstate": "bwd_state", "local": "bwd_local", "normf": "norm_fwd", "normb": "norm_bwd"}
 
 
 def launch(stage, D, tag, grid, *args):
     # bf16 "state"/"bstate": the state passes at FSTAGES stages; "state3"/"bstate3": at three
     stages = {"state": FSTAGES, "bstate": FSTAGES, "state3": 3, "bstate3": 3}.get(stage, 2) if tag == "bf16" else 2
-    fn = module().get_function(f"comba_{NAMES[stage]}_{D}_{tag}" + ("s3" if stages == 3 else ""))
+    if tag == "bf16" and stage == "prepare" and FPREP == 4: stage = "prepare4"
+    fn = module().get_function(f"comba_{NAMES[stage]}_{D}_{tag}" + ("s3" if stages == 3 else "") + ("p4" if stage == "prepare4" else ""))
     sm = smem_bf16(stage.rstrip("3"), D, stages) if tag == "bf16" else smem(stage, D, tag)
     fn.max_dynamic_shared_size_bytes = sm
     conv = []
@@ -419,6 +422,10 @@ def timing_bf16(shapes=None, once=False):
         put("fwdbwd_norm", lambda: (NF(), P(), S(), O(), NF(), DU(), DS(), DL(), NB()))
         # FusedComba since 612baef: q̃ and k̂ kept from the forward, so the backward runs no second norm_fwd
         put("fwdbwd_norm_kept", lambda: (NF(), P(), S(), O(), DU(), DS(), DL(), NB()))
+        if "bf16p4(" in SRC:   # the four-block fwd_prepare beside the FPREP one above
+            P4 = lambda: launch("prepare4", D, "bf16", (N, B * H), k, v, g, beta, kappa, W, U, M, H, H, T)
+            put("prepare_4blocks", P4)
+            put("fwd_norm_4blocks", lambda: (NF(), P4(), S(), O()))
         if "bf16s3(" in SRC:   # the three-stage state passes beside the FSTAGES ones above
             S3 = lambda: launch("state3", D, "bf16", (D // BV, B * H), k, g, W, U, None, Ut, H0, hT, H, H, T, N)
             DS3 = lambda: launch("bstate3", D, "bf16", (D // BV, B * H), q, k, g, W, dO, dUp, None, dUt, dH1, None, scale, H, H, T, N)

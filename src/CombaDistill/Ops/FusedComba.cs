@@ -56,6 +56,14 @@ public static class FusedComba
     /// </summary>
     static readonly int Bf16StateStages = Environment.GetEnvironmentVariable("COMBADISTILL_COMBA_STATE_STAGES") == "3" ? 3 : 2;
 
+    /// <summary>
+    /// Blocks per SM the bf16 <c>fwd_prepare</c> is built for: 3 (M written over A, 72 KB of shared memory at D = 128),
+    /// or 4 with <c>COMBADISTILL_COMBA_PREPARE_BLOCKS=4</c> (the `p4` entry point: A and M's two scaled copies share one
+    /// region, 53 KB, at most 64 registers; V's tile loads while A and the inverse are formed). Same results bit for
+    /// bit by construction; not yet run on a GPU (docs/kernels.md, v6).
+    /// </summary>
+    static readonly bool Bf16Prepare4 = Environment.GetEnvironmentVariable("COMBADISTILL_COMBA_PREPARE_BLOCKS") == "4";
+
     /// <summary>Null when the fused kernels take this call; otherwise why not, in one line.</summary>
     public static string? UnsupportedReason(Tensor q, Tensor k, Tensor v, int chunkSize = ChunkSize)
     {
@@ -149,7 +157,8 @@ public static class FusedComba
         int tile = ChunkSize * (D + 8) * 2, state = D * (D + 8) * 2, cc = ChunkSize * 72 * 2, ccf = ChunkSize * 68 * 4, slice = ChunkSize * 40 * 2;
         return stage switch
         {
-            "fwd_prepare" => 2 * tile + 2 * cc + 4 * ChunkSize * 4,   // A (a float C×C) and then M's two copies share 2·cc
+            // p4: A (a float C×C) and then M's two copies share 2·cc; otherwise M is written over A beside the copies
+            "fwd_prepare" => 2 * tile + 2 * cc + 4 * ChunkSize * 4 + (Bf16Prepare4 ? 0 : ccf),
             "fwd_state" => Bf16StateStages * (2 * tile + slice) + D * 40 * 2 + slice + 2 * ChunkSize * 4
                            + (Bf16StateStages > 2 ? Bf16StateStages * ChunkSize * 4 : 0),
             "fwd_output" => 3 * tile + state + cc + 2 * ChunkSize * 4,
@@ -162,7 +171,7 @@ public static class FusedComba
     }
 
     static void LaunchBf16(Device device, string stage, int D, (int, int) grid, params object[] args) =>
-        Bf16Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
+        Bf16Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16{(stage == "fwd_prepare" && Bf16Prepare4 ? "p4" : "")}").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
 
     // a state pass ("fwd_state" or "bwd_state") with Bf16StateStages stages
     static void LaunchBf16State(Device device, string stage, int D, (int, int) grid, params object[] args) =>
@@ -173,6 +182,7 @@ public static class FusedComba
     [
         .. from dim in Bf16HeadDims from stage in Stages.Keys.Append("norm_fwd").Append("norm_bwd") select $"comba_{stage}_{dim}_bf16",
         .. from dim in Bf16HeadDims from stage in new[] { "fwd_state", "bwd_state" } select $"comba_{stage}_{dim}_bf16s3",
+        .. from dim in Bf16HeadDims select $"comba_fwd_prepare_{dim}_bf16p4",
     ];
 
     static readonly string[] FloatKernelNames =
@@ -182,7 +192,8 @@ public static class FusedComba
     ];
 
     // one module per family, each compiling only its own entry points (the file's COMBA_ONLY_* switches): a bf16 run
-    // builds 20 kernels on a fresh machine (16 and the 4 opt-in three-stage passes) instead of 68
+    // builds 22 kernels on a fresh machine (16, the 4 opt-in three-stage passes and the 2 four-block fwd_prepare)
+    // instead of 70
     static readonly EmbeddedModule Bf16Kernels = new(KernelFile, Bf16KernelNames,
         new KernelCompileOptions { Defines = ["COMBA_ONLY_BF16"] });
     static readonly EmbeddedModule Kernels = new(KernelFile, FloatKernelNames, new KernelCompileOptions { Defines = ["COMBA_ONLY_FLOAT32"] });
