@@ -1103,8 +1103,10 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     {   // rows in pairs: lanes j and j ^ 1 hold adjacent columns, so one shuffle gives each the other's half of a
         // 4-byte pair; the even lane writes row u, the odd lane row u + 1
         const bool odd = j & 1;
-        const float sb = bet[j], sk = kap[j] * expf(gam0[j]);
-        const float ob = __shfl_xor_sync(0xffffffffu, sb, 1), ok = __shfl_xor_sync(0xffffffffu, sk, 1);
+        // (m κ) e^{γ⁰} in that order, as fwd_prepare_b3 rounds it
+        const float sb = bet[j], kj = kap[j], ej = expf(gam0[j]);
+        const float ob = __shfl_xor_sync(0xffffffffu, sb, 1), ok = __shfl_xor_sync(0xffffffffu, kj, 1),
+                    oe = __shfl_xor_sync(0xffffffffu, ej, 1);
         bf16r* Mg = Msave + ((size_t)hd.bh * N + n) * CH * CH;
 #pragma unroll
         for (int u = 0; u < 16; u += 2)
@@ -1115,13 +1117,13 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
             {
                 st2(Mg + r * CH + c, other, mine);
                 st2(Mb + r * SCC + c, other * ob, mine * sb);
-                st2(Mk + r * SCC + c, other * ok, mine * sk);
+                st2(Mk + r * SCC + c, other * ok * oe, mine * kj * ej);
             }
             else
             {
                 st2(Mg + r * CH + c, mine, other);
                 st2(Mb + r * SCC + c, mine * sb, other * ob);
-                st2(Mk + r * SCC + c, mine * sk, other * ok);
+                st2(Mk + r * SCC + c, mine * kj * ej, other * ok * oe);
             }
         }
     }

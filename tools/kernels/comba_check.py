@@ -58,7 +58,8 @@ def smem_bf16(stage, D, stages=2):
     if stage in ("normf", "normb"): return 0
     # fwd_prepare writes M over A beside M's two bf16 copies; the `p4` one ("prepare4") keeps A and then the copies in
     # one region of 2·cc bytes (a source older than v5c needs this file as of its own commit)
-    return {"prepare": 2 * tile + 2 * cc + ccf + 4 * 64 * 4, "prepare4": 2 * tile + 2 * cc + 4 * 64 * 4,
+    return {"prepare": 2 * tile + 2 * cc + ccf + 4 * 64 * 4, "prepare3": 2 * tile + 2 * cc + ccf + 4 * 64 * 4,
+            "prepare4": 2 * tile + 2 * cc + 4 * 64 * 4,
             "state": stages * (2 * tile + sl) + D * 40 * 2 + sl + 2 * 64 * 4 + (stages * 64 * 4 if stages > 2 else 0),
             "output": 3 * tile + state + cc + 2 * 64 * 4,
             "dupart": 3 * tile + cc + 2 * 64 * 4,
@@ -66,7 +67,7 @@ def smem_bf16(stage, D, stages=2):
             "local": 6 * tile + 2 * state + 3 * cc + ccf + (8 * 64 + 1) * 4}[stage]
 
 
-NAMES = {"prepare": "fwd_prepare", "prepare4": "fwd_prepare", "state": "fwd_state", "output": "fwd_output", "state3": "fwd_state", "bstate3": "bwd_state",
+NAMES = {"prepare": "fwd_prepare", "prepare3": "fwd_prepare", "prepare4": "fwd_prepare", "state": "fwd_state", "output": "fwd_output", "state3": "fwd_state", "bstate3": "bwd_state",
          "dupart": "bwd_dupart", "bstate": "bwd_state", "local": "bwd_local", "normf": "norm_fwd", "normb": "norm_bwd"}
 
 
@@ -249,6 +250,31 @@ def rel(a, b):
     # a reference that is exactly zero (dg with T = 1 and no initial state: g multiplies a zero state) is compared
     # absolutely; 1e-4 because the bf16 path leaves ~1e-8 of rounding residue there (y_ii added and subtracted)
     return ((a - b).norm() / b.norm().clamp_min(1e-4)).item()
+
+
+def same_prepare():
+    """The four-block fwd_prepare (`p4`) against the three-block one, on the same inputs: W, U and M must be the same
+    bits (COMBA_INV_QUARTERS sums the inverse in another order, so there only the size of the differences is shown)."""
+    ok = True
+    exact = "COMBA_INV_QUARTERS" not in (os.environ.get("DEFINES") or "").split()
+    for (B, H, Hkv, T, D) in [(2, 4, 2, 150, 64), (1, 2, 1, 200, 128), (1, 3, 3, 64, 128), (2, 2, 1, 1, 64), (1, 8, 2, 1000, 128)]:
+        q, k, v, g, beta, kappa, _ = inputs(B, H, Hkv, T, D, torch.bfloat16, stable_seed(B, H, T, D, "p4", False), False)
+        N = (T + CH - 1) // CH; Tp = N * CH
+        out = []
+        for stage in ("prepare3", "prepare4"):
+            bf = dict(device="cuda", dtype=torch.bfloat16)
+            W = torch.full((B * H, Tp, D), float("nan"), **bf); U = torch.full_like(W, float("nan"))
+            M = torch.full((B * H, N, CH, CH), float("nan"), **bf)
+            launch(stage, D, "bf16", (N, B * H), k, v, g, beta, kappa, W, U, M, H, Hkv, T)
+            out.append((W, U, M))
+        torch.cuda.synchronize()
+        diffs = {n: int((a.view(torch.int16) != b.view(torch.int16)).sum()) for n, a, b in zip("WUM", out[0], out[1])}
+        rel = max(float(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30))) for a, b in zip(out[0], out[1]))
+        good = (sum(diffs.values()) == 0) if exact else rel < 1e-2
+        ok &= good
+        print(f"{'ok ' if good else 'BAD'} B{B} H{H}/{Hkv} T{T} D{D} prepare p4 against three-block: differing bf16 values " +
+              " ".join(f"{n}={c}" for n, c in diffs.items()) + f", largest difference {rel:.1e} of the largest value", flush=True)
+    return ok
 
 
 def check(small, tiny=False):
@@ -452,6 +478,7 @@ if __name__ == "__main__":
     ok = True
     if a.check:
         ok, res["check"] = check(a.small, a.tiny)
+        if "bf16p4(" in SRC: ok &= same_prepare()
         print("CHECK", "PASSED" if ok else "FAILED", flush=True)
     if a.time:
         res["time"] = {"bf16": timing_bf16()}
