@@ -12,7 +12,7 @@
 #            again with the three-stage state passes (COMBADISTILL_COMBA_STATE_STAGES=3) and the checker's check on them
 #            (FSTAGES=3)
 #            BENCH=0 leaves `bench kernel` out. VARIANTS (macro names) checks (VARIANT_CHECK=0: only times) and times the source with each defined (state passes at VARIANT_STAGES).
-#            With BASELINE_SRC, that source (one from before v6) timed by the checker too.
+#            With BASELINE_SRC, that source (another version of kernels/comba_chunk.cu) timed by the checker too.
 #            With PROFILE=1, Nsight Compute on the kernels NCU_KERNELS names (fwd_prepare_128_bf16 by default,
 #            tools/gpu/profile-kernels.sh): $OUT/ncu.txt
 #   lane     the C# GPU test lane (the classes with tests that need CUDA, NCCL's aside)
@@ -115,8 +115,8 @@ if [[ $steps == *kernels* ]]; then
     SOURCE=1 NCU_TIMEOUT=${NCU_TIMEOUT:-120} bash tools/gpu/profile-kernels.sh | tail -40
   fi
   if [[ -n ${BASELINE_SRC:-} ]]; then
-    echo "== $BASELINE_SRC (a source from before v6: OLD_PREPARE=1), timed beside"
-    OLD_PREPARE=1 KERNEL_SRC=$BASELINE_SRC BF16_ONLY=1 timeout 150 python3 tools/kernels/comba_check.py --time > "$OUT/kernel-baseline.log" 2>&1
+    echo "== $BASELINE_SRC, timed beside"
+    KERNEL_SRC=$BASELINE_SRC BF16_ONLY=1 timeout 150 python3 tools/kernels/comba_check.py --time > "$OUT/kernel-baseline.log" 2>&1
     grep -E "^bf16|Error" "$OUT/kernel-baseline.log" | cut -c1-600
   fi
   if [[ ${PEER:-1} != 0 ]]; then

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# On the GPU host (device call with carry [".gpu", ".peerpack"] after tools/gpu-pack.sh; .peerpack holds fla.tar.xz,
+# fla's package folder packed): the one call that decides v6 (docs/kernels.md, "v6"). In order of importance, so that
+# a call cut short by its time limit keeps what matters most:
+#   1. the float64 check of the four-block fwd_prepare (FPREP=4) and the three-stage state passes (FSTAGES=3), with
+#      p4's W, U and M compared bit for bit against the three-block kernel's   $OUT/check-p4-s3.log
+#   2. every bf16 kernel timed, prepare beside prepare_4blocks and state beside state_3stages   $OUT/time.log
+#   3. FusedCombaTests with both switched on through FusedComba   $OUT/lane.log
+#   4. fla's chunk_comba at the three shapes (tools/kernels/peer_slim.py), Triton's cache back in $OUT/triton-cache.tar
+#      (put it in .peerpack to spare the next call the builds)   $OUT/peer-slim.log
+#   5. the two #ifdef candidates timed (prepare_4blocks, fwd_norm_4blocks), then COMBA_PREP_STAGED_OUT checked
+# usage: timeout 580 bash tools/gpu/kernels-v6.sh
+export PYTHONUNBUFFERED=1 BF16_ONLY=1
+C=tools/kernels/comba_check.py
+nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/machine.txt"
+SECONDS=0
+step() { echo "== $1 ($SECONDS s)"; }
+step "check: four-block prepare, three-stage state passes"
+FPREP=4 FSTAGES=3 timeout 110 python3 $C --check > "$OUT/check-p4-s3.log" 2>&1
+grep -E "BAD|CHECK|Error|compiled|p4" "$OUT/check-p4-s3.log" | cut -c1-200 | head -20
+step "time"
+timeout 110 python3 $C --time > "$OUT/time.log" 2>&1
+grep -E "^bf16|Error" "$OUT/time.log" | cut -c1-900
+step "FusedCombaTests, both switched on"
+(source tools/gpu/common.sh
+ COMBADISTILL_COMBA_PREPARE_BLOCKS=4 COMBADISTILL_COMBA_STATE_STAGES=3 timeout 90 bash .gpu/run.sh tests/CombaDistill.Tests.dll \
+   -noColor -parallel none -class CombaDistill.Tests.Ops.FusedCombaTests > "$OUT/lane.log" 2>&1)
+grep -E "\[FAIL\]|Total:" "$OUT/lane.log"
+step "fla chunk_comba"
+peers=/tmp/peers; mkdir -p $peers && tar -xJf .peerpack/fla.tar.xz -C $peers
+export TRITON_CACHE_DIR=/tmp/triton-cache; mkdir -p $TRITON_CACHE_DIR
+[[ -f .peerpack/triton-cache.tar ]] && tar -xf .peerpack/triton-cache.tar -C $TRITON_CACHE_DIR
+(cd $peers && FLA_PATH=$PWD timeout 150 python3 "$OLDPWD/tools/kernels/peer_slim.py") > "$OUT/peer-slim.log" 2>&1
+tail -6 "$OUT/peer-slim.log"
+tar -cf "$OUT/triton-cache.tar" -C $TRITON_CACHE_DIR .
+for d in COMBA_PREP_STAGED_OUT COMBA_INV_QUARTERS; do
+  step "time with $d"
+  DEFINES=$d TIME_ONLY=prepare_4blocks,fwd_norm_4blocks timeout 50 python3 $C --time > "$OUT/time-$d.log" 2>&1
+  grep -E "^bf16|Error" "$OUT/time-$d.log" | cut -c1-300
+done
+step "check with COMBA_PREP_STAGED_OUT"
+FPREP=4 DEFINES=COMBA_PREP_STAGED_OUT timeout 100 python3 $C --check > "$OUT/check-staged-out.log" 2>&1
+grep -E "BAD|CHECK|Error|p4" "$OUT/check-staged-out.log" | cut -c1-200 | head
+step "done"
