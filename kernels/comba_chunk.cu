@@ -1735,6 +1735,12 @@ __device__ void norm_fwd_b(const bf16r* q, const bf16r* k, const float* d, const
     const int t = row % T, bk = row / T, b = bk / Hkv, hk = bk % Hkv, G = H / Hkv;
     float x[E], y[E];
     ldE<E>(x, k + b * ksb + hk * ksh + t * kst + lane * E);
+#ifdef COMBA_NORM_PREFETCH
+    // (a candidate) the next q row's load is issued before this row's sums, so each warp keeps two rows in flight:
+    // with one, 64 warps an SM hold about 16 KB of loads, which at DRAM's latency is about 2 TB/s over the GPU
+    float yn[E];
+    ldE<E>(yn, q + b * qsb + (hk * G) * qsh + t * qst + lane * E);
+#endif
     rotate<E>(x, cs, sn, t, lane, false);
     const float ik = 1.f / fmaxf(sqrtf(dotE<E>(x, x)), NORM_FLOOR);
 #pragma unroll
@@ -1744,7 +1750,13 @@ __device__ void norm_fwd_b(const bf16r* q, const bf16r* k, const float* d, const
     {
         const int h = hk * G + gi;
         const size_t r = ((size_t)b * H + h) * T + t;
+#ifdef COMBA_NORM_PREFETCH
+#pragma unroll
+        for (int e = 0; e < E; ++e) y[e] = yn[e];
+        if (gi + 1 < G) ldE<E>(yn, q + b * qsb + (h + 1) * qsh + t * qst + lane * E);
+#else
         ldE<E>(y, q + b * qsb + h * qsh + t * qst + lane * E);
+#endif
         rotate<E>(y, cs, sn, t, lane, false);
         const float iq = 1.f / fmaxf(sqrtf(dotE<E>(y, y)), NORM_FLOOR), dh = d[h];
 #pragma unroll
