@@ -900,6 +900,45 @@ template <int E> __device__ __forceinline__ void rotate(float (&x)[E], const flo
     for (int e = 0; e < E; ++e) x[e] = y[e];
 }
 
+#ifdef COMBA_STAGED_OUT
+// (a candidate) A 64 × D product's bf16 result leaving through shared memory: the block's warps hold its 16 × 32
+// tiles (tiles<CH, D, 4>'s mapping) as bf16 pairs in registers (put), write them into a free 64-row region of stride
+// D + 8 (write), and the block stores whole rows in 16-byte pieces (copy). A warp's 4-byte stores straight to global
+// memory cover eight 16-byte pieces of eight rows: eight L1 wavefronts for 128 bytes.
+template <int D> struct StagedOut
+{
+    static constexpr int WN = 4, TN = D / (8 * WN), PER = (CH / 16) * TN / NW;
+    unsigned pk[PER][WN][2];
+    __device__ static int row(int e) { return ((threadIdx.x >> 5) + e * NW) / TN * 16 + ((threadIdx.x & 31) >> 2); }
+    __device__ static int col(int e) { return ((threadIdx.x >> 5) + e * NW) % TN * 8 * WN + 2 * (threadIdx.x & 3); }
+    __device__ void put(int e, const float (&acc)[WN][4], float s = 1.f)
+    {
+#pragma unroll
+        for (int w = 0; w < WN; ++w) pk[e][w][0] = pack2(s * acc[w][0], s * acc[w][1]), pk[e][w][1] = pack2(s * acc[w][2], s * acc[w][3]);
+    }
+    __device__ void write(bf16r* X) const
+    {
+#pragma unroll
+        for (int e = 0; e < PER; ++e)
+#pragma unroll
+            for (int w = 0; w < WN; ++w)
+            {
+                *reinterpret_cast<unsigned*>(X + row(e) * (D + 8) + col(e) + 8 * w) = pk[e][w][0];
+                *reinterpret_cast<unsigned*>(X + (row(e) + 8) * (D + 8) + col(e) + 8 * w) = pk[e][w][1];
+            }
+    }
+    // rows below `valid` of X into out (rows of D)
+    __device__ static void copy(const bf16r* X, bf16r* out, int valid)
+    {
+        for (int idx = threadIdx.x; idx < CH * (D / 8); idx += NT)
+        {
+            const int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
+            if (r < valid) *reinterpret_cast<uint4*>(out + (size_t)r * D + c) = *reinterpret_cast<const uint4*>(X + r * (D + 8) + c);
+        }
+    }
+};
+#endif
+
 // ── forward ──
 // grid (N, B·H). fwd_prepare_b's maths at three blocks per SM (the default until the four-block version below has
 // passed its GPU checks): M is written over A (one C×C float matrix in shared memory, 72 KB in all at D = 128) and
@@ -1130,42 +1169,23 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     cp_wait<0>();
     __syncthreads();
     const size_t row0 = (size_t)hd.bh * Tp + t0;
-#ifdef COMBA_PREP_STAGED_OUT
-    // (a candidate) U and W leave through shared memory: each warp keeps its product tiles as bf16 pairs in
-    // registers, puts them into the operand's own region once every warp has read it, and the block writes whole
-    // rows with 16-byte stores (a 4-byte store per lane covers eight 16-byte pieces of eight rows)
+#ifdef COMBA_STAGED_OUT
+    // U and W leave through the operand's own region (V's, then K's) once every warp has read it
     auto product = [&](const bf16r* Mx, bf16r* X, bf16r* out) {
-        constexpr int WN = 4, TN = D / (8 * WN), PER = (CH / 16) * TN / NW;   // 16 × 32 tiles, PER a warp
-        const int warp = threadIdx.x >> 5, l = threadIdx.x & 31;
-        unsigned pk[PER][WN][2];
+        StagedOut<D> so;
 #pragma unroll
-        for (int e = 0; e < PER; ++e)
+        for (int e = 0; e < StagedOut<D>::PER; ++e)
         {
-            const int t = warp + e * NW, r0 = (t / TN) * 16, c0 = (t % TN) * 8 * WN;
-            float acc[WN][4];
+            const int t = (threadIdx.x >> 5) + e * NW, r0 = (t / StagedOut<D>::TN) * 16, c0 = (t % StagedOut<D>::TN) * 32;
+            float acc[4][4];
             zero(acc);
-            wmma<WN, false, false>(acc, Mx, SCC, X, SD, r0, c0, CH);
-#pragma unroll
-            for (int w = 0; w < WN; ++w) pk[e][w][0] = pack2(acc[w][0], acc[w][1]), pk[e][w][1] = pack2(acc[w][2], acc[w][3]);
+            wmma<4, false, false>(acc, Mx, SCC, X, SD, r0, c0, CH);
+            so.put(e, acc);
         }
         __syncthreads();
-#pragma unroll
-        for (int e = 0; e < PER; ++e)
-        {
-            const int t = warp + e * NW, r = (t / TN) * 16 + (l >> 2), c = (t % TN) * 8 * WN + 2 * (l & 3);
-#pragma unroll
-            for (int w = 0; w < WN; ++w)
-            {
-                *reinterpret_cast<unsigned*>(X + r * SD + c + 8 * w) = pk[e][w][0];
-                *reinterpret_cast<unsigned*>(X + (r + 8) * SD + c + 8 * w) = pk[e][w][1];
-            }
-        }
+        so.write(X);
         __syncthreads();
-        for (int idx = threadIdx.x; idx < CH * (D / 8); idx += NT)
-        {
-            const int r = idx / (D / 8), c = (idx % (D / 8)) * 8;
-            *reinterpret_cast<uint4*>(out + (row0 + r) * D + c) = *reinterpret_cast<const uint4*>(X + r * SD + c);
-        }
+        StagedOut<D>::copy(X, out + row0 * D, CH);
     };
     product(Mb, Vs, U);
     product(Mk, Ks, W);
@@ -1308,8 +1328,7 @@ __device__ void fwd_output_b(const bf16r* q, const bf16r* k, const float* g, con
     cp_wait<0>();
     __syncthreads();
     bf16r* O = o + (hd.q(T) + t0) * D;
-    tiles<CH, D, 4>([&](int r0, int c0) {
-        float acc[4][4];
+    auto tile = [&](int r0, int c0, float (&acc)[4][4]) {
         zero(acc);
         wmma<4, false, false>(acc, Qs, SD, Hs, SD, r0, c0, D);
         const int l = threadIdx.x & 31;
@@ -1317,10 +1336,31 @@ __device__ void fwd_output_b(const bf16r* q, const bf16r* k, const float* g, con
 #pragma unroll
         for (int w = 0; w < 4; ++w) acc[w][0] *= e0, acc[w][1] *= e0, acc[w][2] *= e1, acc[w][3] *= e1;
         wmma<4, false, false>(acc, Sb, SCC, Us, SD, r0, c0, CH);
+    };
+#ifdef COMBA_STAGED_OUT
+    // O leaves through Q's region once every warp has read it
+    StagedOut<D> so;
+#pragma unroll
+    for (int e = 0; e < StagedOut<D>::PER; ++e)
+    {
+        const int t = (threadIdx.x >> 5) + e * NW;
+        float acc[4][4];
+        tile((t / StagedOut<D>::TN) * 16, (t % StagedOut<D>::TN) * 32, acc);
+        so.put(e, acc, scale);
+    }
+    __syncthreads();
+    so.write(Qs);
+    __syncthreads();
+    StagedOut<D>::copy(Qs, O, T - t0);
+#else
+    tiles<CH, D, 4>([&](int r0, int c0) {
+        float acc[4][4];
+        tile(r0, c0, acc);
         each2(acc, r0, c0, [&](int i, int c, float x0, float x1) {
             if (t0 + i < T) st2(O + i * D + c, scale * x0, scale * x1);
         });
     });
+#endif
 }
 
 // ── backward ──

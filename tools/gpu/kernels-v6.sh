@@ -8,8 +8,8 @@
 #   3. FusedCombaTests with both switched on through FusedComba   $OUT/lane.log
 #   4. fla's chunk_comba at the three shapes (tools/kernels/peer_slim.py), Triton's cache back in $OUT/triton-cache.tar
 #      (put it in .peerpack to spare the next call the builds)   $OUT/peer-slim.log
-#   5. the three #ifdef candidates timed (normf, prepare_4blocks, fwd_norm_4blocks), then the two that give the
-#      default's bits (COMBA_PREP_STAGED_OUT, COMBA_NORM_PREFETCH) checked together   $OUT/check-candidates.log
+#   5. the three #ifdef candidates timed (normf, prepare_4blocks, output, fwd_norm_4blocks), then the two that give the
+#      default's bits (COMBA_STAGED_OUT, COMBA_NORM_PREFETCH) checked together   $OUT/check-candidates.log
 # usage: timeout 580 bash tools/gpu/kernels-v6.sh
 export PYTHONUNBUFFERED=1 BF16_ONLY=1
 C=tools/kernels/comba_check.py
@@ -34,12 +34,12 @@ export TRITON_CACHE_DIR=/tmp/triton-cache; mkdir -p $TRITON_CACHE_DIR
 (cd $peers && FLA_PATH=$PWD timeout 150 python3 "$OLDPWD/tools/kernels/peer_slim.py") > "$OUT/peer-slim.log" 2>&1
 tail -6 "$OUT/peer-slim.log"
 tar -cf "$OUT/triton-cache.tar" -C $TRITON_CACHE_DIR .
-for d in COMBA_PREP_STAGED_OUT COMBA_INV_QUARTERS COMBA_NORM_PREFETCH; do
+for d in COMBA_STAGED_OUT COMBA_INV_QUARTERS COMBA_NORM_PREFETCH; do
   step "time with $d"
-  DEFINES=$d TIME_ONLY=normf,prepare_4blocks,fwd_norm_4blocks timeout 50 python3 $C --time > "$OUT/time-$d.log" 2>&1
+  DEFINES=$d TIME_ONLY=normf,prepare_4blocks,output,fwd_norm_4blocks timeout 50 python3 $C --time > "$OUT/time-$d.log" 2>&1
   grep -E "^bf16|Error" "$OUT/time-$d.log" | cut -c1-300
 done
-step "check with COMBA_PREP_STAGED_OUT and COMBA_NORM_PREFETCH"
-FPREP=4 DEFINES="COMBA_PREP_STAGED_OUT COMBA_NORM_PREFETCH" timeout 100 python3 $C --check > "$OUT/check-candidates.log" 2>&1
+step "check with COMBA_STAGED_OUT and COMBA_NORM_PREFETCH"
+FPREP=4 DEFINES="COMBA_STAGED_OUT COMBA_NORM_PREFETCH" timeout 100 python3 $C --check > "$OUT/check-candidates.log" 2>&1
 grep -E "BAD|CHECK|Error|p4" "$OUT/check-candidates.log" | cut -c1-200 | head
 step "done"
