@@ -939,6 +939,55 @@ template <int D> struct StagedOut
 };
 #endif
 
+// A = strictly-lower(diag(κ) K Kᵀ ⊙ e^{γ⁰_i − γ_j}) of one chunk, float, into As (stride SCF). Rows are stored with 4
+// floats of padding after column 31 (column c at c + 4·(c ≥ 32)): invert_b reads the four 16-column quarters of a
+// row at once, and unpadded, quarters 0 and 2 (and 1 and 3) share banks. Whole block, no barrier.
+template <int D>
+__device__ __forceinline__ void build_a_b(const bf16r* Ks, float* As, const float* gam, const float* gam0, const float* kap)
+{
+    bmm<CH, CH, false, true>(Ks, D + 8, Ks, D + 8, D, [&](int i, int j, float x0, float x1) {
+        float* a = As + i * SCF + j + ((j >> 5) << 2);
+        a[0] = j < i ? kap[i] * x0 * expf(gam0[i] - gam[j]) : 0.f;
+        a[1] = j + 1 < i ? kap[i] * x1 * expf(gam0[i] - gam[j + 1]) : 0.f;
+    });
+}
+// Σ_u A_{i, 16q+u} m[u] over the q-th 16-column quarter of A's row i, with 16-byte reads, in two interleaved sums
+__device__ __forceinline__ float quarter_dot(const float* As, int i, int q, const float (&m)[16])
+{
+    const float4* a = reinterpret_cast<const float4*>(As + i * SCF + 16 * q + ((q >> 1) << 2));
+    float s = 0.f, s2 = 0.f;
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+    {
+        float4 x = a[u];
+        s += x.x * m[4 * u] + x.y * m[4 * u + 1];
+        s2 += x.z * m[4 * u + 2] + x.w * m[4 * u + 3];
+    }
+    return s + s2;
+}
+// M = (I + A)⁻¹ by forward substitution, column j by four lanes q = 0…3, 8 lanes apart in one warp (a warp holds 8
+// columns): lane q ends with rows 16q…16q+15 of the column in m (the loops are fully unrolled, so every index is a
+// constant). Each row sums its terms with 16-byte reads of A's row, which the warp's 8 columns share (4 distinct
+// addresses per read, in distinct banks); A_il = 0 for l ≥ i, so the whole row is summed without a mask. Rows i ≤ j
+// keep their start (δ_ij); with Skip a warp begins at the first row below its first column (warp w does 63 − 8w of
+// the 63 rows, the same bits). Reads As; no barrier.
+template <bool Skip>
+__device__ __forceinline__ void invert_b(const float* As, float (&m)[16])
+{
+    const int lane = threadIdx.x & 31, q = lane >> 3, j0 = (threadIdx.x >> 5) << 3, j = j0 | (lane & 7);
+#pragma unroll
+    for (int u = 0; u < 16; ++u) m[u] = 16 * q + u == j ? 1.f : 0.f;
+#pragma unroll
+    for (int i = 1; i < CH; ++i)
+    {
+        if (Skip && i <= j0) continue;   // the same for the whole warp
+        float s = quarter_dot(As, i, q, m);
+        s += __shfl_xor_sync(0xffffffffu, s, 8);
+        s += __shfl_xor_sync(0xffffffffu, s, 16);
+        if (q == i / 16 && i > j) m[i % 16] = -s;
+    }
+}
+
 // ── forward ──
 // grid (N, B·H). fwd_prepare_b's maths at three blocks per SM (the default until the four-block version below has
 // passed its GPU checks): M is written over A (one C×C float matrix in shared memory, 72 KB in all at D = 128) and
@@ -967,39 +1016,12 @@ __device__ void fwd_prepare_b3(const bf16r* k, const bf16r* v, const float* g, c
     gates_b(gam, gam0, bet, kap, g, beta, kappa, hd.q(T), t0, T);
     cp_wait<0>();
     __syncthreads();
-    // A's rows are stored with 4 floats of padding after column 31 (column c at c + 4·(c ≥ 32)): the inverse below
-    // reads the four 16-column quarters of a row at once, and unpadded, quarters 0 and 2 (and 1 and 3) share banks
-    bmm<CH, CH, false, true>(Ks, SD, Ks, SD, D, [&](int i, int j, float x0, float x1) {
-        float* a = As + i * SCF + j + ((j >> 5) << 2);
-        a[0] = j < i ? kap[i] * x0 * expf(gam0[i] - gam[j]) : 0.f;
-        a[1] = j + 1 < i ? kap[i] * x1 * expf(gam0[i] - gam[j + 1]) : 0.f;
-    });
+    build_a_b<D>(Ks, As, gam, gam0, kap);
     __syncthreads();
-    {   // column j by four lanes q = 0…3, 8 lanes apart in one warp (a warp holds 8 columns): lane q holds rows
-        // 16q…16q+15 of the column in registers (the loops are fully unrolled, so every index is a constant) and sums
-        // their terms with 16-byte reads of A's row, which the warp's 8 columns share (4 distinct addresses per read,
-        // in distinct banks); A_il = 0 for l ≥ i, so the whole block is summed without a mask
-        const int lane = threadIdx.x & 31, q = lane >> 3, j = ((threadIdx.x >> 5) << 3) | (lane & 7);
+    {
+        const int q = (threadIdx.x & 31) >> 3, j = ((threadIdx.x >> 5) << 3) | (threadIdx.x & 7);
         float m[16];
-#pragma unroll
-        for (int u = 0; u < 16; ++u) m[u] = 16 * q + u == j ? 1.f : 0.f;
-#pragma unroll
-        for (int i = 1; i < CH; ++i)
-        {
-            const float4* a = reinterpret_cast<const float4*>(As + i * SCF + 16 * q + ((q >> 1) << 2));
-            float s = 0.f, s2 = 0.f;
-#pragma unroll
-            for (int u = 0; u < 4; ++u)
-            {
-                float4 x = a[u];
-                s += x.x * m[4 * u] + x.y * m[4 * u + 1];
-                s2 += x.z * m[4 * u + 2] + x.w * m[4 * u + 3];
-            }
-            s += s2;
-            s += __shfl_xor_sync(0xffffffffu, s, 8);
-            s += __shfl_xor_sync(0xffffffffu, s, 16);
-            if (q == i / 16 && i > j) m[i % 16] = -s;
-        }
+        invert_b<false>(As, m);
         __syncthreads();
 #pragma unroll
         for (int u = 0; u < 16; ++u) Mf[(16 * q + u) * SCF + j] = m[u];
@@ -1048,24 +1070,13 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     gates_b(gam, gam0, bet, kap, g, beta, kappa, hd.q(T), t0, T);
     cp_wait<1>();
     __syncthreads();
-    // A's rows are stored with 4 floats of padding after column 31 (column c at c + 4·(c ≥ 32)): the inverse below
-    // reads the four 16-column quarters of a row at once, and unpadded, quarters 0 and 2 (and 1 and 3) share banks
-    bmm<CH, CH, false, true>(Ks, SD, Ks, SD, D, [&](int i, int j, float x0, float x1) {
-        float* a = As + i * SCF + j + ((j >> 5) << 2);
-        a[0] = j < i ? kap[i] * x0 * expf(gam0[i] - gam[j]) : 0.f;
-        a[1] = j + 1 < i ? kap[i] * x1 * expf(gam0[i] - gam[j + 1]) : 0.f;
-    });
+    build_a_b<D>(Ks, As, gam, gam0, kap);
     __syncthreads();
-    // column j by four lanes q = 0…3, 8 lanes apart in one warp (a warp holds 8 columns): lane q holds rows
-    // 16q…16q+15 of the column in registers (the loops are fully unrolled, so every index is a constant) and sums
-    // their terms with 16-byte reads of A's row, which the warp's 8 columns share (4 distinct addresses per read,
-    // in distinct banks); A_il = 0 for l ≥ i, so the whole block is summed without a mask. Rows i ≤ j keep their
-    // start (δ_ij), so a warp begins at the first row below its first column: warp w does 63 − 8w of the 63 rows
     const int lane = threadIdx.x & 31, q = lane >> 3, j0 = (threadIdx.x >> 5) << 3, j = j0 | (lane & 7);
     float m[16];
+#ifdef COMBA_INV_QUARTERS
 #pragma unroll
     for (int u = 0; u < 16; ++u) m[u] = 16 * q + u == j ? 1.f : 0.f;
-#ifdef COMBA_INV_QUARTERS
     // Quarter by quarter (a candidate): when lane Q's rows begin, the terms from the quarters above them are final,
     // so lanes q < Q sum those for all 16 rows at once (no chain) and shuffles add the four lanes' sums; lane Q then
     // runs the chain inside its quarter from registers, one FMA deep per row. Quarters above the warp's columns
@@ -1085,16 +1096,7 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
 #pragma unroll
                 for (int u = 0; u < 16; ++u)
                 {
-                    const float4* a = reinterpret_cast<const float4*>(As + (16 * Q + u) * SCF + 16 * q + ((q >> 1) << 2));
-                    float s = 0.f, s2 = 0.f;
-#pragma unroll
-                    for (int w = 0; w < 4; ++w)
-                    {
-                        float4 x = a[w];
-                        s += x.x * m[4 * w] + x.y * m[4 * w + 1];
-                        s2 += x.z * m[4 * w + 2] + x.w * m[4 * w + 3];
-                    }
-                    p[u] = s + s2;
+                    p[u] = quarter_dot(As, 16 * Q + u, q, m);
                 }
             }
 #pragma unroll
@@ -1119,24 +1121,7 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
         }
     }
 #else
-#pragma unroll
-    for (int i = 1; i < CH; ++i)
-    {
-        if (i <= j0) continue;   // the same for the whole warp
-        const float4* a = reinterpret_cast<const float4*>(As + i * SCF + 16 * q + ((q >> 1) << 2));
-        float s = 0.f, s2 = 0.f;
-#pragma unroll
-        for (int u = 0; u < 4; ++u)
-        {
-            float4 x = a[u];
-            s += x.x * m[4 * u] + x.y * m[4 * u + 1];
-            s2 += x.z * m[4 * u + 2] + x.w * m[4 * u + 3];
-        }
-        s += s2;
-        s += __shfl_xor_sync(0xffffffffu, s, 8);
-        s += __shfl_xor_sync(0xffffffffu, s, 16);
-        if (q == i / 16 && i > j) m[i % 16] = -s;
-    }
+    invert_b<true>(As, m);
 #endif
     __syncthreads();   // A is read; its region takes the scaled copies of M
     {   // rows in pairs: lanes j and j ^ 1 hold adjacent columns, so one shuffle gives each the other's half of a
