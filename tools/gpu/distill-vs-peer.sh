@@ -10,11 +10,8 @@
 #            by tools/kernels/peer_slim.py, PEER_TIMEOUT s, 240 by default), back to back; with KERNEL_SRC set, also that kernel source checked
 #            against the float64 recurrence and timed by tools/kernels/comba_check.py; with STAGES3=1, `bench kernel`
 #            again with the three-stage state passes (COMBADISTILL_COMBA_STATE_STAGES=3) and the checker's check on them
-#            (FSTAGES=3)
-#            BENCH=0 leaves `bench kernel` out. VARIANTS (macro names) checks (VARIANT_CHECK=0: only times) and times the source with each defined (state passes at VARIANT_STAGES).
-#            With BASELINE_SRC, that source (another version of kernels/comba_chunk.cu) timed by the checker too.
-#            With PROFILE=1, Nsight Compute on the kernels NCU_KERNELS names (fwd_prepare_128_bf16 by default,
-#            tools/gpu/profile-kernels.sh): $OUT/ncu.txt
+#            (FSTAGES=3); with PROFILE=1, Nsight Compute on the kernels NCU_KERNELS names (fwd_prepare_128_bf16 by
+#            default, tools/gpu/profile-kernels.sh): $OUT/ncu.txt. (tools/gpu/kernels-v6.sh is the call that decides v6.)
 #   lane     the C# GPU test lane (the classes with tests that need CUDA, NCCL's aside)
 # usage: bash tools/gpu/distill-vs-peer.sh [speed] [quality] [stories] [kernels] [lane]
 # PEER=0 leaves the peers out of speed and kernels (when a call has no time for them; compare only within one call);
@@ -28,8 +25,6 @@ steps=${*:-speed}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
 SEQ=${SEQ:-2048} MICRO=${MICRO:-4}
 
-peers=/tmp/peers
-unpack_peers() { [[ -d $peers/fla ]] || { mkdir -p $peers && tar -xJf .peerpack/fla.tar.xz -C $peers && cp .peerpack/*.py $peers/; }; }
 
 if [[ $steps == *speed* ]]; then
   if [[ ${PEER:-1} != 0 ]]; then
@@ -87,15 +82,11 @@ if [[ $steps == *stories* ]]; then
 fi
 
 if [[ $steps == *kernels* ]]; then
-  if [[ ${BENCH:-1} == 1 ]]; then
-    echo "== bench kernel, bf16 kernels"
-    cli bench kernel --device cuda --ops fused,sdpa --json "$OUT/bench-kernel-bf16.json" 2>&1 | tail -14
-  fi
+  echo "== bench kernel, bf16 kernels"
+  cli bench kernel --device cuda --ops fused,sdpa --json "$OUT/bench-kernel-bf16.json" 2>&1 | tail -14
   if [[ ${STAGES3:-0} == 1 ]]; then
-    if [[ ${STAGES3_BENCH:-1} == 1 ]]; then
-      echo "== bench kernel, bf16 kernels, three-stage state passes"
-      COMBADISTILL_COMBA_STATE_STAGES=3 cli bench kernel --device cuda --ops fused --json "$OUT/bench-kernel-bf16-3stages.json" 2>&1 | tail -8
-    fi
+    echo "== bench kernel, bf16 kernels, three-stage state passes"
+    COMBADISTILL_COMBA_STATE_STAGES=3 cli bench kernel --device cuda --ops fused --json "$OUT/bench-kernel-bf16-3stages.json" 2>&1 | tail -8
     echo "== three-stage state passes: check against float64 and time"
     FSTAGES=3 BF16_ONLY=1 timeout 200 python3 tools/kernels/comba_check.py --check --time --out /tmp > "$OUT/kernel-3stages.log" 2>&1
     grep -E "BAD|CHECK|^bf16" "$OUT/kernel-3stages.log" | cut -c1-600
@@ -105,30 +96,13 @@ if [[ $steps == *kernels* ]]; then
     BF16_ONLY=1 timeout 200 python3 tools/kernels/comba_check.py --check --time > "$OUT/kernel-candidate.log" 2>&1
     tail -20 "$OUT/kernel-candidate.log"
   fi
-  for d in ${VARIANTS:-}; do
-    echo "== the source with $d defined: check against float64 and time"
-    DEFINES=$d FSTAGES=${VARIANT_STAGES:-2} BF16_ONLY=1 timeout 200 python3 tools/kernels/comba_check.py $([[ ${VARIANT_CHECK:-1} == 1 ]] && echo --check) --time > "$OUT/kernel-$d.log" 2>&1
-    grep -E "BAD|CHECK|^bf16|Error" "$OUT/kernel-$d.log" | cut -c1-600
-  done
   if [[ ${PROFILE:-0} == 1 ]]; then
     echo "== Nsight Compute on ${NCU_KERNELS:=fwd_prepare_128_bf16}"
     SOURCE=1 NCU_TIMEOUT=${NCU_TIMEOUT:-120} bash tools/gpu/profile-kernels.sh | tail -40
   fi
-  if [[ -n ${BASELINE_SRC:-} ]]; then
-    echo "== $BASELINE_SRC, timed beside"
-    KERNEL_SRC=$BASELINE_SRC BF16_ONLY=1 timeout 150 python3 tools/kernels/comba_check.py --time > "$OUT/kernel-baseline.log" 2>&1
-    grep -E "^bf16|Error" "$OUT/kernel-baseline.log" | cut -c1-600
-  fi
   if [[ ${PEER:-1} != 0 ]]; then
-    # Triton compiles and autotunes every configuration on a fresh machine, which took more than 240 s for the three
-    # shapes; the cache comes back in $OUT/triton-cache.tar and, put in .peerpack, spares the next call that work
     echo "== fla chunk_comba alone (tools/kernels/peer_slim.py: peer_bench.py's inputs and timing)"
-    unpack_peers
-    export TRITON_CACHE_DIR=/tmp/triton-cache; mkdir -p $TRITON_CACHE_DIR
-    [[ -f .peerpack/triton-cache.tar ]] && tar -xf .peerpack/triton-cache.tar -C $TRITON_CACHE_DIR
-    (cd $peers && FLA_PATH=$PWD timeout ${PEER_TIMEOUT:-240} python3 "$OLDPWD/tools/kernels/peer_slim.py") > "$OUT/peer-slim.log" 2>&1
-    tail -8 "$OUT/peer-slim.log"
-    tar -cf "$OUT/triton-cache.tar" -C $TRITON_CACHE_DIR .
+    fla_kernels "${PEER_TIMEOUT:-240}"
   fi
 fi
 

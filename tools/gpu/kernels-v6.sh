@@ -11,7 +11,8 @@
 #   5. the three #ifdef candidates timed (normf, prepare_4blocks, output, fwd_norm_4blocks), then the two that give the
 #      default's bits (COMBA_STAGED_OUT, COMBA_NORM_PREFETCH) checked together   $OUT/check-candidates.log
 # usage: timeout 580 bash tools/gpu/kernels-v6.sh
-export PYTHONUNBUFFERED=1 BF16_ONLY=1
+source tools/gpu/common.sh
+export BF16_ONLY=1
 C=tools/kernels/comba_check.py
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/machine.txt"
 SECONDS=0
@@ -23,17 +24,11 @@ step "time"
 timeout 110 python3 $C --time > "$OUT/time.log" 2>&1
 grep -E "^bf16|Error" "$OUT/time.log" | cut -c1-900
 step "FusedCombaTests, both switched on"
-(source tools/gpu/common.sh
- COMBADISTILL_COMBA_PREPARE_BLOCKS=4 COMBADISTILL_COMBA_STATE_STAGES=3 timeout 90 bash .gpu/run.sh tests/CombaDistill.Tests.dll \
+(COMBADISTILL_COMBA_PREPARE_BLOCKS=4 COMBADISTILL_COMBA_STATE_STAGES=3 timeout 90 bash .gpu/run.sh tests/CombaDistill.Tests.dll \
    -noColor -parallel none -class CombaDistill.Tests.Ops.FusedCombaTests > "$OUT/lane.log" 2>&1)
 grep -E "\[FAIL\]|Total:" "$OUT/lane.log"
 step "fla chunk_comba"
-peers=/tmp/peers; mkdir -p $peers && tar -xJf .peerpack/fla.tar.xz -C $peers
-export TRITON_CACHE_DIR=/tmp/triton-cache; mkdir -p $TRITON_CACHE_DIR
-[[ -f .peerpack/triton-cache.tar ]] && tar -xf .peerpack/triton-cache.tar -C $TRITON_CACHE_DIR
-(cd $peers && FLA_PATH=$PWD timeout 150 python3 "$OLDPWD/tools/kernels/peer_slim.py") > "$OUT/peer-slim.log" 2>&1
-tail -6 "$OUT/peer-slim.log"
-tar -cf "$OUT/triton-cache.tar" -C $TRITON_CACHE_DIR .
+fla_kernels 150
 for d in COMBA_STAGED_OUT COMBA_INV_QUARTERS COMBA_NORM_PREFETCH; do
   step "time with $d"
   DEFINES=$d TIME_ONLY=normf,prepare_4blocks,output,fwd_norm_4blocks timeout 50 python3 $C --time > "$OUT/time-$d.log" 2>&1

@@ -58,8 +58,7 @@ def smem_bf16(stage, D, stages=2):
     if stage in ("normf", "normb"): return 0
     # fwd_prepare writes M over A beside M's two bf16 copies; the `p4` one ("prepare4") keeps A and then the copies in
     # one region of 2·cc bytes (a source older than v5c needs this file as of its own commit)
-    return {"prepare": 2 * tile + 2 * cc + ccf + 4 * 64 * 4, "prepare3": 2 * tile + 2 * cc + ccf + 4 * 64 * 4,
-            "prepare4": 2 * tile + 2 * cc + 4 * 64 * 4,
+    return {"prepare": 2 * tile + 2 * cc + ccf + 4 * 64 * 4, "prepare4": 2 * tile + 2 * cc + 4 * 64 * 4,
             "state": stages * (2 * tile + sl) + D * 40 * 2 + sl + 2 * 64 * 4 + (stages * 64 * 4 if stages > 2 else 0),
             "output": 3 * tile + state + cc + 2 * 64 * 4,
             "dupart": 3 * tile + cc + 2 * 64 * 4,
@@ -76,6 +75,7 @@ def launch(stage, D, tag, grid, *args):
     stages = {"state": FSTAGES, "bstate": FSTAGES, "state3": 3, "bstate3": 3}.get(stage, 2) if tag == "bf16" else 2
     if tag == "bf16" and stage == "prepare" and FPREP == 4: stage = "prepare4"
     fn = module().get_function(f"comba_{NAMES[stage]}_{D}_{tag}" + ("s3" if stages == 3 else "") + ("p4" if stage == "prepare4" else ""))
+    # "state3", "bstate3" and "prepare3" (the three-block prepare, whatever FPREP says) take their stage's size
     sm = smem_bf16(stage.rstrip("3"), D, stages) if tag == "bf16" else smem(stage, D, tag)
     fn.max_dynamic_shared_size_bytes = sm
     conv = []
