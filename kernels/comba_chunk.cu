@@ -674,11 +674,6 @@ __device__ __forceinline__ void cp16(void* dst, const void* src, bool valid)
 {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(saddr(dst)), "l"(src), "r"(valid ? 16 : 0));
 }
-// 4 bytes, zero-filled where !valid (src must still be a valid address)
-__device__ __forceinline__ void cp4(void* dst, const void* src, bool valid)
-{
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(saddr(dst)), "l"(src), "r"(valid ? 4 : 0));
-}
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
@@ -900,8 +895,7 @@ template <int E> __device__ __forceinline__ void rotate(float (&x)[E], const flo
     for (int e = 0; e < E; ++e) x[e] = y[e];
 }
 
-#ifdef COMBA_STAGED_OUT
-// (a candidate) A 64 × D product's bf16 result leaving through shared memory: the block's warps hold its 16 × 32
+// A 64 × D product's bf16 result leaving through shared memory: the block's warps hold its 16 × 32
 // tiles (tiles<CH, D, 4>'s mapping) as bf16 pairs in registers (put), write them into a free 64-row region of stride
 // D + 8 (write), and the block stores whole rows in 16-byte pieces (copy). A warp's 4-byte stores straight to global
 // memory cover eight 16-byte pieces of eight rows: eight L1 wavefronts for 128 bytes.
@@ -937,7 +931,6 @@ template <int D> struct StagedOut
         }
     }
 };
-#endif
 
 // A = strictly-lower(diag(κ) K Kᵀ ⊙ e^{γ⁰_i − γ_j}) of one chunk, float, into As (stride SCF). Rows are stored with 4
 // floats of padding after column 31 (column c at c + 4·(c ≥ 32)): invert_b reads the four 16-column quarters of a
@@ -989,59 +982,6 @@ __device__ __forceinline__ void invert_b(const float* As, float (&m)[16])
 }
 
 // ── forward ──
-// grid (N, B·H). fwd_prepare_b's maths at three blocks per SM (the default until the four-block version below has
-// passed its GPU checks): M is written over A (one C×C float matrix in shared memory, 72 KB in all at D = 128) and
-// copied from there.
-template <int D>
-__device__ void fwd_prepare_b3(const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa,
-                              bf16r* W, bf16r* U, bf16r* Msave, int H, int Hkv, int T)
-{
-    extern __shared__ float4 smq[];
-    unsigned char* smb = reinterpret_cast<unsigned char*>(smq);
-    constexpr int SD = D + 8;
-    const int n = blockIdx.x, N = gridDim.x, t0 = n * CH, Tp = N * CH;
-    HeadB hd(blockIdx.y, H, Hkv);
-    bf16r* Ks = (bf16r*)smb;
-    bf16r* Vs = Ks + CH * SD;
-    bf16r* Mb = Vs + CH * SD;
-    bf16r* Mk = Mb + CH * SCC;
-    float* As = (float*)(Mk + CH * SCC);
-    float* Mf = As;                     // M overwrites A once every column's inverse is in registers
-    float* gam = As + CH * SCF;
-    float *gam0 = gam + CH, *bet = gam0 + CH, *kap = bet + CH;
-    const size_t kv0 = hd.kv(Hkv, T) + t0;
-    stage_b<D>(Ks, SD, k + kv0 * D, D, CH, T - t0);
-    stage_b<D>(Vs, SD, v + kv0 * D, D, CH, T - t0);
-    cp_commit();
-    gates_b(gam, gam0, bet, kap, g, beta, kappa, hd.q(T), t0, T);
-    cp_wait<0>();
-    __syncthreads();
-    build_a_b<D>(Ks, As, gam, gam0, kap);
-    __syncthreads();
-    {
-        const int q = (threadIdx.x & 31) >> 3, j = ((threadIdx.x >> 5) << 3) | (threadIdx.x & 7);
-        float m[16];
-        invert_b<false>(As, m);
-        __syncthreads();
-#pragma unroll
-        for (int u = 0; u < 16; ++u) Mf[(16 * q + u) * SCF + j] = m[u];
-    }
-    __syncthreads();
-    bf16r* Mg = Msave + ((size_t)hd.bh * N + n) * CH * CH;
-    for (int idx = threadIdx.x; idx < CH * CH / 2; idx += NT)
-    {
-        int i = idx / (CH / 2), j = 2 * (idx % (CH / 2));
-        float m0 = Mf[i * SCF + j], m1 = Mf[i * SCF + j + 1];
-        st2(Mg + i * CH + j, m0, m1);
-        st2(Mb + i * SCC + j, m0 * bet[j], m1 * bet[j + 1]);
-        st2(Mk + i * SCC + j, m0 * kap[j] * expf(gam0[j]), m1 * kap[j + 1] * expf(gam0[j + 1]));
-    }
-    __syncthreads();
-    const size_t row0 = (size_t)hd.bh * Tp + t0;
-    bmm<CH, D, false, false>(Mb, SCC, Vs, SD, CH, [&](int i, int c, float x0, float x1) { st2(U + (row0 + i) * D + c, x0, x1); });
-    bmm<CH, D, false, false>(Mk, SCC, Ks, SD, CH, [&](int i, int c, float x0, float x1) { st2(W + (row0 + i) * D + c, x0, x1); });
-}
-
 // grid (N, B·H). A, M = (I + A)⁻¹ (float32), saved as bf16 for the backward; U = M diag(β) V, W = M diag(κe^{γ⁰}) K.
 // Shared memory: the K and V tiles, one region that holds A (float, stride SCF) and, once the inverse is in registers,
 // the two scaled bf16 copies of M, and the gates: 53 KB at D = 128, four blocks per SM. V's tile arrives while A and
@@ -1127,7 +1067,7 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     {   // rows in pairs: lanes j and j ^ 1 hold adjacent columns, so one shuffle gives each the other's half of a
         // 4-byte pair; the even lane writes row u, the odd lane row u + 1
         const bool odd = j & 1;
-        // (m κ) e^{γ⁰} in that order, as fwd_prepare_b3 rounds it
+        // (m κ) e^{γ⁰} in that order: the rounding of the kernels before v6, so that W kept its bits
         const float sb = bet[j], kj = kap[j], ej = expf(gam0[j]);
         const float ob = __shfl_xor_sync(0xffffffffu, sb, 1), ok = __shfl_xor_sync(0xffffffffu, kj, 1),
                     oe = __shfl_xor_sync(0xffffffffu, ej, 1);
@@ -1154,7 +1094,6 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     cp_wait<0>();
     __syncthreads();
     const size_t row0 = (size_t)hd.bh * Tp + t0;
-#ifdef COMBA_STAGED_OUT
     // U and W leave through the operand's own region (V's, then K's) once every warp has read it
     auto product = [&](const bf16r* Mx, bf16r* X, bf16r* out) {
         StagedOut<D> so;
@@ -1174,10 +1113,6 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     };
     product(Mb, Vs, U);
     product(Mk, Ks, W);
-#else
-    bmm<CH, D, false, false>(Mb, SCC, Vs, SD, CH, [&](int i, int c, float x0, float x1) { st2(U + (row0 + i) * D + c, x0, x1); });
-    bmm<CH, D, false, false>(Mk, SCC, Ks, SD, CH, [&](int i, int c, float x0, float x1) { st2(W + (row0 + i) * D + c, x0, x1); });
-#endif
 }
 
 // The slice of h (D × BV, columns v0…) that one warp holds in registers across chunks: a 16-row band, HW 8-column tiles.
@@ -1188,10 +1123,8 @@ template <int D> struct SliceB
     __device__ SliceB() { int w = threadIdx.x >> 5; r0 = (w % (D / 16)) * 16; c0 = (w / (D / 16)) * 8 * HW; }
 };
 
-// grid (D/BV, B·H): the sequential pass, the next chunk's W, K, U and g prefetched while this one computes. With
-// S = 3 stages (the `s3` entry points) two chunks are in flight ahead of the one computing, and g travels through
-// shared memory with the tiles (4-byte cp.async by warp 0, zero-filled past T) instead of one chunk ahead in registers.
-template <int D, int S = 2>
+// grid (D/BV, B·H): the sequential pass, the next chunk's W, K, U and g prefetched while this one computes.
+template <int D>
 __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, const bf16r* U, const float* h0,
                             bf16r* Ut, bf16r* H0, float* hT, int H, int Hkv, int T, int N)
 {
@@ -1200,21 +1133,13 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
     constexpr int SD = D + 8, BUF = 2 * CH * SD + CH * SBV;
     const int v0 = blockIdx.x * BV, Tp = N * CH, lane = threadIdx.x & 31;
     HeadB hd(blockIdx.y, H, Hkv);
-    bf16r* buf = (bf16r*)smb;                 // S × [W | K | U slice]
-    bf16r* hb = buf + S * BUF;                // D × BV, bf16 copy of h
+    bf16r* buf = (bf16r*)smb;                 // 2 × [W | K | U slice]
+    bf16r* hb = buf + 2 * BUF;                // D × BV, bf16 copy of h
     bf16r* Xs = hb + D * SBV;                  // CH × BV: e^{γ_C − γ} ⊙ Ũ
     float* gam = (float*)(Xs + CH * SBV);
     float* gam0 = gam + CH;
-    float* gs = gam0 + CH;                    // S ≥ 3: S × CH staged g
-    auto slot = [](int n) { return S == 2 ? (n & 1) : n % S; };   // a chunk's stage buffer
     auto fetch = [&](int n) {
-        bf16r* b = buf + slot(n) * BUF;
-        if (S >= 3 && threadIdx.x < 32)
-            for (int e = 0; e < 2; ++e)
-            {
-                const int i = 2 * lane + e, t = n * CH + i;
-                cp4(gs + slot(n) * CH + i, g + hd.q(T) + (t < T ? t : 0), t < T);
-            }
+        bf16r* b = buf + (n & 1) * BUF;
         const size_t r = (size_t)hd.bh * Tp + n * CH;
         stage_b<D>(b, SD, W + r * D, D, CH, CH);
         stage_b<D>(b + CH * SD, SD, k + (hd.kv(Hkv, T) + n * CH) * D, D, CH, T - n * CH);
@@ -1233,16 +1158,12 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
         x0 = h0 ? h0[(size_t)hd.bh * D * D + r * D + v0 + c] : 0.f;
         x1 = h0 ? h0[(size_t)hd.bh * D * D + r * D + v0 + c + 1] : 0.f;
     });
-    if (S == 2) fetch(0);
-    else
-        for (int n = 0; n < S - 1; ++n)
-            if (n < N) fetch(n);
-            else cp_commit();   // empty groups keep every wait below counting chunks
+    fetch(0);
     float ga = 0.f, gb = 0.f;
-    if (S == 2 && threadIdx.x < 32) gfetch(0, ga, gb);
+    if (threadIdx.x < 32) gfetch(0, ga, gb);
     for (int n = 0; n < N; ++n)
     {
-        const bf16r* Wc = buf + slot(n) * BUF;
+        const bf16r* Wc = buf + (n & 1) * BUF;
         const bf16r* Kc = Wc + CH * SD;
         const bf16r* Uc = Kc + CH * SD;
         bf16r* Hn = H0 + ((size_t)hd.bh * N + n) * D * D;
@@ -1250,17 +1171,14 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
             st2(hb + r * SBV + c, x0, x1);
             st2(Hn + r * D + v0 + c, x0, x1);
         });
-        if (S == 2 && threadIdx.x < 32)
+        if (threadIdx.x < 32)
         {
             scan_pairs(ga, gb, gam, gam0);
             if (n + 1 < N) gfetch(n + 1, ga, gb);
         }
-        cp_wait<S - 2>();   // this thread's copies of chunk n have landed (warp 0's include g)
-        if (S >= 3 && threadIdx.x < 32)
-            scan_pairs(gs[slot(n) * CH + 2 * lane], gs[slot(n) * CH + 2 * lane + 1], gam, gam0);
+        cp_wait<0>();
         __syncthreads();
-        if (n + S - 1 < N) fetch(n + S - 1);
-        else if (S >= 3) cp_commit();
+        if (n + 1 < N) fetch(n + 1);
         const float gC = gam[CH - 1], aC = expf(gC);
         const size_t row0 = (size_t)hd.bh * Tp + n * CH;
         bmm<CH, BV, false, false>(Wc, SD, hb, SBV, D, [&](int i, int c, float x0, float x1) {
@@ -1322,7 +1240,6 @@ __device__ void fwd_output_b(const bf16r* q, const bf16r* k, const float* g, con
         for (int w = 0; w < 4; ++w) acc[w][0] *= e0, acc[w][1] *= e0, acc[w][2] *= e1, acc[w][3] *= e1;
         wmma<4, false, false>(acc, Sb, SCC, Us, SD, r0, c0, CH);
     };
-#ifdef COMBA_STAGED_OUT
     // O leaves through Q's region once every warp has read it
     StagedOut<D> so;
 #pragma unroll
@@ -1337,15 +1254,6 @@ __device__ void fwd_output_b(const bf16r* q, const bf16r* k, const float* g, con
     so.write(Qs);
     __syncthreads();
     StagedOut<D>::copy(Qs, O, T - t0);
-#else
-    tiles<CH, D, 4>([&](int r0, int c0) {
-        float acc[4][4];
-        tile(r0, c0, acc);
-        each2(acc, r0, c0, [&](int i, int c, float x0, float x1) {
-            if (t0 + i < T) st2(O + i * D + c, scale * x0, scale * x1);
-        });
-    });
-#endif
 }
 
 // ── backward ──
@@ -1383,9 +1291,8 @@ __device__ void bwd_dupart_b(const bf16r* q, const bf16r* k, const float* g, con
 }
 
 // grid (D/BV, B·H), chunks in reverse: dŨ = dUp + e^{γ_C − γ} ⊙ (K dh'), dh ← e^{γ_C} dh' + Qᵀ(s e^{γ} ⊙ dO) − Wᵀ dŨ.
-// The previous chunk's tiles and g are prefetched while this one computes; with S = 3 stages (the `s3` entry points),
-// two chunks are in flight and g travels through shared memory with the tiles, as in fwd_state_b.
-template <int D, int S = 2>
+// The previous chunk's tiles and g are prefetched while this one computes.
+template <int D>
 __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, const bf16r* W, const bf16r* dO,
                             const float* dUp, const float* dhT, bf16r* dUt, bf16r* dH1, float* dh0, float scale,
                             int H, int Hkv, int T, int N)
@@ -1395,22 +1302,14 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
     constexpr int SD = D + 8, BUF = 3 * CH * SD + CH * SBV + CH * BV * 2;   // bf16 units; the float slice is 2 each
     const int v0 = blockIdx.x * BV, Tp = N * CH, lane = threadIdx.x & 31;
     HeadB hd(blockIdx.y, H, Hkv);
-    bf16r* buf = (bf16r*)smb;                 // S × [K | Q | W | dO slice | dUp slice (float)]
-    bf16r* hb = buf + S * BUF;                // D × BV: dh' in bf16
+    bf16r* buf = (bf16r*)smb;                 // 2 × [K | Q | W | dO slice | dUp slice (float)]
+    bf16r* hb = buf + 2 * BUF;                // D × BV: dh' in bf16
     bf16r* Xd = hb + D * SBV;                 // s e^{γ} ⊙ dO slice
     bf16r* Xu = Xd + CH * SBV;                // −dŨ slice
     float* gam = (float*)(Xu + CH * SBV);
     float* gam0 = gam + CH;
-    float* gs = gam0 + CH;                    // S ≥ 3: S × CH staged g
-    auto slot = [](int n) { return S == 2 ? (n & 1) : n % S; };   // a chunk's stage buffer
     auto fetch = [&](int n) {
-        bf16r* b = buf + slot(n) * BUF;
-        if (S >= 3 && threadIdx.x < 32)
-            for (int e = 0; e < 2; ++e)
-            {
-                const int i = 2 * lane + e, t = n * CH + i;
-                cp4(gs + slot(n) * CH + i, g + hd.q(T) + (t < T ? t : 0), t < T);
-            }
+        bf16r* b = buf + (n & 1) * BUF;
         const int t0 = n * CH;
         const size_t r = (size_t)hd.bh * Tp + t0;
         stage_b<D>(b, SD, k + (hd.kv(Hkv, T) + t0) * D, D, CH, T - t0);
@@ -1432,16 +1331,12 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
         x0 = dhT ? dhT[(size_t)hd.bh * D * D + r * D + v0 + c] : 0.f;
         x1 = dhT ? dhT[(size_t)hd.bh * D * D + r * D + v0 + c + 1] : 0.f;
     });
-    if (S == 2) fetch(N - 1);
-    else
-        for (int n = N - 1; n > N - S; --n)
-            if (n >= 0) fetch(n);
-            else cp_commit();   // empty groups keep every wait below counting chunks
+    fetch(N - 1);
     float ga = 0.f, gb = 0.f;
-    if (S == 2 && threadIdx.x < 32) gfetch(N - 1, ga, gb);
+    if (threadIdx.x < 32) gfetch(N - 1, ga, gb);
     for (int n = N - 1; n >= 0; --n)
     {
-        const bf16r* Kc = buf + slot(n) * BUF;
+        const bf16r* Kc = buf + (n & 1) * BUF;
         const bf16r* Qc = Kc + CH * SD;
         const bf16r* Wc = Qc + CH * SD;
         const bf16r* Oc = Wc + CH * SD;
@@ -1451,17 +1346,14 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
             st2(hb + r * SBV + c, x0, x1);
             st2(Hn + r * D + v0 + c, x0, x1);
         });
-        if (S == 2 && threadIdx.x < 32)
+        if (threadIdx.x < 32)
         {
             scan_pairs(ga, gb, gam, gam0);
             if (n > 0) gfetch(n - 1, ga, gb);
         }
-        cp_wait<S - 2>();   // this thread's copies of chunk n have landed (warp 0's include g)
-        if (S >= 3 && threadIdx.x < 32)
-            scan_pairs(gs[slot(n) * CH + 2 * lane], gs[slot(n) * CH + 2 * lane + 1], gam, gam0);
+        cp_wait<0>();
         __syncthreads();
-        if (n - (S - 1) >= 0) fetch(n - (S - 1));
-        else if (S >= 3) cp_commit();
+        if (n > 0) fetch(n - 1);
         const float gC = gam[CH - 1], aC = expf(gC);
         const size_t row0 = (size_t)hd.bh * Tp + n * CH;
         for (int idx = threadIdx.x; idx < CH * BV / 2; idx += NT)
@@ -1760,12 +1652,10 @@ __device__ void norm_fwd_b(const bf16r* q, const bf16r* k, const float* d, const
     const int t = row % T, bk = row / T, b = bk / Hkv, hk = bk % Hkv, G = H / Hkv;
     float x[E], y[E];
     ldE<E>(x, k + b * ksb + hk * ksh + t * kst + lane * E);
-#ifdef COMBA_NORM_PREFETCH
-    // (a candidate) the next q row's load is issued before this row's sums, so each warp keeps two rows in flight:
-    // with one, 64 warps an SM hold about 16 KB of loads, which at DRAM's latency is about 2 TB/s over the GPU
+    // the next q row's load is issued before this row's sums, so each warp keeps two rows in flight: with one, 64
+    // warps an SM hold about 16 KB of loads, which at DRAM's latency is about 2 TB/s over the GPU
     float yn[E];
     ldE<E>(yn, q + b * qsb + (hk * G) * qsh + t * qst + lane * E);
-#endif
     rotate<E>(x, cs, sn, t, lane, false);
     const float ik = 1.f / fmaxf(sqrtf(dotE<E>(x, x)), NORM_FLOOR);
 #pragma unroll
@@ -1775,13 +1665,9 @@ __device__ void norm_fwd_b(const bf16r* q, const bf16r* k, const float* d, const
     {
         const int h = hk * G + gi;
         const size_t r = ((size_t)b * H + h) * T + t;
-#ifdef COMBA_NORM_PREFETCH
 #pragma unroll
         for (int e = 0; e < E; ++e) y[e] = yn[e];
         if (gi + 1 < G) ldE<E>(yn, q + b * qsb + (h + 1) * qsh + t * qst + lane * E);
-#else
-        ldE<E>(y, q + b * qsb + h * qsh + t * qst + lane * E);
-#endif
         rotate<E>(y, cs, sn, t, lane, false);
         const float iq = 1.f / fmaxf(sqrtf(dotE<E>(y, y)), NORM_FLOOR), dh = d[h];
 #pragma unroll
@@ -1832,14 +1718,10 @@ __device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const
     stE<E>(dk + b * ksb + hk * ksh + t * kst + lane * E, acc);
 }
 
-// names: comba_<stage>_<d>_bf16; the `p4` fwd_prepare asks for four blocks per SM (at most 64 registers), which its
-// shared memory allows at D = 128
+// names: comba_<stage>_<d>_bf16; fwd_prepare asks for four blocks per SM (at most 64 registers), which its shared
+// memory allows at D = 128
 #define COMBA_ENTRIES_BF16(D)                                                                                          \
-    extern "C" __global__ void __launch_bounds__(NT) comba_fwd_prepare_##D##_bf16(                                    \
-        const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa, bf16r* W, bf16r* U,   \
-        bf16r* M, int H, int Hkv, int T)                                                                             \
-    { fwd_prepare_b3<D>(k, v, g, beta, kappa, W, U, M, H, Hkv, T); }                                                 \
-    extern "C" __global__ void __launch_bounds__(NT, 4) comba_fwd_prepare_##D##_bf16p4(                               \
+    extern "C" __global__ void __launch_bounds__(NT, 4) comba_fwd_prepare_##D##_bf16(                                 \
         const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa, bf16r* W, bf16r* U,   \
         bf16r* M, int H, int Hkv, int T)                                                                             \
     { fwd_prepare_b<D>(k, v, g, beta, kappa, W, U, M, H, Hkv, T); }                                                  \
@@ -1847,10 +1729,6 @@ __device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const
         const bf16r* k, const float* g, const bf16r* W, const bf16r* U, const float* h0, bf16r* Ut, bf16r* H0,      \
         float* hT, int H, int Hkv, int T, int N)                                                                     \
     { fwd_state_b<D>(k, g, W, U, h0, Ut, H0, hT, H, Hkv, T, N); }                                                   \
-    extern "C" __global__ void __launch_bounds__(NT) comba_fwd_state_##D##_bf16s3(                                    \
-        const bf16r* k, const float* g, const bf16r* W, const bf16r* U, const float* h0, bf16r* Ut, bf16r* H0,      \
-        float* hT, int H, int Hkv, int T, int N)                                                                     \
-    { fwd_state_b<D, 3>(k, g, W, U, h0, Ut, H0, hT, H, Hkv, T, N); }                                                \
     extern "C" __global__ void __launch_bounds__(NT) comba_fwd_output_##D##_bf16(                                     \
         const bf16r* q, const bf16r* k, const float* g, const bf16r* Ut, const bf16r* H0, bf16r* o, float scale,    \
         int H, int Hkv, int T)                                                                                       \
@@ -1863,10 +1741,6 @@ __device__ void norm_bwd_b(const bf16r* q, const bf16r* k, const float* d, const
         const bf16r* q, const bf16r* k, const float* g, const bf16r* W, const bf16r* dO, const float* dUp,          \
         const float* dhT, bf16r* dUt, bf16r* dH1, float* dh0, float scale, int H, int Hkv, int T, int N)             \
     { bwd_state_b<D>(q, k, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, T, N); }                               \
-    extern "C" __global__ void __launch_bounds__(NT) comba_bwd_state_##D##_bf16s3(                                    \
-        const bf16r* q, const bf16r* k, const float* g, const bf16r* W, const bf16r* dO, const float* dUp,          \
-        const float* dhT, bf16r* dUt, bf16r* dH1, float* dh0, float scale, int H, int Hkv, int T, int N)             \
-    { bwd_state_b<D, 3>(q, k, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, T, N); }                            \
     extern "C" __global__ void __launch_bounds__(NT) comba_bwd_local_##D##_bf16(                                      \
         const bf16r* q, const bf16r* k, const bf16r* v, const float* g, const float* beta, const float* kappa,     \
         const bf16r* M, const bf16r* Ut, const bf16r* H0, const bf16r* dH1, const bf16r* dUt, const bf16r* dO,      \

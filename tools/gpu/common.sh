@@ -36,13 +36,15 @@ unpack_peers() { [[ -d $peers/fla ]] || { mkdir -p $peers && tar -xJf .peerpack/
 
 # fla's chunk_comba alone at the three kernel shapes (tools/kernels/peer_slim.py: peer_bench.py's inputs and timing),
 # at most $1 seconds: $OUT/peer-slim.log. Triton compiles and autotunes every configuration on a fresh machine, which
-# took more than 240 s for the three shapes; its cache comes back in $OUT/triton-cache.tar and, put in .peerpack,
-# spares the next call that work.
+# took more than 240 s for the three shapes. What a later call needs of its cache (each kernel's .json and .cubin, and
+# the autotuner's choices, which TRITON_CACHE_AUTOTUNING keeps) comes back xz-packed in pieces of at most 15 MB,
+# $OUT/triton-cache.tar.xz.part-*: `cat` them into .peerpack/triton-cache.tar.xz to spare the next call that work.
 fla_kernels() {
   unpack_peers
-  export TRITON_CACHE_DIR=/tmp/triton-cache; mkdir -p $TRITON_CACHE_DIR
-  [[ -f .peerpack/triton-cache.tar ]] && tar -xf .peerpack/triton-cache.tar -C $TRITON_CACHE_DIR
+  export TRITON_CACHE_DIR=/tmp/triton-cache TRITON_CACHE_AUTOTUNING=1; mkdir -p $TRITON_CACHE_DIR
+  [[ -f .peerpack/triton-cache.tar.xz ]] && tar -xJf .peerpack/triton-cache.tar.xz -C $TRITON_CACHE_DIR
   (cd $peers && FLA_PATH=$PWD timeout "$1" python3 "$OLDPWD/tools/kernels/peer_slim.py") > "$OUT/peer-slim.log" 2>&1
   tail -8 "$OUT/peer-slim.log"
-  tar -cf "$OUT/triton-cache.tar" -C $TRITON_CACHE_DIR .
+  (cd $TRITON_CACHE_DIR && find . -name '*.json' -o -name '*.cubin' | tar -cf - -T - | xz -T0 -6 | split -b 15M - "$OUT/triton-cache.tar.xz.part-")
+  ls -la "$OUT"/triton-cache.tar.xz.part-* | awk '{print $5, $9}'
 }

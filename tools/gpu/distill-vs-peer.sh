@@ -8,10 +8,9 @@
 #   stories  recipes/stories260k.yaml on this GPU (precision auto = bf16): $OUT/stories260k-summary.json
 #   kernels  ours through `bench kernel` in bf16, then the peer's kernel (fla chunk_comba, timed as peer_bench.py does,
 #            by tools/kernels/peer_slim.py, PEER_TIMEOUT s, 240 by default), back to back; with KERNEL_SRC set, also that kernel source checked
-#            against the float64 recurrence and timed by tools/kernels/comba_check.py; with STAGES3=1, `bench kernel`
-#            again with the three-stage state passes (COMBADISTILL_COMBA_STATE_STAGES=3) and the checker's check on them
-#            (FSTAGES=3); with PROFILE=1, Nsight Compute on the kernels NCU_KERNELS names (fwd_prepare_128_bf16 by
-#            default, tools/gpu/profile-kernels.sh): $OUT/ncu.txt. (tools/gpu/kernels-v6.sh is the call that decides v6.)
+#            against the float64 recurrence and timed by tools/kernels/comba_check.py; with PROFILE=1, Nsight Compute on
+#            the kernels NCU_KERNELS names (fwd_prepare_128_bf16 by default, tools/gpu/profile-kernels.sh): $OUT/ncu.txt.
+#            (tools/gpu/kernels-vs-fla.sh is the fuller kernel call: check, timing, FusedComba, fla, lane.)
 #   lane     the C# GPU test lane (the classes with tests that need CUDA, NCCL's aside)
 # usage: bash tools/gpu/distill-vs-peer.sh [speed] [quality] [stories] [kernels] [lane]
 # PEER=0 leaves the peers out of speed and kernels (when a call has no time for them; compare only within one call);
@@ -84,13 +83,6 @@ fi
 if [[ $steps == *kernels* ]]; then
   echo "== bench kernel, bf16 kernels"
   cli bench kernel --device cuda --ops fused,sdpa --json "$OUT/bench-kernel-bf16.json" 2>&1 | tail -14
-  if [[ ${STAGES3:-0} == 1 ]]; then
-    echo "== bench kernel, bf16 kernels, three-stage state passes"
-    COMBADISTILL_COMBA_STATE_STAGES=3 cli bench kernel --device cuda --ops fused --json "$OUT/bench-kernel-bf16-3stages.json" 2>&1 | tail -8
-    echo "== three-stage state passes: check against float64 and time"
-    FSTAGES=3 BF16_ONLY=1 timeout 200 python3 tools/kernels/comba_check.py --check --time --out /tmp > "$OUT/kernel-3stages.log" 2>&1
-    grep -E "BAD|CHECK|^bf16" "$OUT/kernel-3stages.log" | cut -c1-600
-  fi
   if [[ -n ${KERNEL_SRC:-} ]]; then
     echo "== $KERNEL_SRC: check against float64 and time"
     BF16_ONLY=1 timeout 200 python3 tools/kernels/comba_check.py --check --time > "$OUT/kernel-candidate.log" 2>&1

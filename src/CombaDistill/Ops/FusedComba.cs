@@ -48,22 +48,6 @@ public static class FusedComba
     public static readonly int[] SupportedHeadDims = [64, 128, 256];
     const int Threads = 256, Warps = Threads / 32, StateSlice = 32;
 
-    /// <summary>
-    /// Chunks the bf16 state passes (forward and backward) keep in flight: 2 (the one computing and the next), or 3
-    /// with <c>COMBADISTILL_COMBA_STATE_STAGES=3</c> (the `s3` entry points: two chunks' loads ahead, g staged with the
-    /// tiles; at D = 128, 136 KB of shared memory forward and 218 KB backward, one block per SM). The passes are
-    /// latency-bound at small B·H (docs/kernels.md, v5d), which a deeper pipeline addresses; not yet run on a GPU.
-    /// </summary>
-    static readonly int Bf16StateStages = Environment.GetEnvironmentVariable("COMBADISTILL_COMBA_STATE_STAGES") == "3" ? 3 : 2;
-
-    /// <summary>
-    /// Blocks per SM the bf16 <c>fwd_prepare</c> is built for: 3 (M written over A, 72 KB of shared memory at D = 128),
-    /// or 4 with <c>COMBADISTILL_COMBA_PREPARE_BLOCKS=4</c> (the `p4` entry point: A and M's two scaled copies share one
-    /// region, 53 KB, at most 64 registers; V's tile loads while A and the inverse are formed). Same results bit for
-    /// bit by construction; not yet run on a GPU (docs/kernels.md, v6).
-    /// </summary>
-    static readonly bool Bf16Prepare4 = Environment.GetEnvironmentVariable("COMBADISTILL_COMBA_PREPARE_BLOCKS") == "4";
-
     /// <summary>Null when the fused kernels take this call; otherwise why not, in one line.</summary>
     public static string? UnsupportedReason(Tensor q, Tensor k, Tensor v, int chunkSize = ChunkSize)
     {
@@ -157,32 +141,23 @@ public static class FusedComba
         int tile = ChunkSize * (D + 8) * 2, state = D * (D + 8) * 2, cc = ChunkSize * 72 * 2, ccf = ChunkSize * 68 * 4, slice = ChunkSize * 40 * 2;
         return stage switch
         {
-            // p4: A (a float C×C) and then M's two copies share 2·cc; otherwise M is written over A beside the copies
-            "fwd_prepare" => 2 * tile + 2 * cc + 4 * ChunkSize * 4 + (Bf16Prepare4 ? 0 : ccf),
-            "fwd_state" => Bf16StateStages * (2 * tile + slice) + D * 40 * 2 + slice + 2 * ChunkSize * 4
-                           + (Bf16StateStages > 2 ? Bf16StateStages * ChunkSize * 4 : 0),
+            // A (a float C×C) and then M's two bf16 copies share 2·cc: 53 KB at D = 128, four blocks per SM
+            "fwd_prepare" => 2 * tile + 2 * cc + 4 * ChunkSize * 4,
+            "fwd_state" => 2 * (2 * tile + slice) + D * 40 * 2 + slice + 2 * ChunkSize * 4,
             "fwd_output" => 3 * tile + state + cc + 2 * ChunkSize * 4,
             "bwd_dupart" => 3 * tile + cc + 2 * ChunkSize * 4,
-            "bwd_state" => Bf16StateStages * (3 * tile + slice + ChunkSize * StateSlice * 4) + D * 40 * 2 + 2 * slice + 2 * ChunkSize * 4
-                           + (Bf16StateStages > 2 ? Bf16StateStages * ChunkSize * 4 : 0),
+            "bwd_state" => 2 * (3 * tile + slice + ChunkSize * StateSlice * 4) + D * 40 * 2 + 2 * slice + 2 * ChunkSize * 4,
             "bwd_local" => 6 * tile + 2 * state + 3 * cc + ccf + (8 * ChunkSize + 1) * 4,
             _ => throw new ArgumentException(stage),
         };
     }
 
     static void LaunchBf16(Device device, string stage, int D, (int, int) grid, params object[] args) =>
-        Bf16Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16{(stage == "fwd_prepare" && Bf16Prepare4 ? "p4" : "")}").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
-
-    // a state pass ("fwd_state" or "bwd_state") with Bf16StateStages stages
-    static void LaunchBf16State(Device device, string stage, int D, (int, int) grid, params object[] args) =>
-        Bf16Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16{(Bf16StateStages == 3 ? "s3" : "")}")
-            .Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
+        Bf16Kernels.For(device).Kernel($"comba_{stage}_{D}_bf16").Launch((grid.Item1, grid.Item2, 1), (Threads, 1, 1), Bf16Shared(stage, D), args);
 
     static readonly string[] Bf16KernelNames =
     [
         .. from dim in Bf16HeadDims from stage in Stages.Keys.Append("norm_fwd").Append("norm_bwd") select $"comba_{stage}_{dim}_bf16",
-        .. from dim in Bf16HeadDims from stage in new[] { "fwd_state", "bwd_state" } select $"comba_{stage}_{dim}_bf16s3",
-        .. from dim in Bf16HeadDims select $"comba_fwd_prepare_{dim}_bf16p4",
     ];
 
     static readonly string[] FloatKernelNames =
@@ -192,8 +167,7 @@ public static class FusedComba
     ];
 
     // one module per family, each compiling only its own entry points (the file's COMBA_ONLY_* switches): a bf16 run
-    // builds 22 kernels on a fresh machine (16, the 4 opt-in three-stage passes and the 2 four-block fwd_prepare)
-    // instead of 70
+    // builds 16 kernels on a fresh machine instead of 70
     static readonly EmbeddedModule Bf16Kernels = new(KernelFile, Bf16KernelNames,
         new KernelCompileOptions { Defines = ["COMBA_ONLY_BF16"] });
     static readonly EmbeddedModule Kernels = new(KernelFile, FloatKernelNames, new KernelCompileOptions { Defines = ["COMBA_ONLY_FLOAT32"] });
@@ -278,7 +252,7 @@ public static class FusedComba
             using (var U = empty_like(W))
             {
                 LaunchBf16(device, "fwd_prepare", D, (N, BH), kHat, v, g, beta, kappa, W, U, M, H, Hkv, T);
-                LaunchBf16State(device, "fwd_state", D, (D / StateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
+                LaunchBf16(device, "fwd_state", D, (D / StateSlice, BH), kHat, g, W, U, (object?)h0 ?? IntPtr.Zero, Ut, H0, hT, H, Hkv, T, N);
             }
             LaunchBf16(device, "fwd_output", D, (N, BH), readout, kHat, g, Ut, H0, o, scale, H, Hkv, T);
             // q̃ and k̂ are kept for the backward (one bf16 copy of q and of k: cheaper than a second norm_fwd)
@@ -323,7 +297,7 @@ public static class FusedComba
                 dbeta = empty_like(dg);
                 dkappa = empty_like(dg);
                 LaunchBf16(device, "bwd_dupart", D, (N, BH), readout, kHat, g, dO, dUp, scale, H, Hkv, T);
-                LaunchBf16State(device, "bwd_state", D, (D / StateSlice, BH), readout, kHat, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, T, N);
+                LaunchBf16(device, "bwd_state", D, (D / StateSlice, BH), readout, kHat, g, W, dO, dUp, dhT, dUt, dH1, dh0, scale, H, Hkv, T, N);
                 LaunchBf16(device, "bwd_local", D, (N, BH), readout, kHat, v, g, beta, kappa, M, Ut, H0, dH1, dUt, dO,
                     dReadout, dkPerHead, dvPerHead, dg, dbeta, dkappa, scale, H, Hkv, T);
                 // through the normalisation and the readout correction: dq, dk (a KV head's group summed inside) and

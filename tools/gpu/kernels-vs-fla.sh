@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# On the GPU host (device call with carry [".gpu", ".peerpack"] after tools/gpu-pack.sh; .peerpack holds fla.tar.xz,
+# fla's package folder packed, and optionally triton-cache.tar.xz from an earlier call): our bf16 kernels against fla's
+# chunk_comba in one call, in order of importance, so that a call cut short by its time limit keeps what matters most:
+#   1. the float64 check of every bf16 kernel (tools/kernels/comba_check.py --check)
+#   2. every bf16 kernel timed alone, and the forward and forward+backward sequences
+#   3. `bench kernel` in bf16: the same through FusedComba, what a user's model calls
+#   4. fla's chunk_comba at the three shapes (tools/kernels/peer_slim.py, FLA_TIMEOUT s, 240 by default; Triton's cache
+#      comes back in $OUT/triton-cache.tar.xz.part-*)
+#   5. the C# lane's FusedCombaTests
+#   6. each DEFINES candidate (space-separated #ifdef names, COMBA_INV_QUARTERS by default) timed on prepare and fwd_norm
+# Logs: $OUT/logs.tar (refreshed after every step; $OUT brings back at most 8 files).
+# usage: timeout 580 bash tools/gpu/kernels-vs-fla.sh
+source tools/gpu/common.sh
+export BF16_ONLY=1
+C=tools/kernels/comba_check.py L=/tmp/logs
+mkdir -p $L
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$L/machine.txt"
+SECONDS=0
+step() { tar -cf "$OUT/logs.tar" -C $L .; echo "== $1 ($SECONDS s)"; }
+step "check"
+timeout 120 python3 $C --check --out $L > "$L/check.log" 2>&1
+grep -E "BAD|CHECK|Error|compiled" "$L/check.log" | cut -c1-200 | head -20
+step "time"
+timeout 120 python3 $C --time --out $L > "$L/time.log" 2>&1
+grep -E "^bf16|Error" "$L/time.log" | cut -c1-700
+step "bench kernel (FusedComba)"
+cli bench kernel --device cuda --ops fused --json "$L/bench-kernel-bf16.json" > "$L/bench-kernel.log" 2>&1
+tail -12 "$L/bench-kernel.log"
+step "fla chunk_comba"
+fla_kernels "${FLA_TIMEOUT:-240}"
+cp "$OUT/peer-slim.log" $L/ && rm "$OUT/peer-slim.log"
+step "FusedCombaTests"
+timeout 120 bash .gpu/run.sh tests/CombaDistill.Tests.dll -noColor -parallel none -class CombaDistill.Tests.Ops.FusedCombaTests > "$L/lane.log" 2>&1
+grep -E "\[FAIL\]|relative error|Total:" "$L/lane.log" | head
+for d in ${DEFINES_TIMED:-COMBA_INV_QUARTERS}; do
+  step "time with $d"
+  DEFINES=$d TIME_ONLY=prepare,fwd_norm timeout 60 python3 $C --time --out /tmp > "$L/time-$d.log" 2>&1
+  grep -E "^bf16|Error" "$L/time-$d.log" | cut -c1-300
+done
+step "done"
