@@ -109,7 +109,7 @@ public sealed record KernelBenchResult(
     double ForwardFloorMs, double ForwardBackwardFloorMs,
     double? ForwardTimesFloor, double? ForwardBackwardTimesFloor,
     double? ForwardTimeRatioToSdpa, double? ForwardBackwardTimeRatioToSdpa,
-    string? Note = null);
+    string? Note = null, double? ForwardHostMs = null, double? ForwardBackwardHostMs = null);
 
 /// <summary>A whole run: where and how it was measured, then every result.</summary>
 public sealed record KernelBenchReport(
@@ -126,6 +126,7 @@ public sealed record KernelBenchReport(
         new("forwardBackwardMs", "fwd+bwd ms", BenchUnit.Milliseconds), new("forwardBackwardTflops", "TFLOP/s", BenchUnit.Teraflops),
         new("forwardBackwardTBps", "TB/s", BenchUnit.TerabytesPerSecond), new("forwardBackwardTimesFloor", "×floor", BenchUnit.Ratio),
         new("forwardBackwardTimeRatioToSdpa", "×SDPA", BenchUnit.Ratio),
+        new("forwardHostMs", "fwd host ms", BenchUnit.Milliseconds), new("forwardBackwardHostMs", "fwd+bwd host ms", BenchUnit.Milliseconds),
         new("forwardFlops", "fwd FLOPs", BenchUnit.Flops, InTable: false), new("forwardBytes", "fwd bytes", BenchUnit.Bytes, InTable: false),
         new("forwardBackwardFlops", "fwd+bwd FLOPs", BenchUnit.Flops, InTable: false), new("forwardBackwardBytes", "fwd+bwd bytes", BenchUnit.Bytes, InTable: false),
         new("forwardFloorMs", "fwd floor ms", BenchUnit.Milliseconds, InTable: false), new("forwardBackwardFloorMs", "fwd+bwd floor ms", BenchUnit.Milliseconds, InTable: false),
@@ -155,9 +156,11 @@ public sealed record KernelBenchReport(
             ["forwardFlops"] = r.ForwardFlops, ["forwardBytes"] = r.ForwardBytes,
             ["forwardBackwardFlops"] = r.ForwardBackwardFlops, ["forwardBackwardBytes"] = r.ForwardBackwardBytes,
             ["forwardFloorMs"] = r.ForwardFloorMs, ["forwardBackwardFloorMs"] = r.ForwardBackwardFloorMs, ["note"] = r.Note,
+            ["forwardHostMs"] = r.ForwardHostMs, ["forwardBackwardHostMs"] = r.ForwardBackwardHostMs,
         }).ToList(),
         Notes = [
             $"median of {Repeats} after {Warmup} warm-up; floor = max(FLOPs / {PeakTflops:G4} TFLOP/s, bytes / {PeakTBps:G4} TB/s); ×SDPA = time / SDPA's",
+            "host ms (queued CUDA timing only): the host's wall time to issue one call, the mean over the queued repeats; where it nears the device time, the op is bound by its launches, not its kernels",
             .. Results.Where(r => r.Note is not null).Select(r => $"{r.Shape} {r.Op}: {r.Note}"),
         ],
     }.Checked();
@@ -194,7 +197,7 @@ public static class KernelBenchmark
         var results = new List<KernelBenchResult>();
         foreach (var shape in shapes)
         {
-            var measured = new Dictionary<string, (double? Forward, double? Both, string? Note)>();
+            var measured = new Dictionary<string, (Timed? Forward, Timed? Both, string? Note)>();
             foreach (var op in options.Ops)
             {
                 cancellation.ThrowIfCancellationRequested();
@@ -204,7 +207,8 @@ public static class KernelBenchmark
             var sdpa = measured.GetValueOrDefault("sdpa");
             foreach (var op in options.Ops)
             {
-                var (forward, both, note) = measured[op];
+                var (forwardTimed, bothTimed, note) = measured[op];
+                var (forward, both) = (forwardTimed?.DeviceMs, bothTimed?.DeviceMs);
                 var (w1, w2) = op == "sdpa"
                     ? (KernelWork.SdpaForward(shape, elementBytes), KernelWork.SdpaForwardBackward(shape, elementBytes))
                     : (KernelWork.CombaForward(shape, options.ChunkSize, elementBytes), KernelWork.CombaForwardBackward(shape, options.ChunkSize, elementBytes));
@@ -213,7 +217,7 @@ public static class KernelBenchmark
                     w1.Flops, w1.Bytes, w2.Flops, w2.Bytes,
                     Rate(w1.Flops, forward), Rate(w1.Bytes, forward), Rate(w2.Flops, both), Rate(w2.Bytes, both),
                     floor1, floor2, forward / floor1, both / floor2,
-                    forward / sdpa.Forward, both / sdpa.Both, note));
+                    forward / sdpa.Forward?.DeviceMs, both / sdpa.Both?.DeviceMs, note, forwardTimed?.HostMs, bothTimed?.HostMs));
             }
         }
         return new KernelBenchReport(CudaDevice.Describe(device), dtype.ToString(), timing, options.PeakTflops, options.PeakTBps,
@@ -223,10 +227,13 @@ public static class KernelBenchmark
     /// <summary>Units of 10¹² per second (TFLOP/s for FLOPs, TB/s for bytes).</summary>
     static double? Rate(double amount, double? ms) => ms is { } t ? amount / (t / 1000) / 1e12 : null;
 
-    static (double? Forward, double? Both, string? Note) Measure(string op, BenchShape shape, ScalarType dtype, Device device,
+    /// <summary>One measurement: the device's median time, and the host's mean time to issue a call where it was measured.</summary>
+    readonly record struct Timed(double DeviceMs, double? HostMs);
+
+    static (Timed? Forward, Timed? Both, string? Note) Measure(string op, BenchShape shape, ScalarType dtype, Device device,
         KernelBenchOptions options, DeviceTimer timer, CancellationToken cancellation)
     {
-        double? forward = null, both = null;
+        Timed? forward = null, both = null;
         try
         {
             forward = Time(op, shape, dtype, device, options, timer, backward: false, cancellation);
@@ -239,7 +246,7 @@ public static class KernelBenchmark
         }
     }
 
-    static double Time(string op, BenchShape shape, ScalarType dtype, Device device, KernelBenchOptions options, DeviceTimer timer,
+    static Timed Time(string op, BenchShape shape, ScalarType dtype, Device device, KernelBenchOptions options, DeviceTimer timer,
         bool backward, CancellationToken cancellation)
     {
         using var scope = NewDisposeScope();
@@ -277,17 +284,25 @@ public static class KernelBenchmark
 
         for (int i = 0; i < options.Warmup; i++) Once(sets[i % sets.Length]);
         if (options.Queued)
-            return Statistics.Median(timer.Queued(i =>
+        {
+            // the host's time inside the calls alone: the queue of launches is deep enough that issuing never waits
+            // on the device here (nothing in a call synchronises)
+            var host = new System.Diagnostics.Stopwatch();
+            var onDevice = Statistics.Median(timer.Queued(i =>
             {
                 cancellation.ThrowIfCancellationRequested();
+                host.Start();
                 Run(sets[(options.Warmup + i) % sets.Length]);
+                host.Stop();
             }, options.Repeats));
+            return new Timed(onDevice, timer.Description.StartsWith("CUDA events") ? host.Elapsed.TotalMilliseconds / options.Repeats : null);
+        }
         var samples = new List<double>();
         for (int i = 0; i < options.Repeats; i++)
         {
             cancellation.ThrowIfCancellationRequested();
             samples.Add(Once(sets[(options.Warmup + i) % sets.Length]));
         }
-        return Statistics.Median(samples);
+        return new Timed(Statistics.Median(samples), null);
     }
 }

@@ -288,6 +288,8 @@ public class CudaKernelGpuTests
         {
             Assert.Null(r.Note);
             Assert.True(r.ForwardMs > 0 && r.ForwardBackwardMs > 0, $"{r.Op}: {r.ForwardMs} / {r.ForwardBackwardMs} ms");
+            // queued timing also gives the host's time to issue a call
+            Assert.True(r.ForwardHostMs > 0 && r.ForwardBackwardHostMs > 0, $"{r.Op}: host {r.ForwardHostMs} / {r.ForwardBackwardHostMs} ms");
         });
     }
 }
