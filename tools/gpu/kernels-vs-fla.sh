@@ -8,7 +8,8 @@
 #   4. fla's chunk_comba at the three shapes (tools/kernels/peer_slim.py, FLA_TIMEOUT s, 240 by default; Triton's cache
 #      comes back in $OUT/triton-cache.tar.xz.part-*)
 #   5. the C# lane's FusedCombaTests
-#   6. each DEFINES candidate (space-separated #ifdef names, COMBA_INV_QUARTERS by default) timed on prepare and fwd_norm
+#   6. each candidate DEFINES_TIMED names (space-separated #ifdef names, COMBA_INV_QUARTERS by default) timed on prepare
+#      and fwd_norm
 # Logs: $OUT/logs.tar (refreshed after every step; $OUT brings back at most 8 files).
 # usage: timeout 580 bash tools/gpu/kernels-vs-fla.sh
 source tools/gpu/common.sh
