@@ -3,11 +3,11 @@
 # fla's package folder packed, and optionally triton-cache.tar.xz from an earlier call): our bf16 kernels against fla's
 # chunk_comba in one call, in order of importance, so that a call cut short by its time limit keeps what matters most:
 #   1. the float64 check of every bf16 kernel (tools/kernels/comba_check.py --check)
-#   2. every bf16 kernel timed alone, and the forward and forward+backward sequences
-#   3. `bench kernel` in bf16: the same through FusedComba, what a user's model calls
-#   4. fla's chunk_comba at the three shapes (tools/kernels/peer_slim.py, FLA_TIMEOUT s, 240 by default; Triton's cache
+#   2. `bench kernel` in bf16: our op through FusedComba, what a user's model calls
+#   3. fla's chunk_comba at the three shapes (tools/kernels/peer_slim.py, FLA_TIMEOUT s, 240 by default; Triton's cache
 #      comes back in $OUT/triton-cache.tar.xz.part-*)
-#   5. the C# lane's FusedCombaTests
+#   4. the C# lane's FusedCombaTests
+#   5. every bf16 kernel timed alone, and the forward and forward+backward sequences
 #   6. each candidate DEFINES_TIMED names (space-separated #ifdef names, COMBA_INV_QUARTERS by default) timed on prepare
 #      and fwd_norm
 # Logs: $OUT/logs.tar (refreshed after every step; $OUT brings back at most 8 files).
@@ -22,9 +22,6 @@ step() { tar -cf "$OUT/logs.tar" -C $L .; echo "== $1 ($SECONDS s)"; }
 step "check"
 timeout 120 python3 $C --check --out $L > "$L/check.log" 2>&1
 grep -E "BAD|CHECK|Error|compiled" "$L/check.log" | cut -c1-200 | head -20
-step "time"
-timeout 120 python3 $C --time --out $L > "$L/time.log" 2>&1
-grep -E "^bf16|Error" "$L/time.log" | cut -c1-700
 step "bench kernel (FusedComba)"
 cli bench kernel --device cuda --ops fused --json "$L/bench-kernel-bf16.json" > "$L/bench-kernel.log" 2>&1
 tail -12 "$L/bench-kernel.log"
@@ -34,6 +31,9 @@ cp "$OUT/peer-slim.log" $L/ && rm "$OUT/peer-slim.log"
 step "FusedCombaTests"
 timeout 120 bash .gpu/run.sh tests/CombaDistill.Tests.dll -noColor -parallel none -class CombaDistill.Tests.Ops.FusedCombaTests > "$L/lane.log" 2>&1
 grep -E "\[FAIL\]|relative error|Total:" "$L/lane.log" | head
+step "time"
+timeout 120 python3 $C --time --out $L > "$L/time.log" 2>&1
+grep -E "^bf16|Error" "$L/time.log" | cut -c1-700
 for d in ${DEFINES_TIMED:-COMBA_INV_QUARTERS}; do
   step "time with $d"
   DEFINES=$d TIME_ONLY=prepare,fwd_norm timeout 60 python3 $C --time --out /tmp > "$L/time-$d.log" 2>&1
