@@ -189,7 +189,7 @@ public static class KernelBenchmark
             throw new ArgumentException($"peak rates must be positive (got {options.PeakTflops} TFLOP/s, {options.PeakTBps} TB/s)");
 
         var timer = DeviceTimer.For(device);
-        var timing = !timer.Description.StartsWith("CUDA events") ? timer.Description
+        var timing = !timer.UsesEvents ? timer.Description
             : options.Queued ? timer.Description + ", repeats queued back to back, each after a 256 MB L2 flush (as triton's do_bench)"
             : timer.Description + ", synchronised before and after each repeat";
         var fused = CudaKernels.UnavailableReason(device) is { } reason ? $"unavailable ({reason}); FusedComba falls back" : "available";
@@ -295,7 +295,7 @@ public static class KernelBenchmark
                 Run(sets[(options.Warmup + i) % sets.Length]);
                 host.Stop();
             }, options.Repeats));
-            return new Timed(onDevice, timer.Description.StartsWith("CUDA events") ? host.Elapsed.TotalMilliseconds / options.Repeats : null);
+            return new Timed(onDevice, timer.UsesEvents ? host.Elapsed.TotalMilliseconds / options.Repeats : null);
         }
         var samples = new List<double>();
         for (int i = 0; i < options.Repeats; i++)

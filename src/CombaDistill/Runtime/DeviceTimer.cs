@@ -20,6 +20,9 @@ public sealed class DeviceTimer
     /// <summary>How it measures, for the report: "CUDA events on the default stream" or "wall clock …".</summary>
     public string Description { get; }
 
+    /// <summary>Whether it times with CUDA events (false: the wall clock between synchronisations).</summary>
+    public bool UsesEvents => events is not null;
+
     /// <summary>A wall clock for host-side work (reads, writes, conversions).</summary>
     public static DeviceTimer Wall { get; } = new(CPU, null, "wall clock");
 

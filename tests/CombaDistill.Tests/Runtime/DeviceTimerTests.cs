@@ -10,6 +10,7 @@ public class DeviceTimerTests
     {
         var timer = DeviceTimer.For(CPU);
         Assert.Equal("wall clock", timer.Description);
+        Assert.False(timer.UsesEvents);
         var runs = 0;
         var median = timer.Median(() => runs++, warmup: 2, repeats: 3, TestContext.Current.CancellationToken);
         Assert.Equal(5, runs);
