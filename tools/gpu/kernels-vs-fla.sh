@@ -6,6 +6,8 @@
 #   2. `bench kernel` in bf16: our op through FusedComba, what a user's model calls
 #   3. fla's chunk_comba at the three shapes (tools/kernels/peer_slim.py, FLA_TIMEOUT s, 240 by default; Triton's cache
 #      comes back in $OUT/triton-cache.tar.xz.part-*)
+#   3b. with PROFILE=1: Nsight Compute on the kernels NCU_KERNELS names (tools/gpu/profile-kernels.sh, source
+#      counters on): $OUT/ncu.txt and $OUT/ptxas.txt
 #   4. the C# lane's FusedCombaTests
 #   5. every bf16 kernel timed alone, and the forward and forward+backward sequences
 #   6. each candidate DEFINES_TIMED names (space-separated #ifdef names, COMBA_INV_QUARTERS by default) timed on prepare
@@ -28,6 +30,11 @@ tail -12 "$L/bench-kernel.log"
 step "fla chunk_comba"
 fla_kernels "${FLA_TIMEOUT:-240}"
 cp "$OUT/peer-slim.log" $L/ && rm "$OUT/peer-slim.log"
+if [[ ${PROFILE:-0} == 1 ]]; then
+  step "ncu"
+  SOURCE=1 NCU_TIMEOUT=${NCU_TIMEOUT:-150} bash tools/gpu/profile-kernels.sh > "$L/profile.log" 2>&1
+  tail -40 "$L/profile.log" | cut -c1-200
+fi
 step "FusedCombaTests"
 timeout 120 bash .gpu/run.sh tests/CombaDistill.Tests.dll -noColor -parallel none -class CombaDistill.Tests.Ops.FusedCombaTests > "$L/lane.log" 2>&1
 grep -E "\[FAIL\]|relative error|Total:" "$L/lane.log" | head
