@@ -29,7 +29,7 @@ cli bench kernel --device cuda --ops fused --json "$L/bench-kernel-bf16.json" > 
 tail -12 "$L/bench-kernel.log"
 step "fla chunk_comba"
 fla_kernels "${FLA_TIMEOUT:-240}"
-cp "$OUT/peer-slim.log" $L/ && rm "$OUT/peer-slim.log"
+mv "$OUT/peer-slim.log" $L/; mv "$OUT/peer_slim.json" $L/ 2>/dev/null
 if [[ ${PROFILE:-0} == 1 ]]; then
   step "ncu"
   SOURCE=1 NCU_TIMEOUT=${NCU_TIMEOUT:-150} bash tools/gpu/profile-kernels.sh > "$L/profile.log" 2>&1

@@ -410,7 +410,7 @@ def timing_bf16(shapes=None, once=False):
         if once:
             for fn in (NF, NB, P, S, O, DU, DS, DL): fn()
             torch.cuda.synchronize()
-            return out
+            continue
         row = dict(B=B, T=T, H=H, D=D)
         # TIME_ONLY (comma-separated row names, e.g. prepare,fwd_norm) times just those
         only = [x for x in (os.environ.get("TIME_ONLY") or "").split(",") if x]
@@ -435,7 +435,7 @@ SHAPES = [(8, 2048, 16, 128), (1, 8192, 32, 128), (2, 16384, 16, 128)]
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true"); ap.add_argument("--time", action="store_true")
-    ap.add_argument("--profile", action="store_true", help="launch each bf16 kernel once at the first shape")
+    ap.add_argument("--profile", action="store_true", help="launch each bf16 kernel once at the first shape (PROFILE_SHAPES=0,1 for more)")
     ap.add_argument("--bf16", action="store_true", help="time only the bf16 path"); ap.add_argument("--old", action="store_true", help="also time tf32/tf32s")
     ap.add_argument("--small", action="store_true"); ap.add_argument("--tiny", action="store_true"); ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
     a = ap.parse_args()
@@ -447,7 +447,7 @@ if __name__ == "__main__":
     if a.time:
         res["time"] = {"bf16": timing_bf16()}
         if a.old: res["time"].update({tag: timing(tag) for tag in ("tf32", "tf32s")})
-    if a.profile:
-        timing_bf16(SHAPES[:1], once=True)
+    if a.profile:   # PROFILE_SHAPES: indices into SHAPES, comma-separated (the first shape by default)
+        timing_bf16([SHAPES[int(i)] for i in (os.environ.get("PROFILE_SHAPES") or "0").split(",")], once=True)
     with open(os.path.join(a.out, "comba_check.json"), "w") as f: json.dump(res, f, indent=1)
     sys.exit(0 if ok else 1)
