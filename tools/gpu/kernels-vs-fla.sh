@@ -6,6 +6,7 @@
 #   2. `bench kernel` in bf16: our op through FusedComba, what a user's model calls
 #   3. fla's chunk_comba at the three shapes (tools/kernels/peer_slim.py, FLA_TIMEOUT s, 240 by default; Triton's cache
 #      comes back in $OUT/triton-cache.tar.xz.part-*)
+#   3a. fla's kernels one by one (tools/kernels/fla_breakdown.py, torch.profiler), unless BREAKDOWN=0
 #   3b. with PROFILE=1: Nsight Compute on the kernels NCU_KERNELS names (tools/gpu/profile-kernels.sh, source
 #      counters on): $OUT/ncu.txt and $OUT/ptxas.txt
 #   4. the C# lane's FusedCombaTests
@@ -30,6 +31,11 @@ tail -12 "$L/bench-kernel.log"
 step "fla chunk_comba"
 fla_kernels "${FLA_TIMEOUT:-240}"
 mv "$OUT/peer-slim.log" $L/; mv "$OUT/peer_slim.json" $L/ 2>/dev/null
+if [[ ${BREAKDOWN:-1} == 1 ]]; then
+  step "fla kernel by kernel"
+  (cd $peers && FLA_PATH=$PWD timeout 120 python3 "$OLDPWD/tools/kernels/fla_breakdown.py") > "$L/fla-breakdown.log" 2>&1
+  grep -A3 "^==" "$L/fla-breakdown.log" | cut -c1-150 | head -40
+fi
 if [[ ${PROFILE:-0} == 1 ]]; then
   step "ncu"
   SOURCE=1 NCU_TIMEOUT=${NCU_TIMEOUT:-150} bash tools/gpu/profile-kernels.sh > "$L/profile.log" 2>&1

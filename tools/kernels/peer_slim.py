@@ -25,11 +25,12 @@ def bench(fn, grad):
         if grad: o.backward(torch.ones_like(o) * 0.01)
     return triton.testing.do_bench(run, warmup=50, rep=300, return_mode="median")
 
-rows = []
-for (B, T, H, D) in [(8, 2048, 16, 128), (1, 8192, 32, 128), (2, 16384, 16, 128)]:
-    for grad in (False, True):
-        q, k, v, p, gl, beta = inputs(B, T, H, D, grad)
-        ms = bench(lambda: chunk_comba(q, k, v, p, gl, beta)[0], grad)
-        rows.append(dict(B=B, T=T, H=H, D=D, mode="fwd+bwd" if grad else "fwd", fla_comba_ms=ms))
-        print(json.dumps(rows[-1]), flush=True)
-if os.environ.get("OUT"): json.dump(rows, open(os.path.join(os.environ["OUT"], "peer_slim.json"), "w"), indent=1)
+if __name__ == "__main__":
+    rows = []
+    for (B, T, H, D) in [(8, 2048, 16, 128), (1, 8192, 32, 128), (2, 16384, 16, 128)]:
+        for grad in (False, True):
+            q, k, v, p, gl, beta = inputs(B, T, H, D, grad)
+            ms = bench(lambda: chunk_comba(q, k, v, p, gl, beta)[0], grad)
+            rows.append(dict(B=B, T=T, H=H, D=D, mode="fwd+bwd" if grad else "fwd", fla_comba_ms=ms))
+            print(json.dumps(rows[-1]), flush=True)
+    if os.environ.get("OUT"): json.dump(rows, open(os.path.join(os.environ["OUT"], "peer_slim.json"), "w"), indent=1)
