@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # On the GPU host (device call with carry [".gpu", ".peerpack"] after tools/gpu-pack.sh; .peerpack holds fla.tar.xz,
 # fla's package folder packed, and optionally triton-cache.tar.xz from an earlier call): our bf16 kernels against fla's
-# chunk_comba in one call, in order of importance, so that a call cut short by its time limit keeps what matters most:
-#   1. the float64 check of every bf16 kernel (tools/kernels/comba_check.py --check)
-#   2. `bench kernel` in bf16: our op through FusedComba, what a user's model calls
-#   3. fla's chunk_comba at the three shapes (tools/kernels/peer_slim.py, FLA_TIMEOUT s, 240 by default; Triton's cache
-#      comes back in $OUT/triton-cache.tar.xz.part-*)
-#   3a. fla's kernels one by one (tools/kernels/fla_breakdown.py, torch.profiler), unless BREAKDOWN=0
-#   3b. with PROFILE=1: Nsight Compute on the kernels NCU_KERNELS names (tools/gpu/profile-kernels.sh, source
-#      counters on): $OUT/ncu.txt and $OUT/ptxas.txt
-#   4. the C# lane's FusedCombaTests
-#   5. every bf16 kernel timed alone, and the forward and forward+backward sequences
-#   6. each candidate DEFINES_TIMED names (space-separated #ifdef names, COMBA_INV_QUARTERS by default) timed on prepare
-#      and fwd_norm
+# chunk_comba in one call. The steps run in the order ORDER gives (space-separated names; by default the order of
+# importance below), so that a call cut short by its time limit keeps what matters most:
+#   check      the float64 check of every bf16 kernel (tools/kernels/comba_check.py --check)
+#   bench      `bench kernel` in bf16: our op through FusedComba, what a user's model calls
+#   fla        fla's chunk_comba at the three shapes (tools/kernels/peer_slim.py, FLA_TIMEOUT s, 240 by default;
+#              Triton's cache comes back in $OUT/triton-cache.tar.xz.part-*)
+#   breakdown  fla's kernels one by one (tools/kernels/fla_breakdown.py, torch.profiler); after fla
+#   lane       the C# lane's FusedCombaTests
+#   time       every bf16 kernel timed alone, and the forward and forward+backward sequences
+#   defines    each candidate DEFINES_TIMED names (space-separated #ifdef names, COMBA_INV_QUARTERS by default) timed
+#              on prepare and fwd_norm
+#   profile    (not in the default order) Nsight Compute on the kernels NCU_KERNELS names, source counters on
+#              (tools/gpu/profile-kernels.sh: PROFILE_SHAPES, NCU_LAUNCHES): $OUT/ncu.txt and $OUT/ptxas.txt
 # Logs: $OUT/logs.tar (refreshed after every step; $OUT brings back at most 8 files).
 # usage: timeout 580 bash tools/gpu/kernels-vs-fla.sh
 source tools/gpu/common.sh
@@ -22,34 +23,44 @@ mkdir -p $L
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$L/machine.txt"
 SECONDS=0
 step() { tar -cf "$OUT/logs.tar" -C $L .; echo "== $1 ($SECONDS s)"; }
-step "check"
-timeout 120 python3 $C --check --out $L > "$L/check.log" 2>&1
-grep -E "BAD|CHECK|Error|compiled" "$L/check.log" | cut -c1-200 | head -20
-step "bench kernel (FusedComba)"
-cli bench kernel --device cuda --ops fused --json "$L/bench-kernel-bf16.json" > "$L/bench-kernel.log" 2>&1
-tail -12 "$L/bench-kernel.log"
-step "fla chunk_comba"
-fla_kernels "${FLA_TIMEOUT:-240}"
-mv "$OUT/peer-slim.log" $L/; mv "$OUT/peer_slim.json" $L/ 2>/dev/null
-if [[ ${BREAKDOWN:-1} == 1 ]]; then
-  step "fla kernel by kernel"
+run_check() {
+  timeout 120 python3 $C --check --out $L > "$L/check.log" 2>&1
+  grep -E "BAD|CHECK|Error|compiled" "$L/check.log" | cut -c1-200 | head -20
+}
+run_bench() {
+  cli bench kernel --device cuda --ops fused --json "$L/bench-kernel-bf16.json" > "$L/bench-kernel.log" 2>&1
+  tail -12 "$L/bench-kernel.log"
+}
+run_fla() {
+  fla_kernels "${FLA_TIMEOUT:-240}"
+  mv "$OUT/peer-slim.log" $L/; mv "$OUT/peer_slim.json" $L/ 2>/dev/null
+}
+run_breakdown() {
+  unpack_peers
   (cd $peers && FLA_PATH=$PWD timeout 120 python3 "$OLDPWD/tools/kernels/fla_breakdown.py") > "$L/fla-breakdown.log" 2>&1
   grep -A3 "^==" "$L/fla-breakdown.log" | cut -c1-150 | head -40
-fi
-if [[ ${PROFILE:-0} == 1 ]]; then
-  step "ncu"
+}
+run_lane() {
+  timeout 120 bash .gpu/run.sh tests/CombaDistill.Tests.dll -noColor -parallel none -class CombaDistill.Tests.Ops.FusedCombaTests > "$L/lane.log" 2>&1
+  grep -E "\[FAIL\]|relative error|Total:" "$L/lane.log" | head
+}
+run_time() {
+  timeout 120 python3 $C --time --out $L > "$L/time.log" 2>&1
+  grep -E "^bf16|Error" "$L/time.log" | cut -c1-700
+}
+run_defines() {
+  for d in ${DEFINES_TIMED:-COMBA_INV_QUARTERS}; do
+    echo "-- $d"
+    DEFINES=$d TIME_ONLY=prepare,fwd_norm timeout 60 python3 $C --time --out /tmp > "$L/time-$d.log" 2>&1
+    grep -E "^bf16|Error" "$L/time-$d.log" | cut -c1-300
+  done
+}
+run_profile() {
   SOURCE=1 NCU_TIMEOUT=${NCU_TIMEOUT:-150} bash tools/gpu/profile-kernels.sh > "$L/profile.log" 2>&1
   tail -40 "$L/profile.log" | cut -c1-200
-fi
-step "FusedCombaTests"
-timeout 120 bash .gpu/run.sh tests/CombaDistill.Tests.dll -noColor -parallel none -class CombaDistill.Tests.Ops.FusedCombaTests > "$L/lane.log" 2>&1
-grep -E "\[FAIL\]|relative error|Total:" "$L/lane.log" | head
-step "time"
-timeout 120 python3 $C --time --out $L > "$L/time.log" 2>&1
-grep -E "^bf16|Error" "$L/time.log" | cut -c1-700
-for d in ${DEFINES_TIMED:-COMBA_INV_QUARTERS}; do
-  step "time with $d"
-  DEFINES=$d TIME_ONLY=prepare,fwd_norm timeout 60 python3 $C --time --out /tmp > "$L/time-$d.log" 2>&1
-  grep -E "^bf16|Error" "$L/time-$d.log" | cut -c1-300
+}
+for s in ${ORDER:-check bench fla breakdown lane time defines}; do
+  step "$s"
+  "run_$s"
 done
 step "done"
