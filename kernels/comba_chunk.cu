@@ -981,6 +981,104 @@ __device__ __forceinline__ void invert_b(const float* As, float (&m)[16])
     }
 }
 
+#ifdef COMBA_INV_BLOCKED
+// M = (I + A)⁻¹ block by block (a candidate), for A strictly lower in As (stride SCF, padded as build_a_b writes it),
+// seen as 4 × 4 blocks of 16 × 16. From (I + A) M = I: M_ii = D_i = (I + A_ii)⁻¹, and for i > j
+// M_ij = −D_i Σ_{k=j…i−1} A_ik M_kj with M_jj = D_j. The four D_i are forward substitutions of 15 rows, one thread per
+// column (64 threads); the six M_ij follow in three rounds of i − j, one warp per 8-column half of a block, on tensor
+// cores: mma m16n8k8 with tf32 operands, each operand split as hi + lo and the product formed as
+// hi·hi + hi·lo + lo·hi, which is accurate to float32 (one tf32 product is not: 2^-11 of each term). D_i is written over
+// A_ii, and M_ij (i > j) into the block (j, i) above the diagonal, which A leaves zero and nothing reads. Ends with
+// each lane's m as invert_b leaves it (rows 16q…16q+15 of column j); barriers inside; the caller syncs before As is
+// written again.
+__device__ __forceinline__ int pcol(int c) { return c + ((c >> 5) << 2); }   // As's column of A's column c
+__device__ __forceinline__ void split_tf32(float x, unsigned& hi, unsigned& lo)
+{
+    hi = tf32(x);
+    lo = tf32(x - __uint_as_float(hi));
+}
+__device__ __forceinline__ void mma8(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// c (16 × 8, mma layout) += P Q for a 16 × 16 block P and a 16 × 8 block Q of As (row stride SCF), one warp
+__device__ __forceinline__ void mma_blk(float (&c)[4], const float* P, const float* Q)
+{
+    const int l = threadIdx.x & 31, g = l >> 2, t = l & 3;
+#pragma unroll
+    for (int k = 0; k < 16; k += 8)
+    {
+        unsigned ah[4], al[4], bh0, bl0, bh1, bl1;
+        split_tf32(P[g * SCF + k + t], ah[0], al[0]);
+        split_tf32(P[(g + 8) * SCF + k + t], ah[1], al[1]);
+        split_tf32(P[g * SCF + k + t + 4], ah[2], al[2]);
+        split_tf32(P[(g + 8) * SCF + k + t + 4], ah[3], al[3]);
+        split_tf32(Q[(k + t) * SCF + g], bh0, bl0);
+        split_tf32(Q[(k + t + 4) * SCF + g], bh1, bl1);
+        mma8(c, al, bh0, bh1);
+        mma8(c, ah, bl0, bl1);
+        mma8(c, ah, bh0, bh1);
+    }
+}
+__device__ __forceinline__ void invert_blocked(float* As, float (&m)[16])
+{
+    auto blk = [&](int i, int j) { return As + 16 * i * SCF + pcol(16 * j); };    // A's block (i, j)
+    auto mblk = [&](int i, int j) { return i == j ? blk(i, i) : blk(j, i); };      // where M_ij is kept
+    if (threadIdx.x < 64)
+    {
+        const int b = threadIdx.x >> 4, c = threadIdx.x & 15;
+        float* Ab = blk(b, b);
+        float x[16];
+#pragma unroll
+        for (int u = 0; u < 16; ++u) x[u] = u == c ? 1.f : 0.f;
+#pragma unroll
+        for (int i = 1; i < 16; ++i)
+        {
+            const float4* a = reinterpret_cast<const float4*>(Ab + i * SCF);
+            float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+            for (int l4 = 0; 4 * l4 < i; ++l4)   // A_il = 0 for l ≥ i, so whole float4s are summed
+            {
+                const float4 v = a[l4];
+                s0 += v.x * x[4 * l4] + v.z * x[4 * l4 + 2];
+                s1 += v.y * x[4 * l4 + 1] + v.w * x[4 * l4 + 3];
+            }
+            if (i > c) x[i] = -(s0 + s1);
+        }
+        __syncwarp();   // the 16 threads of block b share one warp: all have read A_bb
+#pragma unroll
+        for (int u = 0; u < 16; ++u) Ab[u * SCF + c] = x[u];
+    }
+    __syncthreads();
+    const int w = threadIdx.x >> 5, l = threadIdx.x & 31, g = l >> 2, t = l & 3;
+#pragma unroll
+    for (int d = 1; d < 4; ++d)
+    {
+        if (w < 2 * (4 - d))
+        {
+            const int i = d + (w >> 1), j = i - d, h = 8 * (w & 1);
+            float x[4] = {0.f, 0.f, 0.f, 0.f}, y[4] = {0.f, 0.f, 0.f, 0.f};
+            for (int k = j; k < i; ++k) mma_blk(x, blk(i, k), mblk(k, j) + h);
+            float* dst = mblk(i, j) + h;   // X = Σ A_ik M_kj goes here first, then M_ij = −D_i X over it
+            dst[g * SCF + 2 * t] = x[0], dst[g * SCF + 2 * t + 1] = x[1];
+            dst[(g + 8) * SCF + 2 * t] = x[2], dst[(g + 8) * SCF + 2 * t + 1] = x[3];
+            __syncwarp();
+            mma_blk(y, mblk(i, i), dst);
+            __syncwarp();
+            dst[g * SCF + 2 * t] = -y[0], dst[g * SCF + 2 * t + 1] = -y[1];
+            dst[(g + 8) * SCF + 2 * t] = -y[2], dst[(g + 8) * SCF + 2 * t + 1] = -y[3];
+        }
+        __syncthreads();
+    }
+    const int q = l >> 3, j = (w << 3) | (l & 7), bj = j >> 4;
+    const float* col = q < bj ? nullptr : mblk(q, bj) + (j & 15);
+#pragma unroll
+    for (int u = 0; u < 16; ++u) m[u] = col ? col[u * SCF] : 0.f;
+}
+#endif
+
 // ── forward ──
 // grid (N, B·H). A, M = (I + A)⁻¹ (float32), saved as bf16 for the backward; U = M diag(β) V, W = M diag(κe^{γ⁰}) K.
 // Shared memory: the K and V tiles, one region that holds A (float, stride SCF) and, once the inverse is in registers,
@@ -1014,7 +1112,9 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     __syncthreads();
     const int lane = threadIdx.x & 31, q = lane >> 3, j0 = (threadIdx.x >> 5) << 3, j = j0 | (lane & 7);
     float m[16];
-#ifdef COMBA_INV_QUARTERS
+#if defined(COMBA_INV_BLOCKED)
+    invert_blocked(As, m);
+#elif defined(COMBA_INV_QUARTERS)
 #pragma unroll
     for (int u = 0; u < 16; ++u) m[u] = 16 * q + u == j ? 1.f : 0.f;
     // Quarter by quarter (a candidate): when lane Q's rows begin, the terms from the quarters above them are final,
