@@ -10,8 +10,8 @@
 #   breakdown  fla's kernels one by one (tools/kernels/fla_breakdown.py, torch.profiler); after fla
 #   lane       the C# lane's FusedCombaTests
 #   time       every bf16 kernel timed alone, and the forward and forward+backward sequences
-#   defines    each candidate DEFINES_TIMED names (space-separated #ifdef names, COMBA_INV_QUARTERS by default) timed
-#              on prepare and fwd_norm
+#   defines    the default build and each candidate DEFINES_TIMED names (space-separated #ifdef names,
+#              COMBA_INV_QUARTERS by default) timed on prepare and fwd_norm
 #   checkdefines  the float64 check with each of DEFINES_TIMED's names compiled in, one at a time
 #   profile    (not in the default order) Nsight Compute on the kernels NCU_KERNELS names, source counters on
 #              (tools/gpu/profile-kernels.sh: PROFILE_SHAPES, NCU_LAUNCHES): $OUT/ncu.txt and $OUT/ptxas.txt
@@ -50,10 +50,10 @@ run_time() {
   grep -E "^bf16|Error" "$L/time.log" | cut -c1-700
 }
 run_defines() {
-  for d in ${DEFINES_TIMED:-COMBA_INV_QUARTERS}; do
+  for d in "" ${DEFINES_TIMED:-COMBA_INV_QUARTERS}; do   # "": the default build, timed beside them
     echo "-- $d"
-    DEFINES=$d TIME_ONLY=prepare,fwd_norm timeout 60 python3 $C --time --out /tmp > "$L/time-$d.log" 2>&1
-    grep -E "^bf16|Error" "$L/time-$d.log" | cut -c1-300
+    DEFINES=$d TIME_ONLY=prepare,fwd_norm timeout 60 python3 $C --time --out /tmp > "$L/time-${d:-default}.log" 2>&1
+    grep -E "^bf16|Error" "$L/time-${d:-default}.log" | cut -c1-300
   done
 }
 run_checkdefines() {
