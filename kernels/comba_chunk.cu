@@ -933,8 +933,8 @@ template <int D> struct StagedOut
 };
 
 // A = strictly-lower(diag(κ) K Kᵀ ⊙ e^{γ⁰_i − γ_j}) of one chunk, float, into As (stride SCF). Rows are stored with 4
-// floats of padding after column 31 (column c at c + 4·(c ≥ 32)): invert_b reads the four 16-column quarters of a
-// row at once, and unpadded, quarters 0 and 2 (and 1 and 3) share banks. Whole block, no barrier.
+// floats of padding after column 31 (column c at c + 4·(c ≥ 32)); with the row stride SCF ≡ 4 (mod 32), the
+// blocked inverse's fragment reads (8 rows × 4 columns a warp) fall in 32 distinct banks. Whole block, no barrier.
 template <int D>
 __device__ __forceinline__ void build_a_b(const bf16r* Ks, float* As, const float* gam, const float* gam0, const float* kap)
 {
@@ -944,53 +944,15 @@ __device__ __forceinline__ void build_a_b(const bf16r* Ks, float* As, const floa
         a[1] = j + 1 < i ? kap[i] * x1 * expf(gam0[i] - gam[j + 1]) : 0.f;
     });
 }
-// Σ_u A_{i, 16q+u} m[u] over the q-th 16-column quarter of A's row i, with 16-byte reads, in two interleaved sums
-__device__ __forceinline__ float quarter_dot(const float* As, int i, int q, const float (&m)[16])
-{
-    const float4* a = reinterpret_cast<const float4*>(As + i * SCF + 16 * q + ((q >> 1) << 2));
-    float s = 0.f, s2 = 0.f;
-#pragma unroll
-    for (int u = 0; u < 4; ++u)
-    {
-        float4 x = a[u];
-        s += x.x * m[4 * u] + x.y * m[4 * u + 1];
-        s2 += x.z * m[4 * u + 2] + x.w * m[4 * u + 3];
-    }
-    return s + s2;
-}
-// M = (I + A)⁻¹ by forward substitution, column j by four lanes q = 0…3, 8 lanes apart in one warp (a warp holds 8
-// columns): lane q ends with rows 16q…16q+15 of the column in m (the loops are fully unrolled, so every index is a
-// constant). Each row sums its terms with 16-byte reads of A's row, which the warp's 8 columns share (4 distinct
-// addresses per read, in distinct banks); A_il = 0 for l ≥ i, so the whole row is summed without a mask. Rows i ≤ j
-// keep their start (δ_ij); with Skip a warp begins at the first row below its first column (warp w does 63 − 8w of
-// the 63 rows, the same bits). Reads As; no barrier.
-template <bool Skip>
-__device__ __forceinline__ void invert_b(const float* As, float (&m)[16])
-{
-    const int lane = threadIdx.x & 31, q = lane >> 3, j0 = (threadIdx.x >> 5) << 3, j = j0 | (lane & 7);
-#pragma unroll
-    for (int u = 0; u < 16; ++u) m[u] = 16 * q + u == j ? 1.f : 0.f;
-#pragma unroll
-    for (int i = 1; i < CH; ++i)
-    {
-        if (Skip && i <= j0) continue;   // the same for the whole warp
-        float s = quarter_dot(As, i, q, m);
-        s += __shfl_xor_sync(0xffffffffu, s, 8);
-        s += __shfl_xor_sync(0xffffffffu, s, 16);
-        if (q == i / 16 && i > j) m[i % 16] = -s;
-    }
-}
-
-#ifdef COMBA_INV_BLOCKED
-// M = (I + A)⁻¹ block by block (a candidate), for A strictly lower in As (stride SCF, padded as build_a_b writes it),
+// M = (I + A)⁻¹ block by block, for A strictly lower in As (stride SCF, padded as build_a_b writes it),
 // seen as 4 × 4 blocks of 16 × 16. From (I + A) M = I: M_ii = D_i = (I + A_ii)⁻¹, and for i > j
 // M_ij = −D_i Σ_{k=j…i−1} A_ik M_kj with M_jj = D_j. The four D_i are forward substitutions of 15 rows, one thread per
 // column (64 threads); the six M_ij follow in three rounds of i − j, one warp per 8-column half of a block, on tensor
 // cores: mma m16n8k8 with tf32 operands, each operand split as hi + lo and the product formed as
 // hi·hi + hi·lo + lo·hi, which is accurate to float32 (one tf32 product is not: 2^-11 of each term). D_i is written over
 // A_ii, and M_ij (i > j) into the block (j, i) above the diagonal, which A leaves zero and nothing reads. Ends with
-// each lane's m as invert_b leaves it (rows 16q…16q+15 of column j); barriers inside; the caller syncs before As is
-// written again.
+// each lane (q = lane / 8, column j = 8·warp + lane % 8) holding rows 16q…16q+15 of column j of M in m; barriers
+// inside; the caller syncs before As is written again.
 __device__ __forceinline__ int pcol(int c) { return c + ((c >> 5) << 2); }   // As's column of A's column c
 __device__ __forceinline__ void split_tf32(float x, unsigned& hi, unsigned& lo)
 {
@@ -1077,7 +1039,6 @@ __device__ __forceinline__ void invert_blocked(float* As, float (&m)[16])
 #pragma unroll
     for (int u = 0; u < 16; ++u) m[u] = col ? col[u * SCF] : 0.f;
 }
-#endif
 
 // ── forward ──
 // grid (N, B·H). A, M = (I + A)⁻¹ (float32), saved as bf16 for the backward; U = M diag(β) V, W = M diag(κe^{γ⁰}) K.
@@ -1110,59 +1071,9 @@ __device__ void fwd_prepare_b(const bf16r* k, const bf16r* v, const float* g, co
     __syncthreads();
     build_a_b<D>(Ks, As, gam, gam0, kap);
     __syncthreads();
-    const int lane = threadIdx.x & 31, q = lane >> 3, j0 = (threadIdx.x >> 5) << 3, j = j0 | (lane & 7);
+    const int lane = threadIdx.x & 31, q = lane >> 3, j = ((threadIdx.x >> 5) << 3) | (lane & 7);
     float m[16];
-#if defined(COMBA_INV_BLOCKED)
     invert_blocked(As, m);
-#elif defined(COMBA_INV_QUARTERS)
-#pragma unroll
-    for (int u = 0; u < 16; ++u) m[u] = 16 * q + u == j ? 1.f : 0.f;
-    // Quarter by quarter (a candidate): when lane Q's rows begin, the terms from the quarters above them are final,
-    // so lanes q < Q sum those for all 16 rows at once (no chain) and shuffles add the four lanes' sums; lane Q then
-    // runs the chain inside its quarter from registers, one FMA deep per row. Quarters above the warp's columns
-    // (jq) hold zeros throughout.
-    const int jq = j0 >> 4;
-#pragma unroll
-    for (int Q = 0; Q < 4; ++Q)
-    {
-        if (Q < jq) continue;   // the same for the whole warp
-        float p[16];
-#pragma unroll
-        for (int u = 0; u < 16; ++u) p[u] = 0.f;
-        if (Q > jq)
-        {
-            if (q < Q)
-            {
-#pragma unroll
-                for (int u = 0; u < 16; ++u)
-                {
-                    p[u] = quarter_dot(As, 16 * Q + u, q, m);
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < 16; ++u)
-            {
-                p[u] += __shfl_xor_sync(0xffffffffu, p[u], 8);
-                p[u] += __shfl_xor_sync(0xffffffffu, p[u], 16);
-            }
-        }
-        if (q == Q)
-        {
-            if (16 * Q > j) m[0] = -p[0];
-#pragma unroll
-            for (int u = 1; u < 16; ++u)
-            {
-                const float* a = As + (16 * Q + u) * SCF + 16 * Q + ((Q >> 1) << 2);
-                float s = p[u];
-#pragma unroll
-                for (int l = 0; l < u; ++l) s += a[l] * m[l];
-                if (16 * Q + u > j) m[u] = -s;
-            }
-        }
-    }
-#else
-    invert_b<true>(As, m);
-#endif
     __syncthreads();   // A is read; its region takes the scaled copies of M
     {   // rows in pairs: lanes j and j ^ 1 hold adjacent columns, so one shuffle gives each the other's half of a
         // 4-byte pair; the even lane writes row u, the odd lane row u + 1
@@ -1223,6 +1134,21 @@ template <int D> struct SliceB
     __device__ SliceB() { int w = threadIdx.x >> 5; r0 = (w % (D / 16)) * 16; c0 = (w / (D / 16)) * 8 * HW; }
 };
 
+// rows × BV bf16 from a shared slice (stride SBV) to global rows of D at out, in 16-byte pieces: a warp's 4-byte
+// stores of an mma tile fill only part of each 32-byte sector they touch. Flip negates every value (exactly: bf16's
+// rounding is symmetric, so the bits of −x's rounding, flipped, are x's rounding).
+template <int D, bool Flip = false>
+__device__ __forceinline__ void slice_out(const bf16r* X, bf16r* out, int rows)
+{
+    for (int idx = threadIdx.x; idx < rows * (BV / 8); idx += NT)
+    {
+        const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
+        uint4 x = *reinterpret_cast<const uint4*>(X + r * SBV + c);
+        if (Flip) x.x ^= 0x80008000u, x.y ^= 0x80008000u, x.z ^= 0x80008000u, x.w ^= 0x80008000u;
+        *reinterpret_cast<uint4*>(out + (size_t)r * D + c) = x;
+    }
+}
+
 // grid (D/BV, B·H): the sequential pass, the next chunk's W, K, U and g prefetched while this one computes.
 template <int D>
 __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, const bf16r* U, const float* h0,
@@ -1265,12 +1191,8 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
     {
         const bf16r* Wc = buf + (n & 1) * BUF;
         const bf16r* Kc = Wc + CH * SD;
-        const bf16r* Uc = Kc + CH * SD;
-        bf16r* Hn = H0 + ((size_t)hd.bh * N + n) * D * D;
-        each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) {
-            st2(hb + r * SBV + c, x0, x1);
-            st2(Hn + r * D + v0 + c, x0, x1);
-        });
+        bf16r* Uc = buf + (n & 1) * BUF + 2 * CH * SD;
+        each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) { st2(hb + r * SBV + c, x0, x1); });
         if (threadIdx.x < 32)
         {
             scan_pairs(ga, gb, gam, gam0);
@@ -1281,13 +1203,16 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
         if (n + 1 < N) fetch(n + 1);
         const float gC = gam[CH - 1], aC = expf(gC);
         const size_t row0 = (size_t)hd.bh * Tp + n * CH;
+        slice_out<D>(hb, H0 + ((size_t)hd.bh * N + n) * D * D + v0, D);   // the chunk-start state, as bf16
+        // Ũ over U in its own tile (each pair read and written by one thread), stored from there after the barrier
         bmm<CH, BV, false, false>(Wc, SD, hb, SBV, D, [&](int i, int c, float x0, float x1) {
             float2 u = ld2(Uc + i * SBV + c);
             float u0 = u.x - x0, u1 = u.y - x1, e = expf(gC - gam[i]);
-            st2(Ut + (row0 + i) * D + v0 + c, u0, u1);
+            st2(Uc + i * SBV + c, u0, u1);
             st2(Xs + i * SBV + c, e * u0, e * u1);
         });
         __syncthreads();
+        slice_out<D>(Uc, Ut + row0 * D + v0, CH);
 #pragma unroll
         for (int w = 0; w < HW; ++w) h[w][0] *= aC, h[w][1] *= aC, h[w][2] *= aC, h[w][3] *= aC;
         wmma<HW, true, false>(h, Kc, SD, Xs, SBV, sl.r0, sl.c0, CH);
@@ -1441,11 +1366,7 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
         const bf16r* Wc = Qc + CH * SD;
         const bf16r* Oc = Wc + CH * SD;
         const float* Pc = (const float*)(Oc + CH * SBV);
-        bf16r* Hn = dH1 + ((size_t)hd.bh * N + n) * D * D;
-        each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) {
-            st2(hb + r * SBV + c, x0, x1);
-            st2(Hn + r * D + v0 + c, x0, x1);
-        });
+        each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) { st2(hb + r * SBV + c, x0, x1); });
         if (threadIdx.x < 32)
         {
             scan_pairs(ga, gb, gam, gam0);
@@ -1456,6 +1377,7 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
         if (n > 0) fetch(n - 1);
         const float gC = gam[CH - 1], aC = expf(gC);
         const size_t row0 = (size_t)hd.bh * Tp + n * CH;
+        slice_out<D>(hb, dH1 + ((size_t)hd.bh * N + n) * D * D + v0, D);   // dh' as bf16
         for (int idx = threadIdx.x; idx < CH * BV / 2; idx += NT)
         {
             int i = idx / (BV / 2), c = 2 * (idx % (BV / 2));
@@ -1467,10 +1389,10 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
             float e = expf(gC - gam[i]);
             float2 p = *reinterpret_cast<const float2*>(Pc + i * BV + c);
             float d0 = p.x + e * x0, d1 = p.y + e * x1;
-            st2(dUt + (row0 + i) * D + v0 + c, d0, d1);
             st2(Xu + i * SBV + c, -d0, -d1);
         });
         __syncthreads();
+        slice_out<D, true>(Xu, dUt + row0 * D + v0, CH);   // dŨ = −Xu
 #pragma unroll
         for (int w = 0; w < HW; ++w) h[w][0] *= aC, h[w][1] *= aC, h[w][2] *= aC, h[w][3] *= aC;
         wmma<HW, true, false>(h, Qc, SD, Xd, SBV, sl.r0, sl.c0, CH);

@@ -11,7 +11,7 @@
 #   lane       the C# lane's FusedCombaTests
 #   time       every bf16 kernel timed alone, and the forward and forward+backward sequences
 #   defines    the default build and each candidate DEFINES_TIMED names (space-separated #ifdef names,
-#              COMBA_INV_QUARTERS by default) timed on prepare and fwd_norm
+#              none by default) timed on prepare and fwd_norm
 #   checkdefines  the float64 check with each of DEFINES_TIMED's names compiled in, one at a time
 #   profile    (not in the default order) Nsight Compute on the kernels NCU_KERNELS names, source counters on
 #              (tools/gpu/profile-kernels.sh: PROFILE_SHAPES, NCU_LAUNCHES): $OUT/ncu.txt and $OUT/ptxas.txt
@@ -50,14 +50,14 @@ run_time() {
   grep -E "^bf16|Error" "$L/time.log" | cut -c1-700
 }
 run_defines() {
-  for d in "" ${DEFINES_TIMED:-COMBA_INV_QUARTERS}; do   # "": the default build, timed beside them
+  for d in "" ${DEFINES_TIMED-}; do   # "": the default build, timed beside them
     echo "-- $d"
     DEFINES=$d TIME_ONLY=prepare,fwd_norm timeout 60 python3 $C --time --out /tmp > "$L/time-${d:-default}.log" 2>&1
     grep -E "^bf16|Error" "$L/time-${d:-default}.log" | cut -c1-300
   done
 }
 run_checkdefines() {
-  for d in ${DEFINES_TIMED:-COMBA_INV_QUARTERS}; do
+  for d in ${DEFINES_TIMED-}; do
     echo "-- $d"
     DEFINES=$d timeout 120 python3 $C --check --out /tmp > "$L/check-$d.log" 2>&1
     grep -E "BAD|CHECK|Error" "$L/check-$d.log" | cut -c1-200 | head -12
