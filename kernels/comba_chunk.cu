@@ -1134,6 +1134,7 @@ template <int D> struct SliceB
     __device__ SliceB() { int w = threadIdx.x >> 5; r0 = (w % (D / 16)) * 16; c0 = (w / (D / 16)) * 8 * HW; }
 };
 
+// (COMBA_STAGED_STATE, a candidate: the state passes' per-chunk stores through it)
 // rows × BV bf16 from a shared slice (stride SBV) to global rows of D at out, in 16-byte pieces: a warp's 4-byte
 // stores of an mma tile fill only part of each 32-byte sector they touch. Flip negates every value (exactly: bf16's
 // rounding is symmetric, so the bits of −x's rounding, flipped, are x's rounding).
@@ -1191,8 +1192,17 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
     {
         const bf16r* Wc = buf + (n & 1) * BUF;
         const bf16r* Kc = Wc + CH * SD;
+#ifdef COMBA_STAGED_STATE
         bf16r* Uc = buf + (n & 1) * BUF + 2 * CH * SD;
         each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) { st2(hb + r * SBV + c, x0, x1); });
+#else
+        const bf16r* Uc = Kc + CH * SD;
+        bf16r* Hn = H0 + ((size_t)hd.bh * N + n) * D * D;
+        each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) {
+            st2(hb + r * SBV + c, x0, x1);
+            st2(Hn + r * D + v0 + c, x0, x1);
+        });
+#endif
         if (threadIdx.x < 32)
         {
             scan_pairs(ga, gb, gam, gam0);
@@ -1203,6 +1213,7 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
         if (n + 1 < N) fetch(n + 1);
         const float gC = gam[CH - 1], aC = expf(gC);
         const size_t row0 = (size_t)hd.bh * Tp + n * CH;
+#ifdef COMBA_STAGED_STATE
         slice_out<D>(hb, H0 + ((size_t)hd.bh * N + n) * D * D + v0, D);   // the chunk-start state, as bf16
         // Ũ over U in its own tile (each pair read and written by one thread), stored from there after the barrier
         bmm<CH, BV, false, false>(Wc, SD, hb, SBV, D, [&](int i, int c, float x0, float x1) {
@@ -1213,6 +1224,15 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
         });
         __syncthreads();
         slice_out<D>(Uc, Ut + row0 * D + v0, CH);
+#else
+        bmm<CH, BV, false, false>(Wc, SD, hb, SBV, D, [&](int i, int c, float x0, float x1) {
+            float2 u = ld2(Uc + i * SBV + c);
+            float u0 = u.x - x0, u1 = u.y - x1, e = expf(gC - gam[i]);
+            st2(Ut + (row0 + i) * D + v0 + c, u0, u1);
+            st2(Xs + i * SBV + c, e * u0, e * u1);
+        });
+        __syncthreads();
+#endif
 #pragma unroll
         for (int w = 0; w < HW; ++w) h[w][0] *= aC, h[w][1] *= aC, h[w][2] *= aC, h[w][3] *= aC;
         wmma<HW, true, false>(h, Kc, SD, Xs, SBV, sl.r0, sl.c0, CH);
@@ -1366,7 +1386,15 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
         const bf16r* Wc = Qc + CH * SD;
         const bf16r* Oc = Wc + CH * SD;
         const float* Pc = (const float*)(Oc + CH * SBV);
+#ifdef COMBA_STAGED_STATE
         each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) { st2(hb + r * SBV + c, x0, x1); });
+#else
+        bf16r* Hn = dH1 + ((size_t)hd.bh * N + n) * D * D;
+        each2(h, sl.r0, sl.c0, [&](int r, int c, float x0, float x1) {
+            st2(hb + r * SBV + c, x0, x1);
+            st2(Hn + r * D + v0 + c, x0, x1);
+        });
+#endif
         if (threadIdx.x < 32)
         {
             scan_pairs(ga, gb, gam, gam0);
@@ -1377,7 +1405,9 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
         if (n > 0) fetch(n - 1);
         const float gC = gam[CH - 1], aC = expf(gC);
         const size_t row0 = (size_t)hd.bh * Tp + n * CH;
+#ifdef COMBA_STAGED_STATE
         slice_out<D>(hb, dH1 + ((size_t)hd.bh * N + n) * D * D + v0, D);   // dh' as bf16
+#endif
         for (int idx = threadIdx.x; idx < CH * BV / 2; idx += NT)
         {
             int i = idx / (BV / 2), c = 2 * (idx % (BV / 2));
@@ -1389,10 +1419,15 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
             float e = expf(gC - gam[i]);
             float2 p = *reinterpret_cast<const float2*>(Pc + i * BV + c);
             float d0 = p.x + e * x0, d1 = p.y + e * x1;
+#ifndef COMBA_STAGED_STATE
+            st2(dUt + (row0 + i) * D + v0 + c, d0, d1);
+#endif
             st2(Xu + i * SBV + c, -d0, -d1);
         });
         __syncthreads();
+#ifdef COMBA_STAGED_STATE
         slice_out<D, true>(Xu, dUt + row0 * D + v0, CH);   // dŨ = −Xu
+#endif
 #pragma unroll
         for (int w = 0; w < HW; ++w) h[w][0] *= aC, h[w][1] *= aC, h[w][2] *= aC, h[w][3] *= aC;
         wmma<HW, true, false>(h, Qc, SD, Xd, SBV, sl.r0, sl.c0, CH);
