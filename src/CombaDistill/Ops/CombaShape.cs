@@ -89,8 +89,26 @@ public static class CombaMath
     /// x / max(‖x‖, 1e-6) over the last dimension: exactly unit length for any ordinary vector (so hand-worked
     /// examples hold exactly) and finite, with a finite gradient, at zero.
     /// </summary>
-    public static Tensor L2Normalize(Tensor x) =>
-        x / linalg.vector_norm(x, ord: 2, dims: [-1], keepdim: true).clamp_min(NormFloor);
+    public static Tensor L2Normalize(Tensor x)
+    {
+        // max(‖x‖, floor) as sqrt(max(Σ x², floor²)), not linalg.vector_norm: TorchSharp's vector_norm turns its order
+        // into a Scalar of its own for the call, which has the lifetime problem described at NormFloorSquaredScalar. The
+        // floor goes under the root so that a zero vector's gradient stays finite (sqrt's is infinite at 0, and
+        // clamp's zero times it would be NaN).
+        using var squares = x * x;
+        using var sum = squares.sum([-1], keepdim: true);
+        using var floored = sum.clamp_min(NormFloorSquaredScalar);
+        using var norm = floored.sqrt();
+        return x / norm;
+    }
+
+    /// <summary>
+    /// <see cref="NormFloor"/>² as one Scalar that a static field keeps alive. A Scalar made by implicit conversion at
+    /// the call is unreachable once the op has read its handle; it has a finalizer and no dispose scope holds it, so a
+    /// collection on another thread could free it while libtorch still reads it (a CI run failed so, and
+    /// ScalarLifetimeTests reproduces it). Scalars are never tracked by dispose scopes, so this one is never disposed.
+    /// </summary>
+    static readonly TorchSharp.Scalar NormFloorSquaredScalar = (NormFloor * NormFloor).ToScalar();
 
     /// <summary>
     /// The precision the recurrence runs in: float64 stays float64 (the reference), everything else
