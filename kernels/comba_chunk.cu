@@ -934,7 +934,8 @@ template <int D> struct StagedOut
 
 // A = strictly-lower(diag(κ) K Kᵀ ⊙ e^{γ⁰_i − γ_j}) of one chunk, float, into As (stride SCF). Rows are stored with 4
 // floats of padding after column 31 (column c at c + 4·(c ≥ 32)); with the row stride SCF ≡ 4 (mod 32), the
-// blocked inverse's fragment reads (8 rows × 4 columns a warp) fall in 32 distinct banks. Whole block, no barrier.
+// blocked inverse's A-fragment reads (8 rows × 4 columns a warp) fall in 32 distinct banks (its B-fragment reads
+// and C stores are 2-way conflicted). Whole block, no barrier.
 template <int D>
 __device__ __forceinline__ void build_a_b(const bf16r* Ks, float* As, const float* gam, const float* gam0, const float* kap)
 {

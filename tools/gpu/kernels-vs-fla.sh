@@ -6,12 +6,14 @@
 #   check      the float64 check of every bf16 kernel (tools/kernels/comba_check.py --check)
 #   bench      `bench kernel` in bf16: our op through FusedComba, what a user's model calls
 #   fla        fla's chunk_comba at the three shapes (tools/kernels/peer_slim.py, FLA_TIMEOUT s, 240 by default;
-#              Triton's cache comes back in $OUT/triton-cache.tar.xz.part-*)
-#   breakdown  fla's kernels one by one (tools/kernels/fla_breakdown.py, torch.profiler); after fla
+#              Triton's cache comes back in $OUT/triton-cache.tar.xz.part-*); GRAD_TO_NONE=1 clears the inputs'
+#              gradients between repeats (peer_bench.py does not)
+#   breakdown  fla's kernels one by one (tools/kernels/fla_breakdown.py, torch.profiler); after fla, whose
+#              Triton cache it uses
 #   lane       the C# lane's FusedCombaTests
 #   time       every bf16 kernel timed alone, and the forward and forward+backward sequences
 #   defines    the default build and each candidate DEFINES_TIMED names (space-separated #ifdef names,
-#              none by default) timed on prepare and fwd_norm
+#              none by default) timed on the rows DEFINES_TIME_ONLY names (prepare,fwd_norm by default)
 #   checkdefines  the float64 check with each of DEFINES_TIMED's names compiled in, one at a time
 #   profile    (not in the default order) Nsight Compute on the kernels NCU_KERNELS names, source counters on
 #              (tools/gpu/profile-kernels.sh: PROFILE_SHAPES, NCU_LAUNCHES): $OUT/ncu.txt and $OUT/ptxas.txt
@@ -52,7 +54,7 @@ run_time() {
 run_defines() {
   for d in "" ${DEFINES_TIMED-}; do   # "": the default build, timed beside them
     echo "-- $d"
-    DEFINES=$d TIME_ONLY=prepare,fwd_norm timeout 60 python3 $C --time --out /tmp > "$L/time-${d:-default}.log" 2>&1
+    DEFINES=$d TIME_ONLY=${DEFINES_TIME_ONLY:-prepare,fwd_norm} timeout 90 python3 $C --time --out /tmp > "$L/time-${d:-default}.log" 2>&1
     grep -E "^bf16|Error" "$L/time-${d:-default}.log" | cut -c1-300
   done
 }

@@ -19,7 +19,7 @@ BF16_ONLY = bool(os.environ.get("BF16_ONLY"))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # KERNEL_SRC picks another version of the source (e.g. the v5b candidate: patch -o /tmp/v5b.cu kernels/comba_chunk.cu tools/kernels/candidates/comba_chunk_v5b.patch) to check and time
 SRC = open(os.environ.get("KERNEL_SRC") or os.path.join(ROOT, "kernels", "comba_chunk.cu")).read()
-# DEFINES (space-separated names) switches on candidates the source keeps behind #ifdef, e.g. COMBA_SOMETHING (none at present)
+# DEFINES (space-separated names) switches on candidates the source keeps behind #ifdef, e.g. COMBA_STAGED_STATE
 SRC = "".join(f"#define {d}\n" for d in (os.environ.get("DEFINES") or "").split()) + SRC
 _mod = None
 
