@@ -45,6 +45,13 @@ __device__ __forceinline__ unsigned tf32(float x)
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
     return u;
 }
+// c += a b on tensor cores for one warp: mma m16n8k8, tf32 operands, float32 accumulation
+__device__ __forceinline__ void mma8(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 
 // out(i, j, ·) once for every element of the M×N product  diag(scale1) A1 B1 + A2 B2  (K1, K2 multiples of 8; K2 may
 // be 0; scale1 may be null). Whole block; no barrier inside: callers sync before reading what out wrote.
@@ -65,16 +72,11 @@ __device__ __forceinline__ void block_mm(Mat A1, Mat B1, int K1, const float* sc
             auto run = [&](const Mat& A, const Mat& B, int K) {
                 for (int k = 0; k < K; k += 8)
                 {
-                    unsigned a0 = tf32(A.at(r0 + g, k + t4)), a1 = tf32(A.at(r0 + g + 8, k + t4));
-                    unsigned a2 = tf32(A.at(r0 + g, k + t4 + 4)), a3 = tf32(A.at(r0 + g + 8, k + t4 + 4));
+                    const unsigned a[4] = {tf32(A.at(r0 + g, k + t4)), tf32(A.at(r0 + g + 8, k + t4)),
+                                           tf32(A.at(r0 + g, k + t4 + 4)), tf32(A.at(r0 + g + 8, k + t4 + 4))};
 #pragma unroll
                     for (int w = 0; w < WN; ++w)
-                    {
-                        unsigned b0 = tf32(B.at(k + t4, c0 + 8 * w + g)), b1 = tf32(B.at(k + t4 + 4, c0 + 8 * w + g));
-                        asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                                     : "+f"(acc[w][0]), "+f"(acc[w][1]), "+f"(acc[w][2]), "+f"(acc[w][3])
-                                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-                    }
+                        mma8(acc[w], a, tf32(B.at(k + t4, c0 + 8 * w + g)), tf32(B.at(k + t4 + 4, c0 + 8 * w + g)));
                 }
             };
             run(A1, B1, K1);
@@ -936,11 +938,12 @@ template <int D> struct StagedOut
 // floats of padding after column 31 (column c at c + 4·(c ≥ 32)); with the row stride SCF ≡ 4 (mod 32), the
 // blocked inverse's A-fragment reads (8 rows × 4 columns a warp) fall in 32 distinct banks (its B-fragment reads
 // and C stores are 2-way conflicted). Whole block, no barrier.
+__device__ __forceinline__ int pcol(int c) { return c + ((c >> 5) << 2); }   // As's column of A's column c
 template <int D>
 __device__ __forceinline__ void build_a_b(const bf16r* Ks, float* As, const float* gam, const float* gam0, const float* kap)
 {
     bmm<CH, CH, false, true>(Ks, D + 8, Ks, D + 8, D, [&](int i, int j, float x0, float x1) {
-        float* a = As + i * SCF + j + ((j >> 5) << 2);
+        float* a = As + i * SCF + j + ((j >> 5) << 2);   // pcol(j) written out: calling it reorders the SASS of the build checked on the GPU
         a[0] = j < i ? kap[i] * x0 * expf(gam0[i] - gam[j]) : 0.f;
         a[1] = j + 1 < i ? kap[i] * x1 * expf(gam0[i] - gam[j + 1]) : 0.f;
     });
@@ -954,17 +957,10 @@ __device__ __forceinline__ void build_a_b(const bf16r* Ks, float* As, const floa
 // A_ii, and M_ij (i > j) into the block (j, i) above the diagonal, which A leaves zero and nothing reads. Ends with
 // each lane (q = lane / 8, column j = 8·warp + lane % 8) holding rows 16q…16q+15 of column j of M in m; barriers
 // inside; the caller syncs before As is written again.
-__device__ __forceinline__ int pcol(int c) { return c + ((c >> 5) << 2); }   // As's column of A's column c
 __device__ __forceinline__ void split_tf32(float x, unsigned& hi, unsigned& lo)
 {
     hi = tf32(x);
     lo = tf32(x - __uint_as_float(hi));
-}
-__device__ __forceinline__ void mma8(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)
-{
-    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 // c (16 × 8, mma layout) += P Q for a 16 × 16 block P and a 16 × 8 block Q of As (row stride SCF), one warp
 __device__ __forceinline__ void mma_blk(float (&c)[4], const float* P, const float* Q)
