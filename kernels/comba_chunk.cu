@@ -943,7 +943,8 @@ template <int D>
 __device__ __forceinline__ void build_a_b(const bf16r* Ks, float* As, const float* gam, const float* gam0, const float* kap)
 {
     bmm<CH, CH, false, true>(Ks, D + 8, Ks, D + 8, D, [&](int i, int j, float x0, float x1) {
-        float* a = As + i * SCF + j + ((j >> 5) << 2);   // pcol(j) written out: calling it reorders the SASS of the build checked on the GPU
+        // pcol(j) written out: calling it reorders the SASS of the build that was checked on the GPU
+        float* a = As + i * SCF + j + ((j >> 5) << 2);
         a[0] = j < i ? kap[i] * x0 * expf(gam0[i] - gam[j]) : 0.f;
         a[1] = j + 1 < i ? kap[i] * x1 * expf(gam0[i] - gam[j + 1]) : 0.f;
     });
