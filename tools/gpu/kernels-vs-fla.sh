@@ -40,6 +40,7 @@ run_fla() {
 }
 run_breakdown() {
   unpack_peers
+  export TRITON_CACHE_DIR=/tmp/triton-cache TRITON_CACHE_AUTOTUNING=1   # fla's step's cache, if it ran
   (cd $peers && FLA_PATH=$PWD timeout 120 python3 "$OLDPWD/tools/kernels/fla_breakdown.py") > "$L/fla-breakdown.log" 2>&1
   grep -A3 "^==" "$L/fla-breakdown.log" | cut -c1-150 | head -40
 }
@@ -69,7 +70,9 @@ run_profile() {
   SOURCE=1 NCU_TIMEOUT=${NCU_TIMEOUT:-150} bash tools/gpu/profile-kernels.sh > "$L/profile.log" 2>&1
   tail -40 "$L/profile.log" | cut -c1-200
 }
-for s in ${ORDER:-check bench fla breakdown lane time defines}; do
+order=${ORDER:-check bench fla breakdown lane time defines}
+for s in $order; do declare -F "run_$s" > /dev/null || { echo "ORDER: no step '$s'" >&2; exit 2; }; done
+for s in $order; do
   step "$s"
   "run_$s"
 done
