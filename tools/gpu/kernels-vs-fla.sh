@@ -12,8 +12,9 @@
 #              Triton cache it uses
 #   lane       the C# lane's FusedCombaTests
 #   time       every bf16 kernel timed alone, and the forward and forward+backward sequences
-#   defines    the default build and each candidate DEFINES_TIMED names (space-separated #ifdef names,
-#              none by default) timed on the rows DEFINES_TIME_ONLY names (prepare,fwd_norm by default)
+#   defines    each candidate DEFINES_TIMED names (space-separated #ifdef names, none by default) timed on the rows
+#              DEFINES_TIME_ONLY names (prepare,fwd_norm by default), with the default build beside them unless the
+#              time step ran earlier in the call
 #   checkdefines  the float64 check with each of DEFINES_TIMED's names compiled in, one at a time
 #   profile    (not in the default order) Nsight Compute on the kernels NCU_KERNELS names, source counters on
 #              (tools/gpu/profile-kernels.sh: PROFILE_SHAPES, NCU_LAUNCHES): $OUT/ncu.txt and $OUT/ptxas.txt
@@ -53,7 +54,10 @@ run_time() {
   grep -E "^bf16|Error" "$L/time.log" | cut -c1-700
 }
 run_defines() {
-  for d in "" ${DEFINES_TIMED-}; do   # "": the default build, timed beside them
+  # "": the default build, timed beside them, unless the time step has already timed it in this call
+  local builds=("" ${DEFINES_TIMED-})
+  grep -q "^bf16" "$L/time.log" 2>/dev/null && builds=(${DEFINES_TIMED-}) && echo "-- the default build: the time step's rows"
+  for d in "${builds[@]}"; do
     echo "-- $d"
     DEFINES=$d TIME_ONLY=${DEFINES_TIME_ONLY:-prepare,fwd_norm} timeout 90 python3 $C --time --out /tmp > "$L/time-${d:-default}.log" 2>&1
     grep -E "^bf16|Error" "$L/time-${d:-default}.log" | cut -c1-300
