@@ -685,22 +685,47 @@ template <int COLS>
 __device__ __forceinline__ void stage_b(bf16r* s, int ss, const bf16r* src, size_t gs, int rows, int valid)
 {
     constexpr int V = COLS / 8;
+#ifdef COMBA_UNROLLED_STAGE
+    // (a candidate) rows is a constant at every call site, so the loop unrolls and a thread's offsets are its own
+    // row and column plus constants: in a chunk loop, no division or bound per piece
+    const int r1 = threadIdx.x / V, c = (threadIdx.x % V) * 8;
+#pragma unroll
+    for (int i = 0; i < (rows * V + NT - 1) / NT; ++i)
+    {
+        const int r = r1 + i * (NT / V);
+        if ((rows * V) % NT != 0 && r >= rows) break;
+        const bool ok = r < valid;
+        cp16(s + r * ss + c, src + (ok ? (size_t)r * gs + c : 0), ok);
+    }
+#else
     for (int idx = threadIdx.x; idx < rows * V; idx += NT)
     {
         int r = idx / V, c = (idx % V) * 8;
         bool ok = r < valid;
         cp16(s + r * ss + c, src + (ok ? (size_t)r * gs + c : 0), ok);
     }
+#endif
 }
 template <int COLS>
 __device__ __forceinline__ void stage_f(float* s, int ss, const float* src, size_t gs, int rows)
 {
     constexpr int V = COLS / 4;
+#ifdef COMBA_UNROLLED_STAGE
+    const int r1 = threadIdx.x / V, c = (threadIdx.x % V) * 4;
+#pragma unroll
+    for (int i = 0; i < (rows * V + NT - 1) / NT; ++i)
+    {
+        const int r = r1 + i * (NT / V);
+        if ((rows * V) % NT != 0 && r >= rows) break;
+        cp16(s + r * ss + c, src + (size_t)r * gs + c, true);
+    }
+#else
     for (int idx = threadIdx.x; idx < rows * V; idx += NT)
     {
         int r = idx / V, c = (idx % V) * 4;
         cp16(s + r * ss + c, src + (size_t)r * gs + c, true);
     }
+#endif
 }
 
 // ldmatrix fragments. A is M×K: KM = false stored row-major (m, k) at A[m·s + k]; KM = true stored as its transpose
@@ -743,7 +768,11 @@ __device__ __forceinline__ void mma16(float (&c)[4], const unsigned (&a)[4], uns
 template <int WN, bool KM, bool NK>
 __device__ __forceinline__ void wmma(float (&acc)[WN][4], const bf16r* A, int as, const bf16r* B, int bs, int r0, int c0, int K)
 {
+#ifdef COMBA_UNROLLED_MMA
+#pragma unroll
+#else
 #pragma unroll 2
+#endif
     for (int k0 = 0; k0 < K; k0 += 16)
     {
         unsigned a[4];
@@ -798,6 +827,9 @@ __device__ __forceinline__ void scan_pairs(float a, float b, float* gam, float* 
 {
     const int i = threadIdx.x & 31;
     float s = a + b;
+#ifdef COMBA_UNROLLED_STAGE
+#pragma unroll
+#endif
     for (int off = 1; off < 32; off <<= 1)
     {
         float y = __shfl_up_sync(0xffffffffu, s, off);
@@ -1139,9 +1171,18 @@ template <int D> struct SliceB
 template <int D, bool Flip = false>
 __device__ __forceinline__ void slice_out(const bf16r* X, bf16r* out, int rows)
 {
+#ifdef COMBA_UNROLLED_STAGE
+    constexpr int V = BV / 8;
+#pragma unroll
+    for (int i = 0; i < (rows * V + NT - 1) / NT; ++i)
+    {
+        const int r = threadIdx.x / V + i * (NT / V), c = (threadIdx.x % V) * 8;
+        if ((rows * V) % NT != 0 && r >= rows) break;
+#else
     for (int idx = threadIdx.x; idx < rows * (BV / 8); idx += NT)
     {
         const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
+#endif
         uint4 x = *reinterpret_cast<const uint4*>(X + r * SBV + c);
         if (Flip) x.x ^= 0x80008000u, x.y ^= 0x80008000u, x.z ^= 0x80008000u, x.w ^= 0x80008000u;
         *reinterpret_cast<uint4*>(out + (size_t)r * D + c) = x;
@@ -1406,7 +1447,12 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
 #ifdef COMBA_STAGED_STATE
         slice_out<D>(hb, dH1 + ((size_t)hd.bh * N + n) * D * D + v0, D);   // dh' as bf16
 #endif
+#ifdef COMBA_UNROLLED_STAGE
+#pragma unroll
+        for (int idx = threadIdx.x, it = 0; it < CH * BV / 2 / NT; idx += NT, ++it)
+#else
         for (int idx = threadIdx.x; idx < CH * BV / 2; idx += NT)
+#endif
         {
             int i = idx / (BV / 2), c = 2 * (idx % (BV / 2));
             float2 x = ld2(Oc + i * SBV + c);

@@ -12,12 +12,14 @@
 #              Triton cache it uses
 #   lane       the C# lane's FusedCombaTests
 #   time       every bf16 kernel timed alone, and the forward and forward+backward sequences
-#   defines    each candidate DEFINES_TIMED names (space-separated #ifdef names, none by default) timed on the rows
+#   defines    each candidate DEFINES_TIMED names (space-separated #ifdef names, none by default; A+B compiles A and B
+#              together) timed on the rows
 #              DEFINES_TIME_ONLY names (prepare,fwd_norm by default), with the default build beside them unless the
 #              time step ran earlier in the call
-#   checkdefines  the float64 check with each of DEFINES_TIMED's names compiled in, one at a time
+#   checkdefines  the float64 check with each of DEFINES_CHECKED's builds (DEFINES_TIMED's by default) compiled in
 #   profile    (not in the default order) Nsight Compute on the kernels NCU_KERNELS names, source counters on
-#              (tools/gpu/profile-kernels.sh: PROFILE_SHAPES, NCU_LAUNCHES): $OUT/ncu.txt and $OUT/ptxas.txt
+#              (tools/gpu/profile-kernels.sh: PROFILE_SHAPES, NCU_LAUNCHES, STALLS): $OUT/ncu.txt and $OUT/ptxas.txt;
+#              PROFILE_DEFINES (A+B as above) profiles a candidate build instead of the default
 # Logs: $OUT/logs.tar (refreshed after every step; $OUT brings back at most 8 files).
 # usage: timeout 580 bash tools/gpu/kernels-vs-fla.sh
 source tools/gpu/common.sh
@@ -59,19 +61,19 @@ run_defines() {
   grep -q "^bf16" "$L/time.log" 2>/dev/null && builds=(${DEFINES_TIMED-}) && echo "-- the default build: the time step's rows"
   for d in "${builds[@]}"; do
     echo "-- $d"
-    DEFINES=$d TIME_ONLY=${DEFINES_TIME_ONLY:-prepare,fwd_norm} timeout 90 python3 $C --time --out /tmp > "$L/time-${d:-default}.log" 2>&1
+    DEFINES=${d//+/ } TIME_ONLY=${DEFINES_TIME_ONLY:-prepare,fwd_norm} timeout 90 python3 $C --time --out /tmp > "$L/time-${d:-default}.log" 2>&1
     grep -E "^bf16|Error" "$L/time-${d:-default}.log" | cut -c1-300
   done
 }
 run_checkdefines() {
-  for d in ${DEFINES_TIMED-}; do
+  for d in ${DEFINES_CHECKED-${DEFINES_TIMED-}}; do
     echo "-- $d"
-    DEFINES=$d timeout 120 python3 $C --check --out /tmp > "$L/check-$d.log" 2>&1
+    DEFINES=${d//+/ } timeout 120 python3 $C --check --out /tmp > "$L/check-$d.log" 2>&1
     grep -E "BAD|CHECK|Error" "$L/check-$d.log" | cut -c1-200 | head -12
   done
 }
 run_profile() {
-  SOURCE=1 NCU_TIMEOUT=${NCU_TIMEOUT:-150} bash tools/gpu/profile-kernels.sh > "$L/profile.log" 2>&1
+  local p=${PROFILE_DEFINES:-}; DEFINES=${p//+/ } SOURCE=1 NCU_TIMEOUT=${NCU_TIMEOUT:-150} bash tools/gpu/profile-kernels.sh > "$L/profile.log" 2>&1
   tail -40 "$L/profile.log" | cut -c1-200
 }
 order=${ORDER:-check bench fla breakdown lane time defines}
