@@ -655,9 +655,15 @@ __device__ __forceinline__ float2 ld2(const bf16r* p)
 }
 __device__ __forceinline__ unsigned saddr(const void* p)
 {
+#ifdef COMBA_CVTA_BUILTIN
+    // (a candidate) the compiler's own conversion: it sees through it, so a constant offset from one shared pointer
+    // folds into the instruction's immediate instead of a fresh 64-bit address and conversion per access
+    return (unsigned)__cvta_generic_to_shared(p);
+#else
     unsigned long long a;
     asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
     return (unsigned)a;
+#endif
 }
 __device__ __forceinline__ float quad_sum(float s)   // over the 4 lanes of a row of an mma tile
 {
@@ -1227,6 +1233,9 @@ __device__ void fwd_state_b(const bf16r* k, const float* g, const bf16r* W, cons
     fetch(0);
     float ga = 0.f, gb = 0.f;
     if (threadIdx.x < 32) gfetch(0, ga, gb);
+#ifdef COMBA_TWO_CHUNK_LOOP
+#pragma unroll 2   // (a candidate) the double buffer's parity becomes a constant in each copy of the loop body
+#endif
     for (int n = 0; n < N; ++n)
     {
         const bf16r* Wc = buf + (n & 1) * BUF;
@@ -1418,6 +1427,9 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
     fetch(N - 1);
     float ga = 0.f, gb = 0.f;
     if (threadIdx.x < 32) gfetch(N - 1, ga, gb);
+#ifdef COMBA_TWO_CHUNK_LOOP
+#pragma unroll 2   // (a candidate) the double buffer's parity becomes a constant in each copy of the loop body
+#endif
     for (int n = N - 1; n >= 0; --n)
     {
         const bf16r* Kc = buf + (n & 1) * BUF;
@@ -1448,6 +1460,7 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
         slice_out<D>(hb, dH1 + ((size_t)hd.bh * N + n) * D * D + v0, D);   // dh' as bf16
 #endif
 #ifdef COMBA_UNROLLED_STAGE
+        static_assert(CH * BV / 2 % NT == 0, "the loop below gives every thread the same count");
 #pragma unroll
         for (int idx = threadIdx.x, it = 0; it < CH * BV / 2 / NT; idx += NT, ++it)
 #else
