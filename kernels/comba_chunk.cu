@@ -691,6 +691,7 @@ template <int COLS>
 __device__ __forceinline__ void stage_b(bf16r* s, int ss, const bf16r* src, size_t gs, int rows, int valid)
 {
     constexpr int V = COLS / 8;
+    static_assert(NT % V == 0, "a thread's pieces share one column");
 #ifdef COMBA_UNROLLED_STAGE
     // (a candidate) rows is a constant at every call site, so the loop unrolls and a thread's offsets are its own
     // row and column plus constants: in a chunk loop, no division or bound per piece
@@ -716,6 +717,7 @@ template <int COLS>
 __device__ __forceinline__ void stage_f(float* s, int ss, const float* src, size_t gs, int rows)
 {
     constexpr int V = COLS / 4;
+    static_assert(NT % V == 0, "a thread's pieces share one column");
 #ifdef COMBA_UNROLLED_STAGE
     const int r1 = threadIdx.x / V, c = (threadIdx.x % V) * 4;
 #pragma unroll
@@ -833,9 +835,6 @@ __device__ __forceinline__ void scan_pairs(float a, float b, float* gam, float* 
 {
     const int i = threadIdx.x & 31;
     float s = a + b;
-#ifdef COMBA_UNROLLED_STAGE
-#pragma unroll
-#endif
     for (int off = 1; off < 32; off <<= 1)
     {
         float y = __shfl_up_sync(0xffffffffu, s, off);
@@ -1179,6 +1178,7 @@ __device__ __forceinline__ void slice_out(const bf16r* X, bf16r* out, int rows)
 {
 #ifdef COMBA_UNROLLED_STAGE
     constexpr int V = BV / 8;
+    static_assert(NT % V == 0, "a thread's pieces share one column");
 #pragma unroll
     for (int i = 0; i < (rows * V + NT - 1) / NT; ++i)
     {
@@ -1401,8 +1401,15 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
     bf16r* Xu = Xd + CH * SBV;                // −dŨ slice
     float* gam = (float*)(Xu + CH * SBV);
     float* gam0 = gam + CH;
+    // the buffer chunk n uses: n's parity, or under COMBA_TWO_CHUNK_LOOP the parity of its step count from the end,
+    // which is a constant in each of the loop body's two copies (n's parity is not, since N's is not known)
+#ifdef COMBA_TWO_CHUNK_LOOP
+    auto slot = [&](int n) { return (N - 1 - n) & 1; };
+#else
+    auto slot = [&](int n) { return n & 1; };
+#endif
     auto fetch = [&](int n) {
-        bf16r* b = buf + (n & 1) * BUF;
+        bf16r* b = buf + slot(n) * BUF;
         const int t0 = n * CH;
         const size_t r = (size_t)hd.bh * Tp + t0;
         stage_b<D>(b, SD, k + (hd.kv(Hkv, T) + t0) * D, D, CH, T - t0);
@@ -1428,11 +1435,15 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
     float ga = 0.f, gb = 0.f;
     if (threadIdx.x < 32) gfetch(N - 1, ga, gb);
 #ifdef COMBA_TWO_CHUNK_LOOP
-#pragma unroll 2   // (a candidate) the double buffer's parity becomes a constant in each copy of the loop body
-#endif
+#pragma unroll 2   // (a candidate) the double buffer's slot becomes a constant in each copy of the loop body
+    for (int m = 0; m < N; ++m)
+    {
+        const int n = N - 1 - m;
+#else
     for (int n = N - 1; n >= 0; --n)
     {
-        const bf16r* Kc = buf + (n & 1) * BUF;
+#endif
+        const bf16r* Kc = buf + slot(n) * BUF;
         const bf16r* Qc = Kc + CH * SD;
         const bf16r* Wc = Qc + CH * SD;
         const bf16r* Oc = Wc + CH * SD;

@@ -11,10 +11,15 @@
 # for each reason per issued instruction) and the instructions executed.
 set -uo pipefail
 src=${KERNEL_SRC:-kernels/comba_chunk.cu}
-nvcc -std=c++17 -arch=sm_90 -cubin -o /tmp/comba.cubin -Xptxas -v "$src" > "$OUT/ptxas.txt" 2>&1
+# the build profiled: DEFINES (as comba_check.py takes them, names separated by spaces or +)
+defines=${DEFINES:-}; flags=()
+for d in ${defines//+/ }; do flags+=("-D$d"); done
+nvcc -std=c++17 -arch=sm_90 -cubin -o /tmp/comba.cubin -Xptxas -v ${flags[@]+"${flags[@]}"} "$src" > "$OUT/ptxas.txt" 2>&1
 grep -A1 "_bf16" "$OUT/ptxas.txt" | grep -E "Compiling|registers|spill" | sed 's/ptxas info *: //' | head -60
+extra=()
+[[ ${SOURCE:-0} == 1 ]] && extra+=(--section SourceCounters)
+[[ ${STALLS:-0} == 1 ]] && extra+=(--metrics 'regex:^(smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio|smsp__inst_executed\.sum)$')
 timeout ${NCU_TIMEOUT:-240} ncu --clock-control none -k regex:"${NCU_KERNELS:-_128_bf16}" --launch-count ${NCU_LAUNCHES:-8} \
-  $([[ ${SOURCE:-0} == 1 ]] && echo --section SourceCounters) \
-  $([[ ${STALLS:-0} == 1 ]] && echo --metrics 'regex:^(smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio|smsp__inst_executed\.sum)$') --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+  ${extra[@]+"${extra[@]}"} --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
   python3 tools/kernels/comba_check.py --profile > "$OUT/ncu.txt" 2>&1
 grep -E "comba_|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|Block Limit|Stall|stalled_|inst_executed" "$OUT/ncu.txt" | head -160
