@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using CombaDistill.IO;
 using CombaDistill.Modeling;
 using CombaDistill.Modeling.Comba;
 using CombaDistill.Modeling.Llama;
@@ -20,17 +21,24 @@ static class InspectCommand
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
             var folder = parse.GetValue(model)!;
-            var student = CombaStudentConfig.IsStudentType(CausalLMLoader.ModelTypeOf(folder)) ? StudentSummary.Inspect(folder, parse.GetValue(context)) : null;
+            var modelType = CausalLMLoader.ModelTypeOf(folder);
+            var student = CombaStudentConfig.IsStudentType(modelType) ? StudentSummary.Inspect(folder, parse.GetValue(context)) : null;
+            // a student's summary describes its teacher-shaped backbone; what the folder is comes from its own config.json
             var summary = student?.Model ?? ModelSummary.Inspect(folder, parse.GetValue(context));
             if (parse.GetValue(json))
             {
                 var j = ToJson(summary);
-                if (student is not null) j["comba"] = ConvertCommand.StudentJson(student);
+                if (student is not null)
+                {
+                    j["teacher_architecture"] = j["config"]!.DeepClone();
+                    j["config"] = InputFile.ReadJsonObject(Path.Combine(folder, "config.json"), "config.json", o => o.DeepClone());
+                    j["comba"] = ConvertCommand.StudentJson(student);
+                }
                 Console.Out.WriteLine(j.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             }
             else
             {
-                Render(summary);
+                Render(summary, student is null ? null : modelType);
                 if (student is not null) ConvertCommand.RenderStudent(student);
             }
             return 0;
@@ -52,12 +60,12 @@ static class InspectCommand
         ["kv_cache_bytes"] = s.KvCacheBytes,
     };
 
-    static void Render(ModelSummary s)
+    static void Render(ModelSummary s, string? studentType)
     {
         var c = s.Config;
         var console = AnsiConsole.Console;
         var architecture = new Table().AddColumns("architecture", "");
-        architecture.AddRow("model_type", c.ModelType);
+        architecture.AddRow("model_type", Markup.Escape(studentType is null ? c.ModelType : $"{studentType} (a Comba student of a {c.ModelType} teacher)"));
         architecture.AddRow("layers", $"{c.NumHiddenLayers}");
         architecture.AddRow("hidden / intermediate", $"{c.HiddenSize} / {c.IntermediateSize}");
         architecture.AddRow("heads / kv heads / head_dim", $"{c.NumAttentionHeads} / {c.NumKeyValueHeads} / {c.HeadDim}");

@@ -36,6 +36,13 @@ public class ConvertCommandTests
         Assert.Equal(report.StudentParameters, summary["total_parameters"]!.GetValue<long>());
         Assert.Equal(report.ExtraParameters, summary["comba"]!["comba_parameters"]!.GetValue<long>());
         Assert.Equal(new[] { 4 }, summary["comba"]!["attention_layers"]!.AsArray().Select(n => n!.GetValue<int>()));
+        // what the folder is comes from its own config.json; the teacher-shaped backbone is reported beside it
+        Assert.Equal("comba", summary["config"]!["model_type"]!.GetValue<string>());
+        Assert.Equal("CombaForCausalLM", summary["config"]!["architectures"]![0]!.GetValue<string>());
+        Assert.Equal("llama", summary["teacher_architecture"]!["model_type"]!.GetValue<string>());
+        var table = CliProcess.Run("inspect", student);
+        Assert.True(table.Code == 0, table.Stderr);
+        Assert.Matches(@"model_type\s*│\s*comba \(a Comba student of a llama teacher\)", table.Stdout);
 
         var generate = CliProcess.Run("generate", "--model", student, "--prompt", "Once upon a time", "--max-tokens", "12", "--temperature", "0", "--device", "cpu");
         Assert.True(generate.Code == 0, generate.Stderr);
