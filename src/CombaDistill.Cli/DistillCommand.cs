@@ -73,7 +73,7 @@ static class DistillCommand
             };
             if (worker is not null) return DistillWorkers.RunWorker(worker, loaded, parse.GetValue(runDir)!, options, ct);
             var summary = RunWithProgress(loaded, parse.GetValue(runDir)!, options, ct);
-            PrintSummary(summary);
+            PrintSummary(summary, options);
             return 0;
         }));
         return command;
@@ -145,7 +145,7 @@ static class DistillCommand
         }
     }
 
-    public static void PrintSummary(RunSummary summary)
+    public static void PrintSummary(RunSummary summary, DistillOptions? options = null)
     {
         var table = new Table().Title("distillation summary")
             .AddColumns("stage", "objective", "steps", "tokens", "minutes", "first eval", "last eval", "student ppl");
@@ -164,10 +164,21 @@ static class DistillCommand
         stdout.Write(table);
         if (summary.StudentFolder.Length == 0)
         {
-            stdout.MarkupLine("no final student yet: the last stage has not run; continue the run with --resume");
+            Console.Out.WriteLine(NextStep(options));   // one line, not wrapped at the console width
             return;
         }
         stdout.MarkupLineInterpolated($"held-out perplexity over {summary.ValidationTokens:N0} tokens (windows of {summary.EvalSequenceLength}): teacher {summary.TeacherPerplexity:F4}, student {summary.StudentPerplexity:F4}, ratio {summary.PerplexityRatio:F4}");
         stdout.MarkupLineInterpolated($"student: {summary.StudentFolder}   ({summary.Seconds / 60:F1} minutes)");
     }
+
+    /// <summary>What to run next when a run ends before its last stage: a shard job's stage needs its merge first.</summary>
+    public static string NextStep(DistillOptions? options) => options switch
+    {
+        { Shard: { } s, OnlyStage: { } stage } =>
+            $"no final student yet: this job trained shard {s.Index}/{s.Count} of stage '{stage}'. When all {s.Count} shard jobs have finished, " +
+            $"merge them (the same --recipe and --run-dir, with --stage {stage} --merge-shards), then continue the run with --resume",
+        { OnlyStage: { } stage } =>
+            $"no final student yet: stage '{stage}' is done and later stages have not run; continue the run with --resume",
+        _ => "no final student yet: the last stage has not run; continue the run with --resume",
+    };
 }

@@ -94,7 +94,7 @@ static class DistillWorkers
         try
         {
             options = options with { Group = group };
-            if (worker.Rank == 0) DistillCommand.PrintSummary(DistillCommand.RunWithProgress(recipe, runDir, options, ct));
+            if (worker.Rank == 0) DistillCommand.PrintSummary(DistillCommand.RunWithProgress(recipe, runDir, options, ct), options);
             else RunQuietly(recipe, runDir, options, ct);
         }
         catch
