@@ -50,6 +50,13 @@ public class EvalCommandTests(ImportedStories260K stories) : IClassFixture<Impor
         Assert.Equal(2, noData.Code);
         Assert.Contains($"{empty}: data file is empty", noData.Stderr.ReplaceLineEndings(""));
 
+        // the default tasks include perplexity: without --data the error comes before the model loads, with the way out
+        var defaults = CliProcess.Run("eval", "--model", stories.Folder, "--device", "cpu");
+        Assert.Equal(2, defaults.Code);
+        Assert.DoesNotContain("loaded", defaults.Stderr);
+        Assert.Contains("ppl needs a text file (--data FILE); it is among the default tasks", defaults.Stderr);
+        Assert.Contains("--tasks mqar,passkey,speed", defaults.Stderr);
+
         var unknown = CliProcess.Run("eval", "--model", stories.Folder, "--tasks", "ppl,bleu", "--data", Shared.TinyStoriesValid, "--device", "cpu");
         Assert.Equal(2, unknown.Code);
         Assert.Contains("unknown task 'bleu'", unknown.Stderr);
