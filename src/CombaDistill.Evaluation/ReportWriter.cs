@@ -88,7 +88,7 @@ public static class ReportWriter
         if (report.Passkey is { } k)
         {
             md.AppendLine("## Passkey retrieval").AppendLine();
-            md.AppendLine($"{k.Options.Trials} keys per cell; a key counts when greedy decoding would write all its tokens. Depth 0 puts it first in the filler, 1 last.").AppendLine();
+            md.AppendLine($"{k.Options.Trials} {(k.Options.Trials == 1 ? "key" : "keys")} per cell; a key counts when greedy decoding would write all its tokens. Depth 0 puts it first in the filler, 1 last.").AppendLine();
             Grid(md, "depth \\ tokens", k.Model.Select(c => c.Depth), k.Model.Select(c => c.Length),
                 (depth, length) => Cell(k.Model.FirstOrDefault(c => c.Depth == depth && c.Length == length)?.Accuracy,
                     k.Teacher?.FirstOrDefault(c => c.Depth == depth && c.Length == length)?.Accuracy), paired);

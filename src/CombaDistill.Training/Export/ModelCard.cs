@@ -31,7 +31,9 @@ public static class ModelCard
 
         s.Append("## Teacher\n\n");
         var teacher = TeacherOf(x);
-        s.Append(teacher is null ? $"- model type: {a.ModelType} (the source folder is not recorded)\n" : $"- source: `{teacher}`\n- model type: {a.ModelType}\n");
+        // only the folder's own name: the card is for publishing, and a local path says nothing to its readers
+        s.Append(teacher is null ? $"- model type: {a.ModelType} (the source folder is not recorded)\n"
+            : $"- source: `{Path.GetFileName(Path.TrimEndingDirectorySeparator(teacher))}`\n- model type: {a.ModelType}\n");
         s.Append($"- layers {a.NumHiddenLayers}, hidden {a.HiddenSize}, heads {a.NumAttentionHeads} (KV heads {a.NumKeyValueHeads}), head dim {a.HeadDim}, vocabulary {a.VocabSize}\n\n");
 
         s.Append("## Student\n\n");
@@ -48,7 +50,7 @@ public static class ModelCard
             var summary = Path.Combine(run, DistillationRun.SummaryFile);
             if (File.Exists(summary)) s.Append(SummarySection(summary));
         }
-        if (x.EvalFolder is { } eval) s.Append(EvalSection(eval));
+        if (x.EvalFolder is { } eval) s.Append(EvalSection(eval, a.TorchDtype, x.DType));
         if (x.RunFolder is null && x.EvalFolder is null)
             s.Append("## Results\n\nNo distillation run or eval report was found beside the student, so none is quoted here.\n\n");
 
@@ -94,13 +96,21 @@ public static class ModelCard
         return s.Append('\n').ToString();
     }
 
-    /// <summary>The eval report's table (report.md), as eval wrote it.</summary>
-    static string EvalSection(string folder)
+    /// <summary>
+    /// The eval report (report.md) under the card's own heading: its title goes, its sections move one level down, and
+    /// its plots stay out (they are not copied into the export). Eval ran on the student folder the export was made
+    /// from, so where the export stores another dtype the card says so.
+    /// </summary>
+    static string EvalSection(string folder, string studentDtype, string exportDtype)
     {
         var md = Path.Combine(folder, "report.md");
         if (!File.Exists(md)) return "";
-        // plots are not copied into the export, so image lines are left out
-        var lines = File.ReadAllLines(md).Where(l => !l.TrimStart().StartsWith("![", StringComparison.Ordinal)).Select(l => l.StartsWith('#') ? "#" + l : l);
-        return "## Evaluation\n\n" + string.Join("\n", lines).Trim() + "\n\n";
+        var lines = File.ReadAllLines(md).Where(l => !l.TrimStart().StartsWith("![", StringComparison.Ordinal)).ToList();
+        var title = lines.FindIndex(l => l.Trim().Length > 0);
+        if (title >= 0 && lines[title].StartsWith("# ", StringComparison.Ordinal)) lines.RemoveAt(title);
+        var body = string.Join("\n", lines.Select(l => l.StartsWith('#') ? "#" + l : l)).Trim();
+        var note = studentDtype == exportDtype ? ""
+            : $"Measured by `combadistill eval` on the student before export, whose weights are {studentDtype}; this export stores {exportDtype}.\n\n";
+        return "## Evaluation\n\n" + note + body + "\n\n";
     }
 }

@@ -250,6 +250,13 @@ public class ExportTests(ExportedStudents exported) : IClassFixture<ExportedStud
         Assert.Contains("| student held-out perplexity | 1.5450 |", card);
         Assert.Contains("| student ÷ teacher | 1.0300 |", card);
         Assert.Contains("MQAR", card);                                          // the eval report's table
+        Assert.Matches(@"## Evaluation\n\n(?!#)", card);                       // under the card's heading, without the report's title
+        Assert.DoesNotContain("# Evaluation report", card);
+        Assert.DoesNotContain("Measured by `combadistill eval` on the student before export", card);
+        // stored in another dtype than the one eval ran on: the card says so
+        HuggingFaceExport.Export(studentFolder, temp["export-bf16"], new ExportOptions { DType = ScalarType.BFloat16 }, Ct);
+        Assert.Contains("on the student before export, whose weights are float32; this export stores bfloat16",
+            File.ReadAllText(Path.Combine(temp["export-bf16"], "README.md")));
         Assert.DoesNotContain("![", card);                                      // its plots are not in the export
         Assert.Contains("a pure Comba model", card);
         Assert.Contains("`comba_feature_map`: \"taylor\"", card);
@@ -261,7 +268,8 @@ public class ExportTests(ExportedStudents exported) : IClassFixture<ExportedStud
         Assert.Equal(0, CliProcess.Run("convert", "--from", teacher, "--out", converted).Code);
         HuggingFaceExport.Export(converted, temp["export2"], cancellationToken: Ct);
         var card2 = File.ReadAllText(Path.Combine(temp["export2"], "README.md"));
-        Assert.Contains($"- source: `{Path.GetFullPath(teacher)}", card2);
+        Assert.Contains($"- source: `{Path.GetFileName(teacher)}`", card2);        // its name only: no local path in a card for publishing
+        Assert.DoesNotContain(Path.GetFullPath(temp["teacher"]), card2);
         Assert.Contains("No distillation run or eval report", card2);
     }
 }
