@@ -41,6 +41,11 @@ static class GenerateCommand
 
             var ids = tokenizer.Encode(parse.GetValue(prompt) ?? "", addBos: true);
             if (ids.Length == 0) ids = [tokenizer.BosId];
+            // nothing stops a model past its trained context (a Comba student has no cache to outgrow), but what it writes
+            // there is extrapolation: say so once, on stderr, so stdout stays the text
+            var trained = lm.Config.MaxPositionEmbeddings;
+            if ((long)ids.Length + options.MaxTokens > trained)
+                CliCommon.Err.WriteLine($"note: the prompt ({ids.Length} tokens) and --max-tokens ({options.MaxTokens}) go past the model's max_position_embeddings ({trained}); tokens after position {trained} are beyond what it was trained on");
             var decoder = new StreamingDecoder(tokenizer, previousId: ids[^1]);
             using var stdout = new StreamWriter(Console.OpenStandardOutput(), new UTF8Encoding(encoderShouldEmitUTF8Identifier: false));
             clock.Restart();

@@ -28,6 +28,13 @@ public class ModelCommandsTests
         Assert.True(code == 0, stderr);
         Assert.Equal(Modeling.Stories260KTests.GreedyReference, stdout);
         Assert.Contains("200 tokens", stderr);
+        Assert.DoesNotContain("note:", stderr);
+
+        // asked past the trained context (512 positions): it runs, and says once on stderr where it extrapolates
+        var past = CliProcess.Run("generate", "--model", folder, "--prompt", "", "--max-tokens", "520", "--temperature", "0", "--device", "cpu", "--threads", "1");
+        Assert.True(past.Code == 0, past.Stderr);
+        Assert.Contains("--max-tokens (520) go past the model's max_position_embeddings (512)", past.Stderr);
+        Assert.StartsWith(Modeling.Stories260KTests.GreedyReference, past.Stdout);
 
         // with a prompt, stdout is the continuation only, and a seed makes sampling repeat
         string[] sampled = ["generate", "--model", folder, "--prompt", "Once upon a time", "--max-tokens", "40", "--temperature", "0.9", "--top-p", "0.9", "--seed", "5", "--dtype", "float32"];
