@@ -31,6 +31,17 @@ public class BenchReportShapeTests
     }
 
     [Fact]
+    public void Convert_refuses_a_size_whose_limit_its_largest_tensor_alone_would_break_and_writes_nothing()
+    {
+        using var temp = new TempDir();
+        var (code, stdout, stderr) = CliProcess.Run("bench", "convert", "--size", "20MB", "--work", temp["work"]);
+        Assert.Equal(2, code);
+        Assert.Equal("", stdout);
+        Assert.Contains("--size 20MB is below 1", stderr);
+        Assert.False(Directory.Exists(temp["work"]));
+    }
+
+    [Fact]
     public void Load_writes_the_shared_shape()
     {
         using var temp = new TempDir();
