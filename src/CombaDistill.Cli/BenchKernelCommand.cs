@@ -35,13 +35,15 @@ static class BenchKernelCommand
         var peakTflops = new Option<double>("--peak-tflops") { Description = "compute ceiling for the roofline (measured bf16 matmul on the H200)", DefaultValueFactory = _ => defaults.PeakTflops };
         var peakTBps = new Option<double>("--peak-tbps") { Description = "memory ceiling for the roofline (measured device copy on the H200)", DefaultValueFactory = _ => defaults.PeakTBps };
 
+        var threads = CliCommon.ThreadsOption();
         var command = new Command("kernel", "Time the fused Comba kernels, the TorchSharp chunkwise op and causal SDPA against their roofline floors")
         {
-            shapes, dtype, ops, warmup, repeats, inputSets, chunk, forwardOnly, synchronized, peakTflops, peakTBps,
+            shapes, dtype, ops, warmup, repeats, inputSets, chunk, forwardOnly, synchronized, peakTflops, peakTBps, threads,
         };
         command.SetAction(CliCommon.Run((parse, ct) =>
         {
             var device = CliCommon.Start(parse);
+            CliCommon.SetThreads(parse.GetValue(threads));
             var onGpu = device.type == DeviceType.CUDA;
             var shapeList = parse.GetValue(shapes) is { Length: > 0 } given ? given.Select(BenchShape.Parse).ToArray()
                 : onGpu ? CombaBenchmark.GpuShapes : CombaBenchmark.CpuShapes;
@@ -57,6 +59,8 @@ static class BenchKernelCommand
                 Ops = opList, Warmup = parse.GetValue(warmup), Repeats = parse.GetValue(repeats), InputSets = parse.GetValue(inputSets),
                 ChunkSize = parse.GetValue(chunk), Backward = !parse.GetValue(forwardOnly), Queued = !parse.GetValue(synchronized),
                 PeakTflops = parse.GetValue(peakTflops), PeakTBps = parse.GetValue(peakTBps),
+                // the default peaks are an H200's: a roofline off the GPU needs that device's own
+                Roofline = onGpu || parse.GetResult(peakTflops) is { Implicit: false } || parse.GetResult(peakTBps) is { Implicit: false },
             };
 
             var progress = new Progress<string>(line => CliCommon.Err.MarkupLineInterpolated($"[grey]bench {line}[/]"));

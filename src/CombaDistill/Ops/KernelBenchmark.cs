@@ -95,6 +95,11 @@ public sealed record KernelBenchOptions
     public double PeakTflops { get; init; } = 790;
     /// <summary>The H200's measured device-to-device copy rate.</summary>
     public double PeakTBps { get; init; } = 4.3;
+    /// <summary>
+    /// Whether ×floor is reported. The default peaks are a GPU's, so against a CPU's times they would say nothing; a
+    /// caller that passes its device's own peaks turns it back on.
+    /// </summary>
+    public bool Roofline { get; init; } = true;
 }
 
 /// <summary>
@@ -115,7 +120,7 @@ public sealed record KernelBenchResult(
 public sealed record KernelBenchReport(
     string Device, string Dtype, string Timing, double PeakTflops, double PeakTBps,
     int Warmup, int Repeats, int InputSets, int ChunkSize,
-    string FusedKernels, IReadOnlyList<KernelBenchResult> Results)
+    string FusedKernels, IReadOnlyList<KernelBenchResult> Results, bool Roofline = true)
 {
     static readonly BenchColumn[] Columns =
     [
@@ -159,7 +164,9 @@ public sealed record KernelBenchReport(
             ["forwardHostMs"] = r.ForwardHostMs, ["forwardBackwardHostMs"] = r.ForwardBackwardHostMs,
         }).ToList(),
         Notes = [
-            $"median of {Repeats} after {Warmup} warm-up; floor = max(FLOPs / {PeakTflops:G4} TFLOP/s, bytes / {PeakTBps:G4} TB/s); ×SDPA = time / SDPA's",
+            $"median of {Repeats} after {Warmup} warm-up; " + (Roofline
+                ? $"floor = max(FLOPs / {PeakTflops:G4} TFLOP/s, bytes / {PeakTBps:G4} TB/s)"
+                : "no ×floor: the default peaks are a GPU's (give this device's own with --peak-tflops and --peak-tbps)") + "; ×SDPA = time / SDPA's",
             "host ms (queued CUDA timing only): the host's wall time to issue one call, the mean over the queued repeats; where it nears the device time, the op is bound by its launches, not its kernels",
             .. Results.Where(r => r.Note is not null).Select(r => $"{r.Shape} {r.Op}: {r.Note}"),
         ],
@@ -216,12 +223,12 @@ public static class KernelBenchmark
                 results.Add(new KernelBenchResult(shape, op, forward, both,
                     w1.Flops, w1.Bytes, w2.Flops, w2.Bytes,
                     Rate(w1.Flops, forward), Rate(w1.Bytes, forward), Rate(w2.Flops, both), Rate(w2.Bytes, both),
-                    floor1, floor2, forward / floor1, both / floor2,
+                    floor1, floor2, options.Roofline ? forward / floor1 : null, options.Roofline ? both / floor2 : null,
                     forward / sdpa.Forward?.DeviceMs, both / sdpa.Both?.DeviceMs, note, forwardTimed?.HostMs, bothTimed?.HostMs));
             }
         }
         return new KernelBenchReport(CudaDevice.Describe(device), dtype.ToString(), timing, options.PeakTflops, options.PeakTBps,
-            options.Warmup, options.Repeats, options.InputSets, options.ChunkSize, fused, results);
+            options.Warmup, options.Repeats, options.InputSets, options.ChunkSize, fused, results, options.Roofline);
     }
 
     /// <summary>Units of 10¹² per second (TFLOP/s for FLOPs, TB/s for bytes).</summary>

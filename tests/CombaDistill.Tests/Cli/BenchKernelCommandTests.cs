@@ -27,6 +27,14 @@ public class BenchKernelCommandTests
         Assert.Equal(4.0 * 2 * 40 * 8 * 4, (double)results[1]!["forwardBytes"]!);
         Assert.All(results, r => Assert.True((double)r!["forwardBackwardMs"]! > 0));
         Assert.Equal(1.0, (double)results[1]!["forwardTimeRatioToSdpa"]!);
+        // on the CPU the default peaks (a GPU's) give no ×floor; this device's own peaks bring it back
+        Assert.All(results, r => Assert.Null(r!["forwardTimesFloor"]));
+        Assert.Contains("no ×floor", stdout);
+        var withPeaks = CliProcess.Run("bench", "kernel", "--device", "cpu", "--shape", "1,40,2,8", "--repeats", "1", "--warmup", "0",
+            "--input-sets", "1", "--chunk-size", "16", "--ops", "sdpa", "--forward-only", "--peak-tflops", "1", "--peak-tbps", "0.1", "--threads", "1", "--json", json);
+        Assert.True(withPeaks.Code == 0, withPeaks.Stderr);
+        var row = JsonNode.Parse(File.ReadAllText(json))!["rows"]![0]!;
+        Assert.Equal((double)row["forwardMs"]! / (double)row["forwardFloorMs"]!, (double)row["forwardTimesFloor"]!, 9);
     }
 
     [Theory]
