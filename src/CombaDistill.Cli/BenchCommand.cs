@@ -58,8 +58,6 @@ static class BenchCommand
         foreach (var row in report.Rows)
             table.AddRow(shown.Select(c => Markup.Escape(Format(row[c.Key], c.Unit))).ToArray());
         table.Caption(Markup.Escape($"{report.Timing}; {report.Version}"));
-        // redirected output would be wrapped at 80 columns; a results table reads better unwrapped
-        if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 200);
         AnsiConsole.Write(table);
         foreach (var note in report.Notes) AnsiConsole.MarkupLineInterpolated($"[grey]{note}[/]");
         if (parse.GetValue(JsonOption) is { Length: > 0 } file)

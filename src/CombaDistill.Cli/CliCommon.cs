@@ -38,6 +38,13 @@ static class CliCommon
 
     public static readonly IAnsiConsole Err = CreateErr();
 
+    // Redirected stdout gets 80 columns from Spectre, which squeezes and wraps the result tables in a log; every command
+    // comes through here (Run) before it writes anything.
+    static CliCommon()
+    {
+        if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 200);
+    }
+
     static IAnsiConsole CreateErr()
     {
         var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });

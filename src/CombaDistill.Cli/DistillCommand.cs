@@ -160,7 +160,7 @@ static class DistillCommand
             table.AddRow(Markup.Escape(s.Name), RecipeLoader.NameOf(s.Objective), s.Steps.ToString("N0"), s.Tokens.ToString("N0"), (s.Seconds / 60).ToString("F1"),
                 Score(s.First), Score(s.Last), s.Last is null ? "" : s.Last.StudentPerplexity.ToString("F3"));
         }
-        var stdout = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Out) });
+        var stdout = AnsiConsole.Console;
         stdout.Write(table);
         if (summary.StudentFolder.Length == 0)
         {
