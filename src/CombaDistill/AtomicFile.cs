@@ -80,8 +80,10 @@ public static class AtomicFile
 /// <summary>
 /// A folder built in a hidden temporary sibling (<c>.NAME.tmp-XXXXXXXX</c>) and moved into place by <see cref="Commit"/>,
 /// so readers see either the old folder or the complete new one. An existing target is replaced only when <c>force</c>
-/// was given (checked at Create so a long job does not fail at the end); disposing without Commit deletes the
-/// temporary folder.
+/// was given, and then only when it is a folder this tool could have written: a model folder (config.json and
+/// safetensors weights, what import, convert, export and distill all write) or an empty folder. A user's file, or a
+/// folder of anything else named by mistake as --out, is refused rather than deleted. Both are checked at Create (so a
+/// long job does not fail at the end) and again at Commit. Disposing without Commit deletes the temporary folder.
 /// </summary>
 /// <remarks>
 /// <para>Replacing: on Linux the new folder and the old one trade places in one step (renameat2 with
@@ -103,16 +105,30 @@ public sealed class AtomicDirectory : IDisposable
 
     readonly FileStream lockStream;
     readonly string lockPath;
+    readonly bool ownsTarget;
 
-    AtomicDirectory(string finalPath, string tempPath, bool force, FileStream lockStream, string lockPath) =>
-        (FinalPath, Path, Force, this.lockStream, this.lockPath) = (finalPath, tempPath, force, lockStream, lockPath);
+    AtomicDirectory(string finalPath, string tempPath, bool force, bool ownsTarget, FileStream lockStream, string lockPath) =>
+        (FinalPath, Path, Force, this.ownsTarget, this.lockStream, this.lockPath) = (finalPath, tempPath, force, ownsTarget, lockStream, lockPath);
 
-    public static AtomicDirectory Create(string finalPath, bool force)
+    /// <summary>
+    /// A folder for <paramref name="finalPath"/>, a path the user named (--out). With <paramref name="force"/> an existing
+    /// model folder or empty folder is replaced; anything else is refused with <see cref="InvalidInputException"/>.
+    /// </summary>
+    public static AtomicDirectory Create(string finalPath, bool force) => Create(finalPath, force, ownsTarget: false);
+
+    /// <summary>
+    /// A folder that replaces whatever is at <paramref name="finalPath"/>: only for a path the caller itself names inside
+    /// a folder it owns (a stage's checkpoints/step-N, a shard's result/), whose contents are not a model folder. Never
+    /// for a path the user gave.
+    /// </summary>
+    public static AtomicDirectory CreateReplacingOwn(string finalPath) => Create(finalPath, force: true, ownsTarget: true);
+
+    static AtomicDirectory Create(string finalPath, bool force, bool ownsTarget)
     {
         var full = System.IO.Path.GetFullPath(finalPath.TrimEnd('/', '\\'));
         var parent = System.IO.Path.GetDirectoryName(full)!;
         if (Directory.Exists(parent)) Recover(full);
-        RefuseUnlessForced(full, force);
+        RefuseUnlessReplaceable(full, force, ownsTarget);
         Directory.CreateDirectory(parent);
         var temp = AtomicFile.TempSibling(full, "tmp");
         // the lock first: a temporary folder without a lock file is always an orphan
@@ -130,7 +146,7 @@ public sealed class AtomicDirectory : IDisposable
             AtomicFile.TryDelete(lockPath);
             throw;
         }
-        return new AtomicDirectory(full, temp, force, lockStream, lockPath);
+        return new AtomicDirectory(full, temp, force, ownsTarget, lockStream, lockPath);
     }
 
     const string LockSuffix = ".lock";
@@ -245,7 +261,7 @@ public sealed class AtomicDirectory : IDisposable
     {
         ObjectDisposedException.ThrowIf(disposed, this);
         if (Committed) throw new InvalidOperationException($"{FinalPath} was already committed");
-        RefuseUnlessForced(FinalPath, Force);
+        RefuseUnlessReplaceable(FinalPath, Force, ownsTarget);
         if (KillAtCommit is { Length: > 0 } name && System.IO.Path.GetFileName(FinalPath) == name)
             System.Diagnostics.Process.GetCurrentProcess().Kill();   // SIGKILL: nothing after this line runs
 
@@ -297,10 +313,39 @@ public sealed class AtomicDirectory : IDisposable
         lockStream.Dispose();
     }
 
-    static void RefuseUnlessForced(string full, bool force)
+    static void RefuseUnlessReplaceable(string full, bool force, bool ownsTarget)
     {
-        if (!force && Exists(full))
-            throw new InvalidInputException(full, "exists; use --force to replace it");
+        if (!Exists(full)) return;
+        if (ownsTarget && force) return;
+        const string Rule = "--force replaces only a model folder this tool wrote, or an empty folder";
+        var why = WhyNotReplaceable(full);
+        // without --force, point at --force only where it would help
+        if (!force) throw new InvalidInputException(full, why is null ? "exists; use --force to replace it" : $"exists and {why}; choose another output ({Rule})");
+        if (why is not null) throw new InvalidInputException(full, $"{why}; {Rule}");
+    }
+
+    /// <summary>
+    /// Null when <paramref name="full"/> is a folder --force may replace: empty, or holding config.json and safetensors
+    /// weights (model.safetensors, or the index of shards), which every model folder this tool writes has; else why not.
+    /// </summary>
+    /// <remarks>
+    /// config.json alone is not enough: it is a common name in folders that have nothing to do with models. A symbolic
+    /// link is refused too: the replace would swap the link itself for a folder, which is not what was asked.
+    /// </remarks>
+    public static string? WhyNotReplaceable(string full)
+    {
+        var info = new FileInfo(full);
+        if (info.LinkTarget is not null) return "is a symbolic link, not a model folder";
+        if (File.Exists(full)) return "is a file, not a model folder";
+        if (!Directory.EnumerateFileSystemEntries(full).Any()) return null;
+        var config = File.Exists(System.IO.Path.Combine(full, "config.json"));
+        var weights = File.Exists(System.IO.Path.Combine(full, IO.Checkpoint.SingleFileName)) || File.Exists(System.IO.Path.Combine(full, IO.Checkpoint.IndexFileName));
+        return (config, weights) switch
+        {
+            (true, true) => null,
+            (true, false) => $"holds config.json but no {IO.Checkpoint.SingleFileName} or {IO.Checkpoint.IndexFileName}, so it is not a model folder",
+            _ => "is not a model folder (no config.json)",
+        };
     }
 }
 

@@ -57,7 +57,7 @@ public class AtomicTests
     {
         using var dir = new TempDir();
         var final = dir["student"];
-        Directory.CreateDirectory(final);
+        WriteModelFolder(final);
         File.WriteAllText(Path.Combine(final, "old.txt"), "old");
         string temp;
         using (var staging = AtomicDirectory.Create(final, force: true))
@@ -66,7 +66,7 @@ public class AtomicTests
             File.WriteAllText(Path.Combine(temp, "new.txt"), "new");
         }
         Assert.False(Directory.Exists(temp));
-        Assert.Equal(["old.txt"], Directory.GetFiles(final).Select(f => Path.GetFileName(f)!).ToArray());
+        Assert.Equal(["config.json", "model.safetensors", "old.txt"], Directory.GetFiles(final).Select(f => Path.GetFileName(f)!).Order(StringComparer.Ordinal).ToArray());
         Assert.Equal([final], Directory.GetFileSystemEntries(dir.Path));
     }
 
@@ -92,7 +92,7 @@ public class AtomicTests
     {
         using var dir = new TempDir();
         var final = dir["out"];
-        Directory.CreateDirectory(final);
+        WriteModelFolder(final);
         File.WriteAllText(Path.Combine(final, "stale.txt"), "stale");
         using (var staging = AtomicDirectory.Create(final, force: true))
         {
@@ -101,6 +101,85 @@ public class AtomicTests
         }
         Assert.Equal(["fresh.txt"], Directory.GetFiles(final).Select(f => Path.GetFileName(f)!).ToArray());
         Assert.Equal([final], Directory.GetFileSystemEntries(dir.Path));
+    }
+
+    /// <summary>The two files that make a folder a model folder, which --force may replace.</summary>
+    static void WriteModelFolder(string folder)
+    {
+        Directory.CreateDirectory(folder);
+        File.WriteAllText(Path.Combine(folder, "config.json"), "{}");
+        File.WriteAllText(Path.Combine(folder, "model.safetensors"), "weights");
+    }
+
+    [Fact]
+    public void Force_refuses_a_file_or_a_folder_that_is_not_a_model_folder_and_leaves_it_as_it_was()
+    {
+        using var dir = new TempDir();
+        var notes = dir["notes.txt"];
+        File.WriteAllText(notes, "my notes");
+        var file = Assert.Throws<InvalidInputException>(() => AtomicDirectory.Create(notes, force: true));
+        Assert.Equal($"{notes}: is a file, not a model folder; --force replaces only a model folder this tool wrote, or an empty folder", file.Message);
+        // without --force the message does not suggest --force, which would not help
+        var plain = Assert.Throws<InvalidInputException>(() => AtomicDirectory.Create(notes, force: false));
+        Assert.Contains("exists and is a file, not a model folder", plain.Message);
+        Assert.DoesNotContain("use --force", plain.Message);
+        Assert.Equal("my notes", File.ReadAllText(notes));
+
+        var mine = dir["mydir"];
+        Directory.CreateDirectory(mine);
+        File.WriteAllText(Path.Combine(mine, "keep.txt"), "keep");
+        Assert.Contains("is not a model folder (no config.json)", Assert.Throws<InvalidInputException>(() => AtomicDirectory.Create(mine, force: true)).Message);
+        // config.json alone is a common name, not proof of a model folder
+        File.WriteAllText(Path.Combine(mine, "config.json"), "{}");
+        Assert.Contains("holds config.json but no model.safetensors", Assert.Throws<InvalidInputException>(() => AtomicDirectory.Create(mine, force: true)).Message);
+        Assert.Equal("keep", File.ReadAllText(Path.Combine(mine, "keep.txt")));
+
+        // a link to a model folder: the replace would swap the link, not the folder it points to
+        var model = dir["model"];
+        WriteModelFolder(model);
+        var link = dir["link"];
+        Directory.CreateSymbolicLink(link, model);
+        Assert.Contains("is a symbolic link", Assert.Throws<InvalidInputException>(() => AtomicDirectory.Create(link, force: true)).Message);
+        Assert.True(File.Exists(Path.Combine(link, "config.json")));
+        Assert.Equal(new[] { link, model, mine, notes }.Order(StringComparer.Ordinal), Directory.GetFileSystemEntries(dir.Path).Order(StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public void Force_replaces_an_empty_folder_and_rechecks_at_commit_what_appeared_meanwhile()
+    {
+        using var dir = new TempDir();
+        var empty = dir["empty"];
+        Directory.CreateDirectory(empty);
+        using (var staging = AtomicDirectory.Create(empty, force: true))
+        {
+            WriteModelFolder(staging.Path);
+            staging.Commit();
+        }
+        Assert.True(File.Exists(Path.Combine(empty, "config.json")));
+
+        // the target was free at Create; a user's file written there during a long job is not deleted at Commit
+        var later = dir["later"];
+        using var late = AtomicDirectory.Create(later, force: true);
+        WriteModelFolder(late.Path);
+        File.WriteAllText(later, "written meanwhile");
+        Assert.Contains("is a file, not a model folder", Assert.Throws<InvalidInputException>(late.Commit).Message);
+        Assert.Equal("written meanwhile", File.ReadAllText(later));
+    }
+
+    [Fact]
+    public void A_folder_the_caller_owns_is_replaced_whatever_it_holds()
+    {
+        using var dir = new TempDir();
+        var step = dir["step-00000010"];                       // a checkpoint: weights and state, no config.json
+        Directory.CreateDirectory(step);
+        File.WriteAllText(Path.Combine(step, "state.json"), "old");
+        using (var staging = AtomicDirectory.CreateReplacingOwn(step))
+        {
+            File.WriteAllText(Path.Combine(staging.Path, "state.json"), "new");
+            staging.Commit();
+        }
+        Assert.Equal("new", File.ReadAllText(Path.Combine(step, "state.json")));
+        Assert.Equal([step], Directory.GetFileSystemEntries(dir.Path));
     }
 
     /// <summary>What a process killed while building NAME leaves: the temporary folder and its lock file, no longer locked.</summary>
@@ -179,11 +258,12 @@ public class AtomicTests
     {
         using var dir = new TempDir();
         var final = dir["out"];
-        Directory.CreateDirectory(final);
+        WriteModelFolder(final);
         File.WriteAllText(Path.Combine(final, "v.txt"), "1");
         for (var version = 2; version <= 4; version++)
         {
             using var staging = AtomicDirectory.Create(final, force: true);
+            WriteModelFolder(staging.Path);
             File.WriteAllText(Path.Combine(staging.Path, "v.txt"), $"{version}");
             staging.Commit();
             Assert.Equal($"{version}", File.ReadAllText(Path.Combine(final, "v.txt")));

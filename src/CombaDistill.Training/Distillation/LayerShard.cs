@@ -89,7 +89,7 @@ public static class AlignmentShards
     public static string WriteResult(string shardFolder, ShardManifest manifest, IReadOnlyList<(string Name, Parameter Parameter)> trained)
     {
         var final = Path.Combine(shardFolder, ResultFolder);
-        using var folder = AtomicDirectory.Create(final, force: true);
+        using var folder = AtomicDirectory.CreateReplacingOwn(final);
         SafeTensorsWriter.Write(Path.Combine(folder.Path, StageCheckpoints.WeightsFile), trained.Select(p => KeyValuePair.Create(p.Name, (Tensor)p.Parameter)));
         AtomicFile.WriteAllText(Path.Combine(folder.Path, ManifestFile), JsonSerializer.Serialize(manifest, Json) + "\n");
         StageCheckpoints.WriteChecksums(folder.Path, ResultFiles);

@@ -47,7 +47,7 @@ public static class StageCheckpoints
         Directory.CreateDirectory(checkpointsFolder);
         AtomicDirectory.RecoverAll(checkpointsFolder);   // what a kill during an earlier save left
         var final = PathOf(checkpointsFolder, state.Step);
-        using (var folder = AtomicDirectory.Create(final, force: true))
+        using (var folder = AtomicDirectory.CreateReplacingOwn(final))
         {
             SafeTensorsWriter.Write(Path.Combine(folder.Path, WeightsFile), trainable.Select(p => KeyValuePair.Create(p.Name, (Tensor)p.Parameter)));
             OptimizerStateFile.Save(optimizer, Path.Combine(folder.Path, OptimizerFile));

@@ -89,6 +89,38 @@ public class ModelCommandsTests
     }
 
     [Fact]
+    public void Import_with_force_replaces_an_earlier_import_but_never_a_users_file_or_folder()
+    {
+        using var temp = new TempDir();
+        string[] ImportTo(string output) => ["import", "--from", Shared.Stories260KBin, "--tokenizer", Shared.Tok512Bin, "--out", output, "--force"];
+
+        var notes = temp["notes.txt"];
+        File.WriteAllText(notes, "my notes");
+        var file = CliProcess.Run(ImportTo(notes));
+        Assert.Equal(2, file.Code);
+        Assert.Equal($"error: {notes}: is a file, not a model folder; --force replaces only a model folder this tool wrote, or an empty folder\n", file.Stderr.Replace("\r\n", "\n"));
+        Assert.Equal("my notes", File.ReadAllText(notes));
+
+        var mine = temp["mydir"];
+        Directory.CreateDirectory(mine);
+        File.WriteAllText(Path.Combine(mine, "keep.txt"), "keep");
+        var folder = CliProcess.Run(ImportTo(mine));
+        Assert.Equal(2, folder.Code);
+        Assert.Contains($"{mine}: is not a model folder (no config.json)", folder.Stderr);
+        Assert.Equal(["keep.txt"], Directory.GetFileSystemEntries(mine).Select(Path.GetFileName));
+
+        // an earlier import, and an empty folder, are what --force is for
+        var model = Import(temp);
+        var again = CliProcess.Run(ImportTo(model));
+        Assert.True(again.Code == 0, again.Stderr);
+        var empty = temp["empty"];
+        Directory.CreateDirectory(empty);
+        var intoEmpty = CliProcess.Run(ImportTo(empty));
+        Assert.True(intoEmpty.Code == 0, intoEmpty.Stderr);
+        Assert.True(File.Exists(Path.Combine(empty, "model.safetensors")));
+    }
+
+    [Fact]
     public void User_errors_exit_2_with_one_line_on_stderr_and_nothing_on_stdout()
     {
         using var temp = new TempDir();

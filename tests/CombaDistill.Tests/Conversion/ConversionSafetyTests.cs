@@ -48,6 +48,8 @@ public class ConversionSafetyTests
         using var temp = new TempDir();
         var teacher = Teacher(temp);
         Directory.CreateDirectory(temp["student"]);
+        File.WriteAllText(temp["student/config.json"], "{}");            // an earlier student, which --force may replace
+        File.WriteAllText(temp["student/model.safetensors"], "old");
         File.WriteAllText(temp["student/keep.txt"], "old");
         using var cancel = CancellationTokenSource.CreateLinkedTokenSource(Ct);
         var reports = 0;
@@ -56,7 +58,7 @@ public class ConversionSafetyTests
         Assert.ThrowsAny<OperationCanceledException>(() =>
             CombaConverter.Convert(teacher, temp["student"], new ConversionOptions { Force = true }, progress: progress, cancellationToken: cancel.Token));
         AssertOnly(temp, "teacher", "student");
-        Assert.Equal(["keep.txt"], Directory.GetFileSystemEntries(temp["student"]).Select(Path.GetFileName));
+        Assert.Equal(["config.json", "keep.txt", "model.safetensors"], Directory.GetFileSystemEntries(temp["student"]).Select(Path.GetFileName).Order(StringComparer.Ordinal));
     }
 
     [Fact]
@@ -72,6 +74,14 @@ public class ConversionSafetyTests
         Assert.Equal("old", File.ReadAllText(temp["student/keep.txt"]));
         AssertOnly(temp, "teacher", "student");
 
+        // a folder that is not a model folder is refused even with --force
+        var notModel = Assert.Throws<InvalidInputException>(() => CombaConverter.Convert(teacher, temp["student"], new ConversionOptions { Force = true }, cancellationToken: Ct));
+        Assert.Contains("is not a model folder (no config.json); --force replaces only", notModel.Message);
+        Assert.Equal("old", File.ReadAllText(temp["student/keep.txt"]));
+
+        // an earlier conversion is replaced whole
+        File.WriteAllText(temp["student/config.json"], "{}");
+        File.WriteAllText(temp["student/model.safetensors"], "old");
         var bytes = new List<long>();
         var report = CombaConverter.Convert(teacher, temp["student"], new ConversionOptions { Force = true },
             progress: new SyncProgress<ConversionProgress>(p => bytes.Add(p.BytesDone)), cancellationToken: Ct);

@@ -181,6 +181,14 @@ public class Llama2cImporterTests
         Assert.Contains("--force", e.Message);
         Assert.Equal("mine", File.ReadAllText(Path.Combine(temp["out"], "keep.txt")));
 
+        // --force replaces only a model folder: this one holds the user's file and nothing else, so it stays
+        var notModel = Assert.Throws<InvalidInputException>(() => Llama2cImporter.Import(Shared.Stories260KBin, Shared.Tok512Bin, temp["out"], force: true, cancellationToken: Ct));
+        Assert.Contains("not a model folder", notModel.Message);
+        Assert.Equal("mine", File.ReadAllText(Path.Combine(temp["out"], "keep.txt")));
+
+        // an earlier import is a model folder, and --force replaces it whole
+        File.WriteAllText(Path.Combine(temp["out"], "config.json"), "{}");
+        File.WriteAllText(Path.Combine(temp["out"], "model.safetensors"), "old weights");
         Llama2cImporter.Import(Shared.Stories260KBin, Shared.Tok512Bin, temp["out"], force: true, cancellationToken: Ct);
         Assert.False(File.Exists(Path.Combine(temp["out"], "keep.txt")));
         Assert.True(File.Exists(Path.Combine(temp["out"], "model.safetensors")));

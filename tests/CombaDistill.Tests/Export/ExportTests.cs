@@ -202,8 +202,21 @@ public class ExportTests(ExportedStudents exported) : IClassFixture<ExportedStud
         File.WriteAllText(Path.Combine(temp["e"], "keep.txt"), "mine");
         var exists = CliProcess.Run("export", "--model", exported.Students["pure"], "--out", temp["e"]);
         Assert.Equal(2, exists.Code);
-        Assert.Contains("exists; use --force", exists.Stderr);
+        Assert.Contains("exists and is not a model folder", exists.Stderr);
         Assert.Equal("mine", File.ReadAllText(Path.Combine(temp["e"], "keep.txt")));
+        // and not even with it, when the folder is not a model folder: the user's file stays
+        var forced = CliProcess.Run("export", "--model", exported.Students["pure"], "--out", temp["e"], "--force");
+        Assert.Equal(2, forced.Code);
+        Assert.Contains($"{temp["e"]}: is not a model folder (no config.json); --force replaces only a model folder this tool wrote", forced.Stderr.ReplaceLineEndings(""));
+        Assert.Equal("mine", File.ReadAllText(Path.Combine(temp["e"], "keep.txt")));
+        // an earlier export is a model folder: plain refused, replaced with --force
+        Assert.Equal(0, CliProcess.Run("export", "--model", exported.Students["pure"], "--out", temp["g"]).Code);
+        var again = CliProcess.Run("export", "--model", exported.Students["pure"], "--out", temp["g"]);
+        Assert.Equal(2, again.Code);
+        Assert.Contains("exists; use --force", again.Stderr);
+        var replaced = CliProcess.Run("export", "--model", exported.Students["pure"], "--out", temp["g"], "--force");
+        Assert.True(replaced.Code == 0, replaced.Stderr);
+        Assert.True(File.Exists(Path.Combine(temp["g"], "config.json")));
 
         // a student missing a tensor is refused before anything is written
         var broken = temp["broken"];
