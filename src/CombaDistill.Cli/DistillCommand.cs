@@ -1,5 +1,6 @@
 using System.CommandLine;
 using CombaDistill.Distillation;
+using CombaDistill.IO;
 using CombaDistill.Runtime;
 using CombaDistill.Runtime.Parallel;
 using Spectre.Console;
@@ -22,7 +23,7 @@ static class DistillCommand
         var resume = new Option<bool>("--resume") { Description = "continue the run in --run-dir from its newest intact checkpoint" };
         var stage = new Option<string?>("--stage") { Description = "run only this stage (its predecessor's result must be in --run-dir)" };
         var noTensorBoard = new Option<bool>("--no-tensorboard") { Description = "do not write TensorBoard event files" };
-        var validateOnly = new Option<bool>("--validate") { Description = "check the recipe and exit" };
+        var validateOnly = new Option<bool>("--validate") { Description = "check the recipe and --run-dir, and exit" };
         var threads = CliCommon.ThreadsOption();
         var prepare = new Option<bool>("--prepare") { Description = "set --run-dir up (recipe copy, teacher import, conversion, tokenized data) and exit; run it once before shard jobs" };
         var shard = new Option<string?>("--shard")
@@ -43,6 +44,7 @@ static class DistillCommand
             var loaded = RecipeLoader.Load(parse.GetValue(recipe)!);
             var layout = DistillWorkers.Layout.From(parse.GetValue(gpus), parse.GetValue(workers), parse.GetValue(teacherGpus), parse.GetValue(CliCommon.DeviceOption));
             DataParallel.Check(loaded, layout.WorldSize);
+            OutputPath.RequireFolder(parse.GetValue(runDir)!, "--run-dir");
             if (parse.GetValue(validateOnly))
             {
                 CliCommon.Err.MarkupLineInterpolated($"[green]ok:[/] {loaded.SourcePath}: {loaded.Stages.Count} stage(s), {loaded.Stages.Sum(s => s.TotalSteps * s.TokensPerStep):N0} training tokens");

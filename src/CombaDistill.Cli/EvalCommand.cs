@@ -62,7 +62,7 @@ static class EvalCommand
                     (parse.GetValue(tasks) is null ? $"; {(textTasks.Length == 1 ? "it is" : "they are")} among the default tasks: give --data, or pick others, e.g. --tasks mqar,passkey,speed" : ""));
             if (plan.DataPath is { } d && !File.Exists(d)) throw new InvalidInputException(d, "data file does not exist");
             if (multipleChoice is not null) MultipleChoice.Load(multipleChoice);
-            if (parse.GetValue(output) is { Length: > 0 } o && File.Exists(o)) throw new InvalidInputException(o, "is a file; --out must be a folder");
+            if (parse.GetValue(output) is { Length: > 0 } o) OutputPath.RequireFolder(o, "--out");
             if (parse.GetValue(json) is { Length: > 0 } j && Path.GetDirectoryName(Path.GetFullPath(j)) is { } parent && !Directory.Exists(parent))
                 throw new InvalidInputException(j, $"folder {parent} does not exist");
 

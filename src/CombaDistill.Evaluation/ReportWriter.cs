@@ -22,7 +22,7 @@ public static class ReportWriter
     /// <summary>Creates <paramref name="folder"/> if needed and writes the report into it; returns the files written.</summary>
     public static IReadOnlyList<string> Write(EvaluationReport report, string folder)
     {
-        if (File.Exists(folder)) throw new InvalidInputException(folder, "is a file; --out must be a folder");
+        OutputPath.RequireFolder(folder, "--out");
         Directory.CreateDirectory(folder);
         var written = new List<string>();
         void Save(string name, byte[] bytes)

@@ -102,6 +102,7 @@ public static class DistillationRun
         var device = options.Device ?? CPU;
         var group = options.Group;
         var writes = group.Rank == 0;
+        OutputPath.RequireFolder(runFolder, "--run-dir");
         runFolder = Path.GetFullPath(runFolder);
         DataParallel.Check(recipe, group.WorldSize);
         StagePlan.CheckShardOptions(recipe, options);
@@ -197,6 +198,7 @@ public static class DistillationRun
     /// </summary>
     public static void Prepare(Recipe recipe, string runFolder, IProgress<DistillationProgress>? progress = null, CancellationToken cancellationToken = default)
     {
+        OutputPath.RequireFolder(runFolder, "--run-dir");
         runFolder = Path.GetFullPath(runFolder);
         if (!DataTokenized(runFolder)) TokenStreams.Check(recipe.Data);
         PrepareFolder(recipe, runFolder, continuing: File.Exists(Path.Combine(runFolder, RecipeCopy)));

@@ -87,4 +87,25 @@ public sealed class DistillCommandTests : IDisposable
         Assert.Contains("2 stage(s)", ok.Stderr);
         Assert.False(Directory.Exists(run));
     }
+
+    [Fact]
+    public void A_run_dir_that_is_a_file_is_refused_by_validate_and_by_the_run_and_left_alone()
+    {
+        var recipePath = dir["recipe.yaml"];
+        File.WriteAllText(recipePath, DistillationRunTests.RecipeText());
+        var notes = dir["notes.md"];
+        File.WriteAllText(notes, "# my notes");
+        foreach (var extra in new[] { "--validate", "--no-tensorboard" })
+        {
+            var (code, stdout, stderr) = CliProcess.Run("distill", "--recipe", recipePath, "--run-dir", notes, "--device", "cpu", extra);
+            Assert.Equal(2, code);
+            Assert.Equal("", stdout);
+            Assert.Equal($"error: {notes}: is a file; --run-dir must be a folder\n", stderr.Replace("\r\n", "\n"));
+        }
+        // the library call refuses it as well, before it tokenizes or imports anything
+        var e = Assert.Throws<InvalidInputException>(() => DistillationRun.Run(RecipeLoader.Load(recipePath), notes, new DistillOptions { TensorBoard = false }, cancellationToken: TestContext.Current.CancellationToken));
+        Assert.Equal($"{notes}: is a file; --run-dir must be a folder", e.Message);
+        Assert.Equal("# my notes", File.ReadAllText(notes));
+        Assert.Equal(new[] { notes, recipePath }.Order(StringComparer.Ordinal), Directory.GetFileSystemEntries(dir.Path).Order(StringComparer.Ordinal));
+    }
 }

@@ -60,5 +60,12 @@ public class EvalCommandTests(ImportedStories260K stories) : IClassFixture<Impor
         var unknown = CliProcess.Run("eval", "--model", stories.Folder, "--tasks", "ppl,bleu", "--data", Shared.TinyStoriesValid, "--device", "cpu");
         Assert.Equal(2, unknown.Code);
         Assert.Contains("unknown task 'bleu'", unknown.Stderr);
+
+        var notes = temp["notes.txt"];
+        File.WriteAllText(notes, "mine");
+        var outIsFile = CliProcess.Run("eval", "--model", stories.Folder, "--tasks", "ppl", "--data", Shared.TinyStoriesValid, "--out", notes, "--device", "cpu");
+        Assert.Equal(2, outIsFile.Code);
+        Assert.Contains($"{notes}: is a file; --out must be a folder", outIsFile.Stderr.ReplaceLineEndings(""));
+        Assert.Equal("mine", File.ReadAllText(notes));
     }
 }
