@@ -16,6 +16,8 @@ public sealed record CorpusOptions
     public double Temperature { get; init; } = 1.0;
     public double TopP { get; init; } = 1.0;
     public long Seed { get; init; } = 1234;
+    /// <summary>Replace an existing output, when it is a token file (one this tool wrote).</summary>
+    public bool Force { get; init; }
 
     public void Validate()
     {
@@ -39,8 +41,7 @@ public static class TeacherCorpus
     public static long Write(ICausalLM teacher, string outPath, CorpusOptions options, IProgress<long>? progress = null, CancellationToken cancellationToken = default)
     {
         options.Validate();
-        var directory = Path.GetDirectoryName(Path.GetFullPath(outPath))!;
-        if (!Directory.Exists(directory)) throw new InvalidInputException(outPath, $"folder {directory} does not exist");
+        CheckOutput(outPath, options.Force);
         var context = teacher.Config.MaxPositionEmbeddings;
         if (options.Length + 1 > context)
             throw new ArgumentException($"--length {options.Length} plus BOS exceeds the teacher's context of {context} tokens");
@@ -76,7 +77,26 @@ public static class TeacherCorpus
             progress?.Report(Math.Min(stream.Count, options.Tokens));
         }
         if (stream.Count > options.Tokens) stream.RemoveRange((int)options.Tokens, stream.Count - (int)options.Tokens);
+        CheckOutput(outPath, options.Force);   // again: something may have appeared there while the teacher sampled
         TokenFile.Write(outPath, stream.ToArray(), teacher.Config.VocabSize);
         return stream.Count;
+    }
+
+    /// <summary>
+    /// Throws unless <paramref name="outPath"/> may be written: its folder exists, and whatever is already there is a
+    /// token file and <paramref name="force"/> was given. Anything else (a folder, a text file, a model) is never replaced.
+    /// </summary>
+    public static void CheckOutput(string outPath, bool force)
+    {
+        var directory = Path.GetDirectoryName(Path.GetFullPath(outPath))!;
+        if (!Directory.Exists(directory)) throw new InvalidInputException(outPath, $"folder {directory} does not exist");
+        if (Directory.Exists(outPath)) throw new InvalidInputException(outPath, "is a folder; --out must be a token file");
+        if (!File.Exists(outPath)) return;
+        const string Rule = "--force replaces only a token file this tool wrote";
+        if (!TokenFile.HasMagic(outPath))
+            throw new InvalidInputException(outPath, force
+                ? $"is not a token file (no '{TokenFile.Magic}' header); {Rule}"
+                : $"exists and is not a token file (no '{TokenFile.Magic}' header); choose another --out ({Rule})");
+        if (!force) throw new InvalidInputException(outPath, "exists; use --force to replace it");
     }
 }

@@ -66,6 +66,15 @@ public static class TokenFile
         ReadHeader(path, stream, vocabSize: int.MaxValue);
     }
 
+    /// <summary>True when <paramref name="path"/> is a regular file that starts with the token file magic (a file this tool wrote).</summary>
+    public static bool HasMagic(string path)
+    {
+        if (!File.Exists(path)) return false;
+        Span<byte> start = stackalloc byte[Magic.Length];
+        using var stream = InputFile.OpenRead(path, "token file");
+        return stream.ReadAtLeast(start, start.Length, throwOnEndOfStream: false) == start.Length && Encoding.ASCII.GetString(start) == Magic;
+    }
+
     /// <summary>Bytes per token and the token count, checked against the file's length without overflow.</summary>
     static (int Width, ulong Count) ReadHeader(string path, FileStream stream, int vocabSize)
     {

@@ -171,7 +171,7 @@ sealed class YamlBinder(string file, IReadOnlyDictionary<Type, IReadOnlyDictiona
         if (type == typeof(double)) return Number(text) ?? throw Error(scalar, $"is '{text}'; expected a number");
         if (type == typeof(long) || type == typeof(int))
         {
-            var whole = WholeNumber(text) ?? throw Error(scalar, $"is '{text}'; expected a whole number");
+            var whole = WholeNumber.TryParse(text) ?? throw Error(scalar, $"is '{text}'; expected a whole number");
             if (type == typeof(long)) return whole;
             return whole is >= int.MinValue and <= int.MaxValue ? (int)whole : throw Error(scalar, $"is {whole}; too large");
         }
@@ -189,21 +189,6 @@ sealed class YamlBinder(string file, IReadOnlyDictionary<Type, IReadOnlyDictiona
     /// <summary>A finite number in invariant culture; null for any other text.</summary>
     public static double? Number(string text) =>
         double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) && double.IsFinite(value) ? value : null;
-
-    /// <summary>1e6, 2_000_000 and 100k are easier to read than 1000000 in a token budget.</summary>
-    static long? WholeNumber(string text)
-    {
-        var cleaned = text.Replace("_", "");
-        long multiplier = 1;
-        if (cleaned.Length > 1 && char.ToLowerInvariant(cleaned[^1]) is 'k' or 'm' or 'g')
-        {
-            multiplier = char.ToLowerInvariant(cleaned[^1]) switch { 'k' => 1_000, 'm' => 1_000_000, _ => 1_000_000_000 };
-            cleaned = cleaned[..^1];
-        }
-        return double.TryParse(cleaned, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) && double.IsFinite(value)
-            && value * multiplier == Math.Floor(value * multiplier) && Math.Abs(value * multiplier) < 1e18
-            ? (long)(value * multiplier) : null;
-    }
 
     object NameOrListValue(IParser parser, Func<IParser, Type, object?> nested) => parser.Current switch
     {

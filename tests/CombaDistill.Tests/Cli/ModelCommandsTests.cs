@@ -89,6 +89,35 @@ public class ModelCommandsTests
     }
 
     [Fact]
+    public void Corpus_takes_counts_as_recipes_write_them_and_never_overwrites_without_force()
+    {
+        using var temp = new TempDir();
+        var folder = Import(temp);
+        var output = temp["corpus.tokens"];
+        string[] Corpus(string count, params string[] extra) =>
+            ["corpus", "--teacher", folder, "--tokens", count, "--out", output, "--batch", "4", "--length", "50", "--device", "cpu", "--threads", "1", .. extra];
+
+        var made = CliProcess.Run(Corpus("1.2k"));
+        Assert.True(made.Code == 0, made.Stderr);
+        Assert.Contains("wrote 1,200 tokens", made.Stderr);
+        var first = File.ReadAllBytes(output);
+
+        var again = CliProcess.Run(Corpus("300", "--seed", "8"));
+        Assert.Equal(2, again.Code);
+        Assert.Equal($"error: {output}: exists; use --force to replace it\n", again.Stderr.Replace("\r\n", "\n"));
+        Assert.Equal(first, File.ReadAllBytes(output));
+
+        var forced = CliProcess.Run(Corpus("300", "--seed", "8", "--force"));
+        Assert.True(forced.Code == 0, forced.Stderr);
+        Assert.Equal(300, CombaDistill.Distillation.TokenFile.Read(output, 512).Length);
+
+        var bad = CliProcess.Run(Corpus("2x", "--force"));
+        Assert.Equal(2, bad.Code);
+        Assert.Equal("error: --tokens '2x': expected a whole number such as 2000, 2_000, 2k, 1.5m or 1e6\n", bad.Stderr.Replace("\r\n", "\n"));
+        Assert.Equal(300, CombaDistill.Distillation.TokenFile.Read(output, 512).Length);
+    }
+
+    [Fact]
     public void Import_with_force_replaces_an_earlier_import_but_never_a_users_file_or_folder()
     {
         using var temp = new TempDir();

@@ -172,6 +172,35 @@ public sealed class RecipeTests : IDisposable
         Assert.Contains(expected, Fails(Valid.Replace(find, replace)).Message);
     }
 
+    [Theory]
+    [InlineData("2000", 2000)]
+    [InlineData("2_000", 2000)]
+    [InlineData("2k", 2000)]
+    [InlineData("2K", 2000)]
+    [InlineData("1.5m", 1_500_000)]
+    [InlineData("1g", 1_000_000_000)]
+    [InlineData("1e6", 1_000_000)]
+    [InlineData(" 3k ", 3000)]
+    public void Counts_read_the_same_in_recipes_and_on_the_command_line(string text, long expected)
+    {
+        Assert.Equal(expected, WholeNumber.Parse(text, "--tokens"));
+        // the recipe reads the same text to the same number
+        Assert.Equal(expected, Parse(Valid.Replace("max_tokens: 4096", $"max_tokens: {text.Trim()}")).Data.Validation!.MaxTokens);
+    }
+
+    [Theory]
+    [InlineData("lots")]
+    [InlineData("2x")]
+    [InlineData("1.5")]
+    [InlineData("k")]
+    [InlineData("")]
+    [InlineData("1e30")]
+    public void A_count_that_is_not_a_whole_number_is_refused_naming_the_option(string text)
+    {
+        var e = Assert.Throws<InvalidInputException>(() => WholeNumber.Parse(text, "--tokens"));
+        Assert.Equal($"--tokens '{text}': expected a whole number such as 2000, 2_000, 2k, 1.5m or 1e6", e.Message);
+    }
+
     [Fact]
     public void An_empty_or_null_value_takes_the_default()
     {

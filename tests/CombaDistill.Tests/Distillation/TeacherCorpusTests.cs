@@ -51,4 +51,29 @@ public sealed class TeacherCorpusTests : IDisposable
         Assert.Contains("context", Assert.Throws<ArgumentException>(() => TeacherCorpus.Write(teacher, dir["x.tokens"], new CorpusOptions { Tokens = 10, Length = 512 }, cancellationToken: ct)).Message);
         Assert.Throws<InvalidInputException>(() => TeacherCorpus.Write(teacher, dir["no/such/x.tokens"], new CorpusOptions { Tokens = 10, Length = 8 }, cancellationToken: ct));
     }
+
+    [Fact]
+    public void An_existing_output_is_replaced_only_with_force_and_only_when_it_is_a_token_file()
+    {
+        using var teacher = Teacher();
+        var ct = TestContext.Current.CancellationToken;
+        var options = new CorpusOptions { Tokens = 20, Batch = 2, Length = 9, Seed = 1 };
+        var corpus = dir["c.tokens"];
+        TeacherCorpus.Write(teacher, corpus, options, cancellationToken: ct);
+        var first = File.ReadAllBytes(corpus);
+
+        var refused = Assert.Throws<InvalidInputException>(() => TeacherCorpus.Write(teacher, corpus, options with { Seed = 2 }, cancellationToken: ct));
+        Assert.Equal($"{corpus}: exists; use --force to replace it", refused.Message);
+        Assert.Equal(first, File.ReadAllBytes(corpus));
+        TeacherCorpus.Write(teacher, corpus, options with { Seed = 2, Force = true }, cancellationToken: ct);
+        Assert.NotEqual(first, File.ReadAllBytes(corpus));
+
+        var notes = dir["notes.txt"];
+        File.WriteAllText(notes, "my notes");
+        var notTokens = Assert.Throws<InvalidInputException>(() => TeacherCorpus.Write(teacher, notes, options with { Force = true }, cancellationToken: ct));
+        Assert.Equal($"{notes}: is not a token file (no 'CDTOKENS' header); --force replaces only a token file this tool wrote", notTokens.Message);
+        Assert.Equal("my notes", File.ReadAllText(notes));
+        Assert.Contains("is a folder; --out must be a token file",
+            Assert.Throws<InvalidInputException>(() => TeacherCorpus.Write(teacher, dir["teacher"], options with { Force = true }, cancellationToken: ct)).Message);
+    }
 }
