@@ -1,4 +1,5 @@
 using CombaDistill.IO;
+using CombaDistill.Modeling;
 
 namespace CombaDistill.Conversion;
 
@@ -15,7 +16,10 @@ public sealed record TeacherSource(string ConfigPath, string CheckpointPath, IRe
     {
         var full = Path.GetFullPath(from);
         if (Directory.Exists(full))
+        {
+            if (configPath is null) ModelFolder.Require(from);   // a llama2.c folder or a run folder is named as such
             return Make(configPath ?? Path.Combine(full, "config.json"), full, full);
+        }
         if (!File.Exists(full))
             throw new InvalidInputException(from, "no such file or folder (expected a Hugging Face folder, a sharded checkpoint's index, or a .safetensors or pytorch_model.bin file)");
 
@@ -32,7 +36,9 @@ public sealed record TeacherSource(string ConfigPath, string CheckpointPath, IRe
             throw new InvalidInputException(from, "is neither a folder, a .safetensors or pytorch_model.bin file, nor a sharded checkpoint's index");
         var beside = Path.Combine(folder, "config.json");
         if (configPath is null && !File.Exists(beside))
-            throw new InvalidInputException(from, "a bare weights file needs its config.json: pass --config, or put config.json beside it");
+            throw new InvalidInputException(from, ModelFolder.Llama2cHint(full) is { } hint
+                ? $"is a llama2.c checkpoint; import it first, {hint}, then convert --from DIR"
+                : "a bare weights file needs its config.json: pass --config, or put config.json beside it");
         return Make(configPath ?? beside, full, folder);
     }
 

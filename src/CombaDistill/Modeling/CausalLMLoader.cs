@@ -14,7 +14,7 @@ public static class CausalLMLoader
     public static string ModelTypeOf(string folder)
     {
         var path = Path.Combine(folder, "config.json");
-        if (!Directory.Exists(folder)) throw new InvalidInputException(folder, "model folder does not exist");
+        ModelFolder.Require(folder);
         return InputFile.ReadJsonObject(path, "config.json", j => j["model_type"] is JsonValue v && v.TryGetValue<string>(out var type)
             ? type
             : throw new InvalidInputException(path, "field 'model_type' is missing or not a string"));

@@ -19,7 +19,7 @@ public static class TokenizerLoader
     /// <param name="eosId">Overrides the tokenizer's EOS id (e.g. config.json's eos_token_id).</param>
     public static ITokenizer Load(string folder, int? bosId = null, int? eosId = null)
     {
-        if (!Directory.Exists(folder)) throw new InvalidInputException(folder, "model folder does not exist");
+        Modeling.ModelFolder.RequireFolder(folder);
         string bin = Path.Combine(folder, "tokenizer.bin");
         string model = Path.Combine(folder, "tokenizer.model");
         string originalModel = Path.Combine(folder, "original", "tokenizer.model");

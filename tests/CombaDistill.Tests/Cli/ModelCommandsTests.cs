@@ -118,6 +118,33 @@ public class ModelCommandsTests
     }
 
     [Fact]
+    public void Inspect_and_convert_on_a_llama2c_checkpoint_or_a_run_folder_say_what_to_pass_instead()
+    {
+        using var temp = new TempDir();
+        var file = CliProcess.Run("inspect", Shared.Stories260KBin);
+        Assert.Equal(2, file.Code);
+        Assert.Equal($"error: {Shared.Stories260KBin}: is a file; expected a model folder. Import this llama2.c checkpoint: "
+            + $"`combadistill import --from {Shared.Stories260KBin} --tokenizer {Shared.Tok512Bin} --out DIR`\n", file.Stderr.Replace("\r\n", "\n"));
+
+        var folder = Path.GetDirectoryName(Shared.Stories260KBin)!;
+        foreach (var args in new[] { new[] { "inspect", folder }, ["convert", "--from", folder, "--out", temp["student"]] })
+        {
+            var r = CliProcess.Run(args);
+            Assert.Equal(2, r.Code);
+            Assert.Contains($"{folder}: no config.json, but a llama2.c checkpoint; import it: `combadistill import --from {Shared.Stories260KBin} --tokenizer {Shared.Tok512Bin} --out DIR`", r.Stderr);
+            Assert.Single(r.Stderr.Trim().Split('\n'));
+        }
+
+        // a run folder: the student is inside it
+        var run = temp["run"];
+        Directory.CreateDirectory(Path.Combine(run, "student"));
+        var runInspect = CliProcess.Run("inspect", run);
+        Assert.Equal(2, runInspect.Code);
+        Assert.Contains($"pass {Path.Combine(run, "student")}, its final student", runInspect.Stderr);
+        Assert.False(Directory.Exists(temp["student"]));
+    }
+
+    [Fact]
     public void Import_with_force_replaces_an_earlier_import_but_never_a_users_file_or_folder()
     {
         using var temp = new TempDir();

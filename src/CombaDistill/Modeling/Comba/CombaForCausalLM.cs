@@ -64,6 +64,7 @@ public sealed class CombaForCausalLM : nn.Module<Tensor, Tensor>, ICausalLM
     /// </summary>
     public static CombaForCausalLM FromPretrained(string folder, ScalarType? dtype = null, Device? device = null)
     {
+        ModelFolder.Require(folder);
         var configPath = Path.Combine(folder, "config.json");
         var config = CombaStudentConfig.Load(configPath);
         using var checkpoint = Checkpoint.Open(folder);

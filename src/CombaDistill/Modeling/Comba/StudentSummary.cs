@@ -16,7 +16,7 @@ public sealed record StudentSummary(ModelSummary Model, CombaStudentConfig Stude
     public static StudentSummary Inspect(string folder, int? context = null)
     {
         if (context is <= 0) throw new ArgumentException($"--context must be positive, got {context}");
-        if (!Directory.Exists(folder)) throw new InvalidInputException(folder, "model folder does not exist");
+        ModelFolder.Require(folder);
         var student = CombaStudentConfig.Load(Path.Combine(folder, "config.json"));
         var config = student.Architecture;
         using var checkpoint = Checkpoint.Open(folder);

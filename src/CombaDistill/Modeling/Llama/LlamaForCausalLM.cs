@@ -67,7 +67,7 @@ public sealed class LlamaForCausalLM : nn.Module<Tensor, Tensor>, ICausalLM
 
     static LlamaForCausalLM FromPretrained(string folder, ScalarType? dtype, Func<LlamaConfig, LayerPlacement> placement)
     {
-        if (!Directory.Exists(folder)) throw new InvalidInputException(folder, "model folder does not exist");
+        ModelFolder.Require(folder);
         var configPath = Path.Combine(folder, "config.json");
         var config = LlamaConfig.Load(configPath);
         using var checkpoint = Checkpoint.Open(folder);

@@ -29,7 +29,7 @@ public sealed record ModelSummary(
     public static ModelSummary Inspect(string folder, int? context = null)
     {
         if (context is <= 0) throw new ArgumentException($"--context must be positive, got {context}");
-        if (!Directory.Exists(folder)) throw new InvalidInputException(folder, "model folder does not exist");
+        ModelFolder.Require(folder);
         var config = LlamaConfig.Load(Path.Combine(folder, "config.json"));
         using var checkpoint = Checkpoint.Open(folder);
         var byPart = Parts.ToDictionary(p => p, _ => 0L);
