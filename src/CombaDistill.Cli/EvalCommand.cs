@@ -55,11 +55,6 @@ static class EvalCommand
                 MaxTokens = parse.GetValue(maxTokens),
             };
             // Files are checked before anything slow happens.
-            var textTasks = new[] { (EvaluationTask.Perplexity, "ppl"), (EvaluationTask.Agreement, "agreement") }
-                .Where(t => taskSet.Contains(t.Item1)).Select(t => t.Item2).ToArray();
-            if (plan.DataPath is null && textTasks.Length > 0)
-                throw new ArgumentException($"{string.Join(" and ", textTasks)} need{(textTasks.Length == 1 ? "s" : "")} a text file (--data FILE)" +
-                    (parse.GetValue(tasks) is null ? $"; {(textTasks.Length == 1 ? "it is" : "they are")} among the default tasks: give --data, or pick others, e.g. --tasks mqar,passkey,speed" : ""));
             if (plan.DataPath is { } d && !File.Exists(d)) throw new InvalidInputException(d, "data file does not exist");
             if (multipleChoice is not null) MultipleChoice.Load(multipleChoice);
             if (parse.GetValue(output) is { Length: > 0 } o) OutputPath.RequireFolder(o, "--out");
@@ -68,6 +63,12 @@ static class EvalCommand
 
             var device = CliCommon.Start(parse);
             CliCommon.SetThreads(parse.GetValue(threads));
+            // still before the model loads
+            var textTasks = new[] { (EvaluationTask.Perplexity, "ppl"), (EvaluationTask.Agreement, "agreement") }
+                .Where(t => taskSet.Contains(t.Item1)).Select(t => t.Item2).ToArray();
+            if (plan.DataPath is null && textTasks.Length > 0)
+                throw new ArgumentException($"{string.Join(" and ", textTasks)} need{(textTasks.Length == 1 ? "s" : "")} a text file (--data FILE)" +
+                    (parse.GetValue(tasks) is null ? $"; {(textTasks.Length == 1 ? "it is" : "they are")} among the default tasks: give --data, or pick others, e.g. --tasks mqar,passkey,speed" : ""));
             var clock = Stopwatch.StartNew();
             var dtypeName = parse.GetValue(dtype);
             using var evaluated = Load(parse.GetValue(model)!, dtypeName, device);
