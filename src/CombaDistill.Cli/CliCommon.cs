@@ -69,7 +69,10 @@ static class CliCommon
         Recursive = true,
     };
 
-    /// <summary>The most characters an error line has; the middle of a longer message is elided.</summary>
+    /// <summary>
+    /// The most characters an error line has, the middle of a longer message elided; the guidance an
+    /// <see cref="InvalidInputException"/> ends with (the names a field takes) comes after it whole.
+    /// </summary>
     public const int MaxErrorLength = 300;
 
     /// <summary>Exit codes: 2 bad input, 1 a failure at run time, 3 a failed data-parallel peer, 130 cancelled.</summary>
@@ -120,6 +123,10 @@ static class CliCommon
             _ when MemoryExhaustion.Describe(e) is { } exhausted => (RunFailure, exhausted),
             _ => (RunFailure, $"{e.GetType().Name}: {e.Message} (an internal error; --verbose prints where)"),
         };
+        // The bound is against huge inputs quoted in the message; the tool's own list of valid names is short and is the
+        // answer the user needs, so it is never the part that gets elided.
+        if (e is InvalidInputException { Guidance: { Length: > 0 } guidance } && text.EndsWith(guidance, StringComparison.Ordinal))
+            return (code, Bounded.Line(text[..^guidance.Length], MaxErrorLength) + guidance);
         return (code, Bounded.Line(text, MaxErrorLength));
     }
 

@@ -63,8 +63,22 @@ sealed class YamlBinder(string file, IReadOnlyDictionary<Type, IReadOnlyDictiona
 
     string FieldPath => string.Concat(path.Select((segment, i) => i == 0 || segment.StartsWith('[') ? segment : "." + segment));
 
-    InvalidInputException Error(ParsingEvent? at, string problem) =>
-        new(file, $"line {at?.Start.Line ?? 0}: field '{FieldPath}' {problem}");
+    InvalidInputException Error(ParsingEvent? at, string problem, string guidance = "") =>
+        new(file, $"line {at?.Start.Line ?? 0}: field '{FieldPath}' {problem}", guidance: guidance);
+
+    /// <summary>The longest stretch of a key or value an error quotes: a 1 MB key must not become a 1 MB line.</summary>
+    const int MaxQuoted = 80;
+
+    /// <summary>
+    /// The refusal of a name that is not among <paramref name="names"/>: "did you mean" first when one is close, then
+    /// every name, as guidance the CLI prints whole (the names are ours and few; what was given is cut to a bound).
+    /// </summary>
+    InvalidInputException NotAmong(ParsingEvent at, string problem, string given, IEnumerable<string> names)
+    {
+        var list = names.ToList();
+        var closest = Spelling.Closest(given, list);
+        return Error(at, problem, $"{(closest is null ? "; expected" : $"; did you mean '{closest}'? Expected")} one of: {string.Join(", ", list)}");
+    }
 
     /// <summary>Binds <paramref name="yaml"/>; null unless it is exactly one document holding a mapping.</summary>
     public T? Bind<T>(string yaml) where T : YamlRecord
@@ -128,9 +142,10 @@ sealed class YamlBinder(string file, IReadOnlyDictionary<Type, IReadOnlyDictiona
         while (!parser.TryConsume<MappingEnd>(out _))
         {
             var key = parser.Consume<Scalar>();
-            path.Add(key.Value);
+            // Only a known key is nested under, so the path's one unbounded part is this last key.
+            path.Add(Bounded.Text(key.Value, MaxQuoted));
             if (!properties.TryGetValue(key.Value, out var property))
-                throw Error(key, $"is not a known field; expected one of: {string.Join(", ", properties.Keys.Order(StringComparer.Ordinal))}");
+                throw NotAmong(key, "is not a known field", key.Value, properties.Keys.Order(StringComparer.Ordinal));
             if (!record.Lines.TryAdd(key.Value, parser.Current?.Start.Line ?? key.Start.Line))
                 throw new InvalidInputException(file, $"line {key.Start.Line}: not valid YAML (the key '{key.Value}' is given twice)");
             if (IsAbsent(parser.Current))
@@ -183,7 +198,7 @@ sealed class YamlBinder(string file, IReadOnlyDictionary<Type, IReadOnlyDictiona
                 _ => throw Error(scalar, $"is '{text}'; expected true or false"),
             };
         var names = choices[type];
-        return names.TryGetValue(text, out var choice) ? choice : throw Error(scalar, $"is '{text}'; expected one of {string.Join(", ", names.Keys)}");
+        return names.TryGetValue(text, out var choice) ? choice : throw NotAmong(scalar, $"is '{Bounded.Text(text, MaxQuoted)}'", text, names.Keys);
     }
 
     /// <summary>A finite number in invariant culture; null for any other text.</summary>

@@ -108,4 +108,21 @@ public sealed class DistillCommandTests : IDisposable
         Assert.Equal("# my notes", File.ReadAllText(notes));
         Assert.Equal(new[] { notes, recipePath }.Order(StringComparer.Ordinal), Directory.GetFileSystemEntries(dir.Path).Order(StringComparer.Ordinal));
     }
+
+    [Fact]
+    public void A_misspelt_recipe_field_prints_the_suggestion_and_the_whole_list_of_fields()
+    {
+        var recipePath = dir["typo.yaml"];
+        File.WriteAllText(recipePath, DistillationRunTests.RecipeText().Replace("micro_batch: 2", "micro_bach: 2"));
+        var expected = Assert.Throws<InvalidInputException>(() => RecipeLoader.Load(recipePath));
+        var (code, stdout, stderr) = CliProcess.Run("distill", "--recipe", recipePath, "--run-dir", dir["run"]);
+        Assert.Equal(2, code);
+        Assert.Equal("", stdout);
+        var line = Assert.Single(stderr.Trim().Split('\n'));
+        Assert.Contains("is not a known field; did you mean 'micro_batch'? Expected one of: ", line);
+        // the list is longer than the 300-character bound on the rest of the line, and none of it is elided
+        Assert.True(line.Length > "error: ".Length + 300, $"{line.Length} characters");
+        Assert.EndsWith(expected.Guidance, line);
+        Assert.DoesNotContain("characters) …", line);
+    }
 }

@@ -107,6 +107,44 @@ public sealed class RecipeTests : IDisposable
     }
 
     [Fact]
+    public void A_misspelt_field_gets_did_you_mean_before_the_whole_list_of_fields()
+    {
+        var e = Fails(Valid.Replace("    micro_batch: 4", "    micro_bach: 4"));
+        Assert.Contains("line 23: field 'stages[0].micro_bach' is not a known field; did you mean 'micro_batch'? Expected one of: accumulation, ", e.Message);
+        // the list is the guidance the CLI prints whole, and it names every field a stage takes
+        Assert.StartsWith("; did you mean 'micro_batch'? Expected one of: ", e.Guidance);
+        Assert.EndsWith(e.Guidance, e.Message);
+        var listed = e.Guidance[(e.Guidance.IndexOf(": ", StringComparison.Ordinal) + 2)..].Split(", ");
+        Assert.Equal(listed.Order(StringComparer.Ordinal), listed);
+        Assert.Contains("micro_batch", listed);
+        Assert.Contains("name", listed);
+        Assert.Contains("trainable", listed);
+        Assert.True(listed.Length >= 20, e.Guidance);
+
+        // case alone, and a swap of neighbours, are typos too; a name nothing is close to gets the list alone
+        Assert.Contains("did you mean 'micro_batch'?", Fails(Valid.Replace("    micro_batch: 4", "    Micro_Batch: 4")).Message);
+        Assert.Contains("did you mean 'temperature'?", Fails(Valid.Replace("    temperature: 2", "    temperautre: 2")).Message);
+        var far = Fails(Valid + "\ncolour: blue\n");
+        Assert.DoesNotContain("did you mean", far.Message);
+        Assert.Contains("'colour' is not a known field; expected one of: data, precision, seed, stages, student, teacher", far.Message);
+        // a choice of value gets the same treatment
+        Assert.Contains("'stages[1].objective' is 'distilation'; did you mean 'distillation'? Expected one of: ",
+            Fails(Valid.Replace("objective: distillation", "objective: distilation")).Message);
+    }
+
+    [Fact]
+    public void A_huge_unknown_key_is_quoted_cut_to_a_bound_while_the_list_stays_whole()
+    {
+        var key = new string('k', 1 << 20);
+        // an explicit key (? …): a plain one may be at most 1024 characters in YAML
+        var e = Fails(Valid.Replace("    micro_batch: 4\n", $"    ? {key}\n    : 4\n"));
+        Assert.Contains("characters) …", e.Message);
+        Assert.True(e.Message.Length < 2000, $"{e.Message.Length} characters");
+        Assert.EndsWith(", trainable", e.Guidance);
+        Assert.Contains("accumulation, ", e.Guidance);
+    }
+
+    [Fact]
     public void Negative_learning_rate_is_refused()
     {
         var e = Fails(Valid.Replace("lr: 1e-3", "lr: -1e-3"));
@@ -158,13 +196,13 @@ public sealed class RecipeTests : IDisposable
     [InlineData("    micro_batch: 4\n", "    micro_batch: 4\n    micro_batch: 5\n", "line 24: not valid YAML (the key 'micro_batch' is given twice)")]
     [InlineData("warmup_steps: 5", "warmup_steps: 500", "warms up for 500 steps")]
     [InlineData("min_lr: 1e-5", "min_lr: 1e-2", "'stages[0].schedule.min_lr'")]
-    [InlineData("kind: cosine", "kind: linear", "expected one of cosine, constant")]
+    [InlineData("kind: cosine", "kind: linear", "expected one of: cosine, constant")]
     [InlineData("sequence_length: 128", "sequence_length: 4096", "beyond the teacher's context of 512")]
     [InlineData("chunk_size: 16", "chunk_size: 17", "chunk_size")]
     [InlineData("tokens: 100k", "tokens: lots", "expected a whole number")]
     [InlineData("seed: 7", "seed: 7\nseed: 8", "not valid YAML")]
     [InlineData("  add_eos: false", "  add_eos: !!int 5", "'data.add_eos' is '5'; expected true or false")]    // a tag does not change the field's type
-    [InlineData("seed: 7", "seed: 7\nprecision: fp16", "'precision' is 'fp16'; expected one of auto, bf16, float32")]
+    [InlineData("seed: 7", "seed: 7\nprecision: fp16", "'precision' is 'fp16'; expected one of: auto, bf16, float32")]
     [InlineData("    micro_batch: 4\n", "    micro_batch: 4\n    activation_checkpointing: sometimes\n", "'stages[0].activation_checkpointing'")]
     public void BadFieldsAreNamed(string find, string replace, string expected)
     {
