@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Parsing;
 using System.Reflection;
 using CombaDistill.IO;
 using CombaDistill.Runtime;
@@ -96,12 +97,80 @@ static class CliCommon
         }
     };
 
-    /// <summary>A command line that does not parse: its first error as one line, exit 2.</summary>
+    /// <summary>How many of a command line's further errors are listed after the first (then "and N more").</summary>
+    public const int MaxFurtherParseErrors = 3;
+
+    /// <summary>
+    /// A command line that does not parse, exit 2. The first line is the error that explains the others, then each
+    /// further error on a line of its own, at most <see cref="MaxFurtherParseErrors"/> of them.
+    /// </summary>
     public static int ParseError(ParseResult parse)
     {
-        var more = parse.Errors.Count > 1 ? $" (and {parse.Errors.Count - 1} more)" : "";
-        Err.MarkupLineInterpolated($"[red]error:[/] {Bounded.Line(parse.Errors[0].Message.TrimEnd('.') + more + "; see --help", MaxErrorLength)}");
+        var (first, further) = ParseErrorLines(parse);
+        Err.MarkupLineInterpolated($"[red]error:[/] {first}");
+        foreach (var line in further.Take(MaxFurtherParseErrors)) Err.MarkupLineInterpolated($"  also: {line}");
+        if (further.Count > MaxFurtherParseErrors) Err.MarkupLineInterpolated($"  (and {further.Count - MaxFurtherParseErrors} more)");
         return BadInput;
+    }
+
+    /// <summary>
+    /// What <see cref="ParseError"/> prints. System.CommandLine puts "Required command was not provided" before the token
+    /// that was meant to be the command, and words every unknown token as "Unrecognized command or argument", so the
+    /// tokens the command does not know come first, each with the nearest of the command's own subcommands or options
+    /// when one is within a typo, and the parser's errors that only restate them are dropped.
+    /// </summary>
+    static (string First, List<string> Further) ParseErrorLines(ParseResult parse)
+    {
+        var command = parse.CommandResult;
+        var subcommands = command.Command.Subcommands.Where(c => !c.Hidden).ToList();
+        var errors = parse.Errors.Select(e => e.Message.TrimEnd('.')).ToList();
+        var unknown = new List<string>();
+        string? previous = null;
+        var afterUnknownCommand = false;
+        foreach (var token in parse.UnmatchedTokens)
+        {
+            errors.Remove($"Unrecognized command or argument '{token}'");
+            // what follows an unknown command was meant for that command
+            if (afterUnknownCommand) continue;
+            var isOption = token.StartsWith('-');
+            // the word after an unknown option is most likely that option's value, not a mistake of its own
+            if (!isOption && previous is not null && previous.StartsWith('-')) { previous = null; continue; }
+            previous = token;
+            var expectsCommand = !isOption && subcommands.Count > 0;
+            if (expectsCommand) (afterUnknownCommand, errors) = (true, errors.Where(e => e != RequiredCommand).ToList());
+            IEnumerable<string> known = isOption ? OptionNames(command) : expectsCommand ? subcommands.SelectMany(c => c.Aliases.Prepend(c.Name)) : [];
+            var closest = Spelling.Closest(token, known);
+            unknown.Add($"unknown {(isOption ? "option" : expectsCommand ? "command" : "argument")} '{Bounded.Text(token, 80)}'"
+                + (command.Parent is null ? "" : $" for '{command.Command.Name}'") + (closest is null ? "" : $"; did you mean '{closest}'?"));
+        }
+        // "Required command was not provided" does not say which commands there are
+        var commandName = command.Parent is null ? "combadistill" : $"'{command.Command.Name}'";
+        errors = errors.Select(e => e == RequiredCommand ? $"{commandName} needs a command: one of {string.Join(", ", subcommands.Select(c => c.Name))}" : e).ToList();
+        var all = unknown.Concat(errors).Select(e => Bounded.Line(e, MaxErrorLength)).ToList();
+        var first = $"{all[0]} (see '{string.Join(' ', CommandPath(command))} --help')";
+        return (first, all.Skip(1).ToList());
+    }
+
+    /// <summary>System.CommandLine's error for a command line that stops where a subcommand is needed.</summary>
+    const string RequiredCommand = "Required command was not provided";
+
+    /// <summary>combadistill and the subcommands down to <paramref name="command"/>, as the user types them.</summary>
+    static IEnumerable<string> CommandPath(CommandResult command)
+    {
+        var names = new List<string>();
+        for (SymbolResult? at = command; at is not null; at = at.Parent)
+            if (at is CommandResult c) names.Add(c.Parent is null ? "combadistill" : c.Command.Name);
+        names.Reverse();
+        return names;
+    }
+
+    /// <summary>Every option <paramref name="command"/> takes: its own and its parents' recursive ones (--device, --help), hidden ones left out.</summary>
+    static IEnumerable<string> OptionNames(CommandResult command)
+    {
+        for (SymbolResult? at = command; at is not null; at = at.Parent)
+            if (at is CommandResult c)
+                foreach (var option in c.Command.Options.Where(o => !o.Hidden && (c == command || o.Recursive)))
+                    foreach (var name in option.Aliases.Prepend(option.Name)) yield return name;
     }
 
     /// <summary>The exit code and the one-line message for a failure.</summary>

@@ -130,9 +130,9 @@ public sealed class HostileInputCliTests : IDisposable
     [Fact]
     public void A_command_line_that_does_not_parse_is_one_line_and_exit_2_not_the_help_text()
     {
-        AssertOneLineInputError(CliProcess.Run("convert", "--out", temp["x"]), "Option '--from' is required; see --help");
+        AssertOneLineInputError(CliProcess.Run("convert", "--out", temp["x"]), "Option '--from' is required (see 'combadistill convert --help')");
         // Without --out the student would go beside the teacher; a teacher that is not there is the one line.
         AssertOneLineInputError(CliProcess.Run("convert", "--from", temp["x"]), "x: no such file or folder");
-        AssertOneLineInputError(CliProcess.Run("inspect", temp["x"], "--bogus"), "Unrecognized command or argument '--bogus'; see --help");
+        AssertOneLineInputError(CliProcess.Run("inspect", temp["x"], "--bogus"), "unknown option '--bogus' for 'inspect' (see 'combadistill inspect --help')");
     }
 }
