@@ -12,6 +12,10 @@ var parse = root.Parse(args);
 // A command line that does not parse is bad input like any other: one line and exit 2, not the help text.
 if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAction)
     return CliCommon.ParseError(parse);
+// System.CommandLine's help writes nothing at all for a hidden command (synth). One asked for by name is shown like any
+// other; Hidden only keeps it out of the root's list of commands, which this invocation does not print.
+if (parse.Action is System.CommandLine.Help.HelpAction && parse.CommandResult.Command.Hidden)
+    parse.CommandResult.Command.Hidden = false;
 // Ctrl-C and SIGTERM are handled here rather than by System.CommandLine, whose handler throws on a second signal
 // (CliSignals): the first cancels the command's token, a second is only acknowledged.
 using var signals = new CliSignals();

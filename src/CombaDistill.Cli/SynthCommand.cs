@@ -13,15 +13,15 @@ static class SynthCommand
     public static Command Create()
     {
         var output = new Option<string>("--out") { Description = "folder to create", Required = true };
-        var hidden = new Option<int>("--hidden") { DefaultValueFactory = _ => 2048 };
-        var layers = new Option<int>("--layers") { DefaultValueFactory = _ => 16 };
-        var heads = new Option<int>("--heads") { DefaultValueFactory = _ => 32 };
-        var kvHeads = new Option<int>("--kv-heads") { DefaultValueFactory = _ => 8 };
-        var intermediate = new Option<int>("--intermediate") { DefaultValueFactory = _ => 8192 };
-        var vocab = new Option<int>("--vocab") { DefaultValueFactory = _ => 128256 };
+        var hidden = new Option<int>("--hidden") { Description = "hidden size", DefaultValueFactory = _ => 2048 };
+        var layers = new Option<int>("--layers") { Description = "decoder layers", DefaultValueFactory = _ => 16 };
+        var heads = new Option<int>("--heads") { Description = "attention heads (head dim = hidden / heads)", DefaultValueFactory = _ => 32 };
+        var kvHeads = new Option<int>("--kv-heads") { Description = "key/value heads", DefaultValueFactory = _ => 8 };
+        var intermediate = new Option<int>("--intermediate") { Description = "MLP intermediate size", DefaultValueFactory = _ => 8192 };
+        var vocab = new Option<int>("--vocab") { Description = "vocabulary size", DefaultValueFactory = _ => 128256 };
         var untied = new Option<bool>("--untied") { Description = "a separate lm_head (default: tied to the embeddings)" };
-        var context = new Option<int>("--context") { DefaultValueFactory = _ => 8192 };
-        var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 0 };
+        var context = new Option<int>("--context") { Description = "max_position_embeddings", DefaultValueFactory = _ => 8192 };
+        var seed = new Option<long>("--seed") { Description = "seed for the random weights", DefaultValueFactory = _ => 0 };
         var command = new Command("synth", "Write a random-weight Llama folder of a given shape (for benchmarks)")
         {
             output, hidden, layers, heads, kvHeads, intermediate, vocab, untied, context, seed,

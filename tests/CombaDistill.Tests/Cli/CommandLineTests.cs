@@ -79,4 +79,15 @@ public class CommandLineTests
         Assert.Equal(CliProcess.Run("inspect", "--help").Stdout, inspect.Stdout);
         Assert.Contains("Describe a model folder", inspect.Stdout);
     }
+    [Fact]
+    public void A_hidden_command_shows_its_help_when_asked_by_name_and_stays_out_of_the_list()
+    {
+        var (code, stdout, stderr) = CliProcess.Run("synth", "--help");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("Write a random-weight Llama folder", stdout);
+        Assert.Contains("--out", stdout);
+        Assert.Contains("--kv-heads", stdout);
+        Assert.Equal(stdout, CliProcess.Run("help", "synth").Stdout);
+        Assert.DoesNotContain("synth", CliProcess.Run("--help").Stdout);
+    }
 }
