@@ -17,7 +17,7 @@ static class BenchCombaCommand
             Description = "B,T,H,D (repeatable); default (4,2048,8,64) on CPU and (8,2048,16,128) (1,8192,32,128) (2,16384,16,128) on CUDA",
             AllowMultipleArgumentsPerToken = true,
         };
-        var dtype = new Option<string?>("--dtype") { Description = "float32 | bfloat16 | float16; default float32 on CPU, bfloat16 on CUDA" };
+        var dtype = CliCommon.DTypeOption("default float32 on CPU, bfloat16 on CUDA", torch.ScalarType.Float32, torch.ScalarType.BFloat16, torch.ScalarType.Float16);
         var repeats = new Option<int>("--repeats") { Description = "timed runs per measurement (the median is reported)", DefaultValueFactory = _ => 3 };
         var warmup = new Option<int>("--warmup") { Description = "untimed runs first", DefaultValueFactory = _ => 1 };
         var chunk = new Option<int>("--chunk-size") { Description = "Chunkwise chunk size: 16, 32, 64 or 128", DefaultValueFactory = _ => 64 };
@@ -39,7 +39,7 @@ static class BenchCombaCommand
             var onGpu = device.type == DeviceType.CUDA;
             var shapeList = parse.GetValue(shapes) is { Length: > 0 } given ? given.Select(BenchShape.Parse).ToArray()
                 : onGpu ? CombaBenchmark.GpuShapes : CombaBenchmark.CpuShapes;
-            var type = ParseDType(parse.GetValue(dtype) ?? (onGpu ? "bfloat16" : "float32"));
+            var type = parse.GetValue(dtype) ?? (onGpu ? torch.ScalarType.BFloat16 : torch.ScalarType.Float32);
             if (!ChunkwiseComba.SupportedChunkSizes.Contains(parse.GetValue(chunk)))
                 throw new ArgumentException($"--chunk-size {parse.GetValue(chunk)}: use one of {string.Join(", ", ChunkwiseComba.SupportedChunkSizes)}");
             BenchCommand.CheckJsonTarget(parse);
@@ -55,12 +55,4 @@ static class BenchCombaCommand
         }));
         return command;
     }
-
-    internal static torch.ScalarType ParseDType(string name) => name.ToLowerInvariant() switch
-    {
-        "float32" or "f32" or "fp32" => torch.ScalarType.Float32,
-        "bfloat16" or "bf16" => torch.ScalarType.BFloat16,
-        "float16" or "f16" or "fp16" => torch.ScalarType.Float16,
-        _ => throw new ArgumentException($"--dtype {name}: expected float32, bfloat16 or float16"),
-    };
 }

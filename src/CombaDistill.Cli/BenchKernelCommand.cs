@@ -20,7 +20,7 @@ static class BenchKernelCommand
             Description = "B,T,H,D (repeatable); default (8,2048,16,128) (1,8192,32,128) (2,16384,16,128) on CUDA, (4,2048,8,64) on CPU",
             AllowMultipleArgumentsPerToken = true,
         };
-        var dtype = new Option<string?>("--dtype") { Description = "bfloat16 | float16 | float32 for q, k, v; default bfloat16 on CUDA, float32 on CPU" };
+        var dtype = CliCommon.DTypeOption("for q, k, v; default bfloat16 on CUDA, float32 on CPU", torch.ScalarType.BFloat16, torch.ScalarType.Float16, torch.ScalarType.Float32);
         var ops = new Option<string>("--ops") { Description = $"comma-separated, from {string.Join(", ", KernelBenchmark.Ops)}", DefaultValueFactory = _ => string.Join(",", KernelBenchmark.Ops) };
         var defaults = new KernelBenchOptions();
         var warmup = new Option<int>("--warmup") { Description = "untimed runs first", DefaultValueFactory = _ => defaults.Warmup };
@@ -47,7 +47,7 @@ static class BenchKernelCommand
             var onGpu = device.type == DeviceType.CUDA;
             var shapeList = parse.GetValue(shapes) is { Length: > 0 } given ? given.Select(BenchShape.Parse).ToArray()
                 : onGpu ? CombaBenchmark.GpuShapes : CombaBenchmark.CpuShapes;
-            var type = BenchCombaCommand.ParseDType(parse.GetValue(dtype) ?? (onGpu ? "bfloat16" : "float32"));
+            var type = parse.GetValue(dtype) ?? (onGpu ? torch.ScalarType.BFloat16 : torch.ScalarType.Float32);
             if (!ChunkwiseComba.SupportedChunkSizes.Contains(parse.GetValue(chunk)))
                 throw new ArgumentException($"--chunk-size {parse.GetValue(chunk)}: use one of {string.Join(", ", ChunkwiseComba.SupportedChunkSizes)}");
             var opList = parse.GetValue(ops)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);

@@ -5,6 +5,7 @@ using CombaDistill.IO;
 using CombaDistill.Runtime;
 using CombaDistill.Runtime.Cuda;
 using Spectre.Console;
+using ScalarType = TorchSharp.torch.ScalarType;
 
 namespace CombaDistill.Cli;
 
@@ -28,6 +29,44 @@ static class CliCommon
     /// <summary>--threads, for every command that runs a model; apply it with <see cref="SetThreads"/>.</summary>
     public static Option<int?> ThreadsOption() =>
         new("--threads") { Description = "CPU threads for libtorch (default: one per core); 1 is often fastest for a small model or on a busy machine" };
+
+    /// <summary>
+    /// The dtypes a --dtype option takes: the canonical name (torch's, as config.json writes it) and the other spellings
+    /// people type, so that bf16 and fp16 work on the command line as they do in a recipe's precision. The one list.
+    /// </summary>
+    static readonly (ScalarType Type, string Name, string[] Aliases)[] DTypes =
+    [
+        (ScalarType.BFloat16, "bfloat16", ["bf16"]),
+        (ScalarType.Float16, "float16", ["fp16", "f16", "half"]),
+        (ScalarType.Float32, "float32", ["fp32", "f32", "float"]),
+        (ScalarType.Float64, "float64", ["fp64", "f64", "double"]),
+    ];
+
+    /// <summary>
+    /// --dtype taking the <paramref name="allowed"/> dtypes by any of their spellings (case ignored); its help lists the
+    /// canonical names. Null when the option is not given.
+    /// </summary>
+    public static Option<ScalarType?> DTypeOption(string description, params ScalarType[] allowed)
+    {
+        var accepted = allowed.Select(t => DTypes.Single(d => d.Type == t)).ToArray();
+        var canonical = string.Join(", ", accepted.Select(d => d.Name));
+        return new Option<ScalarType?>("--dtype")
+        {
+            Description = $"{description}; {string.Join(", ", accepted.Select(d => d.Aliases[0]))} also accepted",
+            HelpName = string.Join("|", accepted.Select(d => d.Name)),
+            CustomParser = result =>
+            {
+                var given = result.Tokens[0].Value;
+                foreach (var d in accepted)
+                    if (d.Name.Equals(given, StringComparison.OrdinalIgnoreCase) || d.Aliases.Contains(given, StringComparer.OrdinalIgnoreCase))
+                        return d.Type;
+                var known = DTypes.Any(d => d.Name.Equals(given, StringComparison.OrdinalIgnoreCase) || d.Aliases.Contains(given, StringComparer.OrdinalIgnoreCase));
+                result.AddError($"--dtype {Bounded.Text(given, 40)} is {(known ? "not supported by this command" : "not a dtype")}; expected one of {canonical} "
+                    + $"(or {string.Join(", ", accepted.SelectMany(d => d.Aliases))})");
+                return null;
+            },
+        };
+    }
 
     /// <summary>libtorch's intra-op threads; on a busy machine, threads that spin waiting for each other cost more than they give.</summary>
     public static void SetThreads(int? threads)

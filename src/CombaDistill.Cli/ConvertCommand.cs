@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using CombaDistill.Conversion;
 using CombaDistill.Modeling.Comba;
 using CombaDistill.Modeling.Llama;
+using ScalarType = TorchSharp.torch.ScalarType;
 using Spectre.Console;
 
 namespace CombaDistill.Cli;
@@ -24,8 +25,8 @@ static class ConvertCommand
             Description = "layers that keep softmax attention: none, all, every:N (layers N-1, 2N-1, ...), or indices such as 0,15 or 0-3",
             DefaultValueFactory = _ => "none",
         };
-        var dtype = new Option<string?>("--dtype") { Description = "float32 | bfloat16 | float16 | float64 (default: the teacher's, whose tensors are then copied bit for bit)" };
-        dtype.AcceptOnlyFromAmong("float32", "bfloat16", "float16", "float64");
+        var dtype = CliCommon.DTypeOption("the student's dtype (default: the teacher's, whose tensors are then copied bit for bit)",
+            ScalarType.Float32, ScalarType.BFloat16, ScalarType.Float16, ScalarType.Float64);
         var maxShard = new Option<string>("--max-shard-size") { Description = "split model.safetensors into shards of at most this size", DefaultValueFactory = _ => "5GB" };
         var force = new Option<bool>("--force") { Description = "replace an existing output folder" };
 
@@ -63,7 +64,7 @@ static class ConvertCommand
             var options = new ConversionOptions
             {
                 KeepAttention = parse.GetValue(keep)!,
-                DType = parse.GetValue(dtype) is { } d ? LlamaForCausalLM.ParseDtype(d) : null,
+                DType = parse.GetValue(dtype),
                 MaxShardBytes = ByteSize.Parse(parse.GetValue(maxShard)!),
                 Force = parse.GetValue(force),
                 Comba = defaults with

@@ -5,6 +5,7 @@ using CombaDistill.Evaluation;
 using CombaDistill.IO;
 using CombaDistill.Modeling;
 using CombaDistill.Modeling.Llama;
+using ScalarType = TorchSharp.torch.ScalarType;
 using CombaDistill.Tokenization;
 using Spectre.Console;
 
@@ -35,8 +36,7 @@ static class EvalCommand
         var passkeyTrials = new Option<int>("--passkey-trials") { Description = "passkeys per (length, depth)", DefaultValueFactory = _ => 4 };
         var speedLengths = new Option<string?>("--speed-lengths") { Description = "generated lengths at which speed and memory are sampled (default 256,512,1024,2048)" };
         var seed = new Option<int>("--seed") { Description = "seed of the synthetic tasks", DefaultValueFactory = _ => 1234 };
-        var dtype = new Option<string?>("--dtype") { Description = "float32 | bfloat16 (default: each checkpoint's torch_dtype)" };
-        dtype.AcceptOnlyFromAmong("float32", "bfloat16");
+        var dtype = CliCommon.DTypeOption("the dtype to run in (default: each checkpoint's torch_dtype)", ScalarType.Float32, ScalarType.BFloat16);
         var threads = CliCommon.ThreadsOption();
         var command = new Command("eval", "Evaluate a model, side by side with its teacher")
         {
@@ -128,9 +128,9 @@ static class EvalCommand
     }
 
     /// <summary>A teacher or a student, whichever config.json's model_type says, with the folder's tokenizer.</summary>
-    static LoadedModel Load(string folder, string? dtype, TorchSharp.torch.Device device)
+    static LoadedModel Load(string folder, ScalarType? dtype, TorchSharp.torch.Device device)
     {
-        var lm = CausalLMLoader.Load(folder, dtype is null ? null : LlamaForCausalLM.ParseDtype(dtype), device);
+        var lm = CausalLMLoader.Load(folder, dtype, device);
         try
         {
             var tokenizer = TokenizerLoader.ForModel(folder, lm.Config.VocabSize, lm.Config.BosTokenId, lm.Config.EosTokenIds[0]);

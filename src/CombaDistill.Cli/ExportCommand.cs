@@ -1,7 +1,7 @@
 using System.CommandLine;
 using CombaDistill.Conversion;
 using CombaDistill.Export;
-using CombaDistill.Modeling.Llama;
+using ScalarType = TorchSharp.torch.ScalarType;
 
 namespace CombaDistill.Cli;
 
@@ -12,8 +12,7 @@ static class ExportCommand
     {
         var model = new Option<string>("--model") { Description = "the student folder (made by convert or distill)", Required = true };
         var output = new Option<string>("--out") { Description = "the folder to create", Required = true };
-        var dtype = new Option<string?>("--dtype") { Description = "bfloat16 | float16 | float32 (default: the student's stored dtype)" };
-        dtype.AcceptOnlyFromAmong("bfloat16", "float16", "float32");
+        var dtype = CliCommon.DTypeOption("the weights' dtype (default: the student's stored dtype)", ScalarType.BFloat16, ScalarType.Float16, ScalarType.Float32);
         var maxShard = new Option<string>("--max-shard-size") { Description = "split model.safetensors into shards of at most this size", DefaultValueFactory = _ => "5GB" };
         var run = new Option<string?>("--run-dir") { Description = "the distillation run folder for the model card (default: the student's parent, when it is one)" };
         var eval = new Option<string?>("--eval") { Description = "an eval output folder (report.json, report.md) whose results go into the model card (default: RUN/eval)" };
@@ -27,7 +26,7 @@ static class ExportCommand
             CliCommon.Start(parse);
             var result = HuggingFaceExport.Export(parse.GetValue(model)!, parse.GetValue(output)!, new ExportOptions
             {
-                DType = parse.GetValue(dtype) is { } d ? LlamaForCausalLM.ParseDtype(d) : null,
+                DType = parse.GetValue(dtype),
                 MaxShardBytes = ByteSize.Parse(parse.GetValue(maxShard)!),
                 Force = parse.GetValue(force),
                 RunFolder = parse.GetValue(run),

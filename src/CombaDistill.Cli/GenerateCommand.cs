@@ -2,7 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Text;
 using CombaDistill.Modeling;
-using CombaDistill.Modeling.Llama;
+using ScalarType = TorchSharp.torch.ScalarType;
 using CombaDistill.Tokenization;
 using Spectre.Console;
 
@@ -19,8 +19,7 @@ static class GenerateCommand
         var temperature = new Option<double>("--temperature") { Description = "0 is greedy", DefaultValueFactory = _ => 1.0 };
         var topP = new Option<double>("--top-p") { Description = "nucleus sampling threshold (1 keeps every token)", DefaultValueFactory = _ => 1.0 };
         var seed = new Option<long?>("--seed") { Description = "seed for sampling (reproducible output)" };
-        var dtype = new Option<string?>("--dtype") { Description = "float32 | bfloat16 (default: the checkpoint's torch_dtype)" };
-        dtype.AcceptOnlyFromAmong("float32", "bfloat16");
+        var dtype = CliCommon.DTypeOption("the dtype to run in (default: the checkpoint's torch_dtype)", ScalarType.Float32, ScalarType.BFloat16);
         var threads = CliCommon.ThreadsOption();
         var command = new Command("generate", "Generate text with a model")
         {
@@ -34,7 +33,7 @@ static class GenerateCommand
             var options = new GenerationOptions(parse.GetValue(maxTokens), parse.GetValue(temperature), parse.GetValue(topP), parse.GetValue(seed));
             options.Validate();
             var clock = Stopwatch.StartNew();
-            var lm = CausalLMLoader.Load(folder, parse.GetValue(dtype) is { } d ? LlamaForCausalLM.ParseDtype(d) : null, device);
+            var lm = CausalLMLoader.Load(folder, parse.GetValue(dtype), device);
             using var loaded = (IDisposable)lm;   // a teacher or a student, both modules
             var tokenizer = TokenizerLoader.ForModel(folder, lm.Config.VocabSize, lm.Config.BosTokenId, lm.Config.EosTokenIds[0]);
             CliCommon.Err.WriteLine($"loaded {folder} ({(lm is CombaDistill.Modeling.Comba.CombaForCausalLM ? $"comba student of a {lm.Config.ModelType}" : lm.Config.ModelType)}, {tokenizer.Description}) on {device.type} in {clock.Elapsed.TotalSeconds:F1}s");

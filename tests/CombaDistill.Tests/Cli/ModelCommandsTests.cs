@@ -46,6 +46,32 @@ public class ModelCommandsTests
     }
 
     [Fact]
+    public void Generate_takes_the_usual_spellings_of_a_dtype_and_its_help_lists_the_canonical_names()
+    {
+        using var temp = new TempDir();
+        var folder = Import(temp);
+        string[] Greedy(string dtype) => ["generate", "--model", folder, "--max-tokens", "20", "--temperature", "0", "--device", "cpu", "--threads", "1", "--dtype", dtype];
+        var canonical = CliProcess.Run(Greedy("bfloat16"));
+        Assert.True(canonical.Code == 0, canonical.Stderr);
+        foreach (var alias in new[] { "bf16", "BF16" })
+        {
+            var run = CliProcess.Run(Greedy(alias));
+            Assert.True(run.Code == 0, run.Stderr);
+            Assert.Equal(canonical.Stdout, run.Stdout);
+        }
+        var fp32 = CliProcess.Run(Greedy("fp32"));
+        Assert.True(fp32.Code == 0, fp32.Stderr);
+        Assert.Equal(CliProcess.Run(Greedy("float32")).Stdout, fp32.Stdout);
+
+        // a dtype generate does not run in, and a word that is no dtype, are told apart
+        var half = CliProcess.Run(Greedy("fp16"));
+        Assert.Equal(2, half.Code);
+        Assert.StartsWith("error: --dtype fp16 is not supported by this command; expected one of float32, bfloat16 (or fp32, f32, float, bf16)", half.Stderr);
+        Assert.StartsWith("error: --dtype int8 is not a dtype; expected one of float32, bfloat16", CliProcess.Run(Greedy("int8")).Stderr);
+        Assert.Contains("--dtype <float32|bfloat16>", CliProcess.Run("generate", "--help").Stdout);
+    }
+
+    [Fact]
     public void Inspect_reports_parameters_files_and_kv_cache_size()
     {
         using var temp = new TempDir();

@@ -138,6 +138,19 @@ public class ExportTests(ExportedStudents exported) : IClassFixture<ExportedStud
         Assert.Equal(ScalarType.BFloat16, model.parameters().First().dtype);
     }
 
+    [Theory]
+    [InlineData("bf16", "bfloat16")]
+    [InlineData("FP16", "float16")]
+    [InlineData("float", "float32")]
+    public void The_command_line_takes_the_usual_spellings_of_a_dtype(string given, string stored)
+    {
+        using var temp = new TempDir();
+        var (code, stdout, stderr) = CliProcess.Run("export", "--model", exported.Students["pure"], "--out", temp["x"], "--dtype", given, "--device", "cpu");
+        Assert.True(code == 0, stderr);
+        Assert.Contains($"parameters as {stored} to", stdout);
+        Assert.Equal(stored, JsonNode.Parse(File.ReadAllText(Path.Combine(temp["x"], "config.json")))!["torch_dtype"]!.GetValue<string>());
+    }
+
     /// <summary>
     /// convert takes an export back to a student folder with every tensor bit for bit and the same options; eval reads
     /// the export directly and measures what it measures on the student.
