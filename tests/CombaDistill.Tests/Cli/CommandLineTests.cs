@@ -1,3 +1,4 @@
+using CombaDistill.Runtime;
 using CombaDistill.Tests.Support;
 
 namespace CombaDistill.Tests.Cli;
@@ -89,5 +90,14 @@ public class CommandLineTests
         Assert.Contains("--kv-heads", stdout);
         Assert.Equal(stdout, CliProcess.Run("help", "synth").Stdout);
         Assert.DoesNotContain("synth", CliProcess.Run("--help").Stdout);
+    }
+    [Fact]
+    public void The_version_is_the_one_bench_reports_carry()
+    {
+        var (code, stdout, stderr) = CliProcess.Run("--version");
+        Assert.True(code == 0, stderr);
+        // bench tables and JSON are stamped with the library's version; both come from Directory.Build.props
+        Assert.Equal(BenchReport.ProductVersion, stdout.Trim());
+        Assert.Matches(@"^\d+\.\d+\.\d+(\+[0-9a-f]+)?$", stdout.Trim());
     }
 }
