@@ -38,6 +38,27 @@ public class ConversionPlanTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>The shares the README and docs/conversion.md quote, for the converter's defaults.</summary>
+    [Fact]
+    public void The_extra_share_is_0_186_percent_at_the_1B_shape_and_3_015_percent_for_stories260K()
+    {
+        var stories260K = new LlamaConfig
+        {
+            ModelType = "llama", VocabSize = 512, HiddenSize = 64, IntermediateSize = 172, NumHiddenLayers = 5, NumAttentionHeads = 8,
+            NumKeyValueHeads = 4, HeadDim = 8, MaxPositionEmbeddings = 512, RmsNormEps = 1e-5, RopeTheta = 10000, TieWordEmbeddings = true, TorchDtype = "float32",
+        };
+        ConversionReport Report(LlamaConfig teacher) =>
+            ConversionReport.FromPlan(ConversionPlan.Create(new CombaStudentConfig { Architecture = teacher, Comba = ConversionOptions.DefaultComba }), "config only", "float32");
+
+        var small = Report(stories260K);
+        Assert.Equal(260_032, small.TeacherParameters);
+        Assert.Equal(7_840, small.ExtraParameters);
+        Assert.Equal("3.015", (100 * small.ExtraShare).ToString("F3", System.Globalization.CultureInfo.InvariantCulture));
+        var large = Report(Llama32OneB);
+        Assert.Equal(2_295_808, large.ExtraParameters);
+        Assert.Equal("0.186", (100 * large.ExtraShare).ToString("F3", System.Globalization.CultureInfo.InvariantCulture));
+    }
+
     [Fact]
     public void Meta_plan_matches_the_parameters_of_real_modules()
     {
