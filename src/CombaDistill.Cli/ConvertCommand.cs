@@ -2,9 +2,8 @@ using System.CommandLine;
 using System.Text.Json.Nodes;
 using CombaDistill.Conversion;
 using CombaDistill.Modeling.Comba;
-using CombaDistill.Modeling.Llama;
-using ScalarType = TorchSharp.torch.ScalarType;
 using Spectre.Console;
+using ScalarType = TorchSharp.torch.ScalarType;
 
 namespace CombaDistill.Cli;
 

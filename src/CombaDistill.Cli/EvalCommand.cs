@@ -4,10 +4,9 @@ using System.Globalization;
 using CombaDistill.Evaluation;
 using CombaDistill.IO;
 using CombaDistill.Modeling;
-using CombaDistill.Modeling.Llama;
-using ScalarType = TorchSharp.torch.ScalarType;
 using CombaDistill.Tokenization;
 using Spectre.Console;
+using ScalarType = TorchSharp.torch.ScalarType;
 
 namespace CombaDistill.Cli;
 

@@ -2,9 +2,9 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Text;
 using CombaDistill.Modeling;
-using ScalarType = TorchSharp.torch.ScalarType;
 using CombaDistill.Tokenization;
 using Spectre.Console;
+using ScalarType = TorchSharp.torch.ScalarType;
 
 namespace CombaDistill.Cli;
 

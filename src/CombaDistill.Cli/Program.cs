@@ -9,7 +9,7 @@ foreach (var command in CliCommands.All()) root.Subcommands.Add(command);
 // "combadistill help [COMMAND]", as many tools take it, is that command's --help.
 if (args is ["help", .. var helpFor]) args = [.. helpFor, "--help"];
 var parse = root.Parse(args);
-// A command line that does not parse is bad input like any other: one line and exit 2, not the help text.
+// A command line that does not parse is bad input like any other: an error (CliCommon.ParseError) and exit 2, not the help text.
 if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAction)
     return CliCommon.ParseError(parse);
 // System.CommandLine's help writes nothing at all for a hidden command (synth). One asked for by name is shown like any
