@@ -19,7 +19,9 @@ public static class TokenizerLoader
     /// <param name="eosId">Overrides the tokenizer's EOS id (e.g. config.json's eos_token_id).</param>
     public static ITokenizer Load(string folder, int? bosId = null, int? eosId = null)
     {
-        Modeling.ModelFolder.RequireFolder(folder);
+        // (Modeling.ModelFolder gives the fuller message with the import hint; it sits above this layer, and every command
+        // checks the model folder through it before the tokenizer loads)
+        if (!Directory.Exists(folder)) throw new InvalidInputException(folder, File.Exists(folder) ? "is a file; expected a model folder" : "model folder does not exist");
         string bin = Path.Combine(folder, "tokenizer.bin");
         string model = Path.Combine(folder, "tokenizer.model");
         string originalModel = Path.Combine(folder, "original", "tokenizer.model");
