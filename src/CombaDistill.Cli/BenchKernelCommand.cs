@@ -60,7 +60,7 @@ static class BenchKernelCommand
                 ChunkSize = parse.GetValue(chunk), Backward = !parse.GetValue(forwardOnly), Queued = !parse.GetValue(synchronized),
                 PeakTflops = parse.GetValue(peakTflops), PeakTBps = parse.GetValue(peakTBps),
                 // the default peaks are an H200's: a roofline off the GPU needs that device's own
-                Roofline = onGpu || parse.GetResult(peakTflops) is { Implicit: false } || parse.GetResult(peakTBps) is { Implicit: false },
+                Roofline = onGpu || (parse.GetResult(peakTflops) is { Implicit: false } && parse.GetResult(peakTBps) is { Implicit: false }),
             };
 
             var progress = new Progress<string>(line => CliCommon.Err.MarkupLineInterpolated($"[grey]bench {line}[/]"));

@@ -32,7 +32,7 @@ static class CliCommon
 
     /// <summary>
     /// The dtypes a --dtype option takes: the canonical name (torch's, as config.json writes it) and the other spellings
-    /// people type, so that bf16 and fp16 work on the command line as they do in a recipe's precision. The one list.
+    /// people type (bf16, fp16, fp32, ...). The one list.
     /// </summary>
     static readonly (ScalarType Type, string Name, string[] Aliases)[] DTypes =
     [
@@ -209,7 +209,8 @@ static class CliCommon
         for (SymbolResult? at = command; at is not null; at = at.Parent)
             if (at is CommandResult c)
                 foreach (var option in c.Command.Options.Where(o => !o.Hidden && (c == command || o.Recursive)))
-                    foreach (var name in option.Aliases.Prepend(option.Name)) yield return name;
+                    // short forms (-h, /?) are too short to suggest: any two-letter typo would be one edit from them
+                    foreach (var name in option.Aliases.Prepend(option.Name).Where(n => n.TrimStart('-', '/').Length > 1)) yield return name;
     }
 
     /// <summary>The exit code and the one-line message for a failure.</summary>

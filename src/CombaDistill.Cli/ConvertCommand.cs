@@ -56,8 +56,10 @@ static class ConvertCommand
                 Option[] conversionOnly = [config, keep, dtype, rotary, shortConv, outputNorm, chunkSize, scale, initialD, initialLambda, featureMap, normalizeReadout, readoutEps];
                 if (conversionOnly.FirstOrDefault(o => parse.GetResult(o) is { Implicit: false }) is { } given)
                     throw new InvalidInputException(parse.GetValue(from), $"is an exported student, which converts back as it is; {given.Name} does not apply");
-                var files = Export.HuggingFaceExport.ToStudentFolder(parse.GetValue(from)!, parse.GetValue(output)!, parse.GetValue(force), ByteSize.Parse(parse.GetValue(maxShard)!), ct);
-                Console.Out.WriteLine($"student folder {parse.GetValue(output)} from the export {parse.GetValue(from)}: {string.Join(", ", files)}");
+                // without --out, beside the export as for any other --from
+                var studentFolder = parse.GetValue(output) ?? DefaultOutput(parse.GetValue(from)!);
+                var files = Export.HuggingFaceExport.ToStudentFolder(parse.GetValue(from)!, studentFolder, parse.GetValue(force), ByteSize.Parse(parse.GetValue(maxShard)!), ct);
+                Console.Out.WriteLine($"student folder {studentFolder} from the export {parse.GetValue(from)}: {string.Join(", ", files)}");
                 return 0;
             }
             var options = new ConversionOptions

@@ -63,6 +63,8 @@ static class EvalCommand
             var device = CliCommon.Start(parse);
             CliCommon.SetThreads(parse.GetValue(threads));
             // still before the model loads
+            if (taskSet.Contains(EvaluationTask.Agreement) && parse.GetValue(teacher) is null)
+                throw new ArgumentException("the agreement task needs a teacher (--teacher)");
             var textTasks = new[] { (EvaluationTask.Perplexity, "ppl"), (EvaluationTask.Agreement, "agreement") }
                 .Where(t => taskSet.Contains(t.Item1)).Select(t => t.Item2).ToArray();
             if (plan.DataPath is null && textTasks.Length > 0)

@@ -43,7 +43,8 @@ static class GenerateCommand
             // nothing stops a model past its trained context (a Comba student has no cache to outgrow), but what it writes
             // there is extrapolation: say so once, on stderr, so stdout stays the text
             var trained = lm.Config.MaxPositionEmbeddings;
-            if ((long)ids.Length + options.MaxTokens > trained)
+            // the last generated token is never fed back: positions 0 … prompt + max-tokens − 2 are used
+            if ((long)ids.Length + options.MaxTokens - 1 > trained)
                 CliCommon.Err.WriteLine($"note: the prompt ({ids.Length} tokens) and --max-tokens ({options.MaxTokens}) go past the model's max_position_embeddings ({trained}); tokens after position {trained} are beyond what it was trained on");
             var decoder = new StreamingDecoder(tokenizer, previousId: ids[^1]);
             using var stdout = new StreamWriter(Console.OpenStandardOutput(), new UTF8Encoding(encoderShouldEmitUTF8Identifier: false));

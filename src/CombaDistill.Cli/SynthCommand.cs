@@ -22,9 +22,10 @@ static class SynthCommand
         var untied = new Option<bool>("--untied") { Description = "a separate lm_head (default: tied to the embeddings)" };
         var context = new Option<int>("--context") { Description = "max_position_embeddings", DefaultValueFactory = _ => 8192 };
         var seed = new Option<long>("--seed") { Description = "seed for the random weights", DefaultValueFactory = _ => 0 };
+        var force = new Option<bool>("--force") { Description = "replace an earlier model folder at --out" };
         var command = new Command("synth", "Write a random-weight Llama folder of a given shape (for benchmarks)")
         {
-            output, hidden, layers, heads, kvHeads, intermediate, vocab, untied, context, seed,
+            output, hidden, layers, heads, kvHeads, intermediate, vocab, untied, context, seed, force,
         };
         command.Hidden = true;
         command.SetAction(CliCommon.Run((parse, ct) =>
@@ -38,7 +39,7 @@ static class SynthCommand
                 RopeTheta = 500000, RmsNormEps = 1e-5, TorchDtype = "bfloat16",
             };
             var folder = parse.GetValue(output)!;
-            SyntheticLlama.Write(folder, config, parse.GetValue(seed), ct);
+            SyntheticLlama.Write(folder, config, parse.GetValue(seed), ct, parse.GetValue(force));
             CliCommon.Err.MarkupLineInterpolated($"[green]wrote[/] {folder}: {config.NumHiddenLayers} layers, hidden {config.HiddenSize}, vocabulary {config.VocabSize}, random weights");
             return 0;
         }));

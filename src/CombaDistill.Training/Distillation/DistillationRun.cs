@@ -349,7 +349,7 @@ public static class DistillationRun
 
     static void CopyFolder(string from, string to)
     {
-        using var output = AtomicDirectory.Create(to, force: true);
+        using var output = AtomicDirectory.CreateReplacingOwn(to);   // the run's own folder, not a path the user named
         foreach (var file in Directory.EnumerateFiles(from, "*", SearchOption.AllDirectories))
         {
             var target = Path.Combine(output.Path, Path.GetRelativePath(from, file));

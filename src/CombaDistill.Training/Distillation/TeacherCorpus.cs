@@ -22,6 +22,8 @@ public sealed record CorpusOptions
     public void Validate()
     {
         if (Tokens <= 0) throw new ArgumentException($"--tokens is {Tokens}; expected a positive number");
+        // the corpus is gathered in memory before its one write
+        if (Tokens > int.MaxValue) throw new ArgumentException($"--tokens is {Tokens:N0}; one corpus holds at most {int.MaxValue:N0} tokens (write several with different seeds)");
         if (Batch <= 0) throw new ArgumentException($"--batch is {Batch}; expected a positive number");
         if (Length <= 0) throw new ArgumentException($"--length is {Length}; expected a positive number");
         new GenerationOptions(Length, Temperature, TopP).Validate();

@@ -219,6 +219,8 @@ public static class HuggingFaceExport
         using var checkpoint = Checkpoint.Open(exportedFolder);
         var expected = ExpectedTensors(config);
         CheckTensors(checkpoint, expected, exportedFolder);
+        if (Path.GetFullPath(outFolder).TrimEnd(Path.DirectorySeparatorChar) == Path.GetFullPath(exportedFolder).TrimEnd(Path.DirectorySeparatorChar))
+            throw new InvalidInputException(outFolder, "is the export being read; choose another output folder");
         using var output = AtomicDirectory.Create(outFolder, force);
         var plan = expected.Select(e => new PlannedTensor(e.Name, checkpoint.Info(e.Name).ScalarType, e.Shape)).ToList();
         var files = CheckpointWriter.WriteStreaming(output.Path, plan, name =>

@@ -33,7 +33,7 @@ public static class ModelCard
         var teacher = TeacherOf(x);
         // only the folder's own name: the card is for publishing, and a local path says nothing to its readers
         s.Append(teacher is null ? $"- model type: {a.ModelType} (the source folder is not recorded)\n"
-            : $"- source: `{Path.GetFileName(Path.TrimEndingDirectorySeparator(teacher))}`\n- model type: {a.ModelType}\n");
+            : $"- source: `{TeacherName(teacher)}`\n- model type: {a.ModelType}\n");
         s.Append($"- layers {a.NumHiddenLayers}, hidden {a.HiddenSize}, heads {a.NumAttentionHeads} (KV heads {a.NumKeyValueHeads}), head dim {a.HeadDim}, vocabulary {a.VocabSize}\n\n");
 
         s.Append("## Student\n\n");
@@ -62,6 +62,14 @@ public static class ModelCard
          .Append("`combadistill_comba_core.py` holds the maths in plain PyTorch and runs without transformers ")
          .Append("(`core.load_pretrained(PATH)`). Pad batches on the right; left padding is refused, since every token enters the recurrent state.\n");
         return s.ToString();
+    }
+
+    /// <summary>The name of the teacher's folder: convert's --from may have named a weights file or an index in it.</summary>
+    static string TeacherName(string recorded)
+    {
+        var path = Path.TrimEndingDirectorySeparator(recorded);
+        var looksLikeFile = Path.GetExtension(path) is ".safetensors" or ".json" or ".bin" or ".pt" or ".pth";
+        return Path.GetFileName(looksLikeFile ? Path.GetDirectoryName(path) ?? path : path) is { Length: > 0 } name ? name : path;
     }
 
     /// <summary>The teacher's folder as the conversion report recorded it (in the student, or in the run's student-init).</summary>
@@ -110,7 +118,7 @@ public static class ModelCard
         if (title >= 0 && lines[title].StartsWith("# ", StringComparison.Ordinal)) lines.RemoveAt(title);
         var body = string.Join("\n", lines.Select(l => l.StartsWith('#') ? "#" + l : l)).Trim();
         var note = studentDtype == exportDtype ? ""
-            : $"Measured by `combadistill eval` on the student before export, whose weights are {studentDtype}; this export stores {exportDtype}.\n\n";
+            : $"Measured by `combadistill eval` on the student folder this export was made from (stored as {studentDtype}), not on this export's {exportDtype} weights.\n\n";
         return "## Evaluation\n\n" + note + body + "\n\n";
     }
 }

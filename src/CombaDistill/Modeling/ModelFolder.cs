@@ -34,7 +34,7 @@ public static class ModelFolder
         {
             var student = Path.Combine(folder, "student");
             if (Directory.Exists(student))
-                throw new InvalidInputException(folder, $"no {ConfigFile}; it looks like a distill run folder: pass {student}, its final student");
+                throw new InvalidInputException(folder, $"no {ConfigFile}; it looks like a distill run folder: pass {student} (its final student) or {Path.Combine(folder, "teacher")} (its teacher)");
             if (Llama2cCheckpointIn(folder) is { } checkpoint)
                 throw new InvalidInputException(folder, $"no {ConfigFile}, but a llama2.c checkpoint; import it: {ImportCommand(checkpoint)}");
         }

@@ -30,6 +30,11 @@ public class BenchKernelCommandTests
         // on the CPU the default peaks (a GPU's) give no ×floor; this device's own peaks bring it back
         Assert.All(results, r => Assert.Null(r!["forwardTimesFloor"]));
         Assert.Contains("no ×floor", stdout);
+        // one peak alone would leave the other at the GPU's default: still no ×floor
+        var onePeak = CliProcess.Run("bench", "kernel", "--device", "cpu", "--shape", "1,40,2,8", "--repeats", "1", "--warmup", "0",
+            "--input-sets", "1", "--chunk-size", "16", "--ops", "sdpa", "--forward-only", "--peak-tflops", "1", "--json", json);
+        Assert.True(onePeak.Code == 0, onePeak.Stderr);
+        Assert.Null(JsonNode.Parse(File.ReadAllText(json))!["rows"]![0]!["forwardTimesFloor"]);
         var withPeaks = CliProcess.Run("bench", "kernel", "--device", "cpu", "--shape", "1,40,2,8", "--repeats", "1", "--warmup", "0",
             "--input-sets", "1", "--chunk-size", "16", "--ops", "sdpa", "--forward-only", "--peak-tflops", "1", "--peak-tbps", "0.1", "--threads", "1", "--json", json);
         Assert.True(withPeaks.Code == 0, withPeaks.Stderr);

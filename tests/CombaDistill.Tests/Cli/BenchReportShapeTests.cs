@@ -37,7 +37,7 @@ public class BenchReportShapeTests
         var (code, stdout, stderr) = CliProcess.Run("bench", "convert", "--size", "20MB", "--work", temp["work"]);
         Assert.Equal(2, code);
         Assert.Equal("", stdout);
-        Assert.Contains("--size 20MB is below 1", stderr);
+        Assert.Contains("--size 20MB is below 2", stderr);
         Assert.False(Directory.Exists(temp["work"]));
     }
 

@@ -57,6 +57,11 @@ public class EvalCommandTests(ImportedStories260K stories) : IClassFixture<Impor
         Assert.Contains("ppl needs a text file (--data FILE); it is among the default tasks", defaults.Stderr);
         Assert.Contains("--tasks mqar,passkey,speed", defaults.Stderr);
 
+        var noTeacher = CliProcess.Run("eval", "--model", stories.Folder, "--tasks", "agreement", "--device", "cpu");
+        Assert.Equal(2, noTeacher.Code);
+        Assert.DoesNotContain("loaded", noTeacher.Stderr);
+        Assert.Contains("the agreement task needs a teacher (--teacher)", noTeacher.Stderr);
+
         var unknown = CliProcess.Run("eval", "--model", stories.Folder, "--tasks", "ppl,bleu", "--data", Shared.TinyStoriesValid, "--device", "cpu");
         Assert.Equal(2, unknown.Code);
         Assert.Contains("unknown task 'bleu'", unknown.Stderr);

@@ -172,6 +172,17 @@ public class ExportTests(ExportedStudents exported) : IClassFixture<ExportedStud
             foreach (var tensor in a.Names) Assert.True(TeacherFolders.Raw(a, tensor) is var x && TeacherFolders.Raw(b, tensor) is var y
                 && x.DType == y.DType && x.Shape.SequenceEqual(y.Shape) && x.Bytes.SequenceEqual(y.Bytes), $"{name}: tensor {tensor} changed");
         }
+        // over the export itself, even with --force: refused, and the export stays
+        var over = CliProcess.Run("convert", "--from", export, "--out", export, "--force");
+        Assert.Equal(2, over.Code);
+        Assert.Contains("is the export being read", over.Stderr);
+        Assert.Equal("combadistill_comba", CausalLMLoader.ModelTypeOf(export));
+        // without --out it goes beside the export, as any convert does
+        var copy = temp["copy-of-export"];
+        foreach (var file in Directory.GetFiles(export)) { Directory.CreateDirectory(copy); File.Copy(file, Path.Combine(copy, Path.GetFileName(file))); }
+        var beside = CliProcess.Run("convert", "--from", copy);
+        Assert.True(beside.Code == 0, beside.Stderr);
+        Assert.Equal("comba", CausalLMLoader.ModelTypeOf(copy + "-comba"));
         // conversion options make no sense for an export and are refused rather than ignored
         var withOption = CliProcess.Run("convert", "--from", export, "--out", temp["other"], "--feature-map", "identity");
         Assert.Equal(2, withOption.Code);
@@ -278,10 +289,10 @@ public class ExportTests(ExportedStudents exported) : IClassFixture<ExportedStud
         Assert.Contains("MQAR", card);                                          // the eval report's table
         Assert.Matches(@"## Evaluation\n\n(?!#)", card);                       // under the card's heading, without the report's title
         Assert.DoesNotContain("# Evaluation report", card);
-        Assert.DoesNotContain("Measured by `combadistill eval` on the student before export", card);
+        Assert.DoesNotContain("Measured by `combadistill eval`", card);
         // stored in another dtype than the one eval ran on: the card says so
         HuggingFaceExport.Export(studentFolder, temp["export-bf16"], new ExportOptions { DType = ScalarType.BFloat16 }, Ct);
-        Assert.Contains("on the student before export, whose weights are float32; this export stores bfloat16",
+        Assert.Contains("on the student folder this export was made from (stored as float32), not on this export's bfloat16 weights",
             File.ReadAllText(Path.Combine(temp["export-bf16"], "README.md")));
         Assert.DoesNotContain("![", card);                                      // its plots are not in the export
         Assert.Contains("a pure Comba model", card);

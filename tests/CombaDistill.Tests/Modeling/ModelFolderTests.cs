@@ -64,7 +64,7 @@ public class ModelFolderTests
         var run = temp["run"];
         Directory.CreateDirectory(Path.Combine(run, "student"));
         File.WriteAllText(Path.Combine(run, "recipe.yaml"), "seed: 1\n");
-        Assert.Equal($"{run}: no config.json; it looks like a distill run folder: pass {Path.Combine(run, "student")}, its final student", Message(() => ModelFolder.Require(run)));
+        Assert.Equal($"{run}: no config.json; it looks like a distill run folder: pass {Path.Combine(run, "student")} (its final student) or {Path.Combine(run, "teacher")} (its teacher)", Message(() => ModelFolder.Require(run)));
 
         // a folder of neither keeps the plain message
         var empty = temp["empty"];

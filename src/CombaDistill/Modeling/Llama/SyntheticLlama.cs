@@ -16,12 +16,12 @@ public static class SyntheticLlama
 {
     public const double InitStd = 0.02;
 
-    public static void Write(string folder, LlamaConfig config, long seed, CancellationToken cancellationToken = default)
+    public static void Write(string folder, LlamaConfig config, long seed, CancellationToken cancellationToken = default, bool force = false)
     {
         var ranks = config.VocabSize - Llama3Tokenizer.SpecialTokenCount;
         if (ranks < 256) throw new ArgumentException($"a vocabulary of {config.VocabSize} leaves {ranks} BPE ranks; the synthetic tokenizer needs 256 bytes + {Llama3Tokenizer.SpecialTokenCount} special tokens at least");
         config = config with { BosTokenId = ranks, EosTokenIds = [ranks + 1] };
-        using var output = AtomicDirectory.Create(folder, force: false);
+        using var output = AtomicDirectory.Create(folder, force);
         var plan = config.Tensors()
             .Select(t => new PlannedTensor(t.Name, LlamaForCausalLM.ParseDtype(config.TorchDtype), t.Shape)).ToList();
         // drawn on the CPU: TorchSharp's Generator is a CPU generator (a CUDA tensor's normal_ refuses it, seen on the
