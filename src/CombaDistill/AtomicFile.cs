@@ -317,7 +317,7 @@ public sealed class AtomicDirectory : IDisposable
     {
         if (!Exists(full)) return;
         if (ownsTarget && force) return;
-        const string Rule = "--force replaces only a model folder this tool wrote, or an empty folder";
+        const string Rule = "--force replaces only a model folder (config.json and safetensors weights) or an empty folder";
         var why = WhyNotReplaceable(full);
         // without --force, point at --force only where it would help
         if (!force) throw new InvalidInputException(full, why is null ? "exists; use --force to replace it" : $"exists and {why}; choose another output ({Rule})");

@@ -118,7 +118,7 @@ public class AtomicTests
         var notes = dir["notes.txt"];
         File.WriteAllText(notes, "my notes");
         var file = Assert.Throws<InvalidInputException>(() => AtomicDirectory.Create(notes, force: true));
-        Assert.Equal($"{notes}: is a file, not a model folder; --force replaces only a model folder this tool wrote, or an empty folder", file.Message);
+        Assert.Equal($"{notes}: is a file, not a model folder; --force replaces only a model folder (config.json and safetensors weights) or an empty folder", file.Message);
         // without --force the message does not suggest --force, which would not help
         var plain = Assert.Throws<InvalidInputException>(() => AtomicDirectory.Create(notes, force: false));
         Assert.Contains("exists and is a file, not a model folder", plain.Message);

@@ -180,7 +180,7 @@ public class ModelCommandsTests
         File.WriteAllText(notes, "my notes");
         var file = CliProcess.Run(ImportTo(notes));
         Assert.Equal(2, file.Code);
-        Assert.Equal($"error: {notes}: is a file, not a model folder; --force replaces only a model folder this tool wrote, or an empty folder\n", file.Stderr.Replace("\r\n", "\n"));
+        Assert.Equal($"error: {notes}: is a file, not a model folder; --force replaces only a model folder (config.json and safetensors weights) or an empty folder\n", file.Stderr.Replace("\r\n", "\n"));
         Assert.Equal("my notes", File.ReadAllText(notes));
 
         var mine = temp["mydir"];

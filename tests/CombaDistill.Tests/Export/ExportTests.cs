@@ -231,7 +231,7 @@ public class ExportTests(ExportedStudents exported) : IClassFixture<ExportedStud
         // and not even with it, when the folder is not a model folder: the user's file stays
         var forced = CliProcess.Run("export", "--model", exported.Students["pure"], "--out", temp["e"], "--force");
         Assert.Equal(2, forced.Code);
-        Assert.Contains($"{temp["e"]}: is not a model folder (no config.json); --force replaces only a model folder this tool wrote", forced.Stderr.ReplaceLineEndings(""));
+        Assert.Contains($"{temp["e"]}: is not a model folder (no config.json); --force replaces only a model folder (config.json and safetensors weights)", forced.Stderr.ReplaceLineEndings(""));
         Assert.Equal("mine", File.ReadAllText(Path.Combine(temp["e"], "keep.txt")));
         // an earlier export is a model folder: plain refused, replaced with --force
         Assert.Equal(0, CliProcess.Run("export", "--model", exported.Students["pure"], "--out", temp["g"]).Code);
