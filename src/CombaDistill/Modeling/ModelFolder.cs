@@ -19,9 +19,10 @@ public static class ModelFolder
     {
         if (Directory.Exists(folder)) return;
         if (File.Exists(folder))
-            throw new InvalidInputException(folder, Llama2cHint(folder) is { } hint
-                ? $"is a file; expected a model folder. Import this llama2.c checkpoint: {hint}"
-                : "is a file; expected a model folder (config.json and weights)");
+            // the import command is the tool's own text (guidance): the CLI never cuts it, however long the paths
+            throw Llama2cHint(folder) is { } hint
+                ? new InvalidInputException(folder, "is a file; expected a model folder", guidance: $". Import this llama2.c checkpoint: {hint}")
+                : new InvalidInputException(folder, "is a file; expected a model folder (config.json and weights)");
         throw new InvalidInputException(folder, "model folder does not exist");
     }
 
@@ -36,7 +37,7 @@ public static class ModelFolder
             if (Directory.Exists(student))
                 throw new InvalidInputException(folder, $"no {ConfigFile}; it looks like a distill run folder: pass {student} (its final student) or {Path.Combine(folder, "teacher")} (its teacher)");
             if (Llama2cCheckpointIn(folder) is { } checkpoint)
-                throw new InvalidInputException(folder, $"no {ConfigFile}, but a llama2.c checkpoint; import it: {ImportCommand(checkpoint)}");
+                throw new InvalidInputException(folder, $"no {ConfigFile}, but a llama2.c checkpoint", guidance: $"; import it: {ImportCommand(checkpoint)}");
         }
         InputFile.RequireRegular(config, ConfigFile);   // its own messages for the rest: missing, a folder, a dangling link
     }

@@ -161,6 +161,16 @@ public class ModelCommandsTests
             Assert.Single(r.Stderr.Trim().Split('\n'));
         }
 
+        // under a long path the command still comes whole: the CLI bounds the quoted part of a line, not its advice
+        var deep = Path.Combine(temp.Path, string.Join("/", Enumerable.Repeat("a-rather-long-folder-name", 8)));
+        Directory.CreateDirectory(deep);
+        var (bin, tok) = (Path.Combine(deep, "stories260K.bin"), Path.Combine(deep, "tok512.bin"));
+        File.Copy(Shared.Stories260KBin, bin);
+        File.Copy(Shared.Tok512Bin, tok);
+        var far = CliProcess.Run("inspect", bin);
+        Assert.Equal(2, far.Code);
+        Assert.EndsWith($"`combadistill import --from {bin} --tokenizer {tok} --out DIR`", far.Stderr.Trim());
+
         // a run folder: the student is inside it
         var run = temp["run"];
         Directory.CreateDirectory(Path.Combine(run, "student"));
