@@ -685,26 +685,38 @@ __device__ __forceinline__ void cp16(void* dst, const void* src, bool valid)
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
-// rows × COLS bf16 (COLS·2 a multiple of 16 bytes) from global rows of stride gs into shared rows of stride ss; rows at
-// or past `valid` are zero-filled. No commit.
-template <int COLS>
-__device__ __forceinline__ void stage_b(bf16r* s, int ss, const bf16r* src, size_t gs, int rows, int valid)
+// (COMBA_UNROLLED_STAGE, a candidate) f(r, j) for each of this thread's pieces of a rows × V grid (V pieces a row),
+// the pieces idx = threadIdx.x + i·NT that the default builds' loops visit, in the same order. rows is a constant at every
+// call site, so the loop has a constant trip count: it unrolls, and a thread's pieces are its own row and column plus
+// constants, with no division or bound per piece. (The default builds keep their own loops: their code is the one
+// checked on the GPU.)
+template <int V, class F>
+__device__ __forceinline__ void each_piece(int rows, F f)
 {
-    constexpr int V = COLS / 8;
     static_assert(NT % V == 0, "a thread's pieces share one column");
-#ifdef COMBA_UNROLLED_STAGE
-    // (a candidate) rows is a constant at every call site, so the loop unrolls and a thread's offsets are its own
-    // row and column plus constants: in a chunk loop, no division or bound per piece
-    const int r1 = threadIdx.x / V, c = (threadIdx.x % V) * 8;
+    const int r1 = threadIdx.x / V, j = threadIdx.x % V;
 #pragma unroll
     for (int i = 0; i < (rows * V + NT - 1) / NT; ++i)
     {
         const int r = r1 + i * (NT / V);
         if ((rows * V) % NT != 0 && r >= rows) break;
+        f(r, j);
+    }
+}
+
+// rows × COLS bf16 (COLS·2 a multiple of 16 bytes) from global rows of stride gs into shared rows of stride ss; rows at
+// or past `valid` are zero-filled. No commit.
+template <int COLS>
+__device__ __forceinline__ void stage_b(bf16r* s, int ss, const bf16r* src, size_t gs, int rows, int valid)
+{
+#ifdef COMBA_UNROLLED_STAGE
+    each_piece<COLS / 8>(rows, [&](int r, int j) {
+        const int c = j * 8;
         const bool ok = r < valid;
         cp16(s + r * ss + c, src + (ok ? (size_t)r * gs + c : 0), ok);
-    }
+    });
 #else
+    constexpr int V = COLS / 8;
     for (int idx = threadIdx.x; idx < rows * V; idx += NT)
     {
         int r = idx / V, c = (idx % V) * 8;
@@ -716,18 +728,10 @@ __device__ __forceinline__ void stage_b(bf16r* s, int ss, const bf16r* src, size
 template <int COLS>
 __device__ __forceinline__ void stage_f(float* s, int ss, const float* src, size_t gs, int rows)
 {
-    constexpr int V = COLS / 4;
-    static_assert(NT % V == 0, "a thread's pieces share one column");
 #ifdef COMBA_UNROLLED_STAGE
-    const int r1 = threadIdx.x / V, c = (threadIdx.x % V) * 4;
-#pragma unroll
-    for (int i = 0; i < (rows * V + NT - 1) / NT; ++i)
-    {
-        const int r = r1 + i * (NT / V);
-        if ((rows * V) % NT != 0 && r >= rows) break;
-        cp16(s + r * ss + c, src + (size_t)r * gs + c, true);
-    }
+    each_piece<COLS / 4>(rows, [&](int r, int j) { cp16(s + r * ss + j * 4, src + (size_t)r * gs + j * 4, true); });
 #else
+    constexpr int V = COLS / 4;
     for (int idx = threadIdx.x; idx < rows * V; idx += NT)
     {
         int r = idx / V, c = (idx % V) * 4;
@@ -1176,23 +1180,16 @@ template <int D> struct SliceB
 template <int D, bool Flip = false>
 __device__ __forceinline__ void slice_out(const bf16r* X, bf16r* out, int rows)
 {
-#ifdef COMBA_UNROLLED_STAGE
-    constexpr int V = BV / 8;
-    static_assert(NT % V == 0, "a thread's pieces share one column");
-#pragma unroll
-    for (int i = 0; i < (rows * V + NT - 1) / NT; ++i)
-    {
-        const int r = threadIdx.x / V + i * (NT / V), c = (threadIdx.x % V) * 8;
-        if ((rows * V) % NT != 0 && r >= rows) break;
-#else
-    for (int idx = threadIdx.x; idx < rows * (BV / 8); idx += NT)
-    {
-        const int r = idx / (BV / 8), c = (idx % (BV / 8)) * 8;
-#endif
+    auto piece = [&](int r, int c) {
         uint4 x = *reinterpret_cast<const uint4*>(X + r * SBV + c);
         if (Flip) x.x ^= 0x80008000u, x.y ^= 0x80008000u, x.z ^= 0x80008000u, x.w ^= 0x80008000u;
         *reinterpret_cast<uint4*>(out + (size_t)r * D + c) = x;
-    }
+    };
+#ifdef COMBA_UNROLLED_STAGE
+    each_piece<BV / 8>(rows, [&](int r, int j) { piece(r, j * 8); });
+#else
+    for (int idx = threadIdx.x; idx < rows * (BV / 8); idx += NT) piece(idx / (BV / 8), (idx % (BV / 8)) * 8);
+#endif
 }
 
 // grid (D/BV, B·H): the sequential pass, the next chunk's W, K, U and g prefetched while this one computes.
@@ -1471,18 +1468,20 @@ __device__ void bwd_state_b(const bf16r* q, const bf16r* k, const float* g, cons
         slice_out<D>(hb, dH1 + ((size_t)hd.bh * N + n) * D * D + v0, D);   // dh' as bf16
 #endif
 #ifdef COMBA_UNROLLED_STAGE
-        static_assert(CH * BV / 2 % NT == 0, "the loop below gives every thread the same count");
-#pragma unroll
-        for (int idx = threadIdx.x, it = 0; it < CH * BV / 2 / NT; idx += NT, ++it)
+        each_piece<BV / 2>(CH, [&](int i, int j) {
+            float2 x = ld2(Oc + i * SBV + 2 * j);
+            float e = scale * expf(gam[i]);
+            st2(Xd + i * SBV + 2 * j, e * x.x, e * x.y);
+        });
 #else
         for (int idx = threadIdx.x; idx < CH * BV / 2; idx += NT)
-#endif
         {
             int i = idx / (BV / 2), c = 2 * (idx % (BV / 2));
             float2 x = ld2(Oc + i * SBV + c);
             float e = scale * expf(gam[i]);
             st2(Xd + i * SBV + c, e * x.x, e * x.y);
         }
+#endif
         bmm<CH, BV, false, false>(Kc, SD, hb, SBV, D, [&](int i, int c, float x0, float x1) {
             float e = expf(gC - gam[i]);
             float2 p = *reinterpret_cast<const float2*>(Pc + i * BV + c);
