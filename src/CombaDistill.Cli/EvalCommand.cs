@@ -65,8 +65,7 @@ static class EvalCommand
             // still before the model loads
             if (taskSet.Contains(EvaluationTask.Agreement) && parse.GetValue(teacher) is null)
                 throw new ArgumentException("the agreement task needs a teacher (--teacher)");
-            var textTasks = new[] { (EvaluationTask.Perplexity, "ppl"), (EvaluationTask.Agreement, "agreement") }
-                .Where(t => taskSet.Contains(t.Item1)).Select(t => t.Item2).ToArray();
+            var textTasks = new[] { EvaluationTask.Perplexity, EvaluationTask.Agreement }.Where(taskSet.Contains).Select(EvaluationPlan.NameOf).ToArray();
             if (plan.DataPath is null && textTasks.Length > 0)
                 throw new ArgumentException($"{string.Join(" and ", textTasks)} need{(textTasks.Length == 1 ? "s" : "")} a text file (--data FILE)" +
                     (parse.GetValue(tasks) is null ? $"; {(textTasks.Length == 1 ? "it is" : "they are")} among the default tasks: give --data, or pick others, e.g. --tasks mqar,passkey,speed" : ""));

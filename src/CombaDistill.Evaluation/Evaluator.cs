@@ -29,6 +29,15 @@ public sealed record EvaluationPlan
     public PasskeyOptions? Passkey { get; init; }
     public SpeedOptions? Speed { get; init; }
 
+    /// <summary>The name of each task in --tasks (multiple choice is mc:FILE.jsonl).</summary>
+    public static readonly IReadOnlyDictionary<string, EvaluationTask> TaskNames = new Dictionary<string, EvaluationTask>
+    {
+        ["ppl"] = EvaluationTask.Perplexity, ["agreement"] = EvaluationTask.Agreement, ["mqar"] = EvaluationTask.Mqar,
+        ["passkey"] = EvaluationTask.Passkey, ["speed"] = EvaluationTask.Speed,
+    };
+
+    public static string NameOf(EvaluationTask task) => task == EvaluationTask.MultipleChoice ? "mc" : TaskNames.First(t => t.Value == task).Key;
+
     /// <summary>Parses "ppl,agreement,mqar,passkey,speed,mc:FILE.jsonl" (any subset, any order).</summary>
     public static (HashSet<EvaluationTask> Tasks, string? MultipleChoicePath) ParseTasks(string list)
     {
@@ -42,15 +51,8 @@ public sealed record EvaluationPlan
                 tasks.Add(EvaluationTask.MultipleChoice);
                 continue;
             }
-            tasks.Add(raw switch
-            {
-                "ppl" => EvaluationTask.Perplexity,
-                "agreement" => EvaluationTask.Agreement,
-                "mqar" => EvaluationTask.Mqar,
-                "passkey" => EvaluationTask.Passkey,
-                "speed" => EvaluationTask.Speed,
-                _ => throw new ArgumentException($"unknown task '{raw}' (expected ppl, agreement, mqar, passkey, speed, mc:FILE.jsonl)"),
-            });
+            tasks.Add(TaskNames.TryGetValue(raw, out var task) ? task
+                : throw new ArgumentException($"unknown task '{raw}' (expected {string.Join(", ", TaskNames.Keys)}, mc:FILE.jsonl)"));
         }
         if (tasks.Count == 0) throw new ArgumentException("no tasks given");
         return (tasks, multipleChoice);
