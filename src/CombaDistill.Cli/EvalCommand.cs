@@ -63,12 +63,8 @@ static class EvalCommand
             var device = CliCommon.Start(parse);
             CliCommon.SetThreads(parse.GetValue(threads));
             // still before the model loads
-            if (taskSet.Contains(EvaluationTask.Agreement) && parse.GetValue(teacher) is null)
-                throw new ArgumentException("the agreement task needs a teacher (--teacher)");
-            var textTasks = new[] { EvaluationTask.Perplexity, EvaluationTask.Agreement }.Where(taskSet.Contains).Select(EvaluationPlan.NameOf).ToArray();
-            if (plan.DataPath is null && textTasks.Length > 0)
-                throw new ArgumentException($"{string.Join(" and ", textTasks)} need{(textTasks.Length == 1 ? "s" : "")} a text file (--data FILE)" +
-                    (parse.GetValue(tasks) is null ? $"; {(textTasks.Length == 1 ? "it is" : "they are")} among the default tasks: give --data, or pick others, e.g. --tasks mqar,passkey,speed" : ""));
+            plan.CheckInputs(parse.GetValue(teacher) is not null,
+                parse.GetValue(tasks) is null ? "; the default tasks need it: give --data, or pick others, e.g. --tasks mqar,passkey,speed" : "");
             var clock = Stopwatch.StartNew();
             var dtypeName = parse.GetValue(dtype);
             using var evaluated = Load(parse.GetValue(model)!, dtypeName, device);

@@ -38,6 +38,20 @@ public sealed record EvaluationPlan
 
     public static string NameOf(EvaluationTask task) => task == EvaluationTask.MultipleChoice ? "mc" : TaskNames.First(t => t.Value == task).Key;
 
+    /// <summary>
+    /// Throws unless the plan has what its tasks need: a teacher for agreement, a text file for ppl and agreement, a
+    /// file for multiple choice. Cheap, so a caller runs it before loading any model; <paramref name="dataHint"/> ends
+    /// the missing-text message (the CLI's word on its default tasks).
+    /// </summary>
+    public void CheckInputs(bool hasTeacher, string dataHint = "")
+    {
+        if (Tasks.Contains(EvaluationTask.Agreement) && !hasTeacher) throw new ArgumentException("the agreement task needs a teacher (--teacher)");
+        var text = new[] { EvaluationTask.Perplexity, EvaluationTask.Agreement }.Where(Tasks.Contains).Select(NameOf).ToArray();
+        if (text.Length > 0 && DataPath is null)
+            throw new ArgumentException($"{string.Join(" and ", text)} need{(text.Length == 1 ? "s" : "")} a text file (--data FILE){dataHint}");
+        if (Tasks.Contains(EvaluationTask.MultipleChoice) && MultipleChoicePath is null) throw new ArgumentException("multiple choice needs a file (mc:FILE.jsonl)");
+    }
+
     /// <summary>Parses "ppl,agreement,mqar,passkey,speed,mc:FILE.jsonl" (any subset, any order).</summary>
     public static (HashSet<EvaluationTask> Tasks, string? MultipleChoicePath) ParseTasks(string list)
     {
@@ -86,10 +100,7 @@ public static class Evaluator
     {
         plan = Defaults(plan, model.Model, teacher?.Model);
         var tasks = plan.Tasks;
-        if (tasks.Contains(EvaluationTask.Agreement) && teacher is null) throw new ArgumentException("the agreement task needs a teacher (--teacher)");
-        if ((tasks.Contains(EvaluationTask.Perplexity) || tasks.Contains(EvaluationTask.Agreement)) && plan.DataPath is null)
-            throw new ArgumentException("perplexity and agreement need a data file (--data)");
-        if (tasks.Contains(EvaluationTask.MultipleChoice) && plan.MultipleChoicePath is null) throw new ArgumentException("multiple choice needs a file (mc:FILE.jsonl)");
+        plan.CheckInputs(teacher is not null);
         if (teacher is not null)
         {
             TokenizerCompatibility.Check(model.Tokenizer, model.Info.Path, teacher.Tokenizer, teacher.Info.Path, plan.DataPath);

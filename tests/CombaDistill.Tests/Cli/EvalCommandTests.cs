@@ -54,7 +54,7 @@ public class EvalCommandTests(ImportedStories260K stories) : IClassFixture<Impor
         var defaults = CliProcess.Run("eval", "--model", stories.Folder, "--device", "cpu");
         Assert.Equal(2, defaults.Code);
         Assert.DoesNotContain("loaded", defaults.Stderr);
-        Assert.Contains("ppl needs a text file (--data FILE); it is among the default tasks", defaults.Stderr);
+        Assert.Contains("ppl needs a text file (--data FILE); the default tasks need it", defaults.Stderr);
         Assert.Contains("--tasks mqar,passkey,speed", defaults.Stderr);
 
         var noTeacher = CliProcess.Run("eval", "--model", stories.Folder, "--tasks", "agreement", "--device", "cpu");
