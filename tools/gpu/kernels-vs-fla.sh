@@ -61,19 +61,19 @@ run_defines() {
   grep -q "^bf16" "$L/time.log" 2>/dev/null && builds=(${DEFINES_TIMED-}) && echo "-- the default build: the time step's rows"
   for d in "${builds[@]}"; do
     echo "-- $d"
-    DEFINES=${d//+/ } TIME_ONLY=${DEFINES_TIME_ONLY:-prepare,fwd_norm} timeout 90 python3 $C --time --out /tmp > "$L/time-${d:-default}.log" 2>&1
+    DEFINES=$d TIME_ONLY=${DEFINES_TIME_ONLY:-prepare,fwd_norm} timeout 90 python3 $C --time --out /tmp > "$L/time-${d:-default}.log" 2>&1
     grep -E "^bf16|Error" "$L/time-${d:-default}.log" | cut -c1-300
   done
 }
 run_checkdefines() {
   for d in ${DEFINES_CHECKED-${DEFINES_TIMED-}}; do
     echo "-- $d"
-    DEFINES=${d//+/ } timeout 120 python3 $C --check --out /tmp > "$L/check-$d.log" 2>&1
+    DEFINES=$d timeout 120 python3 $C --check --out /tmp > "$L/check-$d.log" 2>&1
     grep -E "BAD|CHECK|Error" "$L/check-$d.log" | cut -c1-200 | head -12
   done
 }
 run_profile() {
-  local p=${PROFILE_DEFINES:-}; DEFINES=${p//+/ } SOURCE=1 NCU_TIMEOUT=${NCU_TIMEOUT:-150} bash tools/gpu/profile-kernels.sh > "$L/profile.log" 2>&1
+  DEFINES=${PROFILE_DEFINES:-} SOURCE=1 NCU_TIMEOUT=${NCU_TIMEOUT:-150} bash tools/gpu/profile-kernels.sh > "$L/profile.log" 2>&1
   tail -40 "$L/profile.log" | cut -c1-200
 }
 order=${ORDER:-check bench fla breakdown lane time defines}
